@@ -1,0 +1,96 @@
+"""Typed errors of the biometric core.
+
+Every error has a stable machine-readable ``code``; the service maps codes to problem+json
+types in one place. Messages never contain samples, embeddings or secrets.
+"""
+
+from __future__ import annotations
+
+
+class BiometricsError(Exception):
+    """Base of every error the core raises on purpose."""
+
+    code = "biometrics_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- audio input ---------------------------------------------------------------------------
+
+
+class AudioError(BiometricsError):
+    """The audio given cannot be used; the message says why."""
+
+    code = "audio_invalid"
+
+
+class EmptyAudio(AudioError):
+    code = "audio_empty"
+
+
+class NotAudio(AudioError):
+    code = "audio_not_recognised"
+
+
+class TruncatedAudio(AudioError):
+    code = "audio_truncated"
+
+
+class UnsupportedCodec(AudioError):
+    code = "audio_unsupported_codec"
+
+
+class NonFiniteSamples(AudioError):
+    code = "audio_non_finite"
+
+
+class SampleRateMismatch(AudioError):
+    code = "audio_sample_rate_mismatch"
+
+
+class UnsupportedSampleRate(AudioError):
+    code = "audio_unsupported_sample_rate"
+
+
+class AudioTooLong(AudioError):
+    code = "audio_too_long"
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+class ModelError(BiometricsError):
+    code = "model_error"
+
+
+class ModelFileMissing(ModelError):
+    code = "model_file_missing"
+
+
+class ModelHashMismatch(ModelError):
+    code = "model_hash_mismatch"
+
+
+class ModelSourceUnavailable(ModelError):
+    code = "model_source_unavailable"
+
+
+# --- templates and scores ------------------------------------------------------------------
+
+
+class IncompatibleModel(BiometricsError):
+    """Two embeddings or templates come from different model fingerprints."""
+
+    code = "model_fingerprint_mismatch"
+
+
+class NoSpeech(BiometricsError):
+    """There is no speech to embed."""
+
+    code = "no_speech"
+
+
+class CohortError(BiometricsError):
+    code = "cohort_invalid"
