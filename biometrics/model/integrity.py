@@ -17,7 +17,9 @@ def sha256_file(path: Path) -> str:
 def verify_file(path: Path, expected_sha256: str) -> str:
     """Checks a weight file against its pinned hash; returns the hash. Nothing is loaded before this."""
     if not path.is_file():
-        raise ModelFileMissing(f"model file {path.name} not found at {path.parent} (expected SHA-256 {expected_sha256})")
+        raise ModelFileMissing(
+            f"model file {path.name} not found at {path.parent} (expected SHA-256 {expected_sha256})"
+        )
     actual = sha256_file(path)
     if actual != expected_sha256:
         raise ModelHashMismatch(

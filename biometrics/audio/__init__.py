@@ -1,0 +1,29 @@
+"""The audio front end: bytes become a 16 kHz mono ``Waveform``, or a typed error says why not."""
+
+from biometrics.audio.decode import (
+    DEFAULT_MAX_SECONDS,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    RawCodec,
+    decode_audio,
+    read_audio_file,
+)
+from biometrics.audio.resample import is_practical_rate, resample
+from biometrics.audio.telephone import TELEPHONE_SAMPLE_RATE, encode_raw, simulate_telephone_channel
+from biometrics.audio.waveform import MODEL_SAMPLE_RATE, Waveform
+
+__all__ = [
+    "DEFAULT_MAX_SECONDS",
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "MODEL_SAMPLE_RATE",
+    "TELEPHONE_SAMPLE_RATE",
+    "RawCodec",
+    "Waveform",
+    "decode_audio",
+    "encode_raw",
+    "is_practical_rate",
+    "read_audio_file",
+    "resample",
+    "simulate_telephone_channel",
+]

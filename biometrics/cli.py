@@ -1,0 +1,239 @@
+"""The ``bioident`` command: one job per verb."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from biometrics.audio import RawCodec
+from biometrics.errors import BiometricsError
+
+EXIT_INPUT_ERROR = 2
+
+
+def _add_audio_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--telephone",
+        action="store_true",
+        help="pass the audio through a simulated 8 kHz G.711 mu-law channel",
+    )
+    parser.add_argument("--codec", choices=[c.value for c in RawCodec], help="the files are raw audio in this codec")
+    parser.add_argument("--rate", type=int, help="declared sample rate (required with --codec)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bioident", description="Biometric customer identification.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    model = verbs.add_parser("model", help="the speaker model").add_subparsers(dest="action", required=True)
+    info = model.add_parser("info", help="print the model source, file hashes and fingerprint")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=cmd_model_info)
+
+    embed = verbs.add_parser("embed", help="quality report and speaker embedding of audio files")
+    embed.add_argument("files", nargs="+", type=Path)
+    embed.add_argument("--out", type=Path, help="write the embeddings to this .npz file")
+    embed.add_argument("--json", action="store_true", help="JSON lines, embeddings included")
+    _add_audio_options(embed)
+    embed.set_defaults(run=cmd_embed)
+
+    compare = verbs.add_parser("compare", help="verify B against A enrolled alone")
+    compare.add_argument("a", type=Path, help="enrolment sample")
+    compare.add_argument("b", type=Path, help="test sample")
+    compare.add_argument("--cohort", type=Path, help="cohort file for AS-Norm (default: BIOIDENT_COHORT_FILE)")
+    compare.add_argument("--threshold", type=float, help="decision threshold (default: from settings)")
+    compare.add_argument("--json", action="store_true")
+    _add_audio_options(compare)
+    compare.set_defaults(run=cmd_compare)
+
+    cohort = verbs.add_parser("cohort", help="impostor cohorts").add_subparsers(dest="action", required=True)
+    build = cohort.add_parser("build", help="build a cohort file from a folder of speech")
+    build.add_argument("folder", type=Path)
+    build.add_argument("--out", type=Path, required=True)
+    build.add_argument("--channel", choices=["clean", "telephone"], default="clean")
+    build.add_argument("--max-speech-s", type=float, help="use at most this many seconds of speech per file")
+    build.set_defaults(run=cmd_cohort_build)
+    show = cohort.add_parser("info", help="describe a cohort file")
+    show.add_argument("file", type=Path)
+    show.set_defaults(run=cmd_cohort_info)
+    return parser
+
+
+def _settings():  # noqa: ANN202
+    from biometrics.settings import CoreSettings
+
+    return CoreSettings()
+
+
+def _embedder(settings):  # noqa: ANN001, ANN202
+    from biometrics.embedding import load_voice_embedder
+
+    return load_voice_embedder(settings)
+
+
+def _raw_codec(args: argparse.Namespace) -> RawCodec | None:
+    if args.codec is None:
+        return None  # WAV/FLAC; a --rate given for them is checked against the header
+    if args.rate is None:
+        raise BiometricsError("--codec needs --rate (the sample rate of the raw audio)")
+    return RawCodec(args.codec)
+
+
+def _load(args: argparse.Namespace, settings, paths: Sequence[Path]):  # noqa: ANN001, ANN202
+    from biometrics.pipeline import Channel, load_waveform
+
+    channel = Channel.TELEPHONE if args.telephone else Channel.CLEAN
+    codec = _raw_codec(args)
+    return [load_waveform(p, settings, channel, raw_codec=codec, declared_rate=args.rate) for p in paths]
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    embedder = _embedder(_settings())
+    weights = embedder.encoder.weights
+    info = {
+        "model": "speechbrain/spkrec-ecapa-voxceleb (ECAPA-TDNN)",
+        "source": weights.source,
+        "location": weights.location,
+        "files": {name: {"path": str(path), "sha256": weights.sha256[name]} for name, path in weights.files.items()},
+        "vad": {"model": "silero-vad 6.2.3 (TorchScript)", "sha256": embedder.vad.model_sha256},
+        "fingerprint": embedder.fingerprint,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model        {info['model']}")
+    print(f"source       {weights.source}: {weights.location}")
+    for name, entry in info["files"].items():
+        print(f"file         {name}  sha256 {entry['sha256']}")
+    print(f"vad          {info['vad']['model']}  sha256 {embedder.vad.model_sha256}")
+    print(f"fingerprint  {embedder.fingerprint}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from biometrics.quality.gates import QualityLimits, signal_reasons
+
+    settings = _settings()
+    embedder = _embedder(settings)
+    samples = embedder.analyse(_load(args, settings, args.files))
+    limits = QualityLimits.from_settings(settings)
+    vectors = {}
+    for path, sample in zip(args.files, samples, strict=True):
+        reasons = [r.as_dict() for r in signal_reasons(sample.measures, limits)]
+        row = {
+            "file": str(path),
+            **sample.measures.as_dict(),
+            "fingerprint": embedder.fingerprint,
+            "reasons": reasons,
+        }
+        if sample.embedding is not None:
+            vectors[str(path)] = sample.embedding.vector
+        if args.json:
+            row["embedding"] = (
+                None if sample.embedding is None else [round(float(x), 7) for x in sample.embedding.vector]
+            )
+            print(json.dumps(row))
+        else:
+            codes = ",".join(r["code"] for r in reasons) or "ok"
+            print(f"{path}  speech {sample.measures.net_speech_s:.2f}s  snr {sample.measures.snr_db:.1f} dB  {codes}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            args.out,
+            files=np.array(list(vectors)),
+            embeddings=np.array(list(vectors.values())),
+            fingerprint=np.array(embedder.fingerprint),
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from biometrics.cohort import Cohort
+    from biometrics.quality.gates import QualityLimits, verification_reasons
+    from biometrics.scoring import Scorer
+
+    settings = _settings()
+    cohort_path = args.cohort or settings.cohort_file
+    cohort = Cohort.load(cohort_path) if cohort_path is not None else None
+    channel = "telephone" if args.telephone else "clean"
+    if cohort is not None and cohort.channel != channel:
+        print(
+            f"bioident: warning: cohort was built for the {cohort.channel} channel, audio is {channel}",
+            file=sys.stderr,
+        )
+    embedder = _embedder(settings)
+    enrol, test = embedder.analyse(_load(args, settings, [args.a, args.b]))
+    limits = QualityLimits.from_settings(settings)
+    reasons = [("a", r) for r in verification_reasons(enrol.measures, limits)]
+    reasons += [("b", r) for r in verification_reasons(test.measures, limits)]
+    scorer = Scorer.from_settings(settings, cohort)
+    if args.threshold is not None:
+        scorer.threshold = args.threshold
+    verdict = scorer.verdict(enrol.embedding, test.embedding, [r for _, r in reasons])
+    result = {
+        "decision": str(verdict.decision),
+        "score": None if verdict.score is None else round(verdict.score, 6),
+        "threshold": verdict.threshold,
+        "method": verdict.method,
+        "net_speech_s": round(test.measures.net_speech_s, 3),
+        "enrol_net_speech_s": round(enrol.measures.net_speech_s, 3),
+        "reasons": [{"sample": side, **r.as_dict()} for side, r in reasons],
+        "model_fingerprint": embedder.fingerprint,
+        "channel": channel,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        score = "n/a" if verdict.score is None else f"{verdict.score:.4f}"
+        print(f"{result['decision']}  score {score} ({verdict.method}, threshold {verdict.threshold})")
+        for item in result["reasons"]:
+            print(f"  {item['sample']}: {item['code']} measured {item['measured']} limit {item['limit']}")
+    return 0
+
+
+def cmd_cohort_build(args: argparse.Namespace) -> int:
+    from biometrics.pipeline import Channel, build_cohort
+
+    settings = _settings()
+    embedder = _embedder(settings)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rembedding cohort {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    cohort = build_cohort(embedder, args.folder, settings, Channel(args.channel), args.max_speech_s, progress)
+    print(file=sys.stderr)
+    cohort.save(args.out)
+    print(
+        f"cohort of {len(cohort.embeddings)} written to {args.out} "
+        f"({len(cohort.meta['skipped'])} skipped, channel {cohort.channel})"
+    )
+    return 0
+
+
+def cmd_cohort_info(args: argparse.Namespace) -> int:
+    from biometrics.cohort import Cohort
+
+    cohort = Cohort.load(args.file)
+    print(json.dumps(cohort.meta, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BiometricsError as exc:
+        print(f"bioident: error: {exc.message}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except OSError as exc:
+        print(f"bioident: error: cannot read {exc.filename or 'input'}: {exc.strerror}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

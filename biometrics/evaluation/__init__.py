@@ -1,0 +1,1 @@
+"""Accuracy metrics for verification audits."""

@@ -1,0 +1,45 @@
+"""Signal measures for the quality gates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FRAME_S = 0.02
+SNR_CEILING_DB = 100.0
+_TINY = 1e-12
+
+
+def net_speech_seconds(segments: list[tuple[int, int]], sample_rate: int) -> float:
+    return sum(end - start for start, end in segments) / sample_rate
+
+
+def speech_mask(segments: list[tuple[int, int]], n_samples: int) -> np.ndarray:
+    mask = np.zeros(n_samples, dtype=bool)
+    for start, end in segments:
+        mask[start:end] = True
+    return mask
+
+
+def estimate_snr_db(samples: np.ndarray, segments: list[tuple[int, int]], sample_rate: int) -> float:
+    """Speech-to-noise ratio from the VAD's own segmentation, in dB.
+
+    Noise power is the mean power of 20 ms frames outside speech; when the sample is (almost) all
+    speech, it is the 10th percentile of all frame powers, the usual noise-floor estimate.
+    Speech power is the mean power of speech frames less that noise.
+    """
+    frame = max(1, int(FRAME_S * sample_rate))
+    n_frames = len(samples) // frame
+    if n_frames == 0 or not segments:
+        return float("nan")
+    powers = np.square(samples[: n_frames * frame].astype(np.float64)).reshape(n_frames, frame).mean(axis=1)
+    in_speech = speech_mask(segments, n_frames * frame).reshape(n_frames, frame).mean(axis=1) > 0.5
+    if not in_speech.any():
+        return float("nan")
+    noise_frames = powers[~in_speech]
+    noise = noise_frames.mean() if len(noise_frames) >= 10 else np.percentile(powers, 10)
+    speech = max(powers[in_speech].mean() - noise, 0.0)
+    if noise <= _TINY:
+        return SNR_CEILING_DB
+    if speech <= _TINY:
+        return -SNR_CEILING_DB
+    return float(np.clip(10 * np.log10(speech / noise), -SNR_CEILING_DB, SNR_CEILING_DB))

@@ -1,0 +1,71 @@
+"""Voice activity detection with Silero VAD, whose TorchScript model ships inside the registry package."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biometrics.audio.waveform import MODEL_SAMPLE_RATE
+from biometrics.model.integrity import verify_file
+
+SILERO_JIT_SHA256 = "e1122837f4154c511485fe0b9c64455f7b929c96fbb8d79fbdb336383ebd3720"
+
+
+def _import_silero():  # noqa: ANN202 - returns the module's function
+    # Importing silero_vad calls torch.set_num_threads(1) for the whole process; undo that so the
+    # speaker model keeps every core.
+    threads = torch.get_num_threads()
+    from silero_vad.utils_vad import get_speech_timestamps
+
+    torch.set_num_threads(threads)
+    return get_speech_timestamps
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    threshold: float = 0.5
+    min_speech_ms: int = 250
+    min_silence_ms: int = 100
+    speech_pad_ms: int = 30
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "vad": "silero-6.2.3",
+            "threshold": self.threshold,
+            "min_speech_ms": self.min_speech_ms,
+            "min_silence_ms": self.min_silence_ms,
+            "speech_pad_ms": self.speech_pad_ms,
+        }
+
+
+class VoiceActivityDetector:
+    """Finds speech segments (sample index ranges) in 16 kHz audio."""
+
+    def __init__(self, settings: VadSettings | None = None) -> None:
+        self.settings = settings or VadSettings()
+        self._get_speech_timestamps = _import_silero()
+        path = Path(str(resources.files("silero_vad.data").joinpath("silero_vad.jit")))
+        self.model_sha256 = verify_file(path, SILERO_JIT_SHA256)
+        self._model = torch.jit.load(str(path), map_location="cpu")
+        self._model.eval()
+        self._lock = threading.Lock()  # the model carries recurrent state between windows
+
+    def speech_segments(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+        s = self.settings
+        with self._lock, torch.inference_mode():
+            stamps = self._get_speech_timestamps(
+                audio,
+                self._model,
+                threshold=s.threshold,
+                sampling_rate=MODEL_SAMPLE_RATE,
+                min_speech_duration_ms=s.min_speech_ms,
+                min_silence_duration_ms=s.min_silence_ms,
+                speech_pad_ms=s.speech_pad_ms,
+            )
+        return [(int(t["start"]), int(t["end"])) for t in stamps]

@@ -1,0 +1,96 @@
+"""Scores between a template and a test embedding: cosine, and AS-Norm against an impostor cohort.
+
+AS-Norm (adaptive symmetric score normalisation, Matejka et al. 2017) scales each raw score by the
+mean and spread of the top-k cohort scores of the enrolment side and of the test side, so that
+impostor scores are about N(0, 1) whatever the speakers and channel. That makes one threshold
+mean the same false-accept rate across customers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from biometrics.cohort import Cohort
+from biometrics.embedding import Embedding, require_same_model
+from biometrics.quality.gates import QualityReason
+from biometrics.settings import CoreSettings
+
+
+class Decision(StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+
+
+def cosine_score(enrol: Embedding, test: Embedding) -> float:
+    require_same_model(enrol.model_fingerprint, test.model_fingerprint)
+    return float(np.dot(enrol.vector, test.vector) / (np.linalg.norm(enrol.vector) * np.linalg.norm(test.vector)))
+
+
+def _top_k_stats(vector: np.ndarray, cohort: np.ndarray, k: int) -> tuple[float, float]:
+    scores = cohort @ (vector / np.linalg.norm(vector))
+    top = np.partition(scores, len(scores) - k)[-k:]
+    return float(top.mean()), float(max(top.std(), 1e-6))
+
+
+def asnorm_score(enrol: Embedding, test: Embedding, cohort: Cohort, top_k: int) -> float:
+    raw = cosine_score(enrol, test)
+    require_same_model(enrol.model_fingerprint, cohort.model_fingerprint)
+    k = min(top_k, len(cohort.embeddings))
+    mu_e, sd_e = _top_k_stats(enrol.vector, cohort.embeddings, k)
+    mu_t, sd_t = _top_k_stats(test.vector, cohort.embeddings, k)
+    return 0.5 * ((raw - mu_e) / sd_e + (raw - mu_t) / sd_t)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    score: float | None
+    threshold: float
+    method: str  # "cosine" or "as-norm"
+    reasons: list[QualityReason]
+
+
+class Scorer:
+    """Scores with AS-Norm when a cohort is given, else plain cosine, and decides against a threshold."""
+
+    def __init__(
+        self,
+        cohort: Cohort | None = None,
+        *,
+        top_k: int = 100,
+        cosine_threshold: float = 0.25,
+        asnorm_threshold: float = 3.0,
+    ) -> None:
+        self.cohort = cohort
+        self.top_k = top_k
+        self.method = "as-norm" if cohort is not None else "cosine"
+        self.threshold = asnorm_threshold if cohort is not None else cosine_threshold
+
+    @classmethod
+    def from_settings(cls, settings: CoreSettings, cohort: Cohort | None = None) -> Scorer:
+        return cls(
+            cohort,
+            top_k=settings.asnorm_top_k,
+            cosine_threshold=settings.cosine_threshold,
+            asnorm_threshold=settings.asnorm_threshold,
+        )
+
+    def score(self, enrol: Embedding, test: Embedding) -> float:
+        if self.cohort is None:
+            return cosine_score(enrol, test)
+        return asnorm_score(enrol, test, self.cohort, self.top_k)
+
+    def verdict(self, enrol: Embedding | None, test: Embedding | None, reasons: list[QualityReason]) -> Verdict:
+        """Accepts only when no quality reason stands and the score reaches the threshold."""
+        score = self.score(enrol, test) if enrol is not None and test is not None else None
+        accepted = not reasons and score is not None and score >= self.threshold
+        return Verdict(
+            decision=Decision.ACCEPT if accepted else Decision.REJECT,
+            score=score,
+            threshold=self.threshold,
+            method=self.method,
+            reasons=list(reasons),
+        )
