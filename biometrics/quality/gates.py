@@ -43,13 +43,16 @@ class QualityMeasures:
 
 @dataclass(frozen=True)
 class QualityLimits:
-    min_verify_speech_s: float = 3.0
-    min_enrol_speech_s: float = 12.0
-    min_snr_db: float = 10.0
-    max_clipping_ratio: float = 0.01
+    """Configured limits; defaults live in one place, ``CoreSettings``."""
+
+    min_verify_speech_s: float
+    min_enrol_speech_s: float
+    min_snr_db: float
+    max_clipping_ratio: float
 
     @classmethod
-    def from_settings(cls, settings: CoreSettings) -> QualityLimits:
+    def from_settings(cls, settings: CoreSettings | None = None) -> QualityLimits:
+        settings = settings or CoreSettings()
         return cls(
             min_verify_speech_s=settings.min_verify_speech_s,
             min_enrol_speech_s=settings.min_enrol_speech_s,

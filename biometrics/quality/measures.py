@@ -23,9 +23,11 @@ def speech_mask(segments: list[tuple[int, int]], n_samples: int) -> np.ndarray:
 def estimate_snr_db(samples: np.ndarray, segments: list[tuple[int, int]], sample_rate: int) -> float:
     """Speech-to-noise ratio from the VAD's own segmentation, in dB.
 
-    Noise power is the mean power of 20 ms frames outside speech; when the sample is (almost) all
-    speech, it is the 10th percentile of all frame powers, the usual noise-floor estimate.
-    Speech power is the mean power of speech frames less that noise.
+    Noise power is the median power of the 20 ms frames outside speech (the median, not the mean,
+    so speech tails the VAD left outside do not inflate it); when fewer than ten frames are
+    outside speech, it is the 10th percentile of all frame powers. Speech power is the mean power
+    of speech frames less that noise. On speech mixed with white noise at 0-20 dB this tracks
+    the true ratio to within about 1 dB (see tests/test_quality_gates.py).
     """
     frame = max(1, int(FRAME_S * sample_rate))
     n_frames = len(samples) // frame
@@ -36,7 +38,7 @@ def estimate_snr_db(samples: np.ndarray, segments: list[tuple[int, int]], sample
     if not in_speech.any():
         return float("nan")
     noise_frames = powers[~in_speech]
-    noise = noise_frames.mean() if len(noise_frames) >= 10 else np.percentile(powers, 10)
+    noise = np.median(noise_frames) if len(noise_frames) >= 10 else np.percentile(powers, 10)
     speech = max(powers[in_speech].mean() - noise, 0.0)
     if noise <= _TINY:
         return SNR_CEILING_DB

@@ -1,0 +1,295 @@
+"""Embedding throughput on this machine: plain SpeechBrain vs our batched path vs the GEMM bound.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.embedding_speed [--utterances N] [--seed S] [--out PATH] [--data DIR]
+
+Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test-other speech:
+
+(a) seconds of audio embedded per wall second by SpeechBrain's ``EncoderClassifier.encode_batch``,
+    one utterance at a time;
+(b) the same for ``VoiceEmbedder.embed_speech`` (length-sorted exact batches through ``SpeakerEncoder.embed``);
+(c) the fp32 matrix-multiply bound: best sustained ``torch.mm`` FLOP/s divided by the model's FLOPs per
+    second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA + embedding norm).
+
+VAD is skipped in (a) and (b) so both embed identical audio. This is a benchmark, not a test: it never
+asserts on time. Results go to a table on stdout and to JSON (default ``benchmarks/results/embedding_speed.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "speech" / "librispeech" / "test-other"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "embedding_speed.json"
+SAMPLE_RATE = 16_000
+MIN_S, MAX_S = 3.0, 8.0
+WARMUP_UTTERANCES = 3
+GEMM_SIZES = (1024, 2048, 4096)
+GEMM_SECONDS_PER_SIZE = 1.5
+TARGET_B_OVER_C = 0.9
+TARGET_PEAK_RSS_MB = 1536.0
+FOREIGN_LOAD_WARN_CORES = 0.1
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def busy_cpu_s() -> float:
+    """Non-idle CPU seconds of the whole machine so far (all cores), from /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class ForeignLoad:
+    """CPU time other processes took while a block ran, in cores (0 = the machine was ours alone)."""
+
+    def __enter__(self) -> ForeignLoad:
+        self.busy, self.own, self.wall = busy_cpu_s(), own_cpu_s(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.wall
+        self.cores = max(0.0, (busy_cpu_s() - self.busy) - (own_cpu_s() - self.own)) / wall
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def crop_utterances(data: Path, count: int, seed: int) -> tuple[list[np.ndarray], list[dict]]:
+    """``count`` seeded random crops of 3-8 s, each from a random file long enough to hold it."""
+    files = sorted(data.glob("*/*.flac"))
+    if not files:
+        raise SystemExit(f"no .flac files under {data}")
+    frames = {f: sf.info(str(f)).frames for f in files}
+    rng = np.random.default_rng(seed)
+    utterances, sources = [], []
+    while len(utterances) < count:
+        want = int(rng.uniform(MIN_S, MAX_S) * SAMPLE_RATE)
+        candidates = [f for f in files if frames[f] >= want]
+        path = candidates[int(rng.integers(len(candidates)))]
+        start = int(rng.integers(frames[path] - want + 1))
+        samples, rate = sf.read(str(path), start=start, frames=want, dtype="float32", always_2d=False)
+        if rate != SAMPLE_RATE:
+            raise SystemExit(f"{path} is at {rate} Hz, expected {SAMPLE_RATE}")
+        utterances.append(np.ascontiguousarray(samples))
+        sources.append({"file": path.name, "start_s": start / SAMPLE_RATE, "seconds": want / SAMPLE_RATE})
+    return utterances, sources
+
+
+def time_plain_speechbrain(embedder, utterances: list[np.ndarray]) -> tuple[float, np.ndarray]:
+    classifier = embedder.encoder.classifier
+    out = []
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for u in utterances:
+            out.append(classifier.encode_batch(torch.from_numpy(u)[None], normalize=True)[0, 0])
+        elapsed = time.perf_counter() - start
+    emb = torch.nn.functional.normalize(torch.stack(out), dim=-1).numpy()
+    return elapsed, emb
+
+
+def time_batched(embedder, utterances: list[np.ndarray]) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    out = embedder.embed_speech(utterances)
+    elapsed = time.perf_counter() - start
+    return elapsed, np.stack(out)
+
+
+def gemm_flops_per_s() -> dict:
+    """Best sustained fp32 ``torch.mm`` rate over a few square sizes (2 n^3 FLOPs per product)."""
+    rates = {}
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for n in GEMM_SIZES:
+            a = torch.randn(n, n, generator=gen)
+            b = torch.randn(n, n, generator=gen)
+            c = torch.empty(n, n)
+            for _ in range(2):  # warm-up
+                torch.mm(a, b, out=c)
+            best = 0.0
+            deadline = time.perf_counter() + GEMM_SECONDS_PER_SIZE
+            # Time blocks of products lasting >= 0.25 s each; keep the best block.
+            reps = max(1, int(0.25 * 1e11 / (2 * n**3)))
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                for _ in range(reps):
+                    torch.mm(a, b, out=c)
+                elapsed = time.perf_counter() - start
+                best = max(best, reps * 2 * n**3 / elapsed)
+                if elapsed < 0.2:
+                    reps *= 2
+            rates[n] = best
+            del a, b, c
+    return rates
+
+
+def count_flops(embedder, seconds: float) -> int:
+    """FLOPs of the full embedding forward (Fbank, sentence norm, ECAPA, embedding norm) on ``seconds`` of audio."""
+    wav = torch.randn(1, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(1)) * 0.1
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        embedder.encoder.classifier.encode_batch(wav, normalize=True)
+    return int(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--utterances", type=int, default=48, help="number of 3-8 s crops (default 48)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LibriSpeech test-other directory")
+    args = parser.parse_args(argv)
+
+    from biometrics.embedding import load_voice_embedder
+    from biometrics.settings import CoreSettings
+
+    threads = torch.get_num_threads()
+    settings = CoreSettings(_env_file=None)
+    embedder = load_voice_embedder(settings)
+    utterances, sources = crop_utterances(args.data, args.utterances, args.seed)
+    warmup, _ = crop_utterances(args.data, WARMUP_UTTERANCES, args.seed + 1_000_003)
+    audio_s = sum(len(u) for u in utterances) / SAMPLE_RATE
+    rss_loaded = peak_rss_mb()
+
+    # (a) plain SpeechBrain, one utterance at a time; (b) our batched path. Each warmed up once first.
+    time_plain_speechbrain(embedder, warmup)
+    with ForeignLoad() as load_a:
+        t_a, emb_a = time_plain_speechbrain(embedder, utterances)
+    embedder.embed_speech(warmup)
+    with ForeignLoad() as load_b:
+        t_b, emb_b = time_batched(embedder, utterances)
+    rss_embedding = peak_rss_mb()
+    min_cosine = float(np.min(np.sum(emb_a * emb_b, axis=1)))
+
+    # (c) GEMM bound: FLOPs are affine in length (per-frame layers + a fixed head), so fit two counts.
+    short_s, long_s = MIN_S, MAX_S
+    f_short, f_long = count_flops(embedder, short_s), count_flops(embedder, long_s)
+    flops_per_audio_s = (f_long - f_short) / (long_s - short_s)
+    fixed_flops = f_short - flops_per_audio_s * short_s
+    workload_flops = flops_per_audio_s * audio_s + fixed_flops * len(utterances)
+    with ForeignLoad() as load_c:
+        gemm = gemm_flops_per_s()
+    gemm_best = max(gemm.values())
+    rate_a = audio_s / t_a
+    rate_b = audio_s / t_b
+    rate_c = gemm_best * audio_s / workload_flops
+    rss_peak = peak_rss_mb()
+
+    b_over_c = rate_b / rate_c
+    results = {
+        "torch_version": torch.__version__,
+        "threads": threads,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "vad": "skipped in (a) and (b): both embed the identical raw crops",
+        "batch_max_frames": embedder.batch_max_frames,
+        "seed": args.seed,
+        "utterances": len(utterances),
+        "audio_seconds": audio_s,
+        "utterance_seconds_min": min(len(u) for u in utterances) / SAMPLE_RATE,
+        "utterance_seconds_max": max(len(u) for u in utterances) / SAMPLE_RATE,
+        "a_plain_speechbrain": {"wall_s": t_a, "audio_s_per_s": rate_a},
+        "b_batched": {"wall_s": t_b, "audio_s_per_s": rate_b},
+        "c_gemm_bound": {
+            "audio_s_per_s": rate_c,
+            "gemm_flops_per_s": {str(n): r for n, r in gemm.items()},
+            "gemm_best_flops_per_s": gemm_best,
+            "model_flops_per_audio_s": flops_per_audio_s,
+            "model_fixed_flops_per_utterance": fixed_flops,
+            "model_flops_counted": {f"{short_s:g}s": f_short, f"{long_s:g}s": f_long},
+            "workload_flops": workload_flops,
+            "b_gflops_per_s": workload_flops / t_b / 1e9,
+        },
+        "foreign_load_cores": {"a": load_a.cores, "b": load_b.cores, "c_gemm": load_c.cores},
+        "ratio_b_over_a": rate_b / rate_a,
+        "ratio_b_over_c": b_over_c,
+        "min_cosine_a_vs_b": min_cosine,
+        "peak_rss_mb": {"after_load": rss_loaded, "after_embedding": rss_embedding, "process": rss_peak},
+        "target": {
+            "b_over_c_at_least": TARGET_B_OVER_C,
+            "peak_rss_mb_below": TARGET_PEAK_RSS_MB,
+            "b_over_c_met": b_over_c >= TARGET_B_OVER_C,
+            "peak_rss_met": rss_peak < TARGET_PEAK_RSS_MB,
+        },
+        "crops": sources,
+    }
+    results["target"]["met"] = results["target"]["b_over_c_met"] and results["target"]["peak_rss_met"]
+
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return results
+
+
+def print_table(r: dict) -> None:
+    c = r["c_gemm_bound"]
+    t = r["target"]
+    print(f"torch {r['torch_version']}, {r['threads']} threads, {r['cpu_model']}")
+    print(
+        f"{r['utterances']} utterances, {r['audio_seconds']:.1f} s of audio "
+        f"({r['utterance_seconds_min']:.1f}-{r['utterance_seconds_max']:.1f} s each); {r['vad']}"
+    )
+    print(f"batch_max_frames={r['batch_max_frames']}")
+    print()
+    print(f"{'path':<46} {'wall s':>8} {'audio s / s':>12}")
+    print(f"{'(a) SpeechBrain encode_batch, one at a time':<46} {r['a_plain_speechbrain']['wall_s']:>8.2f} "
+          f"{r['a_plain_speechbrain']['audio_s_per_s']:>12.1f}")
+    print(f"{'(b) VoiceEmbedder.embed_speech, batched':<46} {r['b_batched']['wall_s']:>8.2f} "
+          f"{r['b_batched']['audio_s_per_s']:>12.1f}")
+    print(f"{'(c) fp32 GEMM bound':<46} {'':>8} {c['audio_s_per_s']:>12.1f}")
+    print()
+    gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in c["gemm_flops_per_s"].items())
+    print(f"GEMM GFLOP/s by size: {gemm} (best {c['gemm_best_flops_per_s'] / 1e9:.1f})")
+    print(f"model: {c['model_flops_per_audio_s'] / 1e9:.2f} GFLOP per audio second "
+          f"+ {c['model_fixed_flops_per_utterance'] / 1e6:.1f} MFLOP per utterance; "
+          f"(b) sustains {c['b_gflops_per_s']:.1f} GFLOP/s")
+    print(f"min cosine (a) vs (b): {r['min_cosine_a_vs_b']:.6f}")
+    load = r["foreign_load_cores"]
+    print("CPU taken by other processes while timing (cores): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in load.items()))
+    if max(load.values()) > FOREIGN_LOAD_WARN_CORES:
+        print("WARNING: other processes were busy during timing; these figures are not clean.")
+    print()
+    rss = r["peak_rss_mb"]
+    print(f"{'measure':<36} {'value':>10} {'target':>10} {'met':>5}")
+    print(f"{'(b)/(a)':<36} {r['ratio_b_over_a']:>10.2f} {'':>10} {'':>5}")
+    print(f"{'(b)/(c)':<36} {r['ratio_b_over_c']:>10.2f} {'>= ' + str(t['b_over_c_at_least']):>10} "
+          f"{'yes' if t['b_over_c_met'] else 'NO':>5}")
+    print(f"{'peak RSS MB (whole process)':<36} {rss['process']:>10.0f} {'< ' + format(t['peak_rss_mb_below'], '.0f'):>10} "
+          f"{'yes' if t['peak_rss_met'] else 'NO':>5}")
+    print(f"{'peak RSS MB (after (a)+(b))':<36} {rss['after_embedding']:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()

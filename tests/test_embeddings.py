@@ -1,0 +1,111 @@
+"""Embeddings, templates and scores from the real model on real speech."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from biometrics.audio import read_audio_file
+from biometrics.audio.waveform import Waveform
+from biometrics.embedding import Embedding
+from biometrics.errors import IncompatibleModel
+from biometrics.scoring import Decision, Scorer, cosine_score
+from biometrics.templates import VoiceTemplate
+from tests.conftest import FSDD, TEST_OTHER
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def mixed_lengths(shared_data) -> list[Waveform]:
+    """Real utterances from about 1 s (spoken digits, 8 kHz) to 20 s."""
+    files = sorted(TEST_OTHER.glob("*/*.flac"))
+    long_and_short = sorted(files, key=lambda p: p.stat().st_size)
+    chosen = [read_audio_file(p) for p in (long_and_short[0], long_and_short[len(files) // 2], long_and_short[-1])]
+    digits = np.concatenate([read_audio_file(FSDD / f"{d}_jackson_1.wav").samples for d in (1, 2, 3)])
+    chosen.append(Waveform(digits, 16_000, 8_000))
+    cut = chosen[1]
+    chosen.append(Waveform(cut.samples[: int(len(cut.samples) * 0.37)], 16_000, 16_000))
+    return chosen
+
+
+def test_embeddings_are_unit_length_192_dimensional_and_carry_the_model_fingerprint(embedder, clean_samples):
+    vector = clean_samples[0].embedding.vector
+    assert vector.shape == (192,) and vector.dtype == np.float32
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    assert clean_samples[0].embedding.model_fingerprint == embedder.fingerprint
+    assert embedder.fingerprint.startswith("ecapa-voxceleb-")
+
+
+def test_a_batch_of_mixed_lengths_gives_the_same_embeddings_as_one_at_a_time(embedder, mixed_lengths):
+    durations = [w.duration_s for w in mixed_lengths]
+    assert min(durations) < 2.0 < 10.0 < max(durations)
+    batch = embedder.analyse(mixed_lengths)
+    for waveform, batched in zip(mixed_lengths, batch, strict=True):
+        (alone,) = embedder.analyse([waveform])
+        assert float(np.dot(alone.embedding.vector, batched.embedding.vector)) >= 0.9999
+
+
+def test_embeddings_of_speech_only_ignore_added_silence(embedder, mixed_lengths):
+    speech = mixed_lengths[1]
+    padded = Waveform(
+        np.concatenate([np.zeros(16_000 * 2, np.float32), speech.samples, np.zeros(16_000 * 3, np.float32)]),
+        16_000,
+        16_000,
+    )
+    a, b = embedder.analyse([speech, padded])
+    assert float(np.dot(a.embedding.vector, b.embedding.vector)) > 0.99
+
+
+def test_template_is_the_renormalised_mean_and_absorbs_more_samples(clean_samples):
+    first, second, third = (s.embedding for s in clean_samples[:3])
+    template = VoiceTemplate.from_embeddings([first, second])
+    grown = template.absorb([third])
+    expected = (first.vector + second.vector + third.vector) / 3
+    np.testing.assert_allclose(grown.vector, expected / np.linalg.norm(expected), atol=1e-6)
+    assert grown.count == 3
+    restored = VoiceTemplate.from_bytes(grown.to_bytes())
+    np.testing.assert_array_equal(restored.vector, grown.vector)
+    assert restored.model_fingerprint == grown.model_fingerprint
+
+
+def test_comparing_across_model_fingerprints_is_refused(clean_samples):
+    ours = clean_samples[0].embedding
+    other = Embedding(clean_samples[1].embedding.vector, "ecapa-voxceleb-some-other-model")
+    with pytest.raises(IncompatibleModel):
+        cosine_score(ours, other)
+    with pytest.raises(IncompatibleModel):
+        VoiceTemplate.from_embeddings([ours]).absorb([other])
+
+
+def test_same_speaker_is_accepted_and_another_rejected(test_other_files, clean_samples, clean_cohort):
+    by_file = dict(zip(test_other_files, clean_samples, strict=True))
+    speaker_a = [by_file[p].embedding for p in test_other_files if p.parent.name == "1688"]
+    speaker_b = [by_file[p].embedding for p in test_other_files if p.parent.name == "2033"]
+    template = VoiceTemplate.from_embeddings(speaker_a[:3]).as_embedding()
+    scorer = Scorer(clean_cohort)
+    assert scorer.verdict(template, speaker_a[5], []).decision is Decision.ACCEPT
+    assert scorer.verdict(template, speaker_b[0], []).decision is Decision.REJECT
+
+
+def test_quality_reasons_always_reject(clean_samples):
+    from biometrics.quality.gates import QualityReason, ReasonCode
+
+    a, b = clean_samples[0].embedding, clean_samples[1].embedding
+    verdict = Scorer().verdict(a, a, [QualityReason(ReasonCode.TOO_SHORT, 1.0, 3.0)])
+    assert verdict.decision is Decision.REJECT and verdict.score == pytest.approx(1.0)
+    assert Scorer().verdict(None, b, []).score is None
+
+
+def test_cohort_file_round_trips_and_records_its_source(clean_cohort, tmp_path):
+    from biometrics.cohort import Cohort
+
+    path = tmp_path / "cohort.npz"
+    clean_cohort.save(path)
+    loaded = Cohort.load(path)
+    np.testing.assert_array_equal(loaded.embeddings, clean_cohort.embeddings)
+    assert loaded.model_fingerprint == clean_cohort.model_fingerprint and loaded.channel == "clean"
+    assert loaded.meta["source_files"] == 251 and len(loaded.meta["source_sha256"]) == 64
+    assert dataclasses.replace(loaded, meta={}).embeddings.shape[1] == 192
