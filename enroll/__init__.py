@@ -1,0 +1,1 @@
+"""Enrolment workflows and their quality gates: built on ``biometrics``, stored through ``service``."""

@@ -1,0 +1,1 @@
+"""The bioident service (FastAPI app, storage, auth, consent, audit): built on ``biometrics``."""
