@@ -1,0 +1,68 @@
+"""Typed errors of the vault.
+
+Every error has a stable machine-readable ``code``; the service maps codes to problem+json types
+in one place. Messages name versions, paths and fields at most: never keys, peppers, references,
+ciphertexts or template bytes.
+"""
+
+from __future__ import annotations
+
+
+class VaultError(Exception):
+    """Base of every error the vault raises on purpose."""
+
+    code = "vault_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidReference(VaultError, ValueError):
+    """A customer reference that cannot be tokenized (empty once surrounding whitespace is stripped)."""
+
+    code = "subject_reference_invalid"
+
+
+class DecryptionError(VaultError):
+    """A ciphertext failed authentication: wrong key, wrong binding, or altered bytes.
+
+    One error for every cause, on purpose: callers learn nothing about which part was wrong.
+    """
+
+    code = "vault_decryption_failed"
+
+    def __init__(self, message: str = "ciphertext does not match its binding or key") -> None:
+        super().__init__(message)
+
+
+class KeyVersionUnavailable(VaultError):
+    """A key-encryption key version that this keyring does not have, or whose material was destroyed."""
+
+    code = "vault_key_version_unavailable"
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"key-encryption key version {version} is not available (unknown or retired)")
+        self.version = version
+
+
+class KeyringError(VaultError):
+    code = "keyring_error"
+
+
+class KeyringInvalid(KeyringError):
+    """The keyring document is missing or malformed; the message names the field, never its value."""
+
+    code = "keyring_invalid"
+
+
+class KeyringPermissionError(KeyringError):
+    code = "keyring_permissions_too_open"
+
+
+class KeyringReadOnly(KeyringError):
+    code = "keyring_read_only"
+
+
+class ActiveKeyRetirement(KeyringError):
+    code = "keyring_cannot_retire_active"
