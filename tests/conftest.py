@@ -83,3 +83,6 @@ def telephone_cohort(embedder, core_settings, shared_data):
     from biometrics.pipeline import Channel, build_cohort
 
     return build_cohort(embedder, COHORT_DIR, core_settings, Channel.TELEPHONE, max_speech_s=COHORT_SPEECH_S)
+
+
+from tests.service_fixtures import api, database_url  # noqa: E402, F401  (fixtures for the service tests)

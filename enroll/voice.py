@@ -1,0 +1,273 @@
+"""Voice enrolment: in one call with several samples, or as a session (start, add samples, complete).
+
+A template is created only when the quality gates pass. Until then each accepted sample's
+embedding is kept sealed under the subject's data key; a failed or abandoned session leaves
+no template and no sample behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from biometrics.audio.waveform import Waveform
+from biometrics.embedding import AnalysedSample, Embedding
+from biometrics.quality.gates import enrolment_reasons, signal_reasons
+from biometrics.templates import VoiceTemplate
+from service.audit.chain import append
+from service.auth import Principal
+from service.consent.records import Modality, require_consent, subject_in_tenant
+from service.context import ServiceContext
+from service.errors import Conflict, NotFound, QualityFailed
+from service.protected import data_key, open_template, seal_into
+from service.store.models import EnrolmentSample, EnrolmentSession, Template, utcnow
+from service.vault import TemplateBinding, open_sealed, seal
+
+VOICE = str(Modality.VOICE)
+SESSION_TTL = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class EnrolmentResult:
+    subject_token: str
+    template_id: str
+    sample_count: int
+    net_speech_s: float
+    model: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def sample_report(sample: AnalysedSample, ctx: ServiceContext) -> dict:
+    reasons = signal_reasons(sample.measures, ctx.limits)
+    return {
+        "accepted": not reasons and sample.embedding is not None,
+        **sample.measures.as_dict(),
+        "reasons": [r.as_dict() for r in reasons],
+    }
+
+
+def _store_template(
+    session: Session, ctx: ServiceContext, actor: Principal, token: str, embeddings: Sequence[Embedding]
+) -> Template:
+    """Creates the subject's voice template, or absorbs the samples into the one it has."""
+    key = data_key(session, ctx.keyring, token, VOICE, create=True)
+    row = session.execute(
+        select(Template).where(Template.subject_token == token, Template.modality == VOICE)
+    ).scalar_one_or_none()
+    if row is None:
+        template = VoiceTemplate.from_embeddings(embeddings)
+        row = Template(
+            subject_token=token,
+            tenant_id=actor.tenant_id,
+            modality=VOICE,
+            model_fingerprint=template.model_fingerprint,
+            sample_count=template.count,
+            sealed=b"",
+        )
+        session.add(row)
+        session.flush()
+    else:
+        template = VoiceTemplate.from_bytes(open_template(row, key)).absorb(embeddings)
+        row.sample_count = template.count
+    seal_into(row, key, template.to_bytes())
+    session.flush()
+    return row
+
+
+def _refuse_on_quality(
+    ctx: ServiceContext, actor: Principal, token: str, samples: Sequence[AnalysedSample], action: str
+) -> None:
+    reasons = enrolment_reasons([s.measures for s in samples], ctx.limits)
+    if not reasons:
+        return
+    with ctx.db.session() as session:
+        append(
+            session,
+            actor=actor.client_id,
+            action=action,
+            outcome="quality_failed",
+            tenant_id=actor.tenant_id,
+            subject_token=token,
+            model_fingerprint=ctx.embedder.fingerprint,
+            details={"reasons": [str(r.code) for r in reasons]},
+        )
+    raise QualityFailed("the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in reasons])
+
+
+def enrol_voice(
+    ctx: ServiceContext, actor: Principal, reference: str, purpose: str, audio: Sequence[Waveform]
+) -> tuple[EnrolmentResult, list[dict]]:
+    token = ctx.token(actor.tenant_id, reference)
+    with ctx.db.session() as session:
+        subject_in_tenant(session, actor.tenant_id, token)
+        require_consent(session, token, Modality.VOICE, purpose)
+    samples = ctx.embedder.analyse(list(audio))
+    reports = [sample_report(s, ctx) for s in samples]
+    _refuse_on_quality(ctx, actor, token, samples, "voice.enrol")
+    usable = [s for s, r in zip(samples, reports, strict=True) if r["accepted"]]
+    with ctx.db.session() as session:
+        require_consent(session, token, Modality.VOICE, purpose)
+        row = _store_template(session, ctx, actor, token, [s.embedding for s in usable])
+        speech = sum(s.measures.net_speech_s for s in usable)
+        append(
+            session,
+            actor=actor.client_id,
+            action="voice.enrol",
+            outcome="enrolled",
+            tenant_id=actor.tenant_id,
+            subject_token=token,
+            model_fingerprint=row.model_fingerprint,
+            details={"template_id": row.id, "samples": len(usable), "net_speech_s": round(speech, 2)},
+        )
+    return EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), row.model_fingerprint), reports
+
+
+# --- sessions ------------------------------------------------------------------------------------
+
+
+def _open_session(session: Session, actor: Principal, session_id: str) -> EnrolmentSession:
+    enrolment = session.get(EnrolmentSession, session_id)
+    if enrolment is None or enrolment.tenant_id != actor.tenant_id:
+        raise NotFound("no such enrolment session")
+    expires = (
+        enrolment.expires_at.replace(tzinfo=dt.UTC) if enrolment.expires_at.tzinfo is None else enrolment.expires_at
+    )
+    if enrolment.status == "open" and expires < utcnow():
+        _discard_samples(session, enrolment, "expired")
+    if enrolment.status != "open":
+        raise Conflict(f"the enrolment session is {enrolment.status}")
+    return enrolment
+
+
+def _discard_samples(session: Session, enrolment: EnrolmentSession, status: str) -> None:
+    session.execute(delete(EnrolmentSample).where(EnrolmentSample.session_id == enrolment.id))
+    enrolment.status = status
+    session.flush()
+
+
+def _sample_binding(enrolment: EnrolmentSession, sample_id: str, fingerprint: str) -> TemplateBinding:
+    return TemplateBinding(enrolment.subject_token, f"{VOICE}-enrolment-sample", sample_id, fingerprint)
+
+
+def start_session(ctx: ServiceContext, actor: Principal, reference: str, purpose: str) -> EnrolmentSession:
+    token = ctx.token(actor.tenant_id, reference)
+    with ctx.db.session() as session:
+        subject_in_tenant(session, actor.tenant_id, token)
+        require_consent(session, token, Modality.VOICE, purpose)
+        enrolment = EnrolmentSession(
+            tenant_id=actor.tenant_id,
+            subject_token=token,
+            modality=VOICE,
+            purpose=purpose,
+            expires_at=utcnow() + SESSION_TTL,
+        )
+        session.add(enrolment)
+        session.flush()
+        append(
+            session,
+            actor=actor.client_id,
+            action="voice.enrolment.start",
+            outcome="open",
+            tenant_id=actor.tenant_id,
+            subject_token=token,
+            details={"session_id": enrolment.id},
+        )
+    return enrolment
+
+
+def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Waveform) -> dict:
+    with ctx.db.session() as session:
+        enrolment = _open_session(session, actor, session_id)
+        require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
+    (sample,) = ctx.embedder.analyse([audio])
+    report = sample_report(sample, ctx)
+    with ctx.db.session() as session:
+        enrolment = _open_session(session, actor, session_id)
+        row = EnrolmentSample(
+            session_id=enrolment.id,
+            accepted=report["accepted"],
+            net_speech_s=sample.measures.net_speech_s,
+            report=report,
+        )
+        session.add(row)
+        session.flush()
+        if report["accepted"]:
+            key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=True)
+            vector = sample.embedding.vector.astype("<f4").tobytes()
+            row.sealed = seal(key, vector, aad=_sample_binding(enrolment, row.id, sample.embedding.model_fingerprint))
+        usable = sum(s.net_speech_s for s in _samples(session, enrolment.id) if s.accepted)
+    return {
+        "sample_id": row.id,
+        **report,
+        "session_usable_speech_s": round(usable, 3),
+        "required_speech_s": ctx.limits.min_enrol_speech_s,
+    }
+
+
+def _samples(session: Session, session_id: str) -> list[EnrolmentSample]:
+    query = select(EnrolmentSample).where(EnrolmentSample.session_id == session_id).order_by(EnrolmentSample.created_at)
+    return list(session.execute(query).scalars())
+
+
+def complete_session(ctx: ServiceContext, actor: Principal, session_id: str) -> EnrolmentResult:
+    fingerprint = ctx.embedder.fingerprint
+    with ctx.db.session() as session:
+        enrolment = _open_session(session, actor, session_id)
+        require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
+        accepted = [s for s in _samples(session, enrolment.id) if s.accepted]
+        speech = sum(s.net_speech_s for s in accepted)
+        if speech < ctx.limits.min_enrol_speech_s:
+            raise QualityFailed(
+                "the session does not hold enough usable speech yet; add samples",
+                reasons=[{"code": "TOO_SHORT", "measured": round(speech, 4), "limit": ctx.limits.min_enrol_speech_s}],
+            )
+        key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=False)
+        embeddings = [
+            Embedding(
+                np.frombuffer(
+                    open_sealed(key, s.sealed, aad=_sample_binding(enrolment, s.id, fingerprint)), dtype="<f4"
+                ).copy(),
+                fingerprint,
+            )
+            for s in accepted
+        ]
+        row = _store_template(session, ctx, actor, enrolment.subject_token, embeddings)
+        _discard_samples(session, enrolment, "completed")
+        append(
+            session,
+            actor=actor.client_id,
+            action="voice.enrol",
+            outcome="enrolled",
+            tenant_id=actor.tenant_id,
+            subject_token=enrolment.subject_token,
+            model_fingerprint=fingerprint,
+            details={
+                "template_id": row.id,
+                "session_id": enrolment.id,
+                "samples": len(embeddings),
+                "net_speech_s": round(speech, 2),
+            },
+        )
+    return EnrolmentResult(enrolment.subject_token, row.id, row.sample_count, round(speech, 3), fingerprint)
+
+
+def abandon_session(ctx: ServiceContext, actor: Principal, session_id: str) -> None:
+    with ctx.db.session() as session:
+        enrolment = _open_session(session, actor, session_id)
+        _discard_samples(session, enrolment, "abandoned")
+        append(
+            session,
+            actor=actor.client_id,
+            action="voice.enrolment.abandon",
+            outcome="abandoned",
+            tenant_id=actor.tenant_id,
+            subject_token=enrolment.subject_token,
+            details={"session_id": enrolment.id},
+        )

@@ -1,0 +1,1 @@
+"""HTTP: one router module per resource, problem+json errors, authentication."""

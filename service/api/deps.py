@@ -1,0 +1,41 @@
+"""Request dependencies: the service context, the authenticated principal, uploaded audio."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Depends, Form, Header, Request, UploadFile
+
+from biometrics.audio import RawCodec, decode_audio
+from biometrics.audio.waveform import Waveform
+from service.auth import Principal, Role, authenticate
+from service.context import ServiceContext
+from service.errors import Forbidden
+from service.limits import count_request
+
+
+def get_ctx(request: Request) -> ServiceContext:
+    return request.app.state.ctx
+
+
+def require(*roles: Role) -> Callable[..., Principal]:
+    def dependency(
+        ctx: ServiceContext = Depends(get_ctx), authorization: str | None = Header(default=None)
+    ) -> Principal:
+        with ctx.db.session() as session:
+            principal = authenticate(session, authorization)
+            count_request(session, principal.client_id, ctx.settings.rate_limit_per_minute)
+        if principal.role not in roles:
+            raise Forbidden(f"the {principal.role} role cannot do this")
+        return principal
+
+    return dependency
+
+
+def read_waveform(ctx: ServiceContext, upload: UploadFile, codec: RawCodec | None, sample_rate: int | None) -> Waveform:
+    data = upload.file.read()
+    return decode_audio(data, raw_codec=codec, declared_rate=sample_rate, max_seconds=ctx.settings.max_audio_seconds)
+
+
+CodecField = Form(default=None, description="raw telephone audio codec; omit for WAV/FLAC")
+RateField = Form(default=None, description="declared sample rate (required with codec)", ge=1)

@@ -1,0 +1,81 @@
+"""Every error leaves as RFC 9457 application/problem+json, mapped in this one place.
+
+Nothing from the request body is echoed: validation problems name fields, never their values.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from biometrics.errors import AudioError, BiometricsError, IncompatibleModel, ModelError, NoSpeech
+from service.errors import ServiceError
+from service.vault.errors import VaultError
+
+log = logging.getLogger("bioident.api")
+
+PROBLEM_BASE = "https://bioident.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(
+    status: int, code: str, title: str, detail: str | None = None, reasons: list[dict] | None = None, **extra: object
+) -> JSONResponse:
+    body: dict[str, object] = {"type": PROBLEM_BASE + code, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if reasons is not None:
+        body["reasons"] = reasons
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _biometrics_status(exc: BiometricsError) -> tuple[int, str]:
+    if isinstance(exc, AudioError):
+        return 422, "Unusable audio"
+    if isinstance(exc, NoSpeech):
+        return 422, "No speech"
+    if isinstance(exc, IncompatibleModel):
+        return 409, "Template from another model"
+    if isinstance(exc, ModelError):
+        return 503, "Speaker model unavailable"
+    return 400, "Bad request"
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.title, exc.detail, exc.reasons)
+
+    @app.exception_handler(BiometricsError)
+    async def _biometrics(_: Request, exc: BiometricsError) -> JSONResponse:
+        status, title = _biometrics_status(exc)
+        return problem(status, exc.code, title, exc.message)
+
+    @app.exception_handler(VaultError)
+    async def _vault(_: Request, exc: VaultError) -> JSONResponse:
+        log.error("vault error %s", exc.code)
+        return problem(500, exc.code, "Key management error")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        return problem(422, "invalid_request", "The request is not valid", "see errors", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return problem(exc.status_code, code, detail or "HTTP error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s", type(exc).__name__)  # no message: it could carry request data
+        return problem(500, "internal_error", "Internal error")

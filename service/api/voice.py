@@ -1,0 +1,116 @@
+"""Voice enrolment, verification and identification (ivr role). Audio comes as multipart form data:
+a WAV/FLAC file, or raw telephone audio with its declared ``codec`` and ``sample_rate``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+
+from biometrics.audio import RawCodec
+from enroll import voice as enrolment
+from service.api.deps import CodecField, RateField, get_ctx, read_waveform, require
+from service.api.schemas import EnrolmentStartIn
+from service.auth import Principal, Role
+from service.context import ServiceContext
+from service.errors import ServiceError
+from service.voice import identify_voice, verify_voice
+
+router = APIRouter(prefix="/v1/voice", tags=["voice"])
+ivr = require(Role.IVR)
+MAX_ENROL_FILES = 10
+PURPOSE_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+
+
+def ReferenceForm() -> str:  # noqa: N802 - reads like the other FastAPI field markers
+    return Form(min_length=1, max_length=256, description="the client's customer reference; never stored")
+
+
+def PurposeForm() -> str:  # noqa: N802
+    return Form(default="authentication", min_length=1, max_length=64, pattern=PURPOSE_PATTERN)
+
+
+@router.post("/verify")
+def verify(
+    reference: str = ReferenceForm(),
+    audio: UploadFile = File(),
+    purpose: str = PurposeForm(),
+    codec: RawCodec | None = CodecField,
+    sample_rate: int | None = RateField,
+    ctx: ServiceContext = Depends(get_ctx),
+    actor: Principal = Depends(ivr),
+) -> dict:
+    waveform = read_waveform(ctx, audio, codec, sample_rate)
+    return verify_voice(ctx, actor, reference, purpose, waveform).as_dict()
+
+
+@router.post("/identify")
+def identify(
+    audio: UploadFile = File(),
+    purpose: str = PurposeForm(),
+    top_k: int = Form(default=5, ge=1, le=100),
+    codec: RawCodec | None = CodecField,
+    sample_rate: int | None = RateField,
+    ctx: ServiceContext = Depends(get_ctx),
+    actor: Principal = Depends(ivr),
+) -> dict:
+    waveform = read_waveform(ctx, audio, codec, sample_rate)
+    candidates, summary = identify_voice(ctx, actor, purpose, waveform, top_k)
+    result = summary.as_dict()
+    result.pop("subject_token")
+    return {**result, "candidates": [{"subject_token": c.subject_token, "score": c.score} for c in candidates]}
+
+
+@router.post("/enrol", status_code=201)
+def enrol(
+    reference: str = ReferenceForm(),
+    audio: list[UploadFile] = File(description="one or more recordings of the customer"),
+    purpose: str = PurposeForm(),
+    codec: RawCodec | None = CodecField,
+    sample_rate: int | None = RateField,
+    ctx: ServiceContext = Depends(get_ctx),
+    actor: Principal = Depends(ivr),
+) -> dict:
+    if len(audio) > MAX_ENROL_FILES:
+        raise ServiceError(f"at most {MAX_ENROL_FILES} recordings per enrolment call")
+    waveforms = [read_waveform(ctx, upload, codec, sample_rate) for upload in audio]
+    result, reports = enrolment.enrol_voice(ctx, actor, reference, purpose, waveforms)
+    return {**result.as_dict(), "samples": reports}
+
+
+@router.post("/enrolments", status_code=201)
+def start_enrolment(
+    body: EnrolmentStartIn, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
+) -> dict:
+    session = enrolment.start_session(ctx, actor, body.reference, body.purpose)
+    return {
+        "id": session.id,
+        "status": session.status,
+        "subject_token": session.subject_token,
+        "expires_at": session.expires_at,
+        "required_speech_s": ctx.limits.min_enrol_speech_s,
+    }
+
+
+@router.post("/enrolments/{session_id}/samples", status_code=201)
+def add_enrolment_sample(
+    session_id: str,
+    audio: UploadFile = File(),
+    codec: RawCodec | None = CodecField,
+    sample_rate: int | None = RateField,
+    ctx: ServiceContext = Depends(get_ctx),
+    actor: Principal = Depends(ivr),
+) -> dict:
+    waveform = read_waveform(ctx, audio, codec, sample_rate)
+    return enrolment.add_sample(ctx, actor, session_id, waveform)
+
+
+@router.post("/enrolments/{session_id}:complete", status_code=201)
+def complete_enrolment(
+    session_id: str, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
+) -> dict:
+    return enrolment.complete_session(ctx, actor, session_id).as_dict()
+
+
+@router.post("/enrolments/{session_id}:abandon")
+def abandon_enrolment(session_id: str, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)) -> dict:
+    enrolment.abandon_session(ctx, actor, session_id)
+    return {"id": session_id, "status": "abandoned"}

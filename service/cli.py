@@ -1,0 +1,195 @@
+"""``bioident`` with the service verbs added to the core's: serve, db, keys, audit, clients."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from biometrics import cli as core_cli
+from biometrics.errors import BiometricsError
+from service.vault.errors import VaultError
+
+
+def _settings():  # noqa: ANN202
+    from service.settings import ServiceSettings
+
+    return ServiceSettings()
+
+
+def _database(settings):  # noqa: ANN001, ANN202
+    from service.store.db import Database, upgrade
+
+    upgrade(settings.resolved_database_url)
+    return Database(settings.resolved_database_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.bootstrap import bootstrap_admin
+    from service.context import ServiceContext
+
+    settings = _settings()
+    ctx = ServiceContext(settings, database=_database(settings))
+    key = bootstrap_admin(ctx.db)
+    if key is not None:
+        print(f"first admin API key (shown once, store it now): {key}", flush=True)
+    ctx.embedder  # noqa: B018 - load and verify the model before taking traffic
+    uvicorn.run(
+        create_app(ctx),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level="info",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _database(settings)
+    print("database is at the latest schema")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from service.audit.chain import append
+    from service.context import load_keyring
+    from service.protected import rewrap_all
+
+    settings = _settings()
+    db = _database(settings)
+    keyring = load_keyring(settings)
+    version = keyring.add_version()
+    with db.session() as session:
+        count = rewrap_all(session, keyring)
+        append(
+            session,
+            actor="operator",
+            action="keys.rotate",
+            outcome="rotated",
+            details={"active_version": version, "data_keys_rewrapped": count},
+        )
+    print(f"key-encryption key version {version} is active; {count} data keys re-wrapped")
+    return 0
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    from sqlalchemy import func, select
+
+    from service.audit.chain import append
+    from service.context import load_keyring
+    from service.store.models import DataKey
+
+    settings = _settings()
+    db = _database(settings)
+    keyring = load_keyring(settings)
+    with db.session() as session:
+        in_use = session.execute(
+            select(func.count()).select_from(DataKey).where(DataKey.kek_version == args.version)
+        ).scalar_one()
+        if in_use:
+            print(
+                f"bioident: error: {in_use} data keys are still wrapped by version {args.version}; "
+                "run 'bioident keys rotate' first",
+                file=sys.stderr,
+            )
+            return core_cli.EXIT_INPUT_ERROR
+        keyring.retire(args.version)
+        append(session, actor="operator", action="keys.retire", outcome="retired", details={"version": args.version})
+    print(f"key-encryption key version {args.version} retired")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from service.context import load_keyring
+
+    for info in load_keyring(_settings()).versions():
+        print(f"{info.version}\t{info.status}\tcreated {info.created_at.isoformat(timespec='seconds')}")
+    return 0
+
+
+def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
+    from service.audit.chain import verify_chain
+
+    db = _database(_settings())
+    with db.session() as session:
+        report = verify_chain(session)
+    if report.ok:
+        print(f"audit chain intact: {report.entries} entries")
+        return 0
+    print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_clients_create(args: argparse.Namespace) -> int:
+    from service.audit.chain import append
+    from service.auth import Role, issue_client
+    from service.store.models import Tenant
+
+    db = _database(_settings())
+    with db.session() as session:
+        if session.get(Tenant, args.tenant) is None:
+            session.add(Tenant(id=args.tenant, name=args.tenant))
+            session.flush()
+        client, key = issue_client(session, tenant_id=args.tenant, name=args.name, role=Role(args.role))
+        append(
+            session,
+            actor="operator",
+            action="client.create",
+            outcome="created",
+            tenant_id=args.tenant,
+            details={"client_id": client.id, "role": args.role},
+        )
+    print(key)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = core_cli.build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve = verbs.add_parser("serve", help="start the API (OpenAPI at /docs)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=cmd_serve)
+
+    db = verbs.add_parser("db", help="database").add_subparsers(dest="action", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(run=cmd_db_upgrade)
+
+    keys = verbs.add_parser("keys", help="key-encryption keys").add_subparsers(dest="action", required=True)
+    keys.add_parser("rotate", help="add a key version and re-wrap every data key").set_defaults(run=cmd_keys_rotate)
+    keys.add_parser("list", help="key versions and their status").set_defaults(run=cmd_keys_list)
+    retire = keys.add_parser("retire", help="destroy an old key version no data key uses")
+    retire.add_argument("version", type=int)
+    retire.set_defaults(run=cmd_keys_retire)
+
+    audit = verbs.add_parser("audit", help="audit trail").add_subparsers(dest="action", required=True)
+    audit.add_parser("verify-chain", help="detect edited, inserted or deleted entries").set_defaults(
+        run=cmd_audit_verify_chain
+    )
+
+    clients = verbs.add_parser("clients", help="API clients").add_subparsers(dest="action", required=True)
+    create = clients.add_parser("create", help="create a client and print its API key once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=["ivr", "terminal", "portal", "auditor", "admin"])
+    create.set_defaults(run=cmd_clients_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (BiometricsError, VaultError) as exc:
+        print(f"bioident: error: {exc.message}", file=sys.stderr)
+        return core_cli.EXIT_INPUT_ERROR
+    except OSError as exc:
+        print(f"bioident: error: {exc.filename or 'input'}: {exc.strerror}", file=sys.stderr)
+        return core_cli.EXIT_INPUT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Consent records, their enforcement, and withdrawal by crypto-shredding."""

@@ -1,0 +1,48 @@
+"""What a running service holds: settings, database, keyring, and the voice model (loaded once)."""
+
+from __future__ import annotations
+
+import threading
+
+from biometrics.cohort import Cohort
+from biometrics.embedding import VoiceEmbedder, load_voice_embedder
+from biometrics.quality.gates import QualityLimits
+from biometrics.scoring import Scorer
+from service.settings import ServiceSettings
+from service.store.db import Database
+from service.vault import Keyring, subject_token
+
+
+def load_keyring(settings: ServiceSettings) -> Keyring:
+    if settings.keyring:
+        return Keyring.from_document(settings.keyring)
+    return Keyring.load_or_create(settings.resolved_keyring_file)
+
+
+class ServiceContext:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        database: Database | None = None,
+        keyring: Keyring | None = None,
+        embedder: VoiceEmbedder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = database or Database(settings.resolved_database_url)
+        self.keyring = keyring or load_keyring(settings)
+        self.limits = QualityLimits.from_settings(settings)
+        cohort = Cohort.load(settings.cohort_file) if settings.cohort_file else None
+        self.scorer = Scorer.from_settings(settings, cohort)
+        self._embedder = embedder
+        self._embedder_lock = threading.Lock()
+
+    @property
+    def embedder(self) -> VoiceEmbedder:
+        with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = load_voice_embedder(self.settings)
+            return self._embedder
+
+    def token(self, tenant_id: str, reference: str) -> str:
+        return subject_token(self.keyring.pepper, tenant_id, reference)

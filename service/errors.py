@@ -1,0 +1,46 @@
+"""Service errors. Each has a stable problem type; ``service.api.problems`` turns them into problem+json."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, reasons: list[dict] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.reasons = reasons
+
+
+class Unauthorized(ServiceError):
+    status, code, title = 401, "unauthorized", "Missing or invalid API key"
+
+
+class Forbidden(ServiceError):
+    status, code, title = 403, "forbidden", "Not allowed for this client"
+
+
+class ConsentRequired(ServiceError):
+    status, code, title = 403, "consent_required", "No active consent"
+
+
+class NotFound(ServiceError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(ServiceError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class QualityFailed(ServiceError):
+    status, code, title = 422, "quality_failed", "The sample did not pass the quality gates"
+
+
+class LockedOut(ServiceError):
+    status, code, title = 423, "locked_out", "Too many failed verifications"
+
+
+class RateLimited(ServiceError):
+    status, code, title = 429, "rate_limited", "Too many requests"

@@ -1,0 +1,53 @@
+"""Request limits that hold across replicas: per-client rate windows and verification lockouts in the database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from service.errors import RateLimited
+from service.store.models import RateWindow, VerificationFailure
+
+
+def _insert(session: Session):  # noqa: ANN202 - the dialect's INSERT with ON CONFLICT support
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def count_request(session: Session, client_id: str, per_minute: int) -> None:
+    """Counts one request in this client's current minute (an atomic upsert) and refuses past the limit."""
+    minute = int(time.time() // 60)
+    insert = _insert(session)(RateWindow).values(client_id=client_id, window_start=minute, count=1)
+    count = session.execute(
+        insert.on_conflict_do_update(
+            index_elements=[RateWindow.client_id, RateWindow.window_start], set_={"count": RateWindow.count + 1}
+        ).returning(RateWindow.count)
+    ).scalar_one()
+    if count == 1:
+        session.execute(delete(RateWindow).where(RateWindow.client_id == client_id, RateWindow.window_start < minute))
+    if count > per_minute:
+        raise RateLimited(f"more than {per_minute} requests this minute; retry in {60 - int(time.time()) % 60} s")
+
+
+def recent_failures(session: Session, subject_token: str, modality: str, window_s: int) -> int:
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window_s)
+    return session.execute(
+        select(func.count())
+        .select_from(VerificationFailure)
+        .where(
+            VerificationFailure.subject_token == subject_token,
+            VerificationFailure.modality == modality,
+            VerificationFailure.at >= since,
+        )
+    ).scalar_one()
+
+
+def record_failure(session: Session, subject_token: str, modality: str) -> None:
+    session.add(VerificationFailure(subject_token=subject_token, modality=modality))
+    session.flush()

@@ -1,0 +1,35 @@
+"""The service's settings: the core's, plus storage, keys, limits. One object per process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from biometrics.settings import CoreSettings
+
+
+class ServiceSettings(CoreSettings):
+    data_dir: Path = Path("data")
+    # Default: an SQLite file in data_dir. PostgreSQL: postgresql+psycopg2://user@host:5432/db
+    database_url: str | None = None
+    # Keyring file (created 0600 when absent); BIOIDENT_KEYRING (a JSON document) wins over it.
+    keyring_file: Path | None = None
+    keyring: str | None = Field(default=None, repr=False)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    lockout_max_failures: int = Field(5, ge=1)
+    lockout_window_s: int = Field(600, ge=1)
+    rate_limit_per_minute: int = Field(600, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    identify_top_k: int = Field(5, ge=1, le=100)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'bioident.db').resolve()}"
+
+    @property
+    def resolved_keyring_file(self) -> Path:
+        return self.keyring_file or self.data_dir / "keyring.json"

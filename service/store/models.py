@@ -1,0 +1,176 @@
+"""Tables. No raw customer reference and no plaintext template is ever a column here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+Timestamp = DateTime(timezone=True)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Client(Base):
+    """An API client (an IVR, a terminal, the portal, an auditor, an admin) of one tenant."""
+
+    __tablename__ = "clients"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Subject(Base):
+    """A customer, known only by the keyed HMAC of tenant + their reference."""
+
+    __tablename__ = "subjects"
+    token: Mapped[str] = mapped_column(String(80), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Consent(Base):
+    __tablename__ = "consents"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("con"))
+    subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"), index=True)
+    modality: Mapped[str] = mapped_column(String(20))
+    purpose: Mapped[str] = mapped_column(String(64))
+    notice_version: Mapped[str] = mapped_column(String(64))
+    notice_sha256: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(20))
+    evidence_ref: Mapped[str] = mapped_column(String(200))
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    granted_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class DataKey(Base):
+    """A subject's data key for one modality, wrapped by a key-encryption key version."""
+
+    __tablename__ = "data_keys"
+    __table_args__ = (UniqueConstraint("subject_token", "modality"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"), index=True)
+    modality: Mapped[str] = mapped_column(String(20))
+    kek_version: Mapped[int] = mapped_column(Integer)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Template(Base):
+    __tablename__ = "templates"
+    __table_args__ = (Index("ix_templates_subject_modality", "subject_token", "modality"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("tpl"))
+    subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(20))
+    model_fingerprint: Mapped[str] = mapped_column(String(80))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    sample_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class EnrolmentSession(Base):
+    __tablename__ = "enrolment_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("enr"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"))
+    modality: Mapped[str] = mapped_column(String(20))
+    purpose: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open, completed, abandoned
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+
+
+class EnrolmentSample(Base):
+    """A sample's embedding, sealed under the subject's data key until the session completes."""
+
+    __tablename__ = "enrolment_samples"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("smp"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("enrolment_sessions.id"), index=True)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    net_speech_s: Mapped[float] = mapped_column(Float)
+    report: Mapped[dict] = mapped_column(JSON)
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class VerificationFailure(Base):
+    """Failed verifications, for lockouts that hold across replicas."""
+
+    __tablename__ = "verification_failures"
+    __table_args__ = (Index("ix_failures_subject_at", "subject_token", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_token: Mapped[str] = mapped_column(String(80))
+    modality: Mapped[str] = mapped_column(String(20))
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class RateWindow(Base):
+    """Requests per client per minute window, shared by every replica."""
+
+    __tablename__ = "rate_windows"
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[int] = mapped_column(Integer, primary_key=True)  # epoch minute
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditHead(Base):
+    """One row: the last entry's sequence number and hash. Locking it serialises appends across replicas."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_entries"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    tenant_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    subject_token: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    model_fingerprint: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,176 @@
+"""Voice verification and identification use cases. Each reads top to bottom:
+check consent -> compute -> load protected template -> decide -> append audit -> commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from biometrics.audio.waveform import Waveform
+from biometrics.quality.gates import verification_reasons
+from biometrics.templates import VoiceTemplate
+from service.audit.chain import append
+from service.auth import Principal
+from service.consent.records import Modality, require_consent, subject_in_tenant
+from service.context import ServiceContext
+from service.errors import LockedOut, NotFound
+from service.limits import recent_failures, record_failure
+from service.protected import data_key, open_template
+from service.store.models import Consent, Template
+
+VOICE = Modality.VOICE
+
+
+@dataclass(frozen=True)
+class VoiceCheck:
+    subject_token: str
+    decision: str
+    score: float | None
+    threshold: float
+    method: str
+    net_speech_s: float
+    reasons: list[dict]
+    model: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def voice_template_row(session: Session, token: str) -> Template:
+    row = session.execute(
+        select(Template).where(Template.subject_token == token, Template.modality == str(VOICE))
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound("the subject has no voice enrolment")
+    return row
+
+
+def _refuse_if_locked(ctx: ServiceContext, session: Session, actor: Principal, token: str) -> None:
+    failures = recent_failures(session, token, str(VOICE), ctx.settings.lockout_window_s)
+    if failures >= ctx.settings.lockout_max_failures:
+        raise LockedOut(
+            f"{failures} failed verifications in the last {ctx.settings.lockout_window_s} s; try again later"
+        )
+
+
+def _precheck(ctx: ServiceContext, actor: Principal, token: str, purpose: str) -> None:
+    with ctx.db.session() as session:
+        subject_in_tenant(session, actor.tenant_id, token)
+        require_consent(session, token, VOICE, purpose)
+        _refuse_if_locked(ctx, session, actor, token)
+        voice_template_row(session, token)
+
+
+def verify_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose: str, audio: Waveform) -> VoiceCheck:
+    token = ctx.token(actor.tenant_id, reference)
+    _precheck(ctx, actor, token, purpose)
+    (sample,) = ctx.embedder.analyse([audio])
+    reasons = verification_reasons(sample.measures, ctx.limits)
+    with ctx.db.session() as session:
+        require_consent(session, token, VOICE, purpose)  # again: it may have been withdrawn meanwhile
+        _refuse_if_locked(ctx, session, actor, token)
+        row = voice_template_row(session, token)
+        template = VoiceTemplate.from_bytes(
+            open_template(row, data_key(session, ctx.keyring, token, "voice", create=False))
+        )
+        verdict = ctx.scorer.verdict(template.as_embedding(), sample.embedding, reasons)
+        append(
+            session,
+            actor=actor.client_id,
+            action="voice.verify",
+            outcome=str(verdict.decision),
+            tenant_id=actor.tenant_id,
+            subject_token=token,
+            score=verdict.score,
+            model_fingerprint=ctx.embedder.fingerprint,
+            details={
+                "purpose": purpose,
+                "threshold": verdict.threshold,
+                "method": verdict.method,
+                "reasons": [str(r.code) for r in reasons],
+            },
+        )
+        if verdict.decision == "reject" and not reasons:
+            record_failure(session, token, str(VOICE))
+            failures = recent_failures(session, token, str(VOICE), ctx.settings.lockout_window_s)
+            if failures == ctx.settings.lockout_max_failures:
+                append(
+                    session,
+                    actor=actor.client_id,
+                    action="voice.lockout",
+                    outcome="locked",
+                    tenant_id=actor.tenant_id,
+                    subject_token=token,
+                    details={"failures": failures, "window_s": ctx.settings.lockout_window_s},
+                )
+    return VoiceCheck(
+        subject_token=token,
+        decision=str(verdict.decision),
+        score=verdict.score,
+        threshold=verdict.threshold,
+        method=verdict.method,
+        net_speech_s=round(sample.measures.net_speech_s, 3),
+        reasons=[r.as_dict() for r in reasons],
+        model=ctx.embedder.fingerprint,
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    subject_token: str
+    score: float
+
+
+def identify_voice(
+    ctx: ServiceContext, actor: Principal, purpose: str, audio: Waveform, top_k: int
+) -> tuple[list[Candidate], VoiceCheck]:
+    """Top-k subjects of this tenant, with active voice consent for the purpose, scoring above threshold."""
+    (sample,) = ctx.embedder.analyse([audio])
+    reasons = verification_reasons(sample.measures, ctx.limits)
+    candidates: list[Candidate] = []
+    with ctx.db.session() as session:
+        consenting = select(Consent.subject_token).where(
+            Consent.modality == str(VOICE), Consent.purpose == purpose, Consent.withdrawn_at.is_(None)
+        )
+        rows = session.execute(
+            select(Template).where(
+                Template.tenant_id == actor.tenant_id,
+                Template.modality == str(VOICE),
+                Template.subject_token.in_(consenting),
+            )
+        ).scalars()
+        if sample.embedding is not None and not reasons:
+            for row in rows:
+                key = data_key(session, ctx.keyring, row.subject_token, "voice", create=False)
+                template = VoiceTemplate.from_bytes(open_template(row, key))
+                score = ctx.scorer.score(template.as_embedding(), sample.embedding)
+                if score >= ctx.scorer.threshold:
+                    candidates.append(Candidate(row.subject_token, round(score, 6)))
+        candidates = sorted(candidates, key=lambda c: -c.score)[:top_k]
+        append(
+            session,
+            actor=actor.client_id,
+            action="voice.identify",
+            outcome="match" if candidates else ("rejected" if reasons else "no_match"),
+            tenant_id=actor.tenant_id,
+            score=candidates[0].score if candidates else None,
+            model_fingerprint=ctx.embedder.fingerprint,
+            details={
+                "purpose": purpose,
+                "candidates": [c.subject_token for c in candidates],
+                "reasons": [str(r.code) for r in reasons],
+            },
+        )
+    summary = VoiceCheck(
+        subject_token="",
+        decision="accept" if candidates else "reject",
+        score=candidates[0].score if candidates else None,
+        threshold=ctx.scorer.threshold,
+        method=ctx.scorer.method,
+        net_speech_s=round(sample.measures.net_speech_s, 3),
+        reasons=[r.as_dict() for r in reasons],
+        model=ctx.embedder.fingerprint,
+    )
+    return candidates, summary
