@@ -1,0 +1,115 @@
+"""Enrolment sessions, lockouts and rate limits over HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import FSDD, TEST_OTHER
+from tests.test_service_voice_flow import ENROL, GENUINE, IMPOSTOR, SPEAKER, _audio, _consent, _enrol, _verify
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture
+def bank(api):
+    api.tenant("bank")
+    keys = {role: api.client("bank", role) for role in ("ivr", "portal", "auditor")}
+    _consent(api, keys["portal"])
+    return api, keys
+
+
+def _count(api, table: str) -> int:
+    engine = create_engine(api.ctx.db.url)
+    with engine.connect() as conn:
+        count = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+    engine.dispose()
+    return count
+
+
+def _start(api, key):
+    response = api.http.post("/v1/voice/enrolments", json={"reference": "ACC-1001"}, headers=api.headers(key))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_an_enrolment_session_reports_each_sample_and_completes_into_a_template(bank):
+    api, keys = bank
+    session_id = _start(api, keys["ivr"])
+    short = api.http.post(
+        f"/v1/voice/enrolments/{session_id}/samples",
+        files=[_audio(FSDD / "5_yweweler_3.wav")],
+        headers=api.headers(keys["ivr"]),
+    )
+    assert short.status_code == 201 and short.json()["accepted"] is False
+    assert short.json()["reasons"][0]["code"] in ("NO_SPEECH", "TOO_SHORT")
+    early = api.http.post(f"/v1/voice/enrolments/{session_id}:complete", headers=api.headers(keys["ivr"]))
+    assert early.status_code == 422 and early.json()["reasons"][0]["code"] == "TOO_SHORT"
+    assert _count(api, "templates") == 0
+    for name in ENROL:
+        report = api.http.post(
+            f"/v1/voice/enrolments/{session_id}/samples",
+            files=[_audio(TEST_OTHER / SPEAKER / name)],
+            headers=api.headers(keys["ivr"]),
+        ).json()
+        assert report["accepted"] is True and report["net_speech_s"] > 1
+    assert report["session_usable_speech_s"] >= report["required_speech_s"]
+    done = api.http.post(f"/v1/voice/enrolments/{session_id}:complete", headers=api.headers(keys["ivr"]))
+    assert done.status_code == 201, done.text
+    assert done.json()["sample_count"] == 3
+    assert _count(api, "enrolment_samples") == 0  # sealed sample embeddings are gone once the template exists
+    assert _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE).json()["decision"] == "accept"
+    again = api.http.post(
+        f"/v1/voice/enrolments/{session_id}/samples", files=[_audio(IMPOSTOR)], headers=api.headers(keys["ivr"])
+    )
+    assert again.status_code == 409
+
+
+def test_an_abandoned_session_leaves_no_template_and_no_sample(bank):
+    api, keys = bank
+    session_id = _start(api, keys["ivr"])
+    added = api.http.post(
+        f"/v1/voice/enrolments/{session_id}/samples",
+        files=[_audio(TEST_OTHER / SPEAKER / ENROL[0])],
+        headers=api.headers(keys["ivr"]),
+    )
+    assert added.status_code == 201 and _count(api, "enrolment_samples") == 1
+    assert (
+        api.http.post(f"/v1/voice/enrolments/{session_id}:abandon", headers=api.headers(keys["ivr"])).status_code == 200
+    )
+    assert _count(api, "enrolment_samples") == 0 and _count(api, "templates") == 0
+    assert (
+        api.http.post(f"/v1/voice/enrolments/{session_id}:complete", headers=api.headers(keys["ivr"])).status_code
+        == 409
+    )
+
+
+def test_one_call_enrolment_with_too_little_speech_creates_nothing(bank):
+    api, keys = bank
+    files = [_audio(FSDD / f"{d}_george_0.wav") for d in range(3)]
+    response = api.http.post(
+        "/v1/voice/enrol", data={"reference": "ACC-1001"}, files=files, headers=api.headers(keys["ivr"])
+    )
+    assert response.status_code == 422 and response.json()["reasons"][0]["code"] == "TOO_SHORT"
+    assert _count(api, "templates") == 0
+
+
+def test_repeated_failures_lock_the_subject_out_and_are_audited(bank):
+    api, keys = bank
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    limit = api.ctx.settings.lockout_max_failures
+    for _ in range(limit):
+        assert _verify(api, keys["ivr"], IMPOSTOR).json()["decision"] == "reject"
+    locked = _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE)
+    assert locked.status_code == 423 and locked.json()["type"].endswith("/locked_out")
+    trail = api.http.get("/v1/audit/entries", headers=api.headers(keys["auditor"])).json()["entries"]
+    assert [e["action"] for e in trail].count("voice.lockout") == 1
+    assert all("ACC-1001" not in str(e) for e in trail)
+
+
+def test_a_client_over_its_rate_limit_gets_429(bank, monkeypatch):
+    api, keys = bank
+    api.ctx.settings.rate_limit_per_minute = 3
+    monkeypatch.setattr("service.limits.time.time", lambda: 1_800_000_030.0)  # all in one minute window
+    statuses = [api.http.get("/v1/audit/chain", headers=api.headers(keys["auditor"])).status_code for _ in range(5)]
+    assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
