@@ -12,6 +12,10 @@ from service.errors import RateLimited
 from service.store.models import RateWindow, VerificationFailure
 
 
+def _epoch() -> float:
+    return time.time()
+
+
 def _insert(session: Session):  # noqa: ANN202 - the dialect's INSERT with ON CONFLICT support
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -22,7 +26,8 @@ def _insert(session: Session):  # noqa: ANN202 - the dialect's INSERT with ON CO
 
 def count_request(session: Session, client_id: str, per_minute: int) -> None:
     """Counts one request in this client's current minute (an atomic upsert) and refuses past the limit."""
-    minute = int(time.time() // 60)
+    now = _epoch()
+    minute = int(now // 60)
     insert = _insert(session)(RateWindow).values(client_id=client_id, window_start=minute, count=1)
     count = session.execute(
         insert.on_conflict_do_update(
@@ -32,7 +37,7 @@ def count_request(session: Session, client_id: str, per_minute: int) -> None:
     if count == 1:
         session.execute(delete(RateWindow).where(RateWindow.client_id == client_id, RateWindow.window_start < minute))
     if count > per_minute:
-        raise RateLimited(f"more than {per_minute} requests this minute; retry in {60 - int(time.time()) % 60} s")
+        raise RateLimited(f"more than {per_minute} requests this minute; retry in {60 - int(now) % 60} s")
 
 
 def recent_failures(session: Session, subject_token: str, modality: str, window_s: int) -> int:

@@ -110,6 +110,6 @@ def test_repeated_failures_lock_the_subject_out_and_are_audited(bank):
 def test_a_client_over_its_rate_limit_gets_429(bank, monkeypatch):
     api, keys = bank
     api.ctx.settings.rate_limit_per_minute = 3
-    monkeypatch.setattr("service.limits.time.time", lambda: 1_800_000_030.0)  # all in one minute window
+    monkeypatch.setattr("service.limits._epoch", lambda: 1_800_000_030.0)  # all in one minute window
     statuses = [api.http.get("/v1/audit/chain", headers=api.headers(keys["auditor"])).status_code for _ in range(5)]
     assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
