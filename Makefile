@@ -3,9 +3,6 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bioident-installed
-SPEECH := ../shared/data/speech/librispeech/test-other
-A ?= $(SPEECH)/1688/1688-142285-0000.flac
-B ?= $(SPEECH)/1688/1688-142285-0003.flac
 
 .PHONY: setup run test lint bench
 
@@ -14,10 +11,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PY) bash scripts/setup.sh
 
-# The main job on embedded defaults: verify the model, then compare two recordings (A, B).
+# The service on embedded defaults: SQLite and a 0600 keyring in ./data, http://127.0.0.1:8000/docs
 run: setup
-	$(BIN)/bioident model info
-	$(BIN)/bioident compare "$(A)" "$(B)" --json
+	$(BIN)/bioident serve
 
 lint: setup
 	$(BIN)/ruff check .
