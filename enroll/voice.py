@@ -141,6 +141,7 @@ def _open_session(session: Session, actor: Principal, session_id: str) -> Enrolm
     )
     if enrolment.status == "open" and expires < utcnow():
         _discard_samples(session, enrolment, "expired")
+        session.commit()  # the expiry stands even though this request is refused below
     if enrolment.status != "open":
         raise Conflict(f"the enrolment session is {enrolment.status}")
     return enrolment
