@@ -14,14 +14,18 @@ from service.vault.errors import VaultError
 def _settings():  # noqa: ANN202
     from service.settings import ServiceSettings
 
-    return ServiceSettings()
+    settings = ServiceSettings()
+    # A fresh install has no data directory yet: the keyring file and the SQLite database go there.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return settings
 
 
 def _database(settings):  # noqa: ANN001, ANN202
     from service.store.db import Database, upgrade
 
+    db = Database(settings.resolved_database_url)  # first: it creates an SQLite file's directory
     upgrade(settings.resolved_database_url)
-    return Database(settings.resolved_database_url)
+    return db
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -103,6 +103,10 @@ def verify_chain(session: Session) -> ChainReport:
         prev_hash, expected_seq, count = entry.entry_hash, expected_seq + 1, count + 1
     head = session.get(AuditHead, HEAD_ID)
     last_seq, last_hash = (head.last_seq, head.last_hash) if head else (0, GENESIS_HASH)
-    if (last_seq, last_hash) != (count, prev_hash):
-        return ChainReport(False, count, count + 1, f"the trail ends at entry {count} but the head says {last_seq}")
+    if last_seq == count and last_hash != prev_hash:
+        return ChainReport(False, count, count, f"entry {count} does not match the head")
+    if last_seq != count:
+        # Entries past the head were added; entries up to the head were cut off: name the first of them.
+        first_bad = min(count, last_seq) + 1
+        return ChainReport(False, count, first_bad, f"the trail ends at entry {count} but the head says {last_seq}")
     return ChainReport(True, count)
