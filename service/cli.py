@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from biometrics import cli as core_cli
 from biometrics.errors import BiometricsError
 from service.vault.errors import VaultError
@@ -192,6 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return core_cli.EXIT_INPUT_ERROR
     except OSError as exc:
         print(f"bioident: error: {exc.filename or 'input'}: {exc.strerror}", file=sys.stderr)
+        return core_cli.EXIT_INPUT_ERROR
+    except SQLAlchemyError as exc:
+        print(
+            f"bioident: error: the database is not usable ({type(exc).__name__}); "
+            "check BIOIDENT_DATABASE_URL and that the server is up",
+            file=sys.stderr,
+        )
         return core_cli.EXIT_INPUT_ERROR
 
 

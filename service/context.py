@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from biometrics.cohort import Cohort
@@ -30,12 +31,39 @@ class ServiceContext:
     ) -> None:
         self.settings = settings
         self.db = database or Database(settings.resolved_database_url)
-        self.keyring = keyring or load_keyring(settings)
+        self._keyring = keyring or load_keyring(settings)
+        self._keyring_stamp = self._keyring_file_stamp()
+        self._keyring_lock = threading.Lock()
         self.limits = QualityLimits.from_settings(settings)
         cohort = Cohort.load(settings.cohort_file) if settings.cohort_file else None
         self.scorer = Scorer.from_settings(settings, cohort)
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
+
+    def _keyring_file_stamp(self) -> tuple[int, int] | None:
+        if self.settings.keyring:
+            return None  # from the environment: fixed for the life of the process
+        try:
+            stat = os.stat(self.settings.resolved_keyring_file)
+        except FileNotFoundError:
+            return None
+        return stat.st_mtime_ns, stat.st_ino
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keyring, reloaded when its file changed (``bioident keys rotate`` on any host)."""
+        stamp = self._keyring_file_stamp()
+        with self._keyring_lock:
+            if stamp is not None and stamp != self._keyring_stamp:
+                self._keyring = load_keyring(self.settings)
+                self._keyring_stamp = stamp
+            return self._keyring
+
+    @keyring.setter
+    def keyring(self, keyring: Keyring) -> None:
+        with self._keyring_lock:
+            self._keyring = keyring
+            self._keyring_stamp = self._keyring_file_stamp()
 
     @property
     def embedder(self) -> VoiceEmbedder:

@@ -7,7 +7,7 @@ import hashlib
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
-from service.api.deps import get_ctx, require
+from service.api.deps import get_ctx, id_path, require
 from service.api.schemas import ConsentIn, ConsentOut, LookupIn
 from service.auth import Principal, Role
 from service.consent.records import (
@@ -64,7 +64,7 @@ def lookup_subject(body: LookupIn, ctx: ServiceContext = Depends(get_ctx), actor
 
 @router.get("/subjects/{token}/consents", response_model=list[ConsentOut])
 def list_consents(
-    token: str, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(portal)
+    token: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(portal)
 ) -> list[ConsentOut]:
     with ctx.db.session() as session:
         subject_in_tenant(session, actor.tenant_id, token)
@@ -74,14 +74,19 @@ def list_consents(
 
 @router.post("/subjects/{token}/consents/{consent_id}:withdraw")
 def withdraw(
-    token: str, consent_id: str, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(portal)
+    token: str = id_path(),
+    consent_id: str = id_path(),
+    ctx: ServiceContext = Depends(get_ctx),
+    actor: Principal = Depends(portal),
 ) -> dict:
     with ctx.db.session() as session:
         return withdraw_consent(session, actor, token, consent_id).as_dict()
 
 
 @router.get("/subjects/{token}")
-def what_is_held(token: str, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(portal)) -> dict:
+def what_is_held(
+    token: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(portal)
+) -> dict:
     """Everything held about a subject, as the customer may see it: never template contents."""
     with ctx.db.session() as session:
         subject = subject_in_tenant(session, actor.tenant_id, token)

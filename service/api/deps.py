@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from fastapi import Depends, Form, Header, Request, UploadFile
+from fastapi import Depends, Form, Header, Path, Request, UploadFile
 
 from biometrics.audio import RawCodec, decode_audio
 from biometrics.audio.waveform import Waveform
@@ -37,5 +38,15 @@ def read_waveform(ctx: ServiceContext, upload: UploadFile, codec: RawCodec | Non
     return decode_audio(data, raw_codec=codec, declared_rate=sample_rate, max_seconds=ctx.settings.max_audio_seconds)
 
 
-CodecField = Form(default=None, description="raw telephone audio codec; omit for WAV/FLAC")
-RateField = Form(default=None, description="declared sample rate (required with codec)", ge=1)
+# Factories, not shared instances: FastAPI binds a parameter marker to the first parameter it is used for.
+def codec_field() -> Any:
+    return Form(default=None, description="raw telephone audio codec; omit for WAV/FLAC")
+
+
+def rate_field() -> Any:
+    return Form(default=None, description="declared sample rate (required with codec)", ge=1)
+
+
+def id_path() -> Any:
+    """Path ids (subject tokens, consent and session ids) are word characters only; anything else is a 422."""
+    return Path(pattern=r"^[A-Za-z0-9_]{1,80}$")

@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from service.auth import Role
 from service.consent.records import ConsentChannel, Modality
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and no honest field needs one.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 Purpose = Field(default="authentication", min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
 Reference = Field(min_length=1, max_length=256, description="the client's own customer reference; never stored")
 
 
 class TenantIn(BaseModel):
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    name: str = Field(min_length=1, max_length=200)
+    id: Text = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    name: Text = Field(min_length=1, max_length=200)
 
 
 class ClientIn(BaseModel):
-    tenant_id: str = Field(min_length=1, max_length=64)
-    name: str = Field(min_length=1, max_length=200)
+    tenant_id: Text = Field(min_length=1, max_length=64)
+    name: Text = Field(min_length=1, max_length=200)
     role: Role
 
 
@@ -33,14 +44,14 @@ class ClientOut(BaseModel):
 
 
 class ConsentIn(BaseModel):
-    reference: str = Reference
+    reference: Text = Reference
     modality: Modality
-    purpose: str = Purpose
-    notice_version: str = Field(min_length=1, max_length=64)
-    notice_text: str | None = Field(default=None, max_length=100_000, description="hashed; not stored")
+    purpose: Text = Purpose
+    notice_version: Text = Field(min_length=1, max_length=64)
+    notice_text: Text | None = Field(default=None, max_length=100_000, description="hashed; not stored")
     notice_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     channel: ConsentChannel
-    evidence_ref: str = Field(min_length=1, max_length=200)
+    evidence_ref: Text = Field(min_length=1, max_length=200)
 
 
 class ConsentOut(BaseModel):
@@ -59,9 +70,9 @@ class ConsentOut(BaseModel):
 
 
 class LookupIn(BaseModel):
-    reference: str = Reference
+    reference: Text = Reference
 
 
 class EnrolmentStartIn(BaseModel):
-    reference: str = Reference
-    purpose: str = Purpose
+    reference: Text = Reference
+    purpose: Text = Purpose

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from biometrics.audio import RawCodec
 from enroll import voice as enrolment
-from service.api.deps import CodecField, RateField, get_ctx, read_waveform, require
+from service.api.deps import codec_field, get_ctx, id_path, rate_field, read_waveform, require
 from service.api.schemas import EnrolmentStartIn
 from service.auth import Principal, Role
 from service.context import ServiceContext
@@ -33,8 +33,8 @@ def verify(
     reference: str = ReferenceForm(),
     audio: UploadFile = File(),
     purpose: str = PurposeForm(),
-    codec: RawCodec | None = CodecField,
-    sample_rate: int | None = RateField,
+    codec: RawCodec | None = codec_field(),
+    sample_rate: int | None = rate_field(),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
@@ -47,8 +47,8 @@ def identify(
     audio: UploadFile = File(),
     purpose: str = PurposeForm(),
     top_k: int = Form(default=5, ge=1, le=100),
-    codec: RawCodec | None = CodecField,
-    sample_rate: int | None = RateField,
+    codec: RawCodec | None = codec_field(),
+    sample_rate: int | None = rate_field(),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
@@ -64,8 +64,8 @@ def enrol(
     reference: str = ReferenceForm(),
     audio: list[UploadFile] = File(description="one or more recordings of the customer"),
     purpose: str = PurposeForm(),
-    codec: RawCodec | None = CodecField,
-    sample_rate: int | None = RateField,
+    codec: RawCodec | None = codec_field(),
+    sample_rate: int | None = rate_field(),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
@@ -92,10 +92,10 @@ def start_enrolment(
 
 @router.post("/enrolments/{session_id}/samples", status_code=201)
 def add_enrolment_sample(
-    session_id: str,
+    session_id: str = id_path(),
     audio: UploadFile = File(),
-    codec: RawCodec | None = CodecField,
-    sample_rate: int | None = RateField,
+    codec: RawCodec | None = codec_field(),
+    sample_rate: int | None = rate_field(),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
@@ -105,12 +105,14 @@ def add_enrolment_sample(
 
 @router.post("/enrolments/{session_id}:complete", status_code=201)
 def complete_enrolment(
-    session_id: str, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
+    session_id: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
 ) -> dict:
     return enrolment.complete_session(ctx, actor, session_id).as_dict()
 
 
 @router.post("/enrolments/{session_id}:abandon")
-def abandon_enrolment(session_id: str, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)) -> dict:
+def abandon_enrolment(
+    session_id: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
+) -> dict:
     enrolment.abandon_session(ctx, actor, session_id)
     return {"id": session_id, "status": "abandoned"}
