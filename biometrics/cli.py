@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", type=Path, help="test sample")
     compare.add_argument("--cohort", type=Path, help="cohort file for AS-Norm (default: BIOIDENT_COHORT_FILE)")
     compare.add_argument("--threshold", type=float, help="decision threshold (default: from settings)")
+    compare.add_argument("--calibration", type=Path, help="calibration file (default: BIOIDENT_CALIBRATION_FILE)")
     compare.add_argument("--json", action="store_true")
     _add_audio_options(compare)
     compare.set_defaults(run=cmd_compare)
@@ -154,6 +155,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from biometrics.cohort import Cohort
+    from biometrics.evaluation.calibration import Calibration
     from biometrics.quality.gates import QualityLimits, verification_reasons
     from biometrics.scoring import Scorer
 
@@ -171,7 +173,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     limits = QualityLimits.from_settings(settings)
     reasons = [("a", r) for r in verification_reasons(enrol.measures, limits)]
     reasons += [("b", r) for r in verification_reasons(test.measures, limits)]
-    scorer = Scorer.from_settings(settings, cohort)
+    calibration_path = args.calibration or settings.calibration_file
+    calibration = Calibration.load(calibration_path) if calibration_path is not None else None
+    if calibration is not None:
+        calibration.check_compatible("as-norm" if cohort is not None else "cosine", embedder.fingerprint)
+    scorer = Scorer.from_settings(settings, cohort, calibration)
     if args.threshold is not None:
         scorer.threshold = args.threshold
     verdict = scorer.verdict(enrol.embedding, test.embedding, [r for _, r in reasons])
@@ -180,6 +186,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "score": None if verdict.score is None else round(verdict.score, 6),
         "threshold": verdict.threshold,
         "method": verdict.method,
+        "llr": None if verdict.llr is None else round(verdict.llr, 4),
         "net_speech_s": round(test.measures.net_speech_s, 3),
         "enrol_net_speech_s": round(enrol.measures.net_speech_s, 3),
         "reasons": [{"sample": side, **r.as_dict()} for side, r in reasons],

@@ -15,6 +15,7 @@ import numpy as np
 
 from biometrics.cohort import Cohort
 from biometrics.embedding import Embedding, require_same_model
+from biometrics.evaluation.calibration import Calibration, CalibrationError
 from biometrics.quality.gates import QualityReason
 from biometrics.settings import CoreSettings
 
@@ -51,10 +52,15 @@ class Verdict:
     threshold: float
     method: str  # "cosine" or "as-norm"
     reasons: list[QualityReason]
+    llr: float | None = None  # calibrated log-likelihood ratio, when a calibration is loaded
 
 
 class Scorer:
-    """Scores with AS-Norm when a cohort is given, else plain cosine, and decides against a threshold."""
+    """Scores with AS-Norm when a cohort is given, else plain cosine, and decides against a threshold.
+
+    With a calibration (from ``bioident audit calibrate``) the threshold is the one that met the
+    audited false-match rate, and verdicts also carry the calibrated log-likelihood ratio.
+    """
 
     def __init__(
         self,
@@ -63,19 +69,28 @@ class Scorer:
         top_k: int = 100,
         cosine_threshold: float = 0.25,
         asnorm_threshold: float = 3.0,
+        calibration: Calibration | None = None,
     ) -> None:
         self.cohort = cohort
         self.top_k = top_k
         self.method = "as-norm" if cohort is not None else "cosine"
         self.threshold = asnorm_threshold if cohort is not None else cosine_threshold
+        self.calibration = calibration
+        if calibration is not None:
+            if calibration.method != self.method:
+                raise CalibrationError(f"calibration is for {calibration.method} scores, the scorer uses {self.method}")
+            self.threshold = calibration.threshold
 
     @classmethod
-    def from_settings(cls, settings: CoreSettings, cohort: Cohort | None = None) -> Scorer:
+    def from_settings(
+        cls, settings: CoreSettings, cohort: Cohort | None = None, calibration: Calibration | None = None
+    ) -> Scorer:
         return cls(
             cohort,
             top_k=settings.asnorm_top_k,
             cosine_threshold=settings.cosine_threshold,
             asnorm_threshold=settings.asnorm_threshold,
+            calibration=calibration,
         )
 
     def score(self, enrol: Embedding, test: Embedding) -> float:
@@ -93,4 +108,5 @@ class Scorer:
             threshold=self.threshold,
             method=self.method,
             reasons=list(reasons),
+            llr=None if self.calibration is None or score is None else self.calibration.llr(score),
         )

@@ -33,6 +33,8 @@ class CoreSettings(BaseSettings):
 
     # Scoring.
     cohort_file: Path | None = None
+    # From `bioident audit calibrate`: sets the threshold and adds calibrated log-likelihood ratios.
+    calibration_file: Path | None = None
     asnorm_top_k: int = Field(100, ge=2)
     # Threshold on raw cosine, used when no cohort is configured (SpeechBrain's own default).
     cosine_threshold: float = 0.25

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from biometrics import cli as core_cli
 from biometrics.errors import BiometricsError
+from biometrics.evaluation.cli import add_audit_commands
 from service.vault.errors import VaultError
 
 
@@ -171,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("version", type=int)
     retire.set_defaults(run=cmd_keys_retire)
 
-    audit = verbs.add_parser("audit", help="audit trail").add_subparsers(dest="action", required=True)
+    audit = verbs.add_parser("audit", help="accuracy audits and the audit trail").add_subparsers(
+        dest="action", required=True
+    )
+    add_audit_commands(audit)
     audit.add_parser("verify-chain", help="detect edited, inserted or deleted entries").set_defaults(
         run=cmd_audit_verify_chain
     )

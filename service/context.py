@@ -6,7 +6,8 @@ import os
 import threading
 
 from biometrics.cohort import Cohort
-from biometrics.embedding import VoiceEmbedder, load_voice_embedder
+from biometrics.embedding import VoiceEmbedder, load_voice_embedder, require_same_model
+from biometrics.evaluation.calibration import Calibration
 from biometrics.quality.gates import QualityLimits
 from biometrics.scoring import Scorer
 from service.settings import ServiceSettings
@@ -36,8 +37,11 @@ class ServiceContext:
         self._keyring_lock = threading.Lock()
         self.limits = QualityLimits.from_settings(settings)
         cohort = Cohort.load(settings.cohort_file) if settings.cohort_file else None
-        self.scorer = Scorer.from_settings(settings, cohort)
+        calibration = Calibration.load(settings.calibration_file) if settings.calibration_file else None
+        self.scorer = Scorer.from_settings(settings, cohort, calibration)
         self._embedder = embedder
+        if embedder is not None:
+            self._check_model(embedder)
         self._embedder_lock = threading.Lock()
 
     def _keyring_file_stamp(self) -> tuple[int, int] | None:
@@ -70,7 +74,15 @@ class ServiceContext:
         with self._embedder_lock:
             if self._embedder is None:
                 self._embedder = load_voice_embedder(self.settings)
+                self._check_model(self._embedder)
             return self._embedder
+
+    def _check_model(self, embedder: VoiceEmbedder) -> None:
+        """Cohort and calibration must come from the model in use: scores across models mean nothing."""
+        if self.scorer.cohort is not None:
+            require_same_model(self.scorer.cohort.model_fingerprint, embedder.fingerprint)
+        if self.scorer.calibration is not None:
+            self.scorer.calibration.check_compatible(self.scorer.method, embedder.fingerprint)
 
     def token(self, tenant_id: str, reference: str) -> str:
         return subject_token(self.keyring.pepper, tenant_id, reference)

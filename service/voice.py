@@ -30,6 +30,7 @@ class VoiceCheck:
     score: float | None
     threshold: float
     method: str
+    llr: float | None
     net_speech_s: float
     reasons: list[dict]
     model: str
@@ -111,6 +112,7 @@ def verify_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose:
         score=verdict.score,
         threshold=verdict.threshold,
         method=verdict.method,
+        llr=None if verdict.llr is None else round(verdict.llr, 4),
         net_speech_s=round(sample.measures.net_speech_s, 3),
         reasons=[r.as_dict() for r in reasons],
         model=ctx.embedder.fingerprint,
@@ -169,6 +171,7 @@ def identify_voice(
         score=candidates[0].score if candidates else None,
         threshold=ctx.scorer.threshold,
         method=ctx.scorer.method,
+        llr=None,
         net_speech_s=round(sample.measures.net_speech_s, 3),
         reasons=[r.as_dict() for r in reasons],
         model=ctx.embedder.fingerprint,

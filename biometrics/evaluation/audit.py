@@ -1,0 +1,409 @@
+"""Accuracy audit of the deployed voice pipeline on a labelled dataset.
+
+Every file goes through the production path once (decode, optional telephone channel, VAD and
+quality measures, embedding; through the embedding cache when one is given). Then, with one
+sample enrolled per trial:
+
+- FTE (failure to enrol): the share of distinct enrolment samples that cannot be enrolled: the
+  file cannot be decoded, holds no embeddable speech, or has signal reasons of its own
+  (NO_SPEECH, TOO_NOISY, CLIPPED; ``signal_reasons``). The production minimum of total enrolment
+  speech (``min_enrol_speech_s``, summed over several samples) is not applied to a one-sample
+  enrolment; how many enrolment samples fall short of it is reported beside.
+- FTA (failure to acquire): the share of distinct test samples the verification gates refuse
+  (``verification_reasons``: NO_SPEECH, TOO_SHORT, TOO_NOISY, CLIPPED) or that cannot be decoded.
+
+A trial is scored only when its enrolment sample enrols and its test sample is acquired; scores
+are those of the production ``Scorer`` (cosine, or AS-Norm against the given cohort). FMR, FNMR,
+EER and minDCF are over scored trials; the threshold table adds generalised rates over all trials
+that count excluded genuine trials as rejected (ISO/IEC 19795-1 FAR/FRR).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from biometrics.cohort import Cohort
+from biometrics.embedding import VoiceEmbedder, require_same_model
+from biometrics.errors import AudioError, BiometricsError
+from biometrics.evaluation.cache import CachedAnalysis, EmbeddingCache, cache_key
+from biometrics.evaluation.metrics import (
+    OperatingPoint,
+    bootstrap_ci,
+    eer_operating_point,
+    equal_error_rate,
+    min_dcf,
+    operating_point_at_fmr,
+    operating_point_at_threshold,
+)
+from biometrics.evaluation.trials import (
+    DEFAULT_MAX_IMPOSTORS,
+    Trials,
+    dataset_sha256,
+    file_sha256,
+    load_trials,
+)
+from biometrics.pipeline import COHORT_BATCH_FILES, Channel, load_waveform
+from biometrics.quality.gates import QualityLimits, signal_reasons, verification_reasons
+from biometrics.scoring import Scorer
+from biometrics.settings import CoreSettings
+
+REPORT_FORMAT = 1
+TARGET_FMRS = (1e-2, 1e-3, 1e-4)
+DCF_P_TARGETS = (1e-2, 1e-3)
+TABLE_FMRS = (1e-1, 1e-2, 1e-3, 1e-4)
+BOOTSTRAP_RESAMPLES = 1000
+SCORER_SPOT_CHECKS = 64
+_MAX_LISTED_FAILURES = 1000
+_PAIR_CHUNK = 50_000
+
+ProgressFn = Callable[[int, int], None]
+
+
+class AuditError(BiometricsError):
+    """The audit cannot produce error rates (for instance no usable genuine or impostor trial)."""
+
+    code = "audit_failed"
+
+
+def rate_key(value: float) -> str:
+    """How rates are written as JSON keys: 0.01 -> "0.01", 1e-4 -> "0.0001"."""
+    return np.format_float_positional(value, trim="-")
+
+
+# --- analysis of every file, once ---------------------------------------------------------------
+
+
+def analyse_dataset(
+    embedder: VoiceEmbedder,
+    paths: list[Path],
+    content_sha256: list[str],
+    settings: CoreSettings,
+    channel: Channel,
+    cache: EmbeddingCache | None = None,
+    progress: ProgressFn | None = None,
+) -> list[CachedAnalysis]:
+    """The production analysis of each file, from the cache where it holds it; new results are cached."""
+    results: list[CachedAnalysis | None] = [None] * len(paths)
+    keys = [cache_key(h, str(channel), embedder.fingerprint, settings.max_audio_seconds) for h in content_sha256]
+    pending: list[int] = []
+    for i, key in enumerate(keys):
+        cached = cache.get(key, embedder.fingerprint) if cache is not None else None
+        if cached is None:
+            pending.append(i)
+        else:
+            results[i] = cached
+    done = len(paths) - len(pending)
+    if progress is not None:
+        progress(done, len(paths))
+    for start in range(0, len(pending), COHORT_BATCH_FILES):
+        chunk = pending[start : start + COHORT_BATCH_FILES]
+        waveforms, decoded = [], []
+        for i in chunk:
+            try:
+                waveforms.append(load_waveform(paths[i], settings, channel))
+                decoded.append(i)
+            except AudioError as exc:
+                results[i] = CachedAnalysis(None, exc.code)
+        samples = embedder.analyse(waveforms) if waveforms else []
+        for i, sample in zip(decoded, samples, strict=True):
+            results[i] = CachedAnalysis(sample)
+        if cache is not None:
+            for i in chunk:
+                cache.put(keys[i], embedder.fingerprint, results[i])  # type: ignore[arg-type]
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(paths))
+    return results  # type: ignore[return-value]  # every slot is filled above
+
+
+# --- failures to enrol and to acquire -------------------------------------------------------------
+
+
+def _enrolment_failure(analysis: CachedAnalysis, limits: QualityLimits) -> list[str]:
+    if analysis.sample is None:
+        return [str(analysis.error_code)]
+    reasons = [str(r.code) for r in signal_reasons(analysis.sample.measures, limits)]
+    if not reasons and analysis.sample.embedding is None:
+        reasons = ["NO_EMBEDDING"]
+    return reasons
+
+
+def _acquisition_failure(analysis: CachedAnalysis, limits: QualityLimits) -> list[str]:
+    if analysis.sample is None:
+        return [str(analysis.error_code)]
+    reasons = [str(r.code) for r in verification_reasons(analysis.sample.measures, limits)]
+    if not reasons and analysis.sample.embedding is None:
+        reasons = ["NO_EMBEDDING"]
+    return reasons
+
+
+def _failure_summary(role_files: np.ndarray, failures: dict[int, list[str]], files: tuple[str, ...]) -> dict:
+    failed = [i for i in role_files.tolist() if failures.get(i)]
+    reasons = Counter(code for i in failed for code in failures[i])
+    return {
+        "rate": len(failed) / len(role_files) if len(role_files) else 0.0,
+        "failed": len(failed),
+        "samples": int(len(role_files)),
+        "reasons": dict(sorted(reasons.items())),
+        "files": [{"file": files[i], "reasons": failures[i]} for i in failed[:_MAX_LISTED_FAILURES]],
+        "files_listed": min(len(failed), _MAX_LISTED_FAILURES),
+    }
+
+
+# --- scores -----------------------------------------------------------------------------------------
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def trial_scores(scorer: Scorer, vectors: np.ndarray, enrol: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """``scorer``'s scores of many trials at once; ``vectors`` are the embeddings indexed by enrol/test.
+
+    The same arithmetic as ``Scorer.score`` (cosine; AS-Norm with top-k cohort statistics of each
+    side), computed once per file instead of once per trial. ``run_audit`` checks a sample of
+    trials against ``Scorer.score`` itself.
+    """
+    unit = _unit_rows(vectors.astype(np.float64))
+    raw = np.empty(len(enrol))
+    for start in range(0, len(enrol), _PAIR_CHUNK):
+        e, t = enrol[start : start + _PAIR_CHUNK], test[start : start + _PAIR_CHUNK]
+        raw[start : start + _PAIR_CHUNK] = np.einsum("ij,ij->i", unit[e], unit[t])
+    if scorer.cohort is None:
+        return raw
+    cohort = scorer.cohort.embeddings.astype(np.float64)
+    k = min(scorer.top_k, len(cohort))
+    mean = np.empty(len(unit))
+    std = np.empty(len(unit))
+    for start in range(0, len(unit), 1024):
+        against = unit[start : start + 1024] @ cohort.T
+        top = np.partition(against, against.shape[1] - k, axis=1)[:, -k:]
+        mean[start : start + 1024] = top.mean(axis=1)
+        std[start : start + 1024] = np.maximum(top.std(axis=1), 1e-6)
+    return 0.5 * ((raw - mean[enrol]) / std[enrol] + (raw - mean[test]) / std[test])
+
+
+def _spot_check(scorer: Scorer, embeddings: list, enrol: np.ndarray, test: np.ndarray, scores: np.ndarray) -> int:
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(scores), size=min(SCORER_SPOT_CHECKS, len(scores)), replace=False)
+    for j in picks:
+        expected = scorer.score(embeddings[enrol[j]], embeddings[test[j]])
+        if abs(expected - scores[j]) > 1e-4 * max(1.0, abs(expected)):
+            raise AssertionError(f"batch score {scores[j]} differs from Scorer.score {expected}")
+    return len(picks)
+
+
+# --- the audit ----------------------------------------------------------------------------------------
+
+
+def _operating_row(
+    label: str, kind: str, point: OperatingPoint, n_gen: int, n_imp: int, excluded_gen: int, excluded_imp: int
+) -> dict:
+    scored_gen, scored_imp = n_gen - excluded_gen, n_imp - excluded_imp
+    return {
+        "label": label,
+        "kind": kind,
+        "threshold": point.threshold,
+        "fmr": point.fmr,
+        "fnmr": point.fnmr,
+        # over all trials: a genuine trial excluded by FTE/FTA is a rejection, an excluded impostor is too
+        "generalised_far": point.fmr * scored_imp / n_imp,
+        "generalised_frr": (excluded_gen + point.fnmr * scored_gen) / n_gen,
+    }
+
+
+def _cache_record(cache: EmbeddingCache | None, before: dict | None) -> dict | None:
+    """This run's cache use: files found in the cache (their embedder call was skipped), computed, written."""
+    if cache is None or before is None:
+        return None
+    after = cache.stats()
+    return {"directory": after["directory"], **{k: after[k] - before[k] for k in ("hits", "misses", "writes")}}
+
+
+def _settings_record(settings: CoreSettings) -> dict:
+    names = (
+        "max_audio_seconds",
+        "min_verify_speech_s",
+        "min_enrol_speech_s",
+        "min_snr_db",
+        "max_clipping_ratio",
+        "vad_threshold",
+        "asnorm_top_k",
+        "cosine_threshold",
+        "asnorm_threshold",
+    )
+    return {name: getattr(settings, name) for name in names}
+
+
+def _cohort_record(cohort: Cohort, path: Path | None) -> dict:
+    record = {
+        "model_fingerprint": cohort.model_fingerprint,
+        "channel": cohort.channel,
+        "size": int(len(cohort.embeddings)),
+        "source_sha256": cohort.meta.get("source_sha256"),
+        "created_at": cohort.meta.get("created_at"),
+    }
+    if path is not None:
+        record["file"] = str(path)
+        record["file_sha256"] = file_sha256(path)
+    return record
+
+
+def run_audit(
+    embedder: VoiceEmbedder,
+    dataset: Path,
+    settings: CoreSettings,
+    channel: Channel | str = Channel.CLEAN,
+    trials: Path | Trials | None = None,
+    cohort: Cohort | Path | None = None,
+    cache: EmbeddingCache | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    max_impostors: int = DEFAULT_MAX_IMPOSTORS,
+    seed: int = 0,
+    command: str | None = None,
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+) -> dict:
+    """Error rates of the production pipeline on ``dataset``; returns the report as a JSON-ready dict.
+
+    ``trials`` is a trial-list file (or ready ``Trials``); without it every same-subject pair and
+    every different-subject pair (at most ``max_impostors``, sampled with ``seed``) of the subject
+    folders is a trial. ``cohort`` (object or file) turns on AS-Norm, exactly as in production.
+    """
+    started = time.monotonic()
+    channel = Channel(channel)
+    dataset = Path(dataset)
+    warnings: list[str] = []
+    cohort_path = None
+    if isinstance(cohort, Path):
+        cohort_path, cohort = cohort, Cohort.load(cohort)
+    if cohort is not None:
+        require_same_model(embedder.fingerprint, cohort.model_fingerprint)
+        if cohort.channel != str(channel):
+            warnings.append(f"the cohort was built for the {cohort.channel} channel; the audit is on {channel}")
+    if not isinstance(trials, Trials):
+        trials = load_trials(dataset, trials, max_impostors=max_impostors, seed=seed)
+
+    paths = [trials.path(i) for i in range(len(trials.files))]
+    hashes = [file_sha256(p) for p in paths]
+    cache_before = cache.stats() if cache is not None else None
+    analyses = analyse_dataset(embedder, paths, hashes, settings, channel, cache, progress)
+
+    limits = QualityLimits.from_settings(settings)
+    enrol_failures = {i: r for i, a in enumerate(analyses) if (r := _enrolment_failure(a, limits))}
+    test_failures = {i: r for i, a in enumerate(analyses) if (r := _acquisition_failure(a, limits))}
+    enrol_files, test_files = np.unique(trials.enrol), np.unique(trials.test)
+    fte = _failure_summary(enrol_files, enrol_failures, trials.files)
+    fta = _failure_summary(test_files, test_failures, trials.files)
+    short_of_enrolment = sum(
+        1
+        for i in enrol_files.tolist()
+        if i not in enrol_failures and analyses[i].sample.measures.net_speech_s < limits.min_enrol_speech_s
+    )
+
+    enrol_ok = np.array([i not in enrol_failures for i in range(len(analyses))], dtype=bool)
+    test_ok = np.array([i not in test_failures for i in range(len(analyses))], dtype=bool)
+    scored = enrol_ok[trials.enrol] & test_ok[trials.test]
+    genuine_mask = trials.genuine[scored]
+    enrol, test = trials.enrol[scored], trials.test[scored]
+    if genuine_mask.all() or not genuine_mask.any():
+        raise AuditError("no genuine or no impostor trial is left once failures to enrol and acquire are removed")
+
+    scorer = Scorer.from_settings(settings, cohort)
+    embeddings = [a.sample.embedding if a.sample is not None else None for a in analyses]
+    dim = next(e.vector.shape[0] for e in embeddings if e is not None)
+    vectors = np.stack([e.vector if e is not None else np.ones(dim, np.float32) for e in embeddings])
+    scores = trial_scores(scorer, vectors, enrol, test)
+    checked = _spot_check(scorer, embeddings, enrol, test, scores)
+    genuine, impostor = scores[genuine_mask], scores[~genuine_mask]
+
+    n_gen, n_imp = trials.n_genuine, trials.n_impostor
+    excluded_gen, excluded_imp = n_gen - len(genuine), n_imp - len(impostor)
+    fnmr_at = {}
+    for target in TARGET_FMRS:
+        point = operating_point_at_fmr(genuine, impostor, target)
+        ci = bootstrap_ci(genuine, impostor, target, n_resamples=bootstrap_resamples, seed=seed)
+        fnmr_at[rate_key(target)] = {
+            "fnmr": point.fnmr,
+            "threshold": point.threshold,
+            "fmr": point.fmr,
+            "ci95": [ci.low, ci.high],
+            "bootstrap": {"resamples": ci.resamples, "seed": ci.seed, "confidence": ci.confidence},
+            # fewer impostor trials than 1/target: only "no impostor accepted" can be shown
+            "resolvable": len(impostor) * target >= 1,
+        }
+
+    def row(label: str, kind: str, point: OperatingPoint) -> dict:
+        return _operating_row(label, kind, point, n_gen, n_imp, excluded_gen, excluded_imp)
+
+    table = [row(f"FMR <= {rate_key(t)}", "fmr", operating_point_at_fmr(genuine, impostor, t)) for t in TABLE_FMRS]
+    table.append(row("EER", "eer", eer_operating_point(genuine, impostor)))
+    table.append(
+        row("configured threshold", "configured", operating_point_at_threshold(genuine, impostor, scorer.threshold))
+    )
+    table.sort(key=lambda row: row["threshold"])
+
+    if len(impostor) < 1 / min(TARGET_FMRS):
+        warnings.append(
+            f"{len(impostor)} impostor trials cannot resolve FMR below {1 / len(impostor):.2g}; "
+            "lower targets show the zero-false-match threshold"
+        )
+    return {
+        "format": REPORT_FORMAT,
+        "kind": "bioident-accuracy-audit",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "modality": "voice",
+        "model_fingerprint": embedder.fingerprint,
+        "channel": str(channel),
+        "dataset_sha256": dataset_sha256(trials.files, hashes),
+        "dataset": {"path": str(dataset), "files": len(trials.files), "trials": trials.source},
+        "scoring": {
+            "method": scorer.method,
+            "configured_threshold": scorer.threshold,
+            "top_k": scorer.top_k if cohort is not None else None,
+            "cohort": _cohort_record(cohort, cohort_path) if cohort is not None else None,
+            "checked_against_scorer": checked,
+        },
+        "settings": _settings_record(settings),
+        "protocol": {
+            "enrolment": "one sample per trial; it fails to enrol (FTE) when it cannot be decoded, has signal "
+            "reasons (NO_SPEECH, TOO_NOISY, CLIPPED) or yields no embedding",
+            "test": "it fails to acquire (FTA) when it cannot be decoded or the verification gates refuse it "
+            "(NO_SPEECH, TOO_SHORT, TOO_NOISY, CLIPPED)",
+            "scored_trials": "trials whose enrolment sample enrols and whose test sample is acquired",
+            "enrol_samples_below_min_enrol_speech": short_of_enrolment,
+        },
+        "genuine_trials": int(len(genuine)),
+        "impostor_trials": int(len(impostor)),
+        "counts": {
+            "files": len(trials.files),
+            "trials": int(len(trials.genuine)),
+            "genuine_trials": n_gen,
+            "impostor_trials": n_imp,
+            "scored_genuine_trials": int(len(genuine)),
+            "scored_impostor_trials": int(len(impostor)),
+            "excluded_genuine_trials": excluded_gen,
+            "excluded_impostor_trials": excluded_imp,
+        },
+        "fte": fte["rate"],
+        "fta": fta["rate"],
+        "failures": {"enrolment": fte, "acquisition": fta},
+        "eer": equal_error_rate(genuine, impostor),
+        "min_dcf": {rate_key(p): min_dcf(genuine, impostor, p) for p in DCF_P_TARGETS},
+        "fnmr_at_fmr": fnmr_at,
+        "threshold_table": table,
+        "scores": {
+            "genuine": np.round(genuine, 6).tolist(),
+            "impostor": np.round(impostor, 6).tolist(),
+        },
+        "cache": _cache_record(cache, cache_before),
+        "warnings": warnings,
+        "elapsed_s": round(time.monotonic() - started, 2),
+    }

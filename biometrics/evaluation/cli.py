@@ -1,0 +1,191 @@
+"""``bioident audit run`` and ``bioident audit calibrate``: accuracy audits of the deployed pipeline.
+
+``add_audit_commands`` adds both verbs to an ``audit`` sub-parser; each sets ``run`` to a handler
+that takes the parsed arguments and returns an exit code, and raises ``BiometricsError`` on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from biometrics.errors import BiometricsError
+
+DEFAULT_TARGET_FMR = 1e-3
+CALIBRATION_FILE = "calibration.json"
+
+
+def add_audit_commands(audit: argparse._SubParsersAction) -> None:
+    from biometrics.evaluation.trials import DEFAULT_MAX_IMPOSTORS
+
+    run = audit.add_parser(
+        "run",
+        help="measure EER, minDCF, FNMR at fixed FMRs, FTE and FTA of the production pipeline on a dataset",
+        description="Audit accuracy on a folder with one sub-folder of WAV/FLAC files per subject; "
+        "writes OUT/report.json and OUT/report.html.",
+    )
+    run.add_argument("--dataset", type=Path, required=True, help="folder with one sub-folder per subject")
+    run.add_argument("--out", type=Path, required=True, help="folder for report.json and report.html")
+    run.add_argument("--trials", type=Path, help="trial list: 'label enrol test' lines, paths relative to --dataset")
+    run.add_argument("--channel", choices=["clean", "telephone"], default="clean")
+    run.add_argument("--modality", choices=["voice"], default="voice")
+    scoring = run.add_mutually_exclusive_group()
+    scoring.add_argument("--cohort", type=Path, help="cohort file for AS-Norm (default: BIOIDENT_COHORT_FILE)")
+    scoring.add_argument("--no-cohort", action="store_true", help="score with plain cosine even if a cohort is set")
+    cache = run.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: ~/.cache/bioident/embeddings)")
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    run.add_argument(
+        "--max-impostors", type=int, default=DEFAULT_MAX_IMPOSTORS, help="impostor pairs to sample, without --trials"
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed for impostor sampling and the bootstrap")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(run=cmd_audit_run)
+
+    calibrate = audit.add_parser(
+        "calibrate",
+        help="fit score-to-LLR calibration and the threshold for a target FMR from an audit report",
+    )
+    calibrate.add_argument("--report", type=Path, required=True, help="audit output folder or its report.json")
+    calibrate.add_argument("--target-fmr", type=float, default=DEFAULT_TARGET_FMR)
+    calibrate.add_argument("--prior", type=float, default=0.5, help="target prior of the logistic fit")
+    calibrate.add_argument(
+        "--out", type=Path, help=f"calibration file (default: next to the report, {CALIBRATION_FILE})"
+    )
+    calibrate.set_defaults(run=cmd_audit_calibrate)
+
+
+def _settings():  # noqa: ANN202
+    from biometrics.settings import CoreSettings
+
+    return CoreSettings()
+
+
+def _embedder(settings):  # noqa: ANN001, ANN202
+    from biometrics.embedding import load_voice_embedder
+
+    return load_voice_embedder(settings)
+
+
+def canonical_command(args: argparse.Namespace, cohort: Path | None) -> str:
+    """The command that repeats this audit, every choice spelled out."""
+    words = ["bioident", "audit", "run", "--dataset", str(args.dataset), "--out", str(args.out)]
+    if args.trials is not None:
+        words += ["--trials", str(args.trials)]
+    words += ["--channel", args.channel, "--modality", args.modality]
+    words += ["--cohort", str(cohort)] if cohort is not None else ["--no-cohort"]
+    if args.trials is None:
+        words += ["--max-impostors", str(args.max_impostors)]
+    words += ["--seed", str(args.seed)]
+    return shlex.join(words)
+
+
+class _ProgressBar:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="analysing files", unit="file", file=sys.stderr)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_audit_run(args: argparse.Namespace) -> int:
+    from biometrics.evaluation.audit import run_audit
+    from biometrics.evaluation.cache import DEFAULT_CACHE_DIR, EmbeddingCache
+    from biometrics.evaluation.report import write_report
+
+    if args.max_impostors < 1:
+        raise BiometricsError("--max-impostors must be at least 1")
+    settings = _settings()
+    cohort = None if args.no_cohort else (args.cohort or settings.cohort_file)
+    cache = None if args.no_cache else EmbeddingCache(args.cache_dir or DEFAULT_CACHE_DIR)
+    embedder = _embedder(settings)
+    progress = _ProgressBar(enabled=not args.quiet)
+    try:
+        report = run_audit(
+            embedder,
+            args.dataset,
+            settings,
+            args.channel,
+            trials=args.trials,
+            cohort=cohort,
+            cache=cache,
+            progress=progress,
+            max_impostors=args.max_impostors,
+            seed=args.seed,
+            command=canonical_command(args, cohort),
+        )
+    finally:
+        progress.close()
+    json_path, html_path = write_report(report, args.out)
+    for warning in report["warnings"]:
+        print(f"bioident: warning: {warning}", file=sys.stderr)
+    _print_summary(report)
+    print(f"report: {json_path} and {html_path}")
+    return 0
+
+
+def _print_summary(report: dict) -> None:
+    counts = report["counts"]
+    print(
+        f"{report['scoring']['method']} scores, {report['channel']} channel, "
+        f"{counts['scored_genuine_trials']} genuine / {counts['scored_impostor_trials']} impostor trials"
+    )
+    print(f"EER {100 * report['eer']:.2f}%   FTE {100 * report['fte']:.2f}%   FTA {100 * report['fta']:.2f}%")
+    for p, value in report["min_dcf"].items():
+        print(f"minDCF(p_target={p})  {value:.4f}")
+    print(f"{'target FMR':>10}  {'threshold':>10}  {'FNMR':>7}  95% CI")
+    for target, v in report["fnmr_at_fmr"].items():
+        mark = "" if v["resolvable"] else "  (too few impostor trials to resolve)"
+        print(
+            f"{target:>10}  {v['threshold']:>10.4f}  {100 * v['fnmr']:>6.2f}%  "
+            f"{100 * v['ci95'][0]:.2f}-{100 * v['ci95'][1]:.2f}%{mark}"
+        )
+
+
+def cmd_audit_calibrate(args: argparse.Namespace) -> int:
+    from biometrics.evaluation.calibration import CalibrationError, calibrate
+    from biometrics.evaluation.report import REPORT_JSON, load_report
+
+    report_path = args.report / REPORT_JSON if args.report.is_dir() else args.report
+    try:
+        report = load_report(report_path)
+    except FileNotFoundError:
+        raise CalibrationError(f"audit report {report_path} not found") from None
+    except ValueError as exc:
+        raise CalibrationError(f"{report_path} is not an audit report: {exc}") from None
+    calibration = calibrate(report, args.target_fmr, prior=args.prior, report_path=report_path)
+    out = args.out or report_path.parent / CALIBRATION_FILE
+    calibration.save(out)
+    source = calibration.source
+    print(
+        f"threshold {calibration.threshold:.4f} ({calibration.method}) for FMR <= {calibration.target_fmr:g}: "
+        f"measured FMR {100 * source['fmr_at_threshold']:.3f}%, FNMR {100 * source['fnmr_at_threshold']:.2f}% "
+        f"on {source['impostor_trials']} impostor / {source['genuine_trials']} genuine trials"
+    )
+    print(
+        f"llr = {calibration.a:.4f} * score {calibration.b:+.4f}   "
+        f"(llr at threshold {calibration.llr(calibration.threshold):.2f})"
+    )
+    if not source["resolvable"]:
+        print(
+            f"bioident: warning: {source['impostor_trials']} impostor trials cannot show "
+            f"FMR {calibration.target_fmr:g}; "
+            "the threshold only shows that no impostor passed",
+            file=sys.stderr,
+        )
+    print(f"calibration written to {out}")
+    return 0

@@ -1,0 +1,419 @@
+"""Audit metrics, trials, cache, calibration and the audit machinery, on hand-computed and synthetic data.
+
+Fast: no speaker model. The audit itself runs here with a stand-in embedder on generated tones; the
+real model's accuracy is checked in tests/test_audit_run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from biometrics.errors import BiometricsError, IncompatibleModel
+from biometrics.evaluation.calibration import Calibration, CalibrationError, calibrate, fit_llr
+from biometrics.evaluation.metrics import (
+    bootstrap_ci,
+    bootstrap_fnmr_at_fmr,
+    det_points,
+    fnmr_at_fmr,
+    min_dcf,
+    operating_point_at_fmr,
+)
+from biometrics.evaluation.trials import DatasetError, dataset_sha256, trials_from_folders, trials_from_list
+
+# --- minDCF -----------------------------------------------------------------------------------------
+
+
+def test_perfectly_separated_scores_cost_nothing():
+    assert min_dcf(np.array([0.8, 0.9]), np.array([0.1, 0.2]), p_target=0.01) == 0.0
+
+
+def test_min_dcf_matches_a_hand_computation():
+    genuine, impostor = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.1, 0.65])
+    # p_target 0.5: at 0.7 one genuine of four is missed and no impostor passes: 0.5 * 1/4 / 0.5.
+    assert min_dcf(genuine, impostor, p_target=0.5) == pytest.approx(0.25)
+    # p_target 0.9: misses cost more; best is 0.6 (no miss, half the impostors pass): 0.1 * 1/2 / 0.1.
+    assert min_dcf(genuine, impostor, p_target=0.9) == pytest.approx(0.5)
+    # costs weigh in: c_fa = 4 at p_target 0.5 favours rejecting (0.5 * 1/4) / min(0.5, 2).
+    assert min_dcf(genuine, impostor, p_target=0.5, c_fa=4) == pytest.approx(0.25)
+
+
+def test_min_dcf_of_useless_scores_is_one():
+    assert min_dcf(np.array([0.1, 0.2]), np.array([0.8, 0.9]), p_target=0.01) == pytest.approx(1.0)
+
+
+def test_min_dcf_refuses_a_prior_outside_zero_one():
+    with pytest.raises(ValueError):
+        min_dcf(np.array([1.0]), np.array([0.0]), p_target=1.0)
+
+
+# --- FNMR at a fixed FMR ----------------------------------------------------------------------------
+
+
+def test_fnmr_at_fmr_is_zero_for_separated_scores():
+    assert fnmr_at_fmr(np.array([0.8, 0.9]), np.array([0.1, 0.2, 0.3]), 1e-3) == 0.0
+
+
+def test_fnmr_at_fmr_takes_the_lowest_threshold_that_meets_the_target():
+    genuine = np.array([0.9, 0.8, 0.7, 0.6])
+    impostor = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.75])
+    # FMR <= 0.1 lets one impostor of ten pass (0.75): the threshold lands on 0.6, nothing rejected.
+    point = operating_point_at_fmr(genuine, impostor, 0.1)
+    assert (point.threshold, point.fmr, point.fnmr) == pytest.approx((0.6, 0.1, 0.0))
+    # FMR <= 0.05 lets none pass: the threshold must rise above 0.75, to 0.8, rejecting 0.7 and 0.6.
+    point = operating_point_at_fmr(genuine, impostor, 0.05)
+    assert (point.threshold, point.fmr, point.fnmr) == (0.8, 0.0, 0.5)
+
+
+def test_det_points_run_from_accept_all_to_reject_all():
+    fmr, fnmr = det_points(np.array([0.5, 0.9]), np.array([0.1, 0.5]))
+    assert (fmr[0], fnmr[0]) == (1.0, 0.0) and (fmr[-1], fnmr[-1]) == (0.0, 1.0)
+    assert np.all(np.diff(fmr) <= 0) and np.all(np.diff(fnmr) >= 0)
+
+
+# --- bootstrap --------------------------------------------------------------------------------------
+
+
+def test_bootstrap_interval_of_separated_scores_is_zero_wide():
+    ci = bootstrap_ci(np.array([0.8, 0.9, 0.95]), np.array([0.1, 0.2, 0.3]), 1e-2, seed=1)
+    assert (ci.low, ci.high) == (0.0, 0.0)
+
+
+def test_bootstrap_is_reproducible_from_its_seed():
+    rng = np.random.default_rng(0)
+    genuine, impostor = rng.normal(2, 1, 200), rng.normal(0, 1, 2000)
+    assert bootstrap_ci(genuine, impostor, 1e-2, seed=7) == bootstrap_ci(genuine, impostor, 1e-2, seed=7)
+
+
+def test_bootstrap_matches_resampling_the_scores_themselves():
+    rng = np.random.default_rng(1)
+    genuine = np.round(rng.normal(2, 1, 150), 1)  # rounded: ties must be handled too
+    impostor = np.round(rng.normal(0, 1, 600), 1)
+    fast = bootstrap_fnmr_at_fmr(genuine, impostor, 0.01, n_resamples=20_000, seed=3)
+    naive = np.array(
+        [fnmr_at_fmr(rng.choice(genuine, len(genuine)), rng.choice(impostor, len(impostor)), 0.01) for _ in range(2000)]
+    )
+    assert np.quantile(fast, [0.025, 0.5, 0.975]) == pytest.approx(np.quantile(naive, [0.025, 0.5, 0.975]), abs=0.03)
+
+
+def test_bootstrap_interval_surrounds_the_estimate():
+    rng = np.random.default_rng(2)
+    genuine, impostor = rng.normal(2, 1, 2000), rng.normal(0, 1, 100_000)
+    ci = bootstrap_ci(genuine, impostor, 1e-3)
+    assert ci.low < fnmr_at_fmr(genuine, impostor, 1e-3) < ci.high
+    assert ci.high - ci.low < 0.1 and ci.resamples == 1000 and ci.confidence == 0.95
+
+
+# --- calibration ------------------------------------------------------------------------------------
+
+
+def _report(genuine, impostor, method="cosine") -> dict:
+    return {
+        "scores": {"genuine": list(map(float, genuine)), "impostor": list(map(float, impostor))},
+        "scoring": {"method": method},
+        "model_fingerprint": "ecapa-voxceleb-test",
+        "channel": "clean",
+        "dataset_sha256": "ab" * 32,
+        "created_at": "2025-01-01T00:00:00+00:00",
+    }
+
+
+@pytest.fixture(scope="module")
+def gaussian_scores():
+    rng = np.random.default_rng(3)
+    return rng.normal(2, 1, 20_000), rng.normal(0, 1, 20_000)
+
+
+def test_calibration_recovers_the_llr_of_gaussian_scores(gaussian_scores):
+    # Genuine N(2, 1) against impostor N(0, 1): the true log-likelihood ratio is 2s - 2.
+    a, b = fit_llr(*gaussian_scores)
+    assert a == pytest.approx(2.0, abs=0.1) and b == pytest.approx(-2.0, abs=0.1)
+
+
+def test_calibration_threshold_meets_the_target_fmr(gaussian_scores):
+    genuine, impostor = gaussian_scores
+    calibration = calibrate(_report(genuine, impostor), target_fmr=1e-3, report_path="out/report.json")
+    assert np.mean(impostor >= calibration.threshold) <= 1e-3
+    assert np.mean(impostor >= np.max(impostor[impostor < calibration.threshold])) > 1e-3  # and it is the lowest
+    llrs = [calibration.llr(s) for s in np.linspace(-3, 5, 9)]
+    assert all(np.diff(llrs) > 0)
+    assert calibration.method == "cosine" and calibration.source["impostor_trials"] == 20_000
+    assert calibration.source["report"] == "out/report.json" and calibration.source["resolvable"]
+
+
+def test_perfectly_separated_scores_still_calibrate_to_a_finite_steep_mapping():
+    calibration = calibrate(_report([0.7, 0.8, 0.9], [0.0, 0.1, 0.2]), target_fmr=1e-3)
+    assert np.isfinite(calibration.a) and calibration.a > 0
+    assert calibration.llr(0.9) > 0 > calibration.llr(0.0)
+    assert not calibration.source["resolvable"]
+
+
+def test_calibration_round_trips_through_its_file(tmp_path, gaussian_scores):
+    calibration = calibrate(_report(*gaussian_scores, method="as-norm"), target_fmr=1e-2)
+    calibration.save(tmp_path / "calibration.json")
+    assert Calibration.load(tmp_path / "calibration.json") == calibration
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[1, 2]",
+        json.dumps({"kind": "something-else", "format": 1}),
+        "MISSING_A",
+        "NEGATIVE_SLOPE",
+        "BAD_METHOD",
+    ],
+)
+def test_a_malformed_calibration_file_is_refused(tmp_path, gaussian_scores, content):
+    good = calibrate(_report(*gaussian_scores), target_fmr=1e-2).as_dict()
+    if content == "MISSING_A":
+        content = json.dumps({k: v for k, v in good.items() if k != "a"})
+    elif content == "NEGATIVE_SLOPE":
+        content = json.dumps({**good, "a": -1.0})
+    elif content == "BAD_METHOD":
+        content = json.dumps({**good, "method": "plda"})
+    path = tmp_path / "calibration.json"
+    path.write_text(content)
+    with pytest.raises(CalibrationError) as caught:
+        Calibration.load(path)
+    assert caught.value.code == "calibration_invalid" and isinstance(caught.value, BiometricsError)
+
+
+def test_a_missing_calibration_file_is_a_calibration_error(tmp_path):
+    with pytest.raises(CalibrationError):
+        Calibration.load(tmp_path / "nowhere.json")
+
+
+def test_a_calibration_is_only_for_its_model_and_method(gaussian_scores):
+    calibration = calibrate(_report(*gaussian_scores), target_fmr=1e-2)
+    calibration.check_compatible("cosine", "ecapa-voxceleb-test", "clean")
+    with pytest.raises(IncompatibleModel):
+        calibration.check_compatible("cosine", "ecapa-voxceleb-other")
+    with pytest.raises(CalibrationError):
+        calibration.check_compatible("as-norm", "ecapa-voxceleb-test")
+
+
+def test_a_report_without_scores_cannot_be_calibrated():
+    with pytest.raises(CalibrationError):
+        calibrate({"eer": 0.01}, target_fmr=1e-3)
+
+
+def test_inverted_scores_cannot_be_calibrated():
+    with pytest.raises(CalibrationError):
+        calibrate(_report([0.1, 0.2, 0.3], [0.7, 0.8, 0.9]), target_fmr=1e-2)
+
+
+# --- trials -----------------------------------------------------------------------------------------
+
+
+def _touch_dataset(root, sizes):
+    for s, n in enumerate(sizes):
+        for i in range(n):
+            path = root / f"spk{s}" / "session" / f"utt{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f"{s}-{i}".encode())
+    return root
+
+
+def test_folders_give_every_genuine_pair_and_every_impostor_pair(tmp_path):
+    trials = trials_from_folders(_touch_dataset(tmp_path, [2, 3, 1]))
+    assert (trials.n_genuine, trials.n_impostor) == (1 + 3, 15 - 4)
+    assert all(
+        trials.files[e].split("/")[0] == trials.files[t].split("/")[0]
+        for e, t, g in zip(trials.enrol, trials.test, trials.genuine, strict=True)
+        if g
+    )
+    assert np.all(trials.enrol < trials.test)
+
+
+def test_impostors_above_the_cap_are_a_seeded_sample(tmp_path):
+    root = _touch_dataset(tmp_path, [4, 4, 4, 4])
+    first = trials_from_folders(root, max_impostors=20, seed=5)
+    again = trials_from_folders(root, max_impostors=20, seed=5)
+    other = trials_from_folders(root, max_impostors=20, seed=6)
+    assert first.n_impostor == 20 and first.n_genuine == 4 * 6
+    assert np.array_equal(first.enrol, again.enrol) and np.array_equal(first.test, again.test)
+    assert not (np.array_equal(first.enrol, other.enrol) and np.array_equal(first.test, other.test))
+    pairs = {(int(e), int(t)) for e, t in zip(first.enrol, first.test, strict=True)}
+    assert len(pairs) == len(first.enrol)  # no pair twice
+    assert first.source["impostors_sampled"] and first.source["impostor_pairs_available"] == 120 - 24
+
+
+def test_a_trial_list_names_its_pairs(tmp_path):
+    root = _touch_dataset(tmp_path / "data", [2, 2])
+    listing = tmp_path / "trials.txt"
+    listing.write_text(
+        "1 spk0/session/utt0.wav spk0/session/utt1.wav\n0 spk0/session/utt0.wav spk1/session/utt0.wav\n\n"
+    )
+    trials = trials_from_list(root, listing)
+    assert (trials.n_genuine, trials.n_impostor) == (1, 1)
+    assert trials.files == ("spk0/session/utt0.wav", "spk0/session/utt1.wav", "spk1/session/utt0.wav")
+    assert trials.source["kind"] == "list" and len(trials.source["list_sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["2 spk0/session/utt0.wav spk0/session/utt1.wav", "1 spk0/session/utt0.wav", "1 spk0/session/utt0.wav nope.wav"],
+)
+def test_a_bad_trial_list_is_refused(tmp_path, line):
+    root = _touch_dataset(tmp_path / "data", [2, 2])
+    listing = tmp_path / "trials.txt"
+    listing.write_text(f"0 spk0/session/utt0.wav spk1/session/utt0.wav\n{line}\n")
+    with pytest.raises(DatasetError):
+        trials_from_list(root, listing)
+
+
+def test_a_folder_without_two_subjects_is_refused(tmp_path):
+    with pytest.raises(DatasetError):
+        trials_from_folders(_touch_dataset(tmp_path, [3]))
+
+
+def test_dataset_hash_follows_names_and_contents():
+    base = dataset_sha256(["a/1.wav", "b/1.wav"], ["11" * 32, "22" * 32])
+    assert base == dataset_sha256(["b/1.wav", "a/1.wav"], ["22" * 32, "11" * 32])  # order does not matter
+    assert base != dataset_sha256(["a/1.wav", "b/2.wav"], ["11" * 32, "22" * 32])
+    assert base != dataset_sha256(["a/1.wav", "b/1.wav"], ["11" * 32, "33" * 32])
+
+
+# --- batch scoring is the production scorer's ------------------------------------------------------------
+
+
+def test_batch_scores_equal_the_scorer_one_trial_at_a_time():
+    from biometrics.cohort import Cohort
+    from biometrics.embedding import Embedding
+    from biometrics.evaluation.audit import trial_scores
+    from biometrics.scoring import Scorer
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(12, 192)).astype(np.float32)
+    cohort_vectors = rng.normal(size=(40, 192)).astype(np.float32)
+    cohort = Cohort(cohort_vectors / np.linalg.norm(cohort_vectors, axis=1, keepdims=True), "fp", "clean")
+    enrol, test = np.triu_indices(12, 1)
+    for scorer in (Scorer(), Scorer(cohort, top_k=10)):
+        batch = trial_scores(scorer, vectors, enrol, test)
+        one_by_one = [
+            scorer.score(Embedding(vectors[e], "fp"), Embedding(vectors[t], "fp"))
+            for e, t in zip(enrol, test, strict=True)
+        ]
+        assert batch == pytest.approx(one_by_one, abs=1e-5)
+
+
+# --- the audit, end to end, with a stand-in embedder ----------------------------------------------------
+
+
+class ToneEmbedder:
+    """Stands in for the model: a file's 'voice' is its tone's pitch; silence has no speech."""
+
+    fingerprint = "stand-in-tones"
+
+    def __init__(self) -> None:
+        self.analysed = 0
+
+    def analyse(self, waveforms, max_speech_s=None):
+        from biometrics.embedding import AnalysedSample, Embedding
+        from biometrics.quality.gates import QualityMeasures
+
+        self.analysed += len(waveforms)
+        out = []
+        for w in waveforms:
+            rms = float(np.sqrt(np.mean(w.samples**2)))
+            speech = w.duration_s if rms > 1e-3 else 0.0
+            measures = QualityMeasures(w.duration_s, speech, 30.0, w.clipping_ratio)
+            embedding = None
+            if speech > 0:
+                spectrum = np.abs(np.fft.rfft(w.samples))
+                pitch = int(np.argmax(spectrum) * w.sample_rate / len(w.samples) / 50)  # 50 Hz bands
+                voice = np.random.default_rng(pitch).normal(size=192)
+                noise = np.random.default_rng(int(1e6 * rms)).normal(size=192)
+                vector = voice + 0.5 * noise
+                embedding = Embedding((vector / np.linalg.norm(vector)).astype(np.float32), self.fingerprint)
+            out.append(AnalysedSample(measures, embedding))
+        return out
+
+
+def _tone_dataset(root):
+    rate = 16_000
+    for s, pitch in enumerate([200, 400, 600, 800]):
+        for i in range(4):
+            seconds = 2.0 if (s, i) == (1, 3) else 5.0  # one file too short to verify with
+            t = np.arange(int(seconds * rate)) / rate
+            amplitude = 0.0 if (s, i) == (2, 3) else 0.1 + 0.05 * i  # one silent file
+            path = root / f"spk{s}" / f"utt{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, (amplitude * np.sin(2 * np.pi * pitch * t)).astype(np.float32), rate)
+    (root / "spk3" / "broken.wav").write_bytes(b"this is not audio")
+    return root
+
+
+@pytest.fixture()
+def tone_dataset(tmp_path):
+    return _tone_dataset(tmp_path / "tones")
+
+
+def _parser():
+    from biometrics.evaluation.cli import add_audit_commands
+
+    parser = argparse.ArgumentParser()
+    verbs = parser.add_subparsers(dest="verb")
+    add_audit_commands(verbs.add_parser("audit").add_subparsers(dest="action"))
+    return parser
+
+
+def test_audit_counts_failures_to_enrol_and_acquire_and_scores_the_rest(tone_dataset, tmp_path):
+    from biometrics.evaluation.audit import run_audit
+    from biometrics.evaluation.cache import EmbeddingCache
+    from biometrics.settings import CoreSettings
+
+    embedder = ToneEmbedder()
+    report = run_audit(embedder, tone_dataset, CoreSettings(_env_file=None), cache=EmbeddingCache(tmp_path / "c"))
+    # 17 files: the silent and the broken one cannot enrol; those two and the 2 s one are not acquired.
+    assert report["failures"]["enrolment"]["reasons"] == {"NO_SPEECH": 1, "audio_not_recognised": 1}
+    assert report["failures"]["acquisition"]["reasons"] == {"NO_SPEECH": 1, "TOO_SHORT": 1, "audio_not_recognised": 1}
+    assert report["counts"]["trials"] == 17 * 16 // 2
+    assert report["genuine_trials"] + report["impostor_trials"] < report["counts"]["trials"]
+    assert report["eer"] == 0.0 and report["fnmr_at_fmr"]["0.001"]["fnmr"] == 0.0
+    assert report["scoring"]["checked_against_scorer"] > 0
+    assert embedder.analysed == 16  # the broken file never reaches the embedder
+    again = run_audit(embedder, tone_dataset, CoreSettings(_env_file=None), cache=EmbeddingCache(tmp_path / "c"))
+    assert embedder.analysed == 16 and again["cache"]["hits"] == 17
+    assert again["eer"] == report["eer"] and again["dataset_sha256"] == report["dataset_sha256"]
+
+
+def test_audit_cli_writes_reports_and_calibration(tone_dataset, tmp_path, monkeypatch):
+    from biometrics.evaluation import cli
+
+    monkeypatch.setattr(cli, "_embedder", lambda settings: ToneEmbedder())
+    monkeypatch.delenv("BIOIDENT_COHORT_FILE", raising=False)
+    out = tmp_path / "out"
+    args = _parser().parse_args(
+        [
+            "audit",
+            "run",
+            "--dataset",
+            str(tone_dataset),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--quiet",
+        ]  # fmt: skip
+    )
+    assert args.run(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["command"].startswith("bioident audit run --dataset") and "--no-cohort" in report["command"]
+    assert '<img alt="DET curve" src="data:image/png;base64,' in (out / "report.html").read_text()
+    args = _parser().parse_args(["audit", "calibrate", "--report", str(out), "--target-fmr", "0.01"])
+    assert args.run(args) == 0
+    calibration = Calibration.load(out / "calibration.json")
+    assert calibration.target_fmr == 0.01 and calibration.source["dataset_sha256"] == report["dataset_sha256"]
+
+
+def test_calibrate_cli_without_a_report_is_an_input_error(tmp_path):
+    args = _parser().parse_args(["audit", "calibrate", "--report", str(tmp_path / "none")])
+    with pytest.raises(CalibrationError):
+        args.run(args)
