@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service.api import admin, audit, consents, voice
+from service.api import admin, audit, audits, consents, voice
 from service.api.middleware import BodySizeLimit
 from service.api.problems import install_problem_handlers
 from service.context import ServiceContext
@@ -18,7 +18,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app)
-    for module in (admin, consents, voice, audit):
+    for module in (admin, consents, voice, audit, audits):
         app.include_router(module.router)
 
     @app.get("/health", tags=["health"])

@@ -131,6 +131,20 @@ def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_audit_deployment(args: argparse.Namespace) -> int:
+    import json
+
+    from service.audits import deployment_report
+    from service.context import load_keyring
+
+    settings = _settings()
+    db = _database(settings)
+    with db.session() as session:
+        report = deployment_report(session, load_keyring(settings), settings)
+    print(json.dumps(report, indent=2))
+    return 0 if report["audit_chain"]["ok"] else 1
+
+
 def cmd_clients_create(args: argparse.Namespace) -> int:
     from service.audit.chain import append
     from service.auth import Role, issue_client
@@ -176,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     add_audit_commands(audit)
+    audit.add_parser(
+        "deployment", help="enrolments, consents, lockouts, key versions and the audit chain of this deployment"
+    ).set_defaults(run=cmd_audit_deployment)
     audit.add_parser("verify-chain", help="detect edited, inserted or deleted entries").set_defaults(
         run=cmd_audit_verify_chain
     )

@@ -25,6 +25,8 @@ class ServiceSettings(CoreSettings):
     rate_limit_per_minute: int = Field(600, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     identify_top_k: int = Field(5, ge=1, le=100)
+    # Accuracy audits started through the API read datasets from folders below this directory only.
+    audit_datasets_dir: Path | None = None
 
     @property
     def resolved_database_url(self) -> str:

@@ -174,3 +174,18 @@ class AuditEntry(Base):
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditJob(Base):
+    """An accuracy audit an auditor started through the API; its state is shared by every replica."""
+
+    __tablename__ = "audit_jobs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("aud"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued, running, done, failed
+    error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)

@@ -1,0 +1,175 @@
+"""Accuracy audits started through the API, and the audit of the deployment itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from biometrics.errors import BiometricsError
+from biometrics.evaluation.audit import run_audit
+from service.audit.chain import append, verify_chain
+from service.auth import Principal
+from service.context import ServiceContext
+from service.errors import Conflict, NotFound, ServiceError
+from service.store.models import (
+    AuditEntry,
+    AuditJob,
+    Consent,
+    DataKey,
+    Subject,
+    Template,
+    VerificationFailure,
+    utcnow,
+)
+from service.vault import Keyring
+
+
+def dataset_path(ctx: ServiceContext, name: str) -> Path:
+    """A dataset folder below the configured audit directory; nothing outside it can be named."""
+    root = ctx.settings.audit_datasets_dir
+    if root is None:
+        raise Conflict("audits through the API are not enabled: set BIOIDENT_AUDIT_DATASETS_DIR")
+    root = Path(root).resolve()
+    candidate = (root / name).resolve()
+    if not candidate.is_relative_to(root) or candidate == root or not candidate.is_dir():
+        raise NotFound("no such dataset in the audit datasets directory")
+    return candidate
+
+
+def start_audit(ctx: ServiceContext, actor: Principal, dataset: str, channel: str, max_impostors: int) -> AuditJob:
+    dataset_path(ctx, dataset)
+    with ctx.db.session() as session:
+        job = AuditJob(
+            tenant_id=actor.tenant_id,
+            requested_by=actor.client_id,
+            params={"dataset": dataset, "channel": channel, "max_impostors": max_impostors},
+        )
+        session.add(job)
+        session.flush()
+        append(
+            session,
+            actor=actor.client_id,
+            action="audit.start",
+            outcome="queued",
+            tenant_id=actor.tenant_id,
+            details={"job_id": job.id, **job.params},
+        )
+    return job
+
+
+def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
+    """Runs a queued audit (in the background); its outcome is written to the job row and the trail."""
+    with ctx.db.session() as session:
+        job = session.get(AuditJob, job_id)
+        job.status = "running"
+        params, tenant_id, actor = dict(job.params), job.tenant_id, job.requested_by
+    report, error = None, None
+    try:
+        report = run_audit(
+            ctx.embedder,
+            dataset_path(ctx, params["dataset"]),
+            ctx.settings,
+            params["channel"],
+            cohort=ctx.scorer.cohort,
+            max_impostors=params["max_impostors"],
+            command=f"POST /v1/audits dataset={params['dataset']} channel={params['channel']}",
+        )
+    except (BiometricsError, ServiceError) as exc:
+        error = exc.message if isinstance(exc, BiometricsError) else exc.detail
+    except Exception as exc:  # a background job must always end in a recorded state
+        error = f"internal error ({type(exc).__name__})"
+    with ctx.db.session() as session:
+        job = session.get(AuditJob, job_id)
+        job.status, job.report, job.error = ("failed", None, error[:500]) if error else ("done", report, None)
+        job.finished_at = utcnow()
+        append(
+            session,
+            actor=actor,
+            action="audit.finish",
+            outcome=job.status,
+            tenant_id=tenant_id,
+            model_fingerprint=None if report is None else report["model_fingerprint"],
+            details={"job_id": job_id, "eer": None if report is None else report["eer"]},
+        )
+
+
+def job_in_tenant(session: Session, actor: Principal, job_id: str) -> AuditJob:
+    job = session.get(AuditJob, job_id)
+    if job is None or job.tenant_id != actor.tenant_id:
+        raise NotFound("no such audit")
+    return job
+
+
+def _count(session: Session, query) -> int:  # noqa: ANN001
+    return int(session.execute(query).scalar_one())
+
+
+def deployment_report(session: Session, keyring: Keyring, settings, tenant_id: str | None = None) -> dict:  # noqa: ANN001
+    """Enrolled subjects per modality, consents, lockouts, key versions in use and the audit chain's state."""
+
+    def scoped(query, column):  # noqa: ANN001, ANN202
+        return query if tenant_id is None else query.where(column == tenant_id)
+
+    templates = session.execute(
+        scoped(
+            select(Template.modality, func.count(func.distinct(Template.subject_token))), Template.tenant_id
+        ).group_by(Template.modality)
+    ).all()
+    consents_q = select(Consent.modality, Consent.withdrawn_at.is_(None), func.count()).join(
+        Subject, Subject.token == Consent.subject_token
+    )
+    consents = session.execute(
+        scoped(consents_q, Subject.tenant_id).group_by(Consent.modality, Consent.withdrawn_at.is_(None))
+    ).all()
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.lockout_window_s)
+    failures = session.execute(
+        select(VerificationFailure.subject_token, func.count())
+        .where(VerificationFailure.at >= since)
+        .group_by(VerificationFailure.subject_token)
+    ).all()
+    tokens_in_scope = None
+    if tenant_id is not None:
+        tokens_in_scope = set(session.execute(select(Subject.token).where(Subject.tenant_id == tenant_id)).scalars())
+    locked_now = sum(
+        1
+        for token, n in failures
+        if n >= settings.lockout_max_failures and (tokens_in_scope is None or token in tokens_in_scope)
+    )
+    lockout_events = _count(
+        session,
+        scoped(
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "voice.lockout"),
+            AuditEntry.tenant_id,
+        ),
+    )
+    key_use = session.execute(
+        scoped(
+            select(DataKey.kek_version, func.count()).join(Subject, Subject.token == DataKey.subject_token),
+            Subject.tenant_id,
+        ).group_by(DataKey.kek_version)
+    ).all()
+    chain = verify_chain(session)
+    by_modality: dict[str, dict[str, int]] = {}
+    for modality, active, n in consents:
+        by_modality.setdefault(modality, {"active": 0, "withdrawn": 0})["active" if active else "withdrawn"] += n
+    return {
+        "scope": tenant_id or "deployment",
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "enrolled_subjects": {modality: n for modality, n in templates},
+        "consents": by_modality,
+        "lockouts": {"subjects_locked_now": locked_now, "lockout_events": lockout_events},
+        "keys": {
+            "active_version": keyring.active_version,
+            "versions": [{"version": v.version, "status": str(v.status)} for v in keyring.versions()],
+            "data_keys_by_version": {str(v): n for v, n in key_use},
+        },
+        "audit_chain": {
+            "ok": chain.ok,
+            "entries": chain.entries,
+            "first_bad_seq": chain.first_bad_seq,
+            "problem": chain.problem,
+        },
+    }

@@ -1,0 +1,87 @@
+"""Audits for security teams through the API and the CLI: accuracy jobs and the deployment audit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TEST_OTHER
+from tests.test_service_voice_flow import _consent, _enrol
+
+pytestmark = pytest.mark.model
+
+SPEAKERS = ["1688", "2033", "2414"]
+
+
+@pytest.fixture
+def audit_datasets(tmp_path):
+    """A small dataset folder (3 speakers x 3 recordings, links to the shared data) below the audit root."""
+    root = tmp_path / "audit-datasets"
+    for speaker in SPEAKERS:
+        folder = root / "callers" / speaker
+        folder.mkdir(parents=True)
+        for path in sorted((TEST_OTHER / speaker).glob("*.flac"))[-3:]:
+            (folder / path.name).symlink_to(path)
+    return root
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_an_auditor_starts_an_audit_and_fetches_its_report(api, audit_datasets):
+    api.ctx.settings.audit_datasets_dir = audit_datasets
+    api.tenant("bank")
+    auditor = api.headers(api.client("bank", "auditor"))
+    started = api.http.post("/v1/audits", json={"dataset": "callers"}, headers=auditor)
+    assert started.status_code == 202, started.text
+    job = started.json()["id"]
+    status = api.http.get(f"/v1/audits/{job}", headers=auditor).json()
+    assert status["status"] == "done", status
+    assert status["results"]["genuine_trials"] + status["results"]["impostor_trials"] > 0
+    report = api.http.get(f"/v1/audits/{job}/report", headers=auditor).json()
+    assert {"eer", "min_dcf", "fnmr_at_fmr", "fte", "fta", "model_fingerprint", "dataset_sha256"} <= report.keys()
+    html = api.http.get(f"/v1/audits/{job}/report.html", headers=auditor)
+    assert html.status_code == 200 and "data:image/png;base64," in html.text
+    api.tenant("shop")
+    other_auditor = api.headers(api.client("shop", "auditor"))
+    assert api.http.get(f"/v1/audits/{job}", headers=other_auditor).status_code == 404
+    ivr = api.headers(api.client("bank", "ivr"))
+    assert api.http.post("/v1/audits", json={"dataset": "callers"}, headers=ivr).status_code == 403
+    actions = [e["action"] for e in api.http.get("/v1/audit/entries", headers=auditor).json()["entries"]]
+    assert "audit.start" in actions and "audit.finish" in actions
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_audits_cannot_reach_outside_the_datasets_directory(api, audit_datasets):
+    api.tenant("bank")
+    auditor = api.headers(api.client("bank", "auditor"))
+    assert api.http.post("/v1/audits", json={"dataset": "callers"}, headers=auditor).status_code == 409  # not enabled
+    api.ctx.settings.audit_datasets_dir = audit_datasets
+    for name in ("../audit-datasets", "/etc", "callers/../..", "missing"):
+        response = api.http.post("/v1/audits", json={"dataset": name}, headers=auditor)
+        assert response.status_code in (404, 422), (name, response.status_code)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_the_deployment_audit_counts_enrolments_consents_keys_and_checks_the_chain(api, monkeypatch, capsys):
+    api.tenant("bank")
+    keys = {role: api.client("bank", role) for role in ("ivr", "portal", "auditor")}
+    consent = _consent(api, keys["portal"])
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    _consent(api, keys["portal"], reference="ACC-2002")
+    second = api.http.get(
+        "/v1/subjects/" + consent["subject_token"] + "/consents", headers=api.headers(keys["portal"])
+    ).json()
+    assert len(second) == 1
+    report = api.http.get("/v1/audit/deployment", headers=api.headers(keys["auditor"])).json()
+    assert report["enrolled_subjects"] == {"voice": 1}
+    assert report["consents"] == {"voice": {"active": 2, "withdrawn": 0}}
+    assert report["keys"]["active_version"] == 1 and report["keys"]["data_keys_by_version"] == {"1": 1}
+    assert report["audit_chain"]["ok"] is True and report["lockouts"]["subjects_locked_now"] == 0
+
+    from service.cli import main
+
+    monkeypatch.setenv("BIOIDENT_DATABASE_URL", api.ctx.db.url)
+    monkeypatch.setenv("BIOIDENT_DATA_DIR", str(api.data_dir))
+    assert main(["audit", "deployment"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["scope"] == "deployment" and whole["enrolled_subjects"] == {"voice": 1}
