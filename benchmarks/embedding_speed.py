@@ -286,7 +286,8 @@ def print_table(r: dict) -> None:
     print(f"{'(b)/(a)':<36} {r['ratio_b_over_a']:>10.2f} {'':>10} {'':>5}")
     print(f"{'(b)/(c)':<36} {r['ratio_b_over_c']:>10.2f} {'>= ' + str(t['b_over_c_at_least']):>10} "
           f"{'yes' if t['b_over_c_met'] else 'NO':>5}")
-    print(f"{'peak RSS MB (whole process)':<36} {rss['process']:>10.0f} {'< ' + format(t['peak_rss_mb_below'], '.0f'):>10} "
+    rss_target = "< " + format(t["peak_rss_mb_below"], ".0f")
+    print(f"{'peak RSS MB (whole process)':<36} {rss['process']:>10.0f} {rss_target:>10} "
           f"{'yes' if t['peak_rss_met'] else 'NO':>5}")
     print(f"{'peak RSS MB (after (a)+(b))':<36} {rss['after_embedding']:>10.0f}")
 
