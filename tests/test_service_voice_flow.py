@@ -156,3 +156,29 @@ def test_one_tenant_never_sees_another_tenants_subjects(bank):
         "/v1/voice/identify", files=[_audio(TEST_OTHER / SPEAKER / GENUINE)], headers=api.headers(keys["ivr"])
     ).json()
     assert [c["subject_token"] for c in ours["candidates"]] == [token]
+
+
+def test_raw_telephone_audio_with_declared_codec_is_verified(bank):
+    from biometrics.audio import RawCodec, encode_raw, read_audio_file
+    from biometrics.audio.resample import resample
+
+    api, keys = bank
+    _consent(api, keys["portal"])
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    speech = read_audio_file(TEST_OTHER / SPEAKER / GENUINE)
+    call = encode_raw(resample(speech.samples, 16_000, 8_000), 8_000, RawCodec.MULAW)
+    response = api.http.post(
+        "/v1/voice/verify",
+        data={"reference": "ACC-1001", "codec": "mulaw", "sample_rate": "8000"},
+        files=[("audio", ("call.ulaw", call, "audio/basic"))],
+        headers=api.headers(keys["ivr"]),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["decision"] == "accept"
+    wrong_rate = api.http.post(
+        "/v1/voice/verify",
+        data={"reference": "ACC-1001", "codec": "mulaw", "sample_rate": "16000"},
+        files=[("audio", ("call.ulaw", call, "audio/basic"))],
+        headers=api.headers(keys["ivr"]),
+    )
+    assert wrong_rate.status_code == 422 and wrong_rate.json()["type"].endswith("/audio_unsupported_sample_rate")
