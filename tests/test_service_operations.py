@@ -655,3 +655,12 @@ def test_an_oversized_chunked_body_gets_413_like_one_with_a_content_length(small
         "/v1/tenants", content=(b" " * 1000 for _ in range(5)), headers={**admin, "content-type": "application/json"}
     )
     _problem(chunked, 413)
+
+
+def test_a_new_sqlite_database_file_is_owner_only(tmp_path):
+    from service.store.db import Database, upgrade
+
+    url = f"sqlite:///{tmp_path / 'fresh' / 'bioident.db'}"
+    Database(url)
+    upgrade(url)
+    assert stat.S_IMODE((tmp_path / "fresh" / "bioident.db").stat().st_mode) == 0o600
