@@ -52,7 +52,12 @@ def model_fingerprint(encoder: SpeakerEncoder, vad: VoiceActivityDetector) -> st
 class VoiceEmbedder:
     """Measures each sample's quality and embeds its speech; batches mixed lengths exactly."""
 
-    def __init__(self, encoder: SpeakerEncoder, vad: VoiceActivityDetector, batch_max_frames: int = 2400) -> None:
+    def __init__(
+        self,
+        encoder: SpeakerEncoder,
+        vad: VoiceActivityDetector,
+        batch_max_frames: int = CoreSettings.model_fields["batch_max_frames"].default,
+    ) -> None:
         self.encoder = encoder
         self.vad = vad
         self.batch_max_frames = batch_max_frames

@@ -19,7 +19,7 @@ from biometrics.audio.waveform import Waveform
 from biometrics.embedding import AnalysedSample, Embedding
 from biometrics.quality.gates import enrolment_reasons, signal_reasons
 from biometrics.templates import VoiceTemplate
-from service.audit.chain import append
+from service.audit.chain import record_event
 from service.auth import Principal
 from service.consent.records import Modality, require_consent, subject_in_tenant
 from service.context import ServiceContext
@@ -88,12 +88,11 @@ def _refuse_on_quality(
     if not reasons:
         return
     with ctx.db.session() as session:
-        append(
+        record_event(
             session,
-            actor=actor.client_id,
+            actor,
             action=action,
             outcome="quality_failed",
-            tenant_id=actor.tenant_id,
             subject_token=token,
             model_fingerprint=ctx.embedder.fingerprint,
             details={"reasons": [str(r.code) for r in reasons]},
@@ -116,12 +115,11 @@ def enrol_voice(
         require_consent(session, token, Modality.VOICE, purpose)
         row = _store_template(session, ctx, actor, token, [s.embedding for s in usable])
         speech = sum(s.measures.net_speech_s for s in usable)
-        append(
+        record_event(
             session,
-            actor=actor.client_id,
+            actor,
             action="voice.enrol",
             outcome="enrolled",
-            tenant_id=actor.tenant_id,
             subject_token=token,
             model_fingerprint=row.model_fingerprint,
             details={"template_id": row.id, "samples": len(usable), "net_speech_s": round(speech, 2)},
@@ -171,12 +169,11 @@ def start_session(ctx: ServiceContext, actor: Principal, reference: str, purpose
         )
         session.add(enrolment)
         session.flush()
-        append(
+        record_event(
             session,
-            actor=actor.client_id,
+            actor,
             action="voice.enrolment.start",
             outcome="open",
-            tenant_id=actor.tenant_id,
             subject_token=token,
             details={"session_id": enrolment.id},
         )
@@ -241,12 +238,11 @@ def complete_session(ctx: ServiceContext, actor: Principal, session_id: str) -> 
         ]
         row = _store_template(session, ctx, actor, enrolment.subject_token, embeddings)
         _discard_samples(session, enrolment, "completed")
-        append(
+        record_event(
             session,
-            actor=actor.client_id,
+            actor,
             action="voice.enrol",
             outcome="enrolled",
-            tenant_id=actor.tenant_id,
             subject_token=enrolment.subject_token,
             model_fingerprint=fingerprint,
             details={
@@ -263,12 +259,11 @@ def abandon_session(ctx: ServiceContext, actor: Principal, session_id: str) -> N
     with ctx.db.session() as session:
         enrolment = _open_session(session, actor, session_id)
         _discard_samples(session, enrolment, "abandoned")
-        append(
+        record_event(
             session,
-            actor=actor.client_id,
+            actor,
             action="voice.enrolment.abandon",
             outcome="abandoned",
-            tenant_id=actor.tenant_id,
             subject_token=enrolment.subject_token,
             details={"session_id": enrolment.id},
         )

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from biometrics.errors import BiometricsError
 from biometrics.evaluation.audit import run_audit
-from service.audit.chain import append, verify_chain
+from service.audit.chain import append, record_event, verify_chain
 from service.auth import Principal
 from service.context import ServiceContext
 from service.errors import Conflict, NotFound, ServiceError
@@ -49,12 +49,11 @@ def start_audit(ctx: ServiceContext, actor: Principal, dataset: str, channel: st
         )
         session.add(job)
         session.flush()
-        append(
+        record_event(
             session,
-            actor=actor.client_id,
+            actor,
             action="audit.start",
             outcome="queued",
-            tenant_id=actor.tenant_id,
             details={"job_id": job.id, **job.params},
         )
     return job

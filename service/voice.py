@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from biometrics.audio.waveform import Waveform
 from biometrics.quality.gates import verification_reasons
 from biometrics.templates import VoiceTemplate
-from service.audit.chain import append
+from service.audit.chain import record_event
 from service.auth import Principal
 from service.consent.records import Modality, require_consent, subject_in_tenant
 from service.context import ServiceContext
@@ -77,12 +77,11 @@ def verify_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose:
             open_template(row, data_key(session, ctx.keyring, token, "voice", create=False))
         )
         verdict = ctx.scorer.verdict(template.as_embedding(), sample.embedding, reasons)
-        append(
+        record_event(
             session,
-            actor=actor.client_id,
+            actor,
             action="voice.verify",
             outcome=str(verdict.decision),
-            tenant_id=actor.tenant_id,
             subject_token=token,
             score=verdict.score,
             model_fingerprint=ctx.embedder.fingerprint,
@@ -97,12 +96,11 @@ def verify_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose:
             record_failure(session, token, str(VOICE))
             failures = recent_failures(session, token, str(VOICE), ctx.settings.lockout_window_s)
             if failures == ctx.settings.lockout_max_failures:
-                append(
+                record_event(
                     session,
-                    actor=actor.client_id,
+                    actor,
                     action="voice.lockout",
                     outcome="locked",
-                    tenant_id=actor.tenant_id,
                     subject_token=token,
                     details={"failures": failures, "window_s": ctx.settings.lockout_window_s},
                 )
@@ -151,12 +149,11 @@ def identify_voice(
                 if score >= ctx.scorer.threshold:
                     candidates.append(Candidate(row.subject_token, round(score, 6)))
         candidates = sorted(candidates, key=lambda c: -c.score)[:top_k]
-        append(
+        record_event(
             session,
-            actor=actor.client_id,
+            actor,
             action="voice.identify",
             outcome="match" if candidates else ("rejected" if reasons else "no_match"),
-            tenant_id=actor.tenant_id,
             score=candidates[0].score if candidates else None,
             model_fingerprint=ctx.embedder.fingerprint,
             details={

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.auth import Principal
 from service.store.models import AuditEntry, AuditHead
 
 GENESIS_HASH = "0" * 64
@@ -81,6 +82,11 @@ def append(
     head.last_seq, head.last_hash = entry.seq, entry.entry_hash
     session.flush()
     return entry
+
+
+def record_event(session: Session, actor: Principal, *, action: str, outcome: str, **fields: object) -> AuditEntry:
+    """``append`` for a use case acting for an authenticated client: actor and tenant come from it."""
+    return append(session, actor=actor.client_id, tenant_id=actor.tenant_id, action=action, outcome=outcome, **fields)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from enum import StrEnum
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from service.audit.chain import append
+from service.audit.chain import record_event
 from service.auth import Principal
 from service.errors import ConsentRequired, NotFound
 from service.store.models import Consent, DataKey, EnrolmentSample, EnrolmentSession, Subject, Template, utcnow
@@ -70,12 +70,11 @@ def record_consent(session: Session, actor: Principal, token: str, terms: Consen
     )
     session.add(consent)
     session.flush()
-    append(
+    record_event(
         session,
-        actor=actor.client_id,
+        actor,
         action="consent.grant",
         outcome="granted",
-        tenant_id=actor.tenant_id,
         subject_token=token,
         details={
             "consent_id": consent.id,
@@ -143,12 +142,11 @@ def withdraw_consent(session: Session, actor: Principal, token: str, consent_id:
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     receipt = WithdrawalReceipt(**body, receipt_sha256=digest)
-    append(
+    record_event(
         session,
-        actor=actor.client_id,
+        actor,
         action="consent.withdraw",
         outcome="withdrawn",
-        tenant_id=actor.tenant_id,
         subject_token=token,
         details={
             "consent_id": consent.id,
