@@ -43,6 +43,8 @@ class CoreSettings(BaseSettings):
     asnorm_threshold: float = 3.0
 
     # Embedding batches: the most feature frames (batch size x longest utterance) in one forward.
-    # On CPU small batches are fastest (activations stay in cache): 1200 frames (12 s of audio) beat
-    # 2400 by ~10% and 4800 by ~20% on 3-8 s utterances (benchmarks/embedding_speed.py).
-    batch_max_frames: int = Field(1200, ge=100)
+    # With the CPU kernels every row is its own GEMMs, so batching saves only per-call overhead while
+    # padding and larger working sets cost: on 3-8 s utterances one at a time beat 1200-frame batches
+    # by ~5% and 2400-frame batches by ~15%; on 1-3 s utterances 100, 600 and 1200 tied
+    # (benchmarks/embedding_speed.py). 500 pairs only utterances under 2.5 s.
+    batch_max_frames: int = Field(500, ge=100)

@@ -9,7 +9,7 @@ import pytest
 
 from biometrics.audio import read_audio_file
 from biometrics.audio.waveform import Waveform
-from biometrics.embedding import Embedding
+from biometrics.embedding import Embedding, VoiceEmbedder
 from biometrics.errors import IncompatibleModel
 from biometrics.scoring import Decision, Scorer, cosine_score
 from biometrics.templates import VoiceTemplate
@@ -42,10 +42,38 @@ def test_embeddings_are_unit_length_192_dimensional_and_carry_the_model_fingerpr
 def test_a_batch_of_mixed_lengths_gives_the_same_embeddings_as_one_at_a_time(embedder, mixed_lengths):
     durations = [w.duration_s for w in mixed_lengths]
     assert min(durations) < 2.0 < 10.0 < max(durations)
-    batch = embedder.analyse(mixed_lengths)
+    one_batch = VoiceEmbedder(embedder.encoder, embedder.vad, batch_max_frames=10**6)
+    batch = one_batch.analyse(mixed_lengths)
     for waveform, batched in zip(mixed_lengths, batch, strict=True):
         (alone,) = embedder.analyse([waveform])
         assert float(np.dot(alone.embedding.vector, batched.embedding.vector)) >= 0.9999
+
+
+def test_our_encoder_gives_speechbrains_own_embeddings(embedder, mixed_lengths):
+    """The faster CPU kernels and exact batching change nothing against SpeechBrain's EncoderClassifier."""
+    import torch
+
+    from biometrics.model.ecapa import build_speechbrain_classifier
+
+    plain = build_speechbrain_classifier(embedder.encoder.weights)
+    utterances = [w.samples for w in mixed_lengths]
+    with torch.inference_mode():
+        expected = [
+            torch.nn.functional.normalize(plain.encode_batch(torch.from_numpy(u)[None], normalize=True)[0, 0], dim=-1)
+            for u in utterances
+        ]
+    got = embedder.encoder.embed(utterances)
+    for vector, reference in zip(got, expected, strict=True):
+        assert float(np.dot(vector, reference.numpy())) >= 0.99999
+    assert embedder.encoder.kernel_changes["pooling"] == 1
+
+
+def test_batch_rows_a_frame_or_two_apart_are_exact(embedder, mixed_lengths):
+    features = embedder.encoder.features(mixed_lengths[1].samples[: 16_000 * 3])
+    rows = [features, features[:-1], features[:-3], features[:-1]]
+    batched = embedder.encoder.embed_features(rows)
+    for row, vector in zip(rows, batched, strict=True):
+        assert float(np.dot(embedder.encoder.embed_features([row])[0], vector)) >= 0.9999
 
 
 def test_embeddings_of_speech_only_ignore_added_silence(embedder, mixed_lengths):

@@ -24,6 +24,7 @@ from speechbrain.nnet.CNN import Conv1d
 from speechbrain.processing.features import InputNormalization
 
 from biometrics.audio.waveform import MODEL_SAMPLE_RATE
+from biometrics.model.cpu_kernels import speed_up_for_cpu
 from biometrics.model.weights import ModelWeights
 
 EMBEDDING_DIM = 192
@@ -62,6 +63,8 @@ class _ReflectPastRowEnds:
         x = args[0]  # [batch, channels, time]; ECAPA's convs run with skip_transpose=True
         p = self.pad
         for row, n in enumerate(frames):
+            if n >= x.shape[-1]:
+                continue  # a full-width row: SpeechBrain's own padding reflects it correctly
             # F.pad(mode="reflect") past frame n-1 gives n-2, n-3, ..., n-1-p.
             x[row, :, n : n + p] = x[row, :, n - 1 - p : n - 1].flip(-1)
 
@@ -72,11 +75,13 @@ class SpeakerEncoder:
     def __init__(self, weights: ModelWeights, device: str = "cpu") -> None:
         self.weights = weights
         self.device = device
-        # SpeechBrain's own inference class from verified local weights; we then tune its convolutions.
+        # SpeechBrain's own inference class from verified local weights; we then tune its convolutions
+        # (exact batching hooks, and on CPU the equivalent faster kernels of biometrics.model.cpu_kernels).
         self.classifier = build_speechbrain_classifier(weights, device)
         embedding_model = self.classifier.mods.embedding_model
         self._lengths = _BatchLengths()
         self.max_pad = self._install_row_end_hooks(embedding_model)
+        self.kernel_changes = speed_up_for_cpu(embedding_model) if torch.device(device).type == "cpu" else {}
         self._lock = threading.Lock()
 
     def _install_row_end_hooks(self, model: torch.nn.Module) -> int:
@@ -112,13 +117,12 @@ class SpeakerEncoder:
         frames = [int(f.shape[0]) for f in features]
         if min(frames) < self.min_frames:
             raise ValueError(f"an utterance needs at least {self.min_frames} feature frames")
-        width = max(frames) + self.max_pad
-        # Round the width up to a step of 1/32-1/16 of itself (1.5-3% padding, within measurement noise).
-        # Every new input shape makes oneDNN build and cache new conv primitives, and their long-lived
-        # allocations pin freed activation memory in glibc's heap: without rounding RSS grew by about
-        # 10 MB per new 3 s shape and 60 MB per new 30 s shape. Rows stay exact at any width.
-        step = 1 << max(0, width.bit_length() - 5)
-        width = -(-width // step) * step
+        # Rows shorter than the batch need max_pad frames past their end for the hooks; full-width rows
+        # need none, so a lone utterance (or equal lengths) is computed on its own frames only. Widths
+        # are not rounded: on CPU the convolutions are BLAS GEMMs that cache nothing per input shape
+        # (RSS stayed flat over 150 distinct lengths; oneDNN's per-shape primitives made it grow).
+        longest = max(frames)
+        width = longest if min(frames) == longest else longest + self.max_pad
         batch = torch.zeros(len(features), width, N_MELS, device=self.device)
         for row, f in enumerate(features):
             batch[row, : f.shape[0]] = f

@@ -1,0 +1,83 @@
+"""The faster CPU kernels compute what SpeechBrain's own modules compute (randomly initialised, no weights needed)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, AttentiveStatisticsPooling
+
+from biometrics.model.cpu_kernels import ContextFoldedPooling, GemmConv1d, flush_denormal_weights, speed_up_for_cpu
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize(("kernel", "dilation"), [(1, 1), (3, 2), (3, 4), (5, 1)])
+def test_gemm_convolution_equals_torch_convolution(kernel, dilation):
+    gen = torch.Generator().manual_seed(kernel * 10 + dilation)
+    conv = torch.nn.Conv1d(48, 40, kernel, dilation=dilation)
+    expected_module = copy.deepcopy(conv)
+    assert GemmConv1d.swap_in(conv)
+    # A strided (non-contiguous) input, as SpeechBrain's chunked Res2Net blocks pass.
+    x = torch.randn(3, 96, 70, generator=gen)[:, ::2]
+    with torch.inference_mode():
+        got, expected = conv(x), expected_module(x)
+    assert got.shape == expected.shape
+    assert _relative_error(got, expected) < 1e-5
+    assert set(conv.state_dict()) == set(expected_module.state_dict())
+
+
+def test_gemm_convolution_is_only_swapped_in_where_it_computes_the_same():
+    assert not GemmConv1d.swap_in(torch.nn.Conv1d(8, 8, 3, stride=2))
+    assert not GemmConv1d.swap_in(torch.nn.Conv1d(8, 8, 3, padding=1))
+    assert not GemmConv1d.swap_in(torch.nn.Conv1d(8, 8, 3, groups=2))
+    assert not GemmConv1d.swap_in(torch.nn.Conv1d(8, 8, 3, bias=False))
+
+
+def test_context_folded_pooling_equals_speechbrain_pooling_on_mixed_lengths():
+    torch.manual_seed(0)
+    pooling = AttentiveStatisticsPooling(64, attention_channels=16).eval()
+    with torch.no_grad():  # give batch norm non-trivial statistics
+        pooling.tdnn.norm.norm.running_mean.uniform_(-0.5, 0.5)
+        pooling.tdnn.norm.norm.running_var.uniform_(0.5, 2.0)
+    expected_module = copy.deepcopy(pooling)
+    assert ContextFoldedPooling.swap_in(pooling)
+    x = torch.randn(3, 64, 50)
+    lengths = torch.tensor([1.0, 37.5 / 50, 12.5 / 50])
+    with torch.inference_mode():
+        for rel in (lengths, None):
+            got, expected = pooling(x, rel), expected_module(x, rel)
+            assert got.shape == expected.shape == (3, 128, 1)
+            assert _relative_error(got, expected) < 1e-5
+
+
+def test_flushing_denormal_weights_zeroes_only_subnormal_values():
+    layer = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1e-39, -2e-40, 0.5, 0.0], [1e-30, 1.0, -1e-39, 2.0], [3.0] * 4]))
+    assert flush_denormal_weights(layer) == 3
+    assert layer.weight[0].tolist() == [0.0, 0.0, 0.5, 0.0]
+    assert layer.weight[1, 0].item() == pytest.approx(1e-30)
+    assert layer.weight[1, 2].item() == 0.0
+
+
+def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths():
+    torch.manual_seed(1)
+    model = ECAPA_TDNN(
+        input_size=20, channels=[64, 64, 64, 64, 192], attention_channels=16, lin_neurons=24, res2net_scale=4
+    ).eval()
+    expected_module = copy.deepcopy(model)
+    changes = speed_up_for_cpu(model)
+    assert changes["pooling"] == 1 and changes["gemm_convolutions"] > 10
+    x = torch.randn(2, 60, 20)
+    lengths = torch.tensor([1.0, 0.75])
+    with torch.inference_mode():
+        assert _relative_error(model(x, lengths), expected_module(x, lengths)) < 1e-4
+
+
+def test_the_cpu_kernels_are_for_inference_only():
+    with pytest.raises(ValueError, match="eval"):
+        speed_up_for_cpu(ECAPA_TDNN(input_size=20, channels=[16, 16, 16, 16, 48], lin_neurons=8).train())
