@@ -10,7 +10,10 @@ Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test
     one utterance at a time;
 (b) the same for ``VoiceEmbedder.embed_speech`` (length-sorted exact batches through ``SpeakerEncoder.embed``);
 (c) the fp32 matrix-multiply bound: best sustained ``torch.mm`` FLOP/s divided by the model's FLOPs per
-    second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA + embedding norm).
+    second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA + embedding norm);
+(d) the BLAS ceiling of (b): every matrix product (b) runs, recorded once with the profiler and replayed
+    alone on contiguous operands of the same shapes. (b) cannot beat (d) without faster GEMMs or fewer
+    FLOPs; (d)/(c) is how much of the square-GEMM rate the BLAS reaches on the model's shapes.
 
 VAD is skipped in (a) and (b) so both embed identical audio. (a) and (b) alternate over ``--repeats`` rounds
 (best run counts) and each timed phase first waits for other processes to leave the CPUs idle; the CPU time
@@ -155,6 +158,55 @@ def gemm_flops_per_s() -> dict:
     return rates
 
 
+GEMM_OPS = ("aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::mm", "aten::bmm")
+MIN_GEMM_DIM = 16  # smaller inner dimensions are the pooling's weighted sums (einsum -> bmm), not GEMMs
+
+
+def record_gemm_shapes(embedder, utterances: list[np.ndarray]) -> dict[tuple[int, int, int, int], int]:
+    """(batch, m, k, n) -> calls, for every matrix product one untimed run of (b) makes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        embedder.embed_speech(utterances)
+    shapes: dict[tuple[int, int, int, int], int] = {}
+    for event in prof.events():
+        if event.name not in GEMM_OPS or len(event.input_shapes) < 2:
+            continue
+        a, b = (
+            (event.input_shapes[0], event.input_shapes[1])
+            if event.name in ("aten::mm", "aten::bmm")
+            else (
+                event.input_shapes[1],
+                event.input_shapes[2],
+            )
+        )
+        batch = a[0] if len(a) == 3 else 1
+        m, k, n = a[-2], a[-1], b[-1]
+        if min(m, k, n) >= MIN_GEMM_DIM:
+            shapes[(batch, m, k, n)] = shapes.get((batch, m, k, n), 0) + 1
+    return shapes
+
+
+def replay_gemms(shapes: dict[tuple[int, int, int, int], int], min_s_per_shape: float = 0.02) -> tuple[float, float]:
+    """Seconds and FLOPs of all recorded products run alone (best of a few timings per shape)."""
+    gen = torch.Generator().manual_seed(2)
+    total_s = total_flops = 0.0
+    with torch.inference_mode():
+        for (batch, m, k, n), calls in shapes.items():
+            a, b = torch.randn(batch, m, k, generator=gen), torch.randn(batch, k, n, generator=gen)
+            out = torch.empty(batch, m, n)
+            torch.bmm(a, b, out=out)
+            best, spent = float("inf"), 0.0
+            while spent < min_s_per_shape or best == float("inf"):
+                start = time.perf_counter()
+                torch.bmm(a, b, out=out)
+                elapsed = time.perf_counter() - start
+                best, spent = min(best, elapsed), spent + elapsed
+            total_s += best * calls
+            total_flops += 2.0 * batch * m * k * n * calls
+    return total_s, total_flops
+
+
 def count_flops(classifier, seconds: float) -> int:
     """FLOPs of the full embedding forward (Fbank, sentence norm, ECAPA, embedding norm) on ``seconds`` of audio."""
     wav = torch.randn(1, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(1)) * 0.1
@@ -231,6 +283,10 @@ def main(argv: list[str] | None = None) -> dict:
         with ForeignLoad() as load:
             rates = gemm_flops_per_s()
         timings["gemm"].append({"flops_per_s": rates, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
+    waited = wait_until_quiet(args.wait_idle)
+    with ForeignLoad() as load:
+        gemm_s, gemm_flops = replay_gemms(record_gemm_shapes(embedder, utterances))
+    timings["blas"] = [{"wall_s": gemm_s, "foreign_load_cores": load.cores, "waited_for_idle_s": waited}]
     min_cosine = float(np.min(np.sum(embeddings["a"] * embeddings["b"], axis=1)))
     t_a = min(run["wall_s"] for run in timings["a"])
     t_b = min(run["wall_s"] for run in timings["b"])
@@ -246,10 +302,16 @@ def main(argv: list[str] | None = None) -> dict:
     rate_a = audio_s / t_a
     rate_b = audio_s / t_b
     rate_c = gemm_best * audio_s / workload_flops
+    rate_d = audio_s / gemm_s
     rss_peak = peak_rss_mb()
     foreign = {
         path: max(run["foreign_load_cores"] for run in runs)
-        for path, runs in (("b", timings["b"]), ("a", timings["a"]), ("c_gemm", timings["gemm"]))
+        for path, runs in (
+            ("b", timings["b"]),
+            ("a", timings["a"]),
+            ("c_gemm", timings["gemm"]),
+            ("d", timings["blas"]),
+        )
     }
 
     b_over_c = rate_b / rate_c
@@ -278,10 +340,19 @@ def main(argv: list[str] | None = None) -> dict:
             "workload_flops": workload_flops,
             "b_gflops_per_s": workload_flops / t_b / 1e9,
         },
+        "d_blas_ceiling": {
+            "audio_s_per_s": rate_d,
+            "gemm_s": gemm_s,
+            "gemm_flops_executed": gemm_flops,
+            "gemm_gflops_per_s": gemm_flops / gemm_s / 1e9,
+            "b_time_in_gemm_ratio": gemm_s / t_b,
+            "note": "(b)'s own matrix products replayed alone; what (b) would reach if nothing else took time",
+        },
         "repeats": args.repeats,
         "runs": {
             "a": timings["a"],
             "b": timings["b"],
+            "d": timings["blas"],
             "gemm": [
                 {**run, "flops_per_s": {str(n): v for n, v in run["flops_per_s"].items()}} for run in timings["gemm"]
             ],
@@ -289,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
         "foreign_load_cores_max": foreign,
         "ratio_b_over_a": rate_b / rate_a,
         "ratio_b_over_c": b_over_c,
+        "ratio_b_over_d": rate_b / rate_d,
+        "ratio_d_over_c": rate_d / rate_c,
         "min_cosine_a_vs_b": min_cosine,
         "peak_rss_mb": {"after_load": rss_loaded, "after_b": rss_b, "process": rss_peak},
         "target": {
@@ -330,6 +403,8 @@ def print_table(r: dict) -> None:
     for name, row in rows:
         print(f"{name:<46} {row['wall_s']:>8.2f} {row['audio_s_per_s']:>12.1f}")
     print(f"{'(c) fp32 GEMM bound':<46} {'':>8} {c['audio_s_per_s']:>12.1f}")
+    d = r["d_blas_ceiling"]
+    print(f"{'(d) BLAS ceiling: (b)s GEMMs alone':<46} {d['gemm_s']:>8.2f} {d['audio_s_per_s']:>12.1f}")
     print()
     gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in c["gemm_flops_per_s"].items())
     print(f"GEMM GFLOP/s by size: {gemm} (best {c['gemm_best_flops_per_s'] / 1e9:.1f})")
@@ -337,6 +412,10 @@ def print_table(r: dict) -> None:
         f"model: {c['model_flops_per_audio_s'] / 1e9:.2f} GFLOP per audio second "
         f"+ {c['model_fixed_flops_per_utterance'] / 1e6:.1f} MFLOP per utterance; "
         f"(b) sustains {c['b_gflops_per_s']:.1f} GFLOP/s"
+    )
+    print(
+        f"(d): (b)'s GEMMs run at {d['gemm_gflops_per_s']:.1f} GFLOP/s on their own shapes; "
+        f"(b) spends {d['gemm_s'] / r['b_batched']['wall_s']:.0%} of its time in them"
     )
     print(f"min cosine (a) vs (b): {r['min_cosine_a_vs_b']:.6f}")
     load = r["foreign_load_cores_max"]
@@ -350,6 +429,8 @@ def print_table(r: dict) -> None:
     rss_target = "< " + format(t["peak_rss_mb_below"], ".0f")
     print(f"{'measure':<44} {'value':>8} {'target':>8} {'met':>4}")
     print(f"{'(b)/(a)':<44} {r['ratio_b_over_a']:>8.2f}")
+    print(f"{'(d)/(c) BLAS on model shapes / square GEMM':<44} {r['ratio_d_over_c']:>8.2f}")
+    print(f"{'(b)/(d) share of (b) time spent in GEMMs':<44} {r['ratio_b_over_d']:>8.2f}")
     print(
         f"{'(b)/(c)':<44} {r['ratio_b_over_c']:>8.2f} {'>= ' + str(t['b_over_c_at_least']):>8} "
         f"{_yes(t['b_over_c_met']):>4}"
