@@ -192,7 +192,7 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
             session_id=enrolment.id,
             accepted=report["accepted"],
             net_speech_s=sample.measures.net_speech_s,
-            report=report,
+            report={**report, "model": ctx.embedder.fingerprint},
         )
         session.add(row)
         session.flush()
@@ -220,6 +220,11 @@ def complete_session(ctx: ServiceContext, actor: Principal, session_id: str) -> 
         enrolment = _open_session(session, actor, session_id)
         require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
         accepted = [s for s in _samples(session, enrolment.id) if s.accepted]
+        # Samples sealed before this change carry no model; they can only be from the running one.
+        if any(s.report.get("model", fingerprint) != fingerprint for s in accepted):
+            raise Conflict(
+                "this session's samples were embedded by another model version; abandon it and start a new session"
+            )
         speech = sum(s.net_speech_s for s in accepted)
         if speech < ctx.limits.min_enrol_speech_s:
             raise QualityFailed(

@@ -84,6 +84,24 @@ def test_an_abandoned_session_leaves_no_template_and_no_sample(bank):
     )
 
 
+def test_a_session_whose_samples_came_from_another_model_version_is_refused_and_kept(bank, monkeypatch):
+    api, keys = bank
+    session_id = _start(api, keys["ivr"])
+    for name in ENROL:
+        added = api.http.post(
+            f"/v1/voice/enrolments/{session_id}/samples",
+            files=[_audio(TEST_OTHER / SPEAKER / name)],
+            headers=api.headers(keys["ivr"]),
+        )
+        assert added.status_code == 201 and added.json()["accepted"] is True
+    # A rolling upgrade: the replica that completes the session runs another model version.
+    monkeypatch.setattr(api.ctx.embedder, "fingerprint", "ecapa-voxceleb-000000000000000000000000")
+    done = api.http.post(f"/v1/voice/enrolments/{session_id}:complete", headers=api.headers(keys["ivr"]))
+    assert done.status_code == 409 and done.headers["content-type"].startswith("application/problem+json")
+    assert "model version" in done.json()["detail"]
+    assert _count(api, "templates") == 0 and _count(api, "enrolment_samples") == len(ENROL)
+
+
 def test_one_call_enrolment_with_too_little_speech_creates_nothing(bank):
     api, keys = bank
     files = [_audio(FSDD / f"{d}_george_0.wav") for d in range(3)]
