@@ -150,7 +150,7 @@ def deployment_report(session: Session, keyring: Keyring, settings, tenant_id: s
             Subject.tenant_id,
         ).group_by(DataKey.kek_version)
     ).all()
-    chain = verify_chain(session)
+    chain = verify_chain(session, settings.audit_unsigned_up_to)
     by_modality: dict[str, dict[str, int]] = {}
     for modality, active, n in consents:
         by_modality.setdefault(modality, {"active": 0, "withdrawn": 0})["active" if active else "withdrawn"] += n
@@ -165,10 +165,5 @@ def deployment_report(session: Session, keyring: Keyring, settings, tenant_id: s
             "versions": [{"version": v.version, "status": str(v.status)} for v in keyring.versions()],
             "data_keys_by_version": {str(v): n for v, n in key_use},
         },
-        "audit_chain": {
-            "ok": chain.ok,
-            "entries": chain.entries,
-            "first_bad_seq": chain.first_bad_seq,
-            "problem": chain.problem,
-        },
+        "audit_chain": chain.as_dict(),
     }

@@ -23,11 +23,14 @@ def _settings():  # noqa: ANN202
     return settings
 
 
-def _database(settings):  # noqa: ANN001, ANN202
+def _database(settings, keyring=None):  # noqa: ANN001, ANN202
+    """The migrated database, its sessions able to sign audit entries with the keyring's audit key."""
+    from service.context import load_keyring
     from service.store.db import Database, upgrade
 
     db = Database(settings.resolved_database_url)  # first: it creates an SQLite file's directory
     upgrade(settings.resolved_database_url)
+    db.audit_key = (keyring or load_keyring(settings)).audit_key()
     return db
 
 
@@ -67,8 +70,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from service.protected import rewrap_all
 
     settings = _settings()
-    db = _database(settings)
     keyring = load_keyring(settings)
+    db = _database(settings, keyring)
     version = keyring.add_version()
     with db.session() as session:
         count = rewrap_all(session, keyring)
@@ -91,8 +94,8 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
     from service.store.models import DataKey
 
     settings = _settings()
-    db = _database(settings)
     keyring = load_keyring(settings)
+    db = _database(settings, keyring)
     with db.session() as session:
         in_use = session.execute(
             select(func.count()).select_from(DataKey).where(DataKey.kek_version == args.version)
@@ -121,11 +124,13 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
     from service.audit.chain import verify_chain
 
-    db = _database(_settings())
+    settings = _settings()
+    db = _database(settings)
     with db.session() as session:
-        report = verify_chain(session)
+        report = verify_chain(session, settings.audit_unsigned_up_to)
     if report.ok:
-        print(f"audit chain intact: {report.entries} entries")
+        signed = "all signed" if not report.unsigned else f"{report.unsigned} unsigned, from before signing began"
+        print(f"audit chain intact: {report.entries} entries ({signed})")
         return 0
     print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
     return 1
@@ -138,9 +143,10 @@ def cmd_audit_deployment(args: argparse.Namespace) -> int:
     from service.context import load_keyring
 
     settings = _settings()
-    db = _database(settings)
+    keyring = load_keyring(settings)
+    db = _database(settings, keyring)
     with db.session() as session:
-        report = deployment_report(session, load_keyring(settings), settings)
+        report = deployment_report(session, keyring, settings)
     print(json.dumps(report, indent=2))
     return 0 if report["audit_chain"]["ok"] else 1
 

@@ -33,6 +33,7 @@ class ServiceContext:
         self.settings = settings
         self.db = database or Database(settings.resolved_database_url)
         self._keyring = keyring or load_keyring(settings)
+        self.db.audit_key = self._keyring.audit_key()  # the pepper never changes, so neither does this
         self._keyring_stamp = self._keyring_file_stamp()
         self._keyring_lock = threading.Lock()
         self.limits = QualityLimits.from_settings(settings)

@@ -27,6 +27,9 @@ class ServiceSettings(CoreSettings):
     identify_top_k: int = Field(5, ge=1, le=100)
     # Accuracy audits started through the API read datasets from folders below this directory only.
     audit_datasets_dir: Path | None = None
+    # Audit entries are signed (HMAC under the keyring's audit key). A trail begun by a release that did
+    # not sign them passes only if the operator declares its unsigned entries here (they are counted).
+    audit_unsigned_up_to: int = Field(0, ge=0)
 
     @property
     def resolved_database_url(self) -> str:

@@ -103,9 +103,16 @@ def _problem(response: httpx.Response, status: int | None = None) -> dict:
 TRAIL_LENGTH = 6
 
 
-def _build_trail(url: str) -> None:
+def _audit_key(data_dir: Path) -> bytes:
+    """The audit key of the keyring the CLI will use in ``data_dir`` (created here if it is not there yet)."""
+    from service.vault import Keyring
+
+    return Keyring.load_or_create(data_dir / "keyring.json").audit_key()
+
+
+def _build_trail(url: str, data_dir: Path) -> None:
     """Six entries, each in its own transaction, with scores and details that must survive the round trip."""
-    db = Database(url)
+    db = Database(url, audit_key=_audit_key(data_dir))
     try:
         for i in range(1, TRAIL_LENGTH + 1):
             with db.session() as session:
@@ -203,7 +210,7 @@ def _append_correctly_hashed(url):
 
 def _insert_in_the_middle(url):
     # Entries 3.. move up one place (through negative numbers, so no key collides on the way) and a
-    # correctly hashed forgery linked to entry 2 takes place 3; the chain breaks at the entry after it.
+    # correctly hashed forgery linked to entry 2 takes place 3: it cannot be signed.
     forged = _forged(3, _entry(url, 2).entry_hash, hashed=True)
     _execute(
         url,
@@ -212,7 +219,7 @@ def _insert_in_the_middle(url):
         insert(AuditEntry.__table__).values(**forged),
         text("UPDATE audit_head SET last_seq = last_seq + 1"),
     )
-    return 4
+    return 3
 
 
 def _rewrite_last_with_its_hash(url):
@@ -226,6 +233,51 @@ def _rewrite_last_with_its_hash(url):
         ),
     )
     return TRAIL_LENGTH
+
+
+def _rehash_from(url: str, seq: int) -> None:
+    """What someone with write access to the database can do: recompute every hash from ``seq`` and the head."""
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            entries = session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars().all()
+            prev = entries[seq - 2].entry_hash if seq > 1 else "0" * 64
+            for entry in entries[seq - 1 :]:
+                entry.prev_hash = prev
+                entry.entry_hash = prev = compute_hash(entry)
+            session.execute(text("UPDATE audit_head SET last_hash = :h"), {"h": prev})
+    finally:
+        engine.dispose()
+
+
+def _edit_and_rehash_everything_after(url):
+    _execute(url, text("UPDATE audit_entries SET outcome = 'accept' WHERE seq = 2"))
+    _rehash_from(url, 2)
+    return 2
+
+
+def _rewrite_last_and_the_head(url):
+    _execute(url, text(f"UPDATE audit_entries SET score = 0.5 WHERE seq = {TRAIL_LENGTH}"))
+    _rehash_from(url, TRAIL_LENGTH)
+    return TRAIL_LENGTH
+
+
+def _strip_signatures_and_rehash(url):
+    _execute(url, text("UPDATE audit_entries SET entry_mac = NULL, outcome = 'accept' WHERE seq >= 4"))
+    _rehash_from(url, 4)
+    return 4
+
+
+def _cut_tail_and_move_head(url):
+    _execute(
+        url,
+        text(f"DELETE FROM audit_entries WHERE seq = {TRAIL_LENGTH}"),
+        (
+            text("UPDATE audit_head SET last_seq = :s, last_hash = :h"),
+            {"s": TRAIL_LENGTH - 1, "h": _entry(url, TRAIL_LENGTH - 1).entry_hash},
+        ),
+    )
+    return TRAIL_LENGTH - 1  # the head's signature no longer matches: the last entry left is named
 
 
 def _delete_head(url):
@@ -244,6 +296,10 @@ TAMPERING = {
     "inserted-in-the-middle": _insert_in_the_middle,
     "last-entry-rewritten-with-its-hash": _rewrite_last_with_its_hash,
     "head-row-deleted": _delete_head,
+    "edited-and-every-later-hash-recomputed": _edit_and_rehash_everything_after,
+    "last-entry-and-head-rewritten-with-hashes": _rewrite_last_and_the_head,
+    "signatures-stripped-and-rehashed": _strip_signatures_and_rehash,
+    "tail-cut-and-head-moved": _cut_tail_and_move_head,
 }
 
 
@@ -251,10 +307,10 @@ TAMPERING = {
 def test_verify_chain_passes_an_intact_trail_and_names_the_entry_after_direct_sql_tampering(
     tamper, database_url, tmp_path, monkeypatch, capsys
 ):
-    _build_trail(database_url)
+    _build_trail(database_url, tmp_path)
     code, out, err = _cli(monkeypatch, capsys, tmp_path, "audit", "verify-chain", url=database_url)
     assert code == 0, err
-    assert "intact" in out and f"{TRAIL_LENGTH} entries" in out
+    assert "intact" in out and f"{TRAIL_LENGTH} entries (all signed)" in out
 
     bad_seq = tamper(database_url)
 
@@ -265,6 +321,51 @@ def test_verify_chain_passes_an_intact_trail_and_names_the_entry_after_direct_sq
     assert named, err
     if bad_seq is not None:
         assert int(named.group(1)) == bad_seq, err
+
+
+def test_entries_from_before_signing_are_counted_and_every_later_entry_must_be_signed(
+    database_url, tmp_path, monkeypatch, capsys
+):
+    _build_trail(database_url, tmp_path)
+    # A trail begun before entries were signed (or one whose signatures someone stripped).
+    _execute(
+        database_url, text("UPDATE audit_entries SET entry_mac = NULL"), text("UPDATE audit_head SET last_mac = NULL")
+    )
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "audit", "verify-chain", url=database_url)
+    assert code == 1 and "BROKEN at entry 1: entry 1 is not signed" in err
+
+    monkeypatch.setenv("BIOIDENT_AUDIT_UNSIGNED_UP_TO", str(TRAIL_LENGTH))  # the operator vouches for them
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "audit", "verify-chain", url=database_url)
+    assert code == 0, err
+    assert f"{TRAIL_LENGTH} entries ({TRAIL_LENGTH} unsigned, from before signing began)" in out
+
+    db = Database(database_url, audit_key=_audit_key(tmp_path))
+    with db.session() as session:
+        append(session, actor="operator", action="keys.rotate", outcome="rotated")
+    db.engine.dispose()
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "audit", "verify-chain", url=database_url)
+    assert code == 0 and f"{TRAIL_LENGTH + 1} entries ({TRAIL_LENGTH} unsigned" in out, err
+
+    _execute(database_url, text(f"UPDATE audit_entries SET entry_mac = NULL WHERE seq = {TRAIL_LENGTH + 1}"))
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "audit", "verify-chain", url=database_url)
+    assert code == 1 and f"BROKEN at entry {TRAIL_LENGTH + 1}: entry {TRAIL_LENGTH + 1} is not signed" in err
+
+
+def test_another_keyring_cannot_vouch_for_the_trail(database_url, tmp_path, monkeypatch, capsys):
+    for name in ("ours", "theirs"):
+        (tmp_path / name).mkdir(mode=0o700)
+    _build_trail(database_url, tmp_path / "ours")
+    code, out, err = _cli(monkeypatch, capsys, tmp_path / "theirs", "audit", "verify-chain", url=database_url)
+    assert code == 1 and "BROKEN at entry 1" in err and "signature" in err
+
+
+def test_appending_without_the_audit_key_is_refused(database_url):
+    from service.audit.chain import AuditKeyMissing
+
+    db = Database(database_url)
+    with pytest.raises(AuditKeyMissing), db.session() as session:
+        append(session, actor="operator", action="keys.rotate", outcome="rotated")
+    db.engine.dispose()
 
 
 # --- key rotation and retirement ---------------------------------------------------------------

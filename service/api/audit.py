@@ -51,10 +51,5 @@ def entries(
 @router.get("/chain")
 def chain(ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(auditor)) -> dict:
     with ctx.db.session() as session:
-        report = verify_chain(session)
-    return {
-        "ok": report.ok,
-        "entries": report.entries,
-        "first_bad_seq": report.first_bad_seq,
-        "problem": report.problem,
-    }
+        report = verify_chain(session, ctx.settings.audit_unsigned_up_to)
+    return report.as_dict()

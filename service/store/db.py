@@ -54,16 +54,21 @@ def upgrade(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
+AUDIT_KEY = "audit_key"  # Session.info entry holding the key that signs audit entries
+
+
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, audit_key: bytes | None = None) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.audit_key = audit_key
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work: committed on success, rolled back on any error."""
         with self._sessions() as session:
+            session.info[AUDIT_KEY] = self.audit_key
             try:
                 yield session
                 session.commit()

@@ -158,6 +158,7 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+    last_mac: Mapped[str | None] = mapped_column(String(64), nullable=True)  # HMAC of (last_seq, last_hash)
 
 
 class AuditEntry(Base):
@@ -174,6 +175,9 @@ class AuditEntry(Base):
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+    # HMAC-SHA256 of the same fields under the keyring's audit key; absent only on entries written
+    # before entries were signed.
+    entry_mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AuditJob(Base):

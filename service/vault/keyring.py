@@ -33,7 +33,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.vault.errors import (
     ActiveKeyRetirement,
@@ -46,6 +48,7 @@ from service.vault.errors import (
 ENV_VARIABLE = "BIOIDENT_KEYRING"
 KEY_BYTES = 32
 _FORMAT = "bioident-keyring/1"
+_AUDIT_KEY_LABEL = b"bioident/audit-chain-hmac/1"
 
 
 class KeyStatus(StrEnum):
@@ -131,6 +134,13 @@ class Keyring:
     def pepper(self) -> bytes:
         """The secret for ``subject_token``; never log it."""
         return self._pepper
+
+    def audit_key(self) -> bytes:
+        """The HMAC key that signs audit entries: derived from the pepper, which never rotates.
+
+        HKDF with its own label, so it reveals nothing about the pepper or the subject tokens.
+        """
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_AUDIT_KEY_LABEL).derive(self._pepper)
 
     @property
     def active_version(self) -> int:
