@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from biometrics.errors import BiometricsError
@@ -25,6 +27,13 @@ from service.store.models import (
     utcnow,
 )
 from service.vault import Keyring
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0
+# A queued or running job whose replica has not written for this long is taken to have stopped with it.
+STALE_AFTER = dt.timedelta(seconds=HEARTBEAT_S * 8)
+STOPPED = "the replica running this audit stopped before it finished; start it again"
 
 
 def dataset_path(ctx: ServiceContext, name: str) -> Path:
@@ -59,12 +68,50 @@ def start_audit(ctx: ServiceContext, actor: Principal, dataset: str, channel: st
     return job
 
 
+class _Heartbeat:
+    """Stamps a running job's row every ``HEARTBEAT_S`` so other replicas can tell it is alive."""
+
+    def __init__(self, ctx: ServiceContext, job_id: str) -> None:
+        self._ctx, self._job_id, self._stop = ctx, job_id, threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                with self._ctx.db.session() as session:
+                    session.execute(
+                        update(AuditJob)
+                        .where(AuditJob.id == self._job_id, AuditJob.status == "running")
+                        .values(heartbeat_at=utcnow())
+                    )
+            except Exception as exc:  # a missed beat is retried; the job itself goes on
+                log.warning("audit job heartbeat failed (%s)", type(exc).__name__)
+
+
 def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
     """Runs a queued audit (in the background); its outcome is written to the job row and the trail."""
     with ctx.db.session() as session:
         job = session.get(AuditJob, job_id)
-        job.status = "running"
-        params, tenant_id, actor = dict(job.params), job.tenant_id, job.requested_by
+        job.status, job.heartbeat_at = "running", utcnow()
+        params, actor = dict(job.params), job.requested_by
+    with _Heartbeat(ctx, job_id):
+        report, error = _run_audit(ctx, params)
+    with ctx.db.session() as session:
+        job = session.get(AuditJob, job_id)
+        job.status, job.report, job.error = ("failed", None, error[:500]) if error else ("done", report, None)
+        job.finished_at = utcnow()
+        _record_finish(session, job, actor, report)
+
+
+def _run_audit(ctx: ServiceContext, params: dict) -> tuple[dict | None, str | None]:
     report, error = None, None
     try:
         report = run_audit(
@@ -80,25 +127,40 @@ def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
         error = exc.message if isinstance(exc, BiometricsError) else exc.detail
     except Exception as exc:  # a background job must always end in a recorded state
         error = f"internal error ({type(exc).__name__})"
-    with ctx.db.session() as session:
-        job = session.get(AuditJob, job_id)
-        job.status, job.report, job.error = ("failed", None, error[:500]) if error else ("done", report, None)
-        job.finished_at = utcnow()
-        append(
-            session,
-            actor=actor,
-            action="audit.finish",
-            outcome=job.status,
-            tenant_id=tenant_id,
-            model_fingerprint=None if report is None else report["model_fingerprint"],
-            details={"job_id": job_id, "eer": None if report is None else report["eer"]},
-        )
+    return report, error
+
+
+def _record_finish(session: Session, job: AuditJob, actor: str, report: dict | None) -> None:
+    append(
+        session,
+        actor=actor,
+        action="audit.finish",
+        outcome=job.status,
+        tenant_id=job.tenant_id,
+        model_fingerprint=None if report is None else report["model_fingerprint"],
+        details={"job_id": job.id, "eer": None if report is None else report["eer"]},
+    )
+
+
+def _fail_if_stopped(session: Session, job: AuditJob) -> None:
+    """Marks a queued or running job failed when the replica that had it stopped writing its heartbeat."""
+    if job.status not in ("queued", "running"):
+        return
+    last_sign_of_life = job.heartbeat_at or job.created_at
+    if last_sign_of_life.tzinfo is None:  # SQLite hands back naive UTC datetimes
+        last_sign_of_life = last_sign_of_life.replace(tzinfo=dt.UTC)
+    if utcnow() - last_sign_of_life < STALE_AFTER:
+        return
+    job.status, job.error, job.finished_at = "failed", STOPPED, utcnow()
+    _record_finish(session, job, "service", None)
 
 
 def job_in_tenant(session: Session, actor: Principal, job_id: str) -> AuditJob:
-    job = session.get(AuditJob, job_id)
+    # Locked: two replicas answering at once must not both mark a stopped job failed.
+    job = session.get(AuditJob, job_id, with_for_update=True)
     if job is None or job.tenant_id != actor.tenant_id:
         raise NotFound("no such audit")
+    _fail_if_stopped(session, job)
     return job
 
 

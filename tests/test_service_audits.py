@@ -85,3 +85,60 @@ def test_the_deployment_audit_counts_enrolments_consents_keys_and_checks_the_cha
     assert main(["audit", "deployment"]) == 0
     whole = json.loads(capsys.readouterr().out)
     assert whole["scope"] == "deployment" and whole["enrolled_subjects"] == {"voice": 1}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_an_audit_whose_replica_stopped_is_reported_failed_not_running_forever(api):
+    import datetime as dt
+
+    from service.audits import STALE_AFTER
+    from service.store.models import AuditJob
+
+    api.tenant("bank")
+    auditor = api.headers(api.client("bank", "auditor"))
+    now = dt.datetime.now(dt.UTC)
+    with api.ctx.db.session() as session:
+        alive = AuditJob(tenant_id="bank", requested_by="cli_x", params={"dataset": "callers"}, status="running")
+        alive.heartbeat_at = now
+        stopped = AuditJob(tenant_id="bank", requested_by="cli_x", params={"dataset": "callers"}, status="running")
+        stopped.heartbeat_at = now - 2 * STALE_AFTER
+        never_started = AuditJob(tenant_id="bank", requested_by="cli_x", params={"dataset": "callers"})
+        never_started.created_at = now - 2 * STALE_AFTER
+        session.add_all([alive, stopped, never_started])
+        session.flush()
+        ids = alive.id, stopped.id, never_started.id
+
+    assert api.http.get(f"/v1/audits/{ids[0]}", headers=auditor).json()["status"] == "running"
+    for job_id in ids[1:]:
+        status = api.http.get(f"/v1/audits/{job_id}", headers=auditor).json()
+        assert status["status"] == "failed" and "stopped" in status["error"], status
+        report = api.http.get(f"/v1/audits/{job_id}/report", headers=auditor)
+        assert report.status_code == 409
+    entries = api.http.get("/v1/audit/entries", headers=auditor).json()["entries"]
+    finished = [e for e in entries if e["action"] == "audit.finish"]
+    assert sorted(e["details"]["job_id"] for e in finished) == sorted(ids[1:])  # recorded once each
+    assert all(e["outcome"] == "failed" for e in finished)
+
+
+def test_a_running_audit_keeps_its_heartbeat_fresh(api, monkeypatch):
+    import datetime as dt
+    import time
+
+    from service import audits
+    from service.store.models import AuditJob
+
+    monkeypatch.setattr(audits, "HEARTBEAT_S", 0.05)
+    api.tenant("bank")
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    with api.ctx.db.session() as session:
+        job = AuditJob(tenant_id="bank", requested_by="cli_x", params={}, status="running")
+        job.heartbeat_at = old
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    with audits._Heartbeat(api.ctx, job_id):
+        time.sleep(0.4)
+    with api.ctx.db.session() as session:
+        beat = session.get(AuditJob, job_id).heartbeat_at
+    beat = beat if beat.tzinfo else beat.replace(tzinfo=dt.UTC)
+    assert dt.datetime.now(dt.UTC) - beat < dt.timedelta(seconds=5)

@@ -193,3 +193,5 @@ class AuditJob(Base):
     report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Written every few seconds by the replica running the job; a stale one means that replica stopped.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
