@@ -123,9 +123,31 @@ class Candidate:
     score: float
 
 
-def identify_voice(
-    ctx: ServiceContext, actor: Principal, purpose: str, audio: Waveform, top_k: int
-) -> tuple[list[Candidate], VoiceCheck]:
+@dataclass(frozen=True)
+class Identification:
+    candidates: list[Candidate]  # best first
+    threshold: float
+    method: str
+    net_speech_s: float
+    reasons: list[dict]
+    model: str
+
+    def as_dict(self) -> dict:
+        best = self.candidates[0].score if self.candidates else None
+        return {
+            "decision": "accept" if self.candidates else "reject",
+            "score": best,
+            "threshold": self.threshold,
+            "method": self.method,
+            "llr": None,
+            "net_speech_s": self.net_speech_s,
+            "reasons": self.reasons,
+            "model": self.model,
+            "candidates": [{"subject_token": c.subject_token, "score": c.score} for c in self.candidates],
+        }
+
+
+def identify_voice(ctx: ServiceContext, actor: Principal, purpose: str, audio: Waveform, top_k: int) -> Identification:
     """Top-k subjects of this tenant, with active voice consent for the purpose, scoring above threshold."""
     (sample,) = ctx.embedder.analyse([audio])
     reasons = verification_reasons(sample.measures, ctx.limits)
@@ -162,15 +184,11 @@ def identify_voice(
                 "reasons": [str(r.code) for r in reasons],
             },
         )
-    summary = VoiceCheck(
-        subject_token="",
-        decision="accept" if candidates else "reject",
-        score=candidates[0].score if candidates else None,
+    return Identification(
+        candidates=candidates,
         threshold=ctx.scorer.threshold,
         method=ctx.scorer.method,
-        llr=None,
         net_speech_s=round(sample.measures.net_speech_s, 3),
         reasons=[r.as_dict() for r in reasons],
         model=ctx.embedder.fingerprint,
     )
-    return candidates, summary

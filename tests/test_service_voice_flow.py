@@ -151,11 +151,13 @@ def test_one_tenant_never_sees_another_tenants_subjects(bank):
     found = api.http.post(
         "/v1/voice/identify", files=[_audio(TEST_OTHER / SPEAKER / GENUINE)], headers=api.headers(shop_ivr)
     ).json()
-    assert found["candidates"] == []
+    assert found["candidates"] == [] and found["decision"] == "reject" and found["score"] is None
     ours = api.http.post(
         "/v1/voice/identify", files=[_audio(TEST_OTHER / SPEAKER / GENUINE)], headers=api.headers(keys["ivr"])
     ).json()
     assert [c["subject_token"] for c in ours["candidates"]] == [token]
+    assert ours["decision"] == "accept" and ours["score"] == ours["candidates"][0]["score"] >= ours["threshold"]
+    assert "subject_token" not in ours and ours["model"].startswith("ecapa-voxceleb-")
 
 
 def test_raw_telephone_audio_with_declared_codec_is_verified(bank):

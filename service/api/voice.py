@@ -53,10 +53,7 @@ def identify(
     actor: Principal = Depends(ivr),
 ) -> dict:
     waveform = read_waveform(ctx, audio, codec, sample_rate)
-    candidates, summary = identify_voice(ctx, actor, purpose, waveform, top_k)
-    result = summary.as_dict()
-    result.pop("subject_token")
-    return {**result, "candidates": [{"subject_token": c.subject_token, "score": c.score} for c in candidates]}
+    return identify_voice(ctx, actor, purpose, waveform, top_k).as_dict()
 
 
 @router.post("/enrol", status_code=201)
