@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Form, Header, Path, Request, UploadFile
@@ -33,20 +34,31 @@ def require(*roles: Role) -> Callable[..., Principal]:
     return dependency
 
 
-def read_waveform(ctx: ServiceContext, upload: UploadFile, codec: RawCodec | None, sample_rate: int | None) -> Waveform:
-    data = upload.file.read()
-    return decode_audio(data, raw_codec=codec, declared_rate=sample_rate, max_seconds=ctx.settings.max_audio_seconds)
+@dataclass(frozen=True)
+class AudioFormat:
+    """How the uploaded audio is encoded: a WAV/FLAC file (both None), or raw telephone audio."""
+
+    codec: RawCodec | None
+    sample_rate: int | None
 
 
-# Factories, not shared instances: FastAPI binds a parameter marker to the first parameter it is used for.
-def codec_field() -> Any:
-    return Form(default=None, description="raw telephone audio codec; omit for WAV/FLAC")
+def audio_format(
+    codec: RawCodec | None = Form(default=None, description="raw telephone audio codec; omit for WAV/FLAC"),
+    sample_rate: int | None = Form(default=None, description="declared sample rate (required with codec)", ge=1),
+) -> AudioFormat:
+    return AudioFormat(codec, sample_rate)
 
 
-def rate_field() -> Any:
-    return Form(default=None, description="declared sample rate (required with codec)", ge=1)
+def read_waveform(ctx: ServiceContext, upload: UploadFile, audio_format: AudioFormat) -> Waveform:
+    return decode_audio(
+        upload.file.read(),
+        raw_codec=audio_format.codec,
+        declared_rate=audio_format.sample_rate,
+        max_seconds=ctx.settings.max_audio_seconds,
+    )
 
 
+# A factory, not a shared instance: FastAPI binds a parameter marker to the first parameter it is used for.
 def id_path() -> Any:
     """Path ids (subject tokens, consent and session ids) are word characters only; anything else is a 422."""
     return Path(pattern=r"^[A-Za-z0-9_]{1,80}$")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from biometrics.audio import RawCodec
 from enroll import voice as enrolment
-from service.api.deps import codec_field, get_ctx, id_path, rate_field, read_waveform, require
+from service.api.deps import AudioFormat, audio_format, get_ctx, id_path, read_waveform, require
 from service.api.schemas import EnrolmentStartIn
 from service.auth import Principal, Role
 from service.context import ServiceContext
@@ -33,12 +32,11 @@ def verify(
     reference: str = ReferenceForm(),
     audio: UploadFile = File(),
     purpose: str = PurposeForm(),
-    codec: RawCodec | None = codec_field(),
-    sample_rate: int | None = rate_field(),
+    encoding: AudioFormat = Depends(audio_format),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
-    waveform = read_waveform(ctx, audio, codec, sample_rate)
+    waveform = read_waveform(ctx, audio, encoding)
     return verify_voice(ctx, actor, reference, purpose, waveform).as_dict()
 
 
@@ -47,12 +45,11 @@ def identify(
     audio: UploadFile = File(),
     purpose: str = PurposeForm(),
     top_k: int = Form(default=5, ge=1, le=100),
-    codec: RawCodec | None = codec_field(),
-    sample_rate: int | None = rate_field(),
+    encoding: AudioFormat = Depends(audio_format),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
-    waveform = read_waveform(ctx, audio, codec, sample_rate)
+    waveform = read_waveform(ctx, audio, encoding)
     return identify_voice(ctx, actor, purpose, waveform, top_k).as_dict()
 
 
@@ -61,14 +58,13 @@ def enrol(
     reference: str = ReferenceForm(),
     audio: list[UploadFile] = File(description="one or more recordings of the customer"),
     purpose: str = PurposeForm(),
-    codec: RawCodec | None = codec_field(),
-    sample_rate: int | None = rate_field(),
+    encoding: AudioFormat = Depends(audio_format),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
     if len(audio) > MAX_ENROL_FILES:
         raise ServiceError(f"at most {MAX_ENROL_FILES} recordings per enrolment call")
-    waveforms = [read_waveform(ctx, upload, codec, sample_rate) for upload in audio]
+    waveforms = [read_waveform(ctx, upload, encoding) for upload in audio]
     result, reports = enrolment.enrol_voice(ctx, actor, reference, purpose, waveforms)
     return {**result.as_dict(), "samples": reports}
 
@@ -91,12 +87,11 @@ def start_enrolment(
 def add_enrolment_sample(
     session_id: str = id_path(),
     audio: UploadFile = File(),
-    codec: RawCodec | None = codec_field(),
-    sample_rate: int | None = rate_field(),
+    encoding: AudioFormat = Depends(audio_format),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
-    waveform = read_waveform(ctx, audio, codec, sample_rate)
+    waveform = read_waveform(ctx, audio, encoding)
     return enrolment.add_sample(ctx, actor, session_id, waveform)
 
 
