@@ -134,10 +134,7 @@ def _open_session(session: Session, actor: Principal, session_id: str) -> Enrolm
     enrolment = session.get(EnrolmentSession, session_id)
     if enrolment is None or enrolment.tenant_id != actor.tenant_id:
         raise NotFound("no such enrolment session")
-    expires = (
-        enrolment.expires_at.replace(tzinfo=dt.UTC) if enrolment.expires_at.tzinfo is None else enrolment.expires_at
-    )
-    if enrolment.status == "open" and expires < utcnow():
+    if enrolment.status == "open" and enrolment.expires_at < utcnow():
         _discard_samples(session, enrolment, "expired")
         session.commit()  # the expiry stands even though this request is refused below
     if enrolment.status != "open":

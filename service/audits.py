@@ -146,10 +146,7 @@ def _fail_if_stopped(session: Session, job: AuditJob) -> None:
     """Marks a queued or running job failed when the replica that had it stopped writing its heartbeat."""
     if job.status not in ("queued", "running"):
         return
-    last_sign_of_life = job.heartbeat_at or job.created_at
-    if last_sign_of_life.tzinfo is None:  # SQLite hands back naive UTC datetimes
-        last_sign_of_life = last_sign_of_life.replace(tzinfo=dt.UTC)
-    if utcnow() - last_sign_of_life < STALE_AFTER:
+    if utcnow() - (job.heartbeat_at or job.created_at) < STALE_AFTER:
         return
     job.status, job.error, job.finished_at = "failed", STOPPED, utcnow()
     _record_finish(session, job, "service", None)

@@ -27,15 +27,10 @@ GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 
 
-def _utc(moment: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; every timestamp here is written in UTC.
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-
-
 def _canonical(entry: AuditEntry) -> bytes:
     fields = {
         "seq": entry.seq,
-        "at": _utc(entry.at).isoformat(timespec="microseconds"),
+        "at": entry.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
         "tenant_id": entry.tenant_id,
         "actor": entry.actor,
         "action": entry.action,
