@@ -57,12 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("folder", type=Path)
     build.add_argument("--out", type=Path, required=True)
     build.add_argument("--channel", choices=["clean", "telephone"], default="clean")
-    build.add_argument("--max-speech-s", type=float, help="use at most this many seconds of speech per file")
+    build.add_argument("--max-speech-s", type=_speech_seconds, help="use at most this many seconds of speech per file")
     build.set_defaults(run=cmd_cohort_build)
     show = cohort.add_parser("info", help="describe a cohort file")
     show.add_argument("file", type=Path)
     show.set_defaults(run=cmd_cohort_info)
     return parser
+
+
+def _speech_seconds(value: str) -> float:
+    from biometrics.quality.gates import NO_SPEECH_BELOW_S
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not NO_SPEECH_BELOW_S <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be at least {NO_SPEECH_BELOW_S} s and finite")
+    return seconds
 
 
 def _settings():  # noqa: ANN202
@@ -168,16 +180,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"bioident: warning: cohort was built for the {cohort.channel} channel, audio is {channel}",
             file=sys.stderr,
         )
+    calibration_path = args.calibration or settings.calibration_file
+    calibration = Calibration.load(calibration_path) if calibration_path is not None else None
+    scorer = Scorer.from_settings(settings, cohort, calibration)
     embedder = _embedder(settings)
+    if calibration is not None:
+        calibration.check_compatible(scorer.method, embedder.fingerprint, channel)
     enrol, test = embedder.analyse(_load(args, settings, [args.a, args.b]))
     limits = QualityLimits.from_settings(settings)
     reasons = [("a", r) for r in verification_reasons(enrol.measures, limits)]
     reasons += [("b", r) for r in verification_reasons(test.measures, limits)]
-    calibration_path = args.calibration or settings.calibration_file
-    calibration = Calibration.load(calibration_path) if calibration_path is not None else None
-    if calibration is not None:
-        calibration.check_compatible("as-norm" if cohort is not None else "cosine", embedder.fingerprint)
-    scorer = Scorer.from_settings(settings, cohort, calibration)
     if args.threshold is not None:
         scorer.threshold = args.threshold
     verdict = scorer.verdict(enrol.embedding, test.embedding, [r for _, r in reasons])

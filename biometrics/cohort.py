@@ -42,13 +42,14 @@ class Cohort:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 embeddings = data["embeddings"].astype(np.float32)
+            valid = isinstance(meta, dict) and meta.get("format") == COHORT_FORMAT
+            if not valid or embeddings.ndim != 2 or len(embeddings) < 2:
+                raise CohortError(f"{path} is not a cohort file of format {COHORT_FORMAT}")
+            return cls(embeddings, str(meta["model_fingerprint"]), str(meta["channel"]), meta)
         except FileNotFoundError:
             raise CohortError(f"cohort file {path} not found") from None
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CohortError(f"{path} is not a cohort file") from exc
-        if meta.get("format") != COHORT_FORMAT or embeddings.ndim != 2 or len(embeddings) < 2:
-            raise CohortError(f"{path} is not a cohort file of format {COHORT_FORMAT}")
-        return cls(embeddings, str(meta["model_fingerprint"]), str(meta["channel"]), meta)
 
 
 def audio_files(folder: Path) -> list[Path]:

@@ -80,6 +80,8 @@ class VoiceEmbedder:
         """Quality measures and embedding of each waveform; ``max_speech_s`` keeps only the first seconds of speech."""
         selected = [self.speech_only(w) for w in waveforms]
         usable = [i for i, (_, m) in enumerate(selected) if m.net_speech_s >= NO_SPEECH_BELOW_S]
+        if max_speech_s is not None and not max_speech_s >= NO_SPEECH_BELOW_S:  # NaN fails this too
+            raise ValueError(f"max_speech_s must be at least {NO_SPEECH_BELOW_S} s")
         keep = None if max_speech_s is None else int(max_speech_s * MODEL_SAMPLE_RATE)
         vectors = self.embed_speech([selected[i][0][:keep] for i in usable])
         by_index = dict(zip(usable, vectors, strict=True))

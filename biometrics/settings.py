@@ -26,7 +26,7 @@ class CoreSettings(BaseSettings):
 
     # Quality gates.
     min_verify_speech_s: float = Field(3.0, ge=0)
-    min_enrol_speech_s: float = Field(12.0, ge=0)
+    min_enrol_speech_s: float = Field(12.0, gt=0)  # 0 would let an enrolment with no usable sample pass
     min_snr_db: float = 8.0
     max_clipping_ratio: float = Field(0.01, ge=0, le=1)
     vad_threshold: float = Field(0.5, gt=0, lt=1)

@@ -67,5 +67,5 @@ class VoiceTemplate:
             if len(mean) != header["dim"] or header["count"] < 1:
                 raise ValueError
             return cls(mean=mean, count=int(header["count"]), model_fingerprint=str(header["fingerprint"]))
-        except (ValueError, KeyError, struct.error, json.JSONDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
             raise TemplateFormatError("not a voice template") from exc

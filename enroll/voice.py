@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from biometrics.audio.waveform import Waveform
 from biometrics.embedding import AnalysedSample, Embedding
-from biometrics.quality.gates import enrolment_reasons, signal_reasons
+from biometrics.quality.gates import QualityReason, ReasonCode, enrolment_reasons, signal_reasons
 from biometrics.templates import VoiceTemplate
 from service.audit.chain import record_event
 from service.auth import Principal
@@ -226,7 +226,7 @@ def complete_session(ctx: ServiceContext, actor: Principal, session_id: str) -> 
         if speech < ctx.limits.min_enrol_speech_s:
             raise QualityFailed(
                 "the session does not hold enough usable speech yet; add samples",
-                reasons=[{"code": "TOO_SHORT", "measured": round(speech, 4), "limit": ctx.limits.min_enrol_speech_s}],
+                reasons=[QualityReason(ReasonCode.TOO_SHORT, speech, ctx.limits.min_enrol_speech_s).as_dict()],
             )
         key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=False)
         embeddings = [

@@ -109,6 +109,10 @@ def cmd_audit_run(args: argparse.Namespace) -> int:
 
     if args.max_impostors < 1:
         raise BiometricsError("--max-impostors must be at least 1")
+    try:  # before the audit, not after it: an unusable --out must not cost a whole run
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BiometricsError(f"cannot write the report to {args.out}: {exc.strerror}") from None
     settings = _settings()
     cohort = None if args.no_cohort else (args.cohort or settings.cohort_file)
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir or DEFAULT_CACHE_DIR)

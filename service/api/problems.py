@@ -58,8 +58,10 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(VaultError)
     async def _vault(_: Request, exc: VaultError) -> JSONResponse:
-        log.error("vault error %s", exc.code)
-        return problem(500, exc.code, "Key management error")
+        if exc.status >= 500:
+            log.error("vault error %s", exc.code)
+            return problem(exc.status, exc.code, "Key management error")
+        return problem(exc.status, exc.code, "The request is not valid", exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

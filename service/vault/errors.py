@@ -12,6 +12,7 @@ class VaultError(Exception):
     """Base of every error the vault raises on purpose."""
 
     code = "vault_error"
+    status = 500  # HTTP status when it reaches the API: a server-side fault unless a subclass says otherwise
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -22,6 +23,7 @@ class InvalidReference(VaultError, ValueError):
     """A customer reference that cannot be tokenized (empty once surrounding whitespace is stripped)."""
 
     code = "subject_reference_invalid"
+    status = 422
 
 
 class DecryptionError(VaultError):
