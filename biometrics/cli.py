@@ -106,6 +106,8 @@ def _load(args: argparse.Namespace, settings, paths: Sequence[Path]):  # noqa: A
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
+    from biometrics.quality.vad import SILERO_VERSION
+
     embedder = _embedder(_settings())
     weights = embedder.encoder.weights
     info = {
@@ -113,7 +115,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         "source": weights.source,
         "location": weights.location,
         "files": {name: {"path": str(path), "sha256": weights.sha256[name]} for name, path in weights.files.items()},
-        "vad": {"model": "silero-vad 6.2.3 (TorchScript)", "sha256": embedder.vad.model_sha256},
+        "vad": {"model": f"silero-vad {SILERO_VERSION} (TorchScript)", "sha256": embedder.vad.model_sha256},
         "fingerprint": embedder.fingerprint,
     }
     if args.json:

@@ -86,11 +86,5 @@ class IncompatibleModel(BiometricsError):
     code = "model_fingerprint_mismatch"
 
 
-class NoSpeech(BiometricsError):
-    """There is no speech to embed."""
-
-    code = "no_speech"
-
-
 class CohortError(BiometricsError):
     code = "cohort_invalid"

@@ -30,19 +30,21 @@ def cosine_score(enrol: Embedding, test: Embedding) -> float:
     return float(np.dot(enrol.vector, test.vector) / (np.linalg.norm(enrol.vector) * np.linalg.norm(test.vector)))
 
 
-def _top_k_stats(vector: np.ndarray, cohort: np.ndarray, k: int) -> tuple[float, float]:
-    scores = cohort @ (vector / np.linalg.norm(vector))
-    top = np.partition(scores, len(scores) - k)[-k:]
-    return float(top.mean()), float(max(top.std(), 1e-6))
+def top_k_stats(vectors: np.ndarray, cohort: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (at least 1e-6) of the ``k`` highest cohort scores of each vector
+    (one vector or rows of them); AS-Norm's per-side statistics."""
+    scores = (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)) @ cohort.T
+    top = np.partition(scores, scores.shape[-1] - k, axis=-1)[..., -k:]
+    return top.mean(axis=-1), np.maximum(top.std(axis=-1), 1e-6)
 
 
 def asnorm_score(enrol: Embedding, test: Embedding, cohort: Cohort, top_k: int) -> float:
     raw = cosine_score(enrol, test)
     require_same_model(enrol.model_fingerprint, cohort.model_fingerprint)
     k = min(top_k, len(cohort.embeddings))
-    mu_e, sd_e = _top_k_stats(enrol.vector, cohort.embeddings, k)
-    mu_t, sd_t = _top_k_stats(test.vector, cohort.embeddings, k)
-    return 0.5 * ((raw - mu_e) / sd_e + (raw - mu_t) / sd_t)
+    mu_e, sd_e = top_k_stats(enrol.vector, cohort.embeddings, k)
+    mu_t, sd_t = top_k_stats(test.vector, cohort.embeddings, k)
+    return float(0.5 * ((raw - mu_e) / sd_e + (raw - mu_t) / sd_t))
 
 
 @dataclass(frozen=True)

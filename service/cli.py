@@ -23,15 +23,16 @@ def _settings():  # noqa: ANN202
     return settings
 
 
-def _database(settings, keyring=None):  # noqa: ANN001, ANN202
-    """The migrated database, its sessions able to sign audit entries with the keyring's audit key."""
+def _open_store(settings):  # noqa: ANN001, ANN202
+    """The migrated database and the keyring; its sessions sign audit entries with the keyring's audit key."""
     from service.context import load_keyring
     from service.store.db import Database, upgrade
 
     db = Database(settings.resolved_database_url)  # first: it creates an SQLite file's directory
     upgrade(settings.resolved_database_url)
-    db.audit_key = (keyring or load_keyring(settings)).audit_key()
-    return db
+    keyring = load_keyring(settings)
+    db.audit_key = keyring.audit_key()
+    return db, keyring
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -42,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.context import ServiceContext
 
     settings = _settings()
-    ctx = ServiceContext(settings, database=_database(settings))
+    db, keyring = _open_store(settings)
+    ctx = ServiceContext(settings, database=db, keyring=keyring)
     key = bootstrap_admin(ctx.db)
     if key is not None:
         print(f"first admin API key (shown once, store it now): {key}", flush=True)
@@ -59,19 +61,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings()
-    _database(settings)
+    _open_store(settings)
     print("database is at the latest schema")
     return 0
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from service.audit.chain import append
-    from service.context import load_keyring
     from service.protected import rewrap_all
 
     settings = _settings()
-    keyring = load_keyring(settings)
-    db = _database(settings, keyring)
+    db, keyring = _open_store(settings)
     version = keyring.add_version()
     with db.session() as session:
         count = rewrap_all(session, keyring)
@@ -90,12 +90,10 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
     from sqlalchemy import func, select
 
     from service.audit.chain import append
-    from service.context import load_keyring
     from service.store.models import DataKey
 
     settings = _settings()
-    keyring = load_keyring(settings)
-    db = _database(settings, keyring)
+    db, keyring = _open_store(settings)
     with db.session() as session:
         in_use = session.execute(
             select(func.count()).select_from(DataKey).where(DataKey.kek_version == args.version)
@@ -125,7 +123,7 @@ def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
     from service.audit.chain import verify_chain
 
     settings = _settings()
-    db = _database(settings)
+    db, _ = _open_store(settings)
     with db.session() as session:
         report = verify_chain(session, settings.audit_unsigned_up_to)
     if report.ok:
@@ -140,11 +138,9 @@ def cmd_audit_deployment(args: argparse.Namespace) -> int:
     import json
 
     from service.audits import deployment_report
-    from service.context import load_keyring
 
     settings = _settings()
-    keyring = load_keyring(settings)
-    db = _database(settings, keyring)
+    db, keyring = _open_store(settings)
     with db.session() as session:
         report = deployment_report(session, keyring, settings)
     print(json.dumps(report, indent=2))
@@ -156,7 +152,7 @@ def cmd_clients_create(args: argparse.Namespace) -> int:
     from service.auth import Role, issue_client
     from service.store.models import Tenant
 
-    db = _database(_settings())
+    db, _ = _open_store(_settings())
     with db.session() as session:
         if session.get(Tenant, args.tenant) is None:
             session.add(Tenant(id=args.tenant, name=args.tenant))

@@ -29,6 +29,7 @@ from biometrics.errors import (
     UnsupportedCodec,
     UnsupportedSampleRate,
 )
+from biometrics.settings import CoreSettings
 
 
 class RawCodec(StrEnum):
@@ -45,7 +46,7 @@ class RawCodec(StrEnum):
 
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
-DEFAULT_MAX_SECONDS = 120.0
+DEFAULT_MAX_SECONDS: float = CoreSettings.model_fields["max_audio_seconds"].default
 
 _WAV_SUBTYPES = frozenset({"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"})
 # libsndfile reports WAVE_FORMAT_EXTENSIBLE files (common for 24-bit and multichannel) as "WAVEX".

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biometrics.cohort import Cohort
+from biometrics.cohort import Cohort, ProgressFn
 from biometrics.embedding import VoiceEmbedder, require_same_model
 from biometrics.errors import AudioError, BiometricsError
 from biometrics.evaluation.cache import CachedAnalysis, EmbeddingCache, cache_key
@@ -50,7 +50,7 @@ from biometrics.evaluation.trials import (
 )
 from biometrics.pipeline import COHORT_BATCH_FILES, Channel, load_waveform
 from biometrics.quality.gates import QualityLimits, signal_reasons, verification_reasons
-from biometrics.scoring import Scorer
+from biometrics.scoring import Scorer, top_k_stats
 from biometrics.settings import CoreSettings
 
 REPORT_FORMAT = 1
@@ -61,8 +61,6 @@ BOOTSTRAP_RESAMPLES = 1000
 SCORER_SPOT_CHECKS = 64
 _MAX_LISTED_FAILURES = 1000
 _PAIR_CHUNK = 50_000
-
-ProgressFn = Callable[[int, int], None]
 
 
 class AuditError(BiometricsError):
@@ -125,19 +123,11 @@ def analyse_dataset(
 # --- failures to enrol and to acquire -------------------------------------------------------------
 
 
-def _enrolment_failure(analysis: CachedAnalysis, limits: QualityLimits) -> list[str]:
+def _failure(analysis: CachedAnalysis, gate: Callable[..., list], limits: QualityLimits) -> list[str]:
+    """Why a file cannot serve in a role (``gate``: signal_reasons to enrol, verification_reasons to test)."""
     if analysis.sample is None:
         return [str(analysis.error_code)]
-    reasons = [str(r.code) for r in signal_reasons(analysis.sample.measures, limits)]
-    if not reasons and analysis.sample.embedding is None:
-        reasons = ["NO_EMBEDDING"]
-    return reasons
-
-
-def _acquisition_failure(analysis: CachedAnalysis, limits: QualityLimits) -> list[str]:
-    if analysis.sample is None:
-        return [str(analysis.error_code)]
-    reasons = [str(r.code) for r in verification_reasons(analysis.sample.measures, limits)]
+    reasons = [str(r.code) for r in gate(analysis.sample.measures, limits)]
     if not reasons and analysis.sample.embedding is None:
         reasons = ["NO_EMBEDDING"]
     return reasons
@@ -181,11 +171,8 @@ def trial_scores(scorer: Scorer, vectors: np.ndarray, enrol: np.ndarray, test: n
     k = min(scorer.top_k, len(cohort))
     mean = np.empty(len(unit))
     std = np.empty(len(unit))
-    for start in range(0, len(unit), 1024):
-        against = unit[start : start + 1024] @ cohort.T
-        top = np.partition(against, against.shape[1] - k, axis=1)[:, -k:]
-        mean[start : start + 1024] = top.mean(axis=1)
-        std[start : start + 1024] = np.maximum(top.std(axis=1), 1e-6)
+    for start in range(0, len(unit), 1024):  # in blocks: a row of scores per vector against the whole cohort
+        mean[start : start + 1024], std[start : start + 1024] = top_k_stats(unit[start : start + 1024], cohort, k)
     return 0.5 * ((raw - mean[enrol]) / std[enrol] + (raw - mean[test]) / std[test])
 
 
@@ -296,8 +283,8 @@ def run_audit(
     analyses = analyse_dataset(embedder, paths, hashes, settings, channel, cache, progress)
 
     limits = QualityLimits.from_settings(settings)
-    enrol_failures = {i: r for i, a in enumerate(analyses) if (r := _enrolment_failure(a, limits))}
-    test_failures = {i: r for i, a in enumerate(analyses) if (r := _acquisition_failure(a, limits))}
+    enrol_failures = {i: r for i, a in enumerate(analyses) if (r := _failure(a, signal_reasons, limits))}
+    test_failures = {i: r for i, a in enumerate(analyses) if (r := _failure(a, verification_reasons, limits))}
     enrol_files, test_files = np.unique(trials.enrol), np.unique(trials.test)
     fte = _failure_summary(enrol_files, enrol_failures, trials.files)
     fta = _failure_summary(test_files, test_failures, trials.files)

@@ -14,12 +14,17 @@ class ErrorRates:
     fnmr: np.ndarray  # false non-match rate at each threshold
 
 
-def error_rates(genuine: np.ndarray, impostor: np.ndarray) -> ErrorRates:
-    """FMR and FNMR at every distinct score used as threshold (plus one above all scores)."""
+def _scores(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     genuine = np.sort(np.asarray(genuine, dtype=np.float64))
     impostor = np.sort(np.asarray(impostor, dtype=np.float64))
     if len(genuine) == 0 or len(impostor) == 0:
         raise ValueError("need at least one genuine and one impostor score")
+    return genuine, impostor
+
+
+def error_rates(genuine: np.ndarray, impostor: np.ndarray) -> ErrorRates:
+    """FMR and FNMR at every distinct score used as threshold (plus one above all scores)."""
+    genuine, impostor = _scores(genuine, impostor)
     scores = np.unique(np.concatenate([genuine, impostor]))
     thresholds = np.append(scores, np.nextafter(scores[-1], np.inf))
     fnmr = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
@@ -51,14 +56,6 @@ class OperatingPoint:
     fnmr: float
 
 
-def _scores(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    genuine = np.sort(np.asarray(genuine, dtype=np.float64))
-    impostor = np.sort(np.asarray(impostor, dtype=np.float64))
-    if len(genuine) == 0 or len(impostor) == 0:
-        raise ValueError("need at least one genuine and one impostor score")
-    return genuine, impostor
-
-
 def _allowed_false_matches(n_impostor: int, target_fmr: float) -> int:
     """The most impostors a threshold may accept and keep FMR <= target (with a little float slack)."""
     if not 0 <= target_fmr <= 1:
@@ -72,7 +69,6 @@ def operating_point_at_fmr(genuine: np.ndarray, impostor: np.ndarray, target_fmr
     When the data hold fewer than ``1 / target_fmr`` impostor scores, this is the threshold that
     accepts no impostor at all; the FMR it shows (0) says nothing finer than ``1 / len(impostor)``.
     """
-    genuine, impostor = _scores(genuine, impostor)
     rates = error_rates(genuine, impostor)
     k = _allowed_false_matches(len(impostor), target_fmr)
     accepted = np.round(rates.fmr * len(impostor)).astype(np.int64)

@@ -178,7 +178,3 @@ def build_speechbrain_classifier(weights: ModelWeights, device: str = "cpu") -> 
     )
     classifier.eval()
     return classifier
-
-
-def load_speaker_encoder(weights: ModelWeights, device: str = "cpu") -> SpeakerEncoder:
-    return SpeakerEncoder(weights, device=device)

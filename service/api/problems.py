@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from biometrics.errors import AudioError, BiometricsError, IncompatibleModel, ModelError, NoSpeech
+from biometrics.errors import AudioError, BiometricsError, IncompatibleModel, ModelError
 from service.errors import ServiceError
 from service.vault.errors import VaultError
 
@@ -37,8 +37,6 @@ def problem(
 def _biometrics_status(exc: BiometricsError) -> tuple[int, str]:
     if isinstance(exc, AudioError):
         return 422, "Unusable audio"
-    if isinstance(exc, NoSpeech):
-        return 422, "No speech"
     if isinstance(exc, IncompatibleModel):
         return 409, "Template from another model"
     if isinstance(exc, ModelError):

@@ -20,8 +20,11 @@ def _no_nul(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_no_nul)]
 
-Purpose = Field(default="authentication", min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-Reference = Field(min_length=1, max_length=256, description="the client's own customer reference; never stored")
+# Shared with the form fields of the audio routes (service/api/voice.py).
+PURPOSE_LIMITS = {"default": "authentication", "min_length": 1, "max_length": 64, "pattern": r"^[a-z0-9][a-z0-9_.-]*$"}
+REFERENCE_LIMITS = {"min_length": 1, "max_length": 256, "description": "the client's customer reference; never stored"}
+Purpose = Field(**PURPOSE_LIMITS)
+Reference = Field(**REFERENCE_LIMITS)
 
 
 class TenantIn(BaseModel):

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from enroll import voice as enrolment
 from service.api.deps import AudioFormat, audio_format, get_ctx, id_path, read_waveform, require
-from service.api.schemas import EnrolmentStartIn
+from service.api.schemas import PURPOSE_LIMITS, REFERENCE_LIMITS, EnrolmentStartIn
 from service.auth import Principal, Role
 from service.context import ServiceContext
 from service.errors import ServiceError
@@ -16,15 +16,14 @@ from service.voice import identify_voice, verify_voice
 router = APIRouter(prefix="/v1/voice", tags=["voice"])
 ivr = require(Role.IVR)
 MAX_ENROL_FILES = 10
-PURPOSE_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
 
 def ReferenceForm() -> str:  # noqa: N802 - reads like the other FastAPI field markers
-    return Form(min_length=1, max_length=256, description="the client's customer reference; never stored")
+    return Form(**REFERENCE_LIMITS)
 
 
 def PurposeForm() -> str:  # noqa: N802
-    return Form(default="authentication", min_length=1, max_length=64, pattern=PURPOSE_PATTERN)
+    return Form(**PURPOSE_LIMITS)
 
 
 @router.post("/verify")
@@ -44,13 +43,13 @@ def verify(
 def identify(
     audio: UploadFile = File(),
     purpose: str = PurposeForm(),
-    top_k: int = Form(default=5, ge=1, le=100),
+    top_k: int | None = Form(default=None, ge=1, le=100, description="default: BIOIDENT_IDENTIFY_TOP_K"),
     encoding: AudioFormat = Depends(audio_format),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
     waveform = read_waveform(ctx, audio, encoding)
-    return identify_voice(ctx, actor, purpose, waveform, top_k).as_dict()
+    return identify_voice(ctx, actor, purpose, waveform, top_k or ctx.settings.identify_top_k).as_dict()
 
 
 @router.post("/enrol", status_code=201)

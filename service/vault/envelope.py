@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.vault.errors import DecryptionError
+from service.vault.framing import length_prefixed
 from service.vault.keyring import Keyring
 
 DATA_KEY_BYTES = 32
@@ -56,14 +57,14 @@ class TemplateBinding:
 
     def to_bytes(self) -> bytes:
         """Canonical encoding: a domain tag, then each field length-prefixed, in declaration order."""
-        return _SEAL_DOMAIN + _length_prefixed(*(getattr(self, f.name).encode("utf-8") for f in fields(self)))
+        return _SEAL_DOMAIN + length_prefixed(*(getattr(self, f.name).encode("utf-8") for f in fields(self)))
 
 
 def data_key_context(subject_token: str, modality: str) -> bytes:
     """The canonical ``context`` for a subject's data key of one modality (fields length-prefixed)."""
     if not subject_token or not modality:
         raise ValueError("subject_token and modality must not be empty")
-    return _length_prefixed(subject_token.encode("utf-8"), modality.encode("utf-8"))
+    return length_prefixed(subject_token.encode("utf-8"), modality.encode("utf-8"))
 
 
 def new_data_key() -> bytes:
@@ -119,7 +120,7 @@ def _open(aead: AESGCM, blob: bytes, associated_data: bytes) -> bytes:
 def _wrap_aad(context: bytes) -> bytes:
     if not context:
         raise ValueError("context must not be empty: it is what binds a wrapped key to its owner")
-    return _WRAP_DOMAIN + _length_prefixed(context)
+    return _WRAP_DOMAIN + length_prefixed(context)
 
 
 def _seal_aad(binding: TemplateBinding) -> bytes:
@@ -131,7 +132,3 @@ def _seal_aad(binding: TemplateBinding) -> bytes:
 def _check_data_key(data_key: bytes) -> None:
     if not isinstance(data_key, bytes | bytearray) or len(data_key) != DATA_KEY_BYTES:
         raise ValueError(f"data key must be {DATA_KEY_BYTES} bytes")
-
-
-def _length_prefixed(*parts: bytes) -> bytes:
-    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)

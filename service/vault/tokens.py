@@ -12,6 +12,7 @@ import hmac
 import re
 
 from service.vault.errors import InvalidReference
+from service.vault.framing import length_prefixed
 
 SUBJECT_TOKEN_PREFIX = "sub_"
 MIN_PEPPER_BYTES = 32
@@ -29,14 +30,10 @@ def subject_token(pepper: bytes, tenant_id: str, reference: str) -> str:
     normalised = reference.strip()
     if not normalised:
         raise InvalidReference("customer reference is empty")
-    message = _DOMAIN + _length_prefixed(tenant_id.encode("utf-8"), normalised.encode("utf-8"))
+    message = _DOMAIN + length_prefixed(tenant_id.encode("utf-8"), normalised.encode("utf-8"))
     return SUBJECT_TOKEN_PREFIX + hmac.new(pepper, message, hashlib.sha256).hexdigest()
 
 
 def is_subject_token(value: str) -> bool:
     """Whether ``value`` has the shape of a subject token (for validating path parameters)."""
     return _TOKEN_PATTERN.fullmatch(value) is not None
-
-
-def _length_prefixed(*parts: bytes) -> bytes:
-    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
