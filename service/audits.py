@@ -183,19 +183,16 @@ def deployment_report(session: Session, keyring: Keyring, settings, tenant_id: s
         scoped(consents_q, Subject.tenant_id).group_by(Consent.modality, Consent.withdrawn_at.is_(None))
     ).all()
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.lockout_window_s)
-    failures = session.execute(
-        select(VerificationFailure.subject_token, func.count())
+    locked = (
+        scoped(
+            select(VerificationFailure.subject_token).join(Subject, Subject.token == VerificationFailure.subject_token),
+            Subject.tenant_id,
+        )
         .where(VerificationFailure.at >= since)
         .group_by(VerificationFailure.subject_token)
-    ).all()
-    tokens_in_scope = None
-    if tenant_id is not None:
-        tokens_in_scope = set(session.execute(select(Subject.token).where(Subject.tenant_id == tenant_id)).scalars())
-    locked_now = sum(
-        1
-        for token, n in failures
-        if n >= settings.lockout_max_failures and (tokens_in_scope is None or token in tokens_in_scope)
+        .having(func.count() >= settings.lockout_max_failures)
     )
+    locked_now = _count(session, select(func.count()).select_from(locked.subquery()))
     lockout_events = _count(
         session,
         scoped(

@@ -28,18 +28,22 @@ def data_key(session: Session, keyring: Keyring, subject_token: str, modality: s
     row = session.execute(
         select(DataKey).where(DataKey.subject_token == subject_token, DataKey.modality == modality)
     ).scalar_one_or_none()
-    context = data_key_context(subject_token, modality)
     if row is not None:
-        return unwrap_data_key(keyring, WrappedKey(row.kek_version, row.wrapped), context=context)
+        return unwrap_row(keyring, row)
     if not create:
         return None
     key = new_data_key()
-    wrapped = wrap_data_key(keyring, key, context=context)
+    wrapped = wrap_data_key(keyring, key, context=data_key_context(subject_token, modality))
     session.add(
         DataKey(subject_token=subject_token, modality=modality, kek_version=wrapped.kek_version, wrapped=wrapped.blob)
     )
     session.flush()
     return key
+
+
+def unwrap_row(keyring: Keyring, row: DataKey) -> bytes:
+    context = data_key_context(row.subject_token, row.modality)
+    return unwrap_data_key(keyring, WrappedKey(row.kek_version, row.wrapped), context=context)
 
 
 def binding(template: Template) -> TemplateBinding:

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from biometrics.audio.waveform import Waveform
+from biometrics.embedding import Embedding
 from biometrics.quality.gates import verification_reasons
 from biometrics.templates import VoiceTemplate
 from service.audit.chain import record_event
@@ -17,8 +18,8 @@ from service.consent.records import Modality, require_consent, subject_in_tenant
 from service.context import ServiceContext
 from service.errors import LockedOut, NotFound
 from service.limits import recent_failures, record_failure
-from service.protected import data_key, open_template
-from service.store.models import Consent, Template
+from service.protected import data_key, open_template, unwrap_row
+from service.store.models import Consent, DataKey, Template
 
 VOICE = Modality.VOICE
 
@@ -48,7 +49,7 @@ def voice_template_row(session: Session, token: str) -> Template:
     return row
 
 
-def _refuse_if_locked(ctx: ServiceContext, session: Session, actor: Principal, token: str) -> None:
+def _refuse_if_locked(ctx: ServiceContext, session: Session, token: str) -> None:
     failures = recent_failures(session, token, str(VOICE), ctx.settings.lockout_window_s)
     if failures >= ctx.settings.lockout_max_failures:
         raise LockedOut(
@@ -60,7 +61,7 @@ def _precheck(ctx: ServiceContext, actor: Principal, token: str, purpose: str) -
     with ctx.db.session() as session:
         subject_in_tenant(session, actor.tenant_id, token)
         require_consent(session, token, VOICE, purpose)
-        _refuse_if_locked(ctx, session, actor, token)
+        _refuse_if_locked(ctx, session, token)
         voice_template_row(session, token)
 
 
@@ -71,7 +72,7 @@ def verify_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose:
     reasons = verification_reasons(sample.measures, ctx.limits)
     with ctx.db.session() as session:
         require_consent(session, token, VOICE, purpose)  # again: it may have been withdrawn meanwhile
-        _refuse_if_locked(ctx, session, actor, token)
+        _refuse_if_locked(ctx, session, token)
         row = voice_template_row(session, token)
         template = VoiceTemplate.from_bytes(
             open_template(row, data_key(session, ctx.keyring, token, "voice", create=False))
@@ -147,30 +148,42 @@ class Identification:
         }
 
 
+def _best_matches(
+    ctx: ServiceContext, session: Session, actor: Principal, purpose: str, probe: Embedding, top_k: int
+) -> list[Candidate]:
+    """Subjects of the tenant with active consent for the purpose whose template (from the model in use)
+    scores at or above the threshold, best first."""
+    consenting = select(Consent.subject_token).where(
+        Consent.modality == str(VOICE), Consent.purpose == purpose, Consent.withdrawn_at.is_(None)
+    )
+    rows = session.execute(
+        select(Template, DataKey)
+        .join(DataKey, (DataKey.subject_token == Template.subject_token) & (DataKey.modality == Template.modality))
+        .where(
+            Template.tenant_id == actor.tenant_id,
+            Template.modality == str(VOICE),
+            Template.model_fingerprint == ctx.embedder.fingerprint,
+            Template.subject_token.in_(consenting),
+        )
+    )
+    keyring = ctx.keyring
+    candidates = []
+    for template_row, key_row in rows:
+        template = VoiceTemplate.from_bytes(open_template(template_row, unwrap_row(keyring, key_row)))
+        score = ctx.scorer.score(template.as_embedding(), probe)
+        if score >= ctx.scorer.threshold:
+            candidates.append(Candidate(template_row.subject_token, round(score, 6)))
+    return sorted(candidates, key=lambda c: -c.score)[:top_k]
+
+
 def identify_voice(ctx: ServiceContext, actor: Principal, purpose: str, audio: Waveform, top_k: int) -> Identification:
     """Top-k subjects of this tenant, with active voice consent for the purpose, scoring above threshold."""
     (sample,) = ctx.embedder.analyse([audio])
     reasons = verification_reasons(sample.measures, ctx.limits)
     candidates: list[Candidate] = []
     with ctx.db.session() as session:
-        consenting = select(Consent.subject_token).where(
-            Consent.modality == str(VOICE), Consent.purpose == purpose, Consent.withdrawn_at.is_(None)
-        )
-        rows = session.execute(
-            select(Template).where(
-                Template.tenant_id == actor.tenant_id,
-                Template.modality == str(VOICE),
-                Template.subject_token.in_(consenting),
-            )
-        ).scalars()
         if sample.embedding is not None and not reasons:
-            for row in rows:
-                key = data_key(session, ctx.keyring, row.subject_token, "voice", create=False)
-                template = VoiceTemplate.from_bytes(open_template(row, key))
-                score = ctx.scorer.score(template.as_embedding(), sample.embedding)
-                if score >= ctx.scorer.threshold:
-                    candidates.append(Candidate(row.subject_token, round(score, 6)))
-        candidates = sorted(candidates, key=lambda c: -c.score)[:top_k]
+            candidates = _best_matches(ctx, session, actor, purpose, sample.embedding, top_k)
         record_event(
             session,
             actor,

@@ -123,6 +123,11 @@ def test_repeated_failures_lock_the_subject_out_and_are_audited(bank):
     trail = api.http.get("/v1/audit/entries", headers=api.headers(keys["auditor"])).json()["entries"]
     assert [e["action"] for e in trail].count("voice.lockout") == 1
     assert all("ACC-1001" not in str(e) for e in trail)
+    report = api.http.get("/v1/audit/deployment", headers=api.headers(keys["auditor"])).json()
+    assert report["lockouts"]["subjects_locked_now"] == 1
+    api.tenant("shop")  # another tenant's auditor sees none of the bank's lockouts
+    other = api.http.get("/v1/audit/deployment", headers=api.headers(api.client("shop", "auditor"))).json()
+    assert other["lockouts"]["subjects_locked_now"] == 0
 
 
 def test_a_client_over_its_rate_limit_gets_429(bank, monkeypatch):

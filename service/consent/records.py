@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -128,9 +127,9 @@ def withdraw_consent(session: Session, actor: Principal, token: str, consent_id:
     now = utcnow()
     consent.withdrawn_at = now
     session.flush()
-    destroyed: dict = {"data_key": False, "templates": [], "enrolment_sessions": 0}
+    destroyed: dict = {"data_key": False, "data_key_kek_version": None, "templates": [], "enrolment_sessions": 0}
     if not active_consents(session, token, consent.modality):
-        destroyed = _shred(session, token, consent.modality)
+        destroyed = _shred(session, token, consent.modality)  # the same keys, filled in
     body = {
         "receipt_id": f"rcp_{consent.id.removeprefix('con_')}",
         "subject_token": token,
@@ -186,5 +185,4 @@ def _shred(session: Session, token: str, modality: str) -> dict:
         "data_key_kek_version": None if key is None else key.kek_version,
         "templates": template_ids,
         "enrolment_sessions": len(session_ids),
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
