@@ -19,6 +19,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: lint
+	bash scripts/ensure-postgres.sh
 	$(BIN)/pytest
 
 bench: setup
