@@ -6,9 +6,18 @@ import copy
 
 import pytest
 import torch
-from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, AttentiveStatisticsPooling
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, AttentiveStatisticsPooling, SERes2NetBlock, TDNNBlock
 
-from biometrics.model.cpu_kernels import ContextFoldedPooling, GemmConv1d, flush_denormal_weights, speed_up_for_cpu
+from biometrics.model.allocator import keep_freed_memory
+from biometrics.model.cpu_kernels import (
+    ROW_ALIGN_FLOATS,
+    ContextFoldedPooling,
+    FusedSERes2NetBlock,
+    FusedTDNNBlock,
+    GemmConv1d,
+    flush_denormal_weights,
+    speed_up_for_cpu,
+)
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -28,6 +37,70 @@ def test_gemm_convolution_equals_torch_convolution(kernel, dilation):
     assert got.shape == expected.shape
     assert _relative_error(got, expected) < 1e-5
     assert set(conv.state_dict()) == set(expected_module.state_dict())
+
+
+def test_gemm_convolution_rows_start_on_cache_line_boundaries():
+    conv = torch.nn.Conv1d(8, 8, 3)
+    assert GemmConv1d.swap_in(conv)
+    with torch.inference_mode():
+        out = conv(torch.randn(2, 8, 45))
+    assert out.shape == (2, 8, 43)
+    assert out.stride(1) % ROW_ALIGN_FLOATS == 0 and out.stride(1) >= 43
+
+
+def randomise_batch_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Non-trivial statistics, with negative and zero scales (the VoxCeleb checkpoint has both)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+                m.weight.uniform_(-1.0, 1.5, generator=gen)
+                m.weight[0] = 0.0
+                m.bias.uniform_(-0.5, 0.5, generator=gen)
+
+
+@pytest.mark.parametrize(("kernel", "dilation"), [(1, 1), (3, 3), (5, 1)])
+def test_fused_tdnn_block_equals_speechbrains_conv_relu_batch_norm(kernel, dilation):
+    gen = torch.Generator().manual_seed(kernel + dilation)
+    block = TDNNBlock(24, 40, kernel_size=kernel, dilation=dilation).eval()
+    randomise_batch_norms(block, gen)
+    expected_module = copy.deepcopy(block)
+    assert GemmConv1d.swap_in(block.conv.conv) and FusedTDNNBlock.swap_in(block)
+    assert bool((block.norm.norm.weight < 0).any())
+    x = torch.randn(3, 24, 57, generator=gen)
+    with torch.inference_mode():
+        got, expected = block(x), expected_module(x)
+    assert got.shape == expected.shape
+    assert _relative_error(got, expected) < 1e-5
+    assert set(block.state_dict()) == set(expected_module.state_dict())
+
+
+def test_fused_tdnn_block_needs_a_gemm_convolution_and_eval_mode():
+    assert not FusedTDNNBlock.swap_in(TDNNBlock(8, 8, kernel_size=3, dilation=1).eval())
+    training = TDNNBlock(8, 8, kernel_size=3, dilation=1)
+    assert GemmConv1d.swap_in(training.conv.conv)
+    assert not FusedTDNNBlock.swap_in(training)
+
+
+def test_fused_se_res2net_block_equals_speechbrains_on_mixed_lengths():
+    gen = torch.Generator().manual_seed(5)
+    block = SERes2NetBlock(32, 32, res2net_scale=4, se_channels=8, kernel_size=3, dilation=2).eval()
+    randomise_batch_norms(block, gen)
+    expected_module = copy.deepcopy(block)
+    assert FusedSERes2NetBlock.swap_in(block)
+    x = torch.randn(3, 32, 40, generator=gen)
+    with torch.inference_mode():
+        for lengths in (torch.tensor([1.0, 29.5 / 40, 10.5 / 40]), None):
+            got, expected = block(x, lengths), expected_module(x, lengths)
+            valid = [40, 30, 11] if lengths is not None else [40] * 3
+            for row, n in enumerate(valid):
+                assert _relative_error(got[row, :, :n], expected[row, :, :n]) < 1e-5
+
+
+def test_malloc_is_told_to_keep_freed_activation_memory():
+    """glibc accepts both settings (it refuses an mmap threshold above its ceiling)."""
+    assert keep_freed_memory()
 
 
 def test_gemm_convolution_is_only_swapped_in_where_it_computes_the_same():
@@ -69,9 +142,11 @@ def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths
     model = ECAPA_TDNN(
         input_size=20, channels=[64, 64, 64, 64, 192], attention_channels=16, lin_neurons=24, res2net_scale=4
     ).eval()
+    randomise_batch_norms(model, torch.Generator().manual_seed(2))
     expected_module = copy.deepcopy(model)
     changes = speed_up_for_cpu(model)
     assert changes["pooling"] == 1 and changes["gemm_convolutions"] > 10
+    assert changes["fused_tdnn_blocks"] == 1 + 3 * (2 + 3) + 1 and changes["fused_se_blocks"] == 3
     x = torch.randn(2, 60, 20)
     lengths = torch.tensor([1.0, 0.75])
     with torch.inference_mode():

@@ -12,6 +12,12 @@ SpeechBrain built them:
   calling it) computed as one BLAS GEMM per kernel tap on shifted views of the input. oneDNN's
   direct convolution reached 55-75% of the machine's GEMM rate on these shapes; the GEMMs reach
   85-95% of it.
+- ``FusedTDNNBlock``: SpeechBrain's TDNN block is convolution -> ReLU -> batch norm, three passes over
+  the activations and two new tensors. With the norm's per-channel scale ``s`` folded into the
+  convolution's weights and bias, ``s * relu(u) + t`` is ``max(s*u + t, t)`` on channels with
+  ``s >= 0`` and ``min(s*u + t, t)`` on the others: one clamp of the GEMM's output in place.
+- ``FusedSERes2NetBlock``: the squeeze-excitation gate and the residual sum in one pass
+  (``residual + gate * x``), written over the block's own output.
 - ``ContextFoldedPooling``: attentive statistics pooling with global context concatenates the
   utterance's mean and standard deviation, repeated over every frame, to the features before a
   1x1 convolution. Those two thirds of the input are constant over time, so their share of the
@@ -24,7 +30,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from speechbrain.dataio.dataio import length_to_mask
-from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
+from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling, SEBlock, SERes2NetBlock, TDNNBlock
+
+ROW_ALIGN_FLOATS = 16
 
 
 def flush_denormal_weights(model: torch.nn.Module) -> int:
@@ -43,6 +51,9 @@ class GemmConv1d(torch.nn.Conv1d):
     """``torch.nn.Conv1d`` (stride 1, no padding, one group) as a GEMM per kernel tap; same parameters."""
 
     _taps: list[torch.Tensor]
+    _bias: torch.Tensor
+    _floor: torch.Tensor | None = None
+    _ceiling: torch.Tensor | None = None
 
     @classmethod
     def swap_in(cls, conv: torch.nn.Conv1d) -> bool:
@@ -59,18 +70,88 @@ class GemmConv1d(torch.nn.Conv1d):
         """Caches each tap's [out, in] weight matrix contiguously (call again after changing the weights)."""
         weight = self.weight.detach()
         self._taps = [weight[:, :, k].contiguous() for k in range(weight.shape[2])]
+        self._bias = self.bias.detach()[:, None]
+        self._floor = self._ceiling = None
+
+    def fold_relu_batch_norm(self, norm: torch.nn.BatchNorm1d) -> None:
+        """Makes this convolution compute ``norm(relu(conv(x)))`` for a batch norm in eval mode."""
+        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias.detach() - norm.running_mean * scale
+        weight = self.weight.detach() * scale[:, None, None]
+        self._taps = [weight[:, :, k].contiguous() for k in range(weight.shape[2])]
+        self._bias = (self.bias.detach() * scale + shift)[:, None]
+        negative = scale < 0
+        self._floor = torch.where(negative, -torch.inf, shift)[:, None]
+        self._ceiling = torch.where(negative, shift, torch.inf)[:, None] if bool(negative.any()) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [batch, in, time] -> [batch, out, time - span]
         step = self.dilation[0]
         frames = x.shape[-1] - step * (len(self._taps) - 1)
-        out = torch.empty(x.shape[0], self.out_channels, frames, dtype=x.dtype, device=x.device)
-        bias = self.bias.detach()[:, None]
+        # Output rows start on 64-byte boundaries: with an unaligned row stride (frames not a multiple of
+        # 16) the same GEMM measured 25-30% slower. The result is a view of the padded buffer.
+        stride = -(-frames // ROW_ALIGN_FLOATS) * ROW_ALIGN_FLOATS
+        out = torch.empty(x.shape[0], self.out_channels, stride, dtype=x.dtype, device=x.device)[..., :frames]
         for row in range(x.shape[0]):
             xr, yr = x[row], out[row]
-            torch.addmm(bias, self._taps[0], xr[:, :frames], out=yr)
+            torch.addmm(self._bias, self._taps[0], xr[:, :frames], out=yr)
             for k in range(1, len(self._taps)):
                 yr.addmm_(self._taps[k], xr[:, k * step : k * step + frames])
+        # Clamps with one tensor bound each: one with both bounds as tensors measured 13x slower.
+        if self._floor is not None:
+            out.clamp_(min=self._floor)
+        if self._ceiling is not None:
+            out.clamp_(max=self._ceiling)
         return out
+
+
+class FusedTDNNBlock(TDNNBlock):
+    """SpeechBrain's TDNN block (conv, ReLU, batch norm, dropout) as one GEMM convolution with a clamp."""
+
+    @classmethod
+    def swap_in(cls, block: TDNNBlock) -> bool:
+        """Folds the block's ReLU and batch norm into its (already swapped) ``GemmConv1d``; returns whether it did."""
+        if type(block) is not TDNNBlock or not isinstance(block.conv.conv, GemmConv1d):
+            return False
+        norm = block.norm
+        if type(block.activation) is not torch.nn.ReLU or block.training or block.dropout.training:
+            return False
+        if type(norm.norm) is not torch.nn.BatchNorm1d or not norm.skip_transpose or norm.combine_batch_time:
+            return False
+        if not norm.norm.affine or norm.norm.running_mean is None or norm.norm.training:
+            return False
+        block.conv.conv.fold_relu_batch_norm(norm.norm)
+        block.__class__ = cls
+        return True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def valid_frames(lengths: torch.Tensor | None, batch: int, frames: int) -> list[int]:
+    """Frames SpeechBrain's masks keep per row for relative ``lengths`` (all of them when None)."""
+    if lengths is None:
+        return [frames] * batch
+    return length_to_mask(lengths * frames, max_len=frames).sum(dim=1).long().tolist()
+
+
+class FusedSERes2NetBlock(SERes2NetBlock):
+    """SpeechBrain's SE-Res2Net block with the squeeze-excitation gate and the residual sum in one pass."""
+
+    @classmethod
+    def swap_in(cls, block: SERes2NetBlock) -> bool:
+        if type(block) is not SERes2NetBlock or type(block.se_block) is not SEBlock:
+            return False
+        block.__class__ = cls
+        return True
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        residual = self.shortcut(x) if self.shortcut else x
+        x = self.tdnn2(self.res2net_block(self.tdnn1(x)))
+        se = self.se_block
+        counts = valid_frames(lengths, x.shape[0], x.shape[-1])
+        means = torch.stack([x[row, :, :n].mean(dim=-1) for row, n in enumerate(counts)])[:, :, None]
+        gate = se.sigmoid(se.conv2(se.relu(se.conv1(means))))
+        return torch.addcmul(residual, x, gate, out=x)
 
 
 def _weighted_statistics(x: torch.Tensor, weights: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,4 +205,12 @@ def speed_up_for_cpu(model: torch.nn.Module) -> dict[str, int]:
         ContextFoldedPooling.swap_in(m) for m in model.modules() if isinstance(m, AttentiveStatisticsPooling)
     )
     changes["gemm_convolutions"] = sum(GemmConv1d.swap_in(m) for m in model.modules() if isinstance(m, torch.nn.Conv1d))
+    # The pooling reads its own TDNN block's weights, norm and activation: that block stays as it is.
+    pooling_blocks = {id(m) for p in model.modules() if isinstance(p, ContextFoldedPooling) for m in p.modules()}
+    changes["fused_tdnn_blocks"] = sum(
+        FusedTDNNBlock.swap_in(m) for m in model.modules() if isinstance(m, TDNNBlock) and id(m) not in pooling_blocks
+    )
+    changes["fused_se_blocks"] = sum(
+        FusedSERes2NetBlock.swap_in(m) for m in model.modules() if isinstance(m, SERes2NetBlock)
+    )
     return changes

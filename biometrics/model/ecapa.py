@@ -25,6 +25,7 @@ from speechbrain.nnet.CNN import Conv1d
 from speechbrain.processing.features import InputNormalization
 
 from biometrics.audio.waveform import MODEL_SAMPLE_RATE
+from biometrics.model.allocator import keep_freed_memory
 from biometrics.model.cpu_kernels import speed_up_for_cpu
 from biometrics.model.integrity import read_verified
 from biometrics.model.weights import ModelWeights
@@ -83,7 +84,10 @@ class SpeakerEncoder:
         embedding_model = self.classifier.mods.embedding_model
         self._lengths = _BatchLengths()
         self.max_pad = self._install_row_end_hooks(embedding_model)
-        self.kernel_changes = speed_up_for_cpu(embedding_model) if torch.device(device).type == "cpu" else {}
+        self.kernel_changes: dict[str, int] = {}
+        if torch.device(device).type == "cpu":
+            self.kernel_changes = speed_up_for_cpu(embedding_model)
+            self.kernel_changes["malloc_keeps_freed_memory"] = int(keep_freed_memory())
         self._lock = threading.Lock()
 
     def _install_row_end_hooks(self, model: torch.nn.Module) -> int:
