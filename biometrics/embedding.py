@@ -50,7 +50,7 @@ def model_fingerprint(encoder: SpeakerEncoder, vad: VoiceActivityDetector) -> st
 
 
 class VoiceEmbedder:
-    """Measures each sample's quality and embeds its speech; batches mixed lengths exactly."""
+    """Measures each sample's quality and embeds its speech; packs mixed lengths into one pass exactly."""
 
     def __init__(
         self,
@@ -94,16 +94,18 @@ class VoiceEmbedder:
         ]
 
     def embed_speech(self, utterances: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Embeds speech-only utterances in length-sorted batches of at most batch_max_frames frames."""
+        """Embeds speech-only utterances, packed (in length order) up to batch_max_frames feature frames a pass."""
         order = sorted(range(len(utterances)), key=lambda i: len(utterances[i]))
         out: list[np.ndarray | None] = [None] * len(utterances)
         batch: list[int] = []
+        total = 0
         for i in order:
             frames = len(utterances[i]) // HOP_SAMPLES + 1
-            if batch and frames * (len(batch) + 1) > self.batch_max_frames:
+            if batch and total + frames > self.batch_max_frames:
                 self._embed_into(out, batch, utterances)
-                batch = []
+                batch, total = [], 0
             batch.append(i)
+            total += frames
         if batch:
             self._embed_into(out, batch, utterances)
         return out  # type: ignore[return-value]  # every slot is filled above

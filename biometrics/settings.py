@@ -42,9 +42,8 @@ class CoreSettings(BaseSettings):
     # in impostor standard deviations (3.0 ~ 1 false accept in 1000 under a Gaussian tail).
     asnorm_threshold: float = 3.0
 
-    # Embedding batches: the most feature frames (batch size x longest utterance) in one forward.
-    # With the CPU kernels every row is its own GEMMs, so batching saves only per-call overhead while
-    # padding and larger working sets cost: on 3-8 s utterances one at a time beat 1200-frame batches
-    # by ~5% and 2400-frame batches by ~15%; on 1-3 s utterances 100, 600 and 1200 tied
-    # (benchmarks/embedding_speed.py). 500 pairs only utterances under 2.5 s.
-    batch_max_frames: int = Field(500, ge=100)
+    # Embedding batches: the most feature frames packed into one forward pass (a single longer
+    # utterance still goes alone). Packing keeps the GEMMs wide: on 3-8 s utterances, 2000-frame
+    # packs ran 4% faster than one utterance at a time (benchmarks/embedding_speed.py); activation
+    # memory grows with the pack (about 0.1 MB per frame at the attention pooling).
+    batch_max_frames: int = Field(2000, ge=100)

@@ -16,6 +16,7 @@ from biometrics.model.cpu_kernels import (
     FusedTDNNBlock,
     GemmConv1d,
     flush_denormal_weights,
+    make_segment_aware,
     speed_up_for_cpu,
 )
 
@@ -144,7 +145,7 @@ def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths
     ).eval()
     randomise_batch_norms(model, torch.Generator().manual_seed(2))
     expected_module = copy.deepcopy(model)
-    changes = speed_up_for_cpu(model)
+    changes = {**make_segment_aware(model), **speed_up_for_cpu(model)}
     assert changes["pooling"] == 1 and changes["gemm_convolutions"] > 10
     assert changes["fused_tdnn_blocks"] == 1 + 3 * (2 + 3) + 1 and changes["fused_se_blocks"] == 3
     x = torch.randn(2, 60, 20)

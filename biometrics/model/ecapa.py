@@ -1,12 +1,9 @@
 """The SpeechBrain ECAPA-TDNN (VoxCeleb) speaker encoder, built from SpeechBrain's own classes.
 
-Batching utterances of different lengths normally changes each result a little: every
-'same'-padded convolution reflects at the end of the *tensor*, so a short utterance sees padding
-instead of its own reflected frames, and for utterances of a few seconds the embedding moves
-by up to 1e-3 in cosine. We keep batches exact by a forward pre-hook on each such convolution
-that writes, just past each row's last real frame, the reflection SpeechBrain would have made
-had the row been alone. Pooling and squeeze-excitation already honour relative lengths, so each
-row's embedding is the one it gets on its own (to float rounding).
+A batch of utterances runs as one row with the utterances packed along time
+(``biometrics.model.packing``), so each gets the embedding it gets on its own, to float rounding.
+Row batches padded to the longest utterance would not: SpeechBrain's 'same' convolutions reflect
+at the end of the *tensor*, and a short utterance padded out moved by up to 1e-3 in cosine.
 """
 
 from __future__ import annotations
@@ -14,20 +11,19 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.lobes.features import Fbank
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
-from speechbrain.nnet.CNN import Conv1d
 from speechbrain.processing.features import InputNormalization
 
 from biometrics.audio.waveform import MODEL_SAMPLE_RATE
 from biometrics.model.allocator import keep_freed_memory
-from biometrics.model.cpu_kernels import speed_up_for_cpu
+from biometrics.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
 from biometrics.model.integrity import read_verified
+from biometrics.model.packing import install_gap_hooks, pack, packed
 from biometrics.model.weights import ModelWeights
 
 EMBEDDING_DIM = 192
@@ -47,31 +43,6 @@ FRONT_END = {
 }
 
 
-@dataclass
-class _BatchLengths:
-    frames: list[int] | None = None
-
-
-class _ReflectPastRowEnds:
-    """Forward pre-hook: before a 'same' conv, fill frames past each row's end as a lone row would see them."""
-
-    def __init__(self, lengths: _BatchLengths, pad: int) -> None:
-        self.lengths = lengths
-        self.pad = pad
-
-    def __call__(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        frames = self.lengths.frames
-        if frames is None:
-            return
-        x = args[0]  # [batch, channels, time]; ECAPA's convs run with skip_transpose=True
-        p = self.pad
-        for row, n in enumerate(frames):
-            if n >= x.shape[-1]:
-                continue  # a full-width row: SpeechBrain's own padding reflects it correctly
-            # F.pad(mode="reflect") past frame n-1 gives n-2, n-3, ..., n-1-p.
-            x[row, :, n : n + p] = x[row, :, n - 1 - p : n - 1].flip(-1)
-
-
 class SpeakerEncoder:
     """Turns 16 kHz speech into 192-d ECAPA embeddings, one utterance or a batch at a time."""
 
@@ -82,27 +53,12 @@ class SpeakerEncoder:
         # (exact batching hooks, and on CPU the equivalent faster kernels of biometrics.model.cpu_kernels).
         self.classifier = build_speechbrain_classifier(weights, device)
         embedding_model = self.classifier.mods.embedding_model
-        self._lengths = _BatchLengths()
-        self.max_pad = self._install_row_end_hooks(embedding_model)
-        self.kernel_changes: dict[str, int] = {}
+        self.max_pad = install_gap_hooks(embedding_model)
+        self.kernel_changes: dict[str, int] = make_segment_aware(embedding_model)
         if torch.device(device).type == "cpu":
-            self.kernel_changes = speed_up_for_cpu(embedding_model)
+            self.kernel_changes.update(speed_up_for_cpu(embedding_model))
             self.kernel_changes["malloc_keeps_freed_memory"] = int(keep_freed_memory())
         self._lock = threading.Lock()
-
-    def _install_row_end_hooks(self, model: torch.nn.Module) -> int:
-        max_pad = 0
-        for module in model.modules():
-            if isinstance(module, Conv1d) and module.padding == "same" and module.kernel_size == 1:
-                # 'same' padding of width zero is a full copy of the input: skip it (+17% speed, same math).
-                module.padding = "valid"
-            if isinstance(module, Conv1d) and module.padding == "same" and module.kernel_size > 1:
-                if module.stride != 1 or module.padding_mode != "reflect":
-                    raise RuntimeError("unexpected ECAPA convolution layout; exact batching would be wrong")
-                pad = module.dilation * (module.kernel_size - 1) // 2
-                module.register_forward_pre_hook(_ReflectPastRowEnds(self._lengths, pad))
-                max_pad = max(max_pad, pad)
-        return max_pad
 
     @property
     def min_frames(self) -> int:
@@ -123,25 +79,13 @@ class SpeakerEncoder:
         frames = [int(f.shape[0]) for f in features]
         if min(frames) < self.min_frames:
             raise ValueError(f"an utterance needs at least {self.min_frames} feature frames")
-        # Rows shorter than the batch need max_pad frames past their end for the hooks; full-width rows
-        # need none, so a lone utterance (or equal lengths) is computed on its own frames only. Widths
-        # are not rounded: on CPU the convolutions are BLAS GEMMs that cache nothing per input shape
-        # (RSS stayed flat over 150 distinct lengths; oneDNN's per-shape primitives made it grow).
-        longest = max(frames)
-        width = longest if min(frames) == longest else longest + self.max_pad
-        batch = torch.zeros(len(features), width, N_MELS, device=self.device)
-        for row, f in enumerate(features):
-            batch[row, : f.shape[0]] = f
-        # Relative lengths, half a frame short so SpeechBrain's masks (arange < rel * width) never
-        # include the first padding frame through float rounding.
-        rel = torch.tensor([(n - 0.5) / width for n in frames], device=self.device)
+        # Gaps of twice the widest reflect padding hold both neighbours' reflections. Widths are not
+        # rounded: on CPU the convolutions are BLAS GEMMs that cache nothing per input shape (RSS stayed
+        # flat over 150 distinct lengths; oneDNN's per-shape primitives made it grow).
+        batch, segments = pack([f.to(self.device) for f in features], gap=2 * self.max_pad)
         mods = self.classifier.mods
-        with self._lock:
-            self._lengths.frames = frames
-            try:
-                emb = mods.embedding_model(batch, rel)[:, 0]
-            finally:
-                self._lengths.frames = None
+        with self._lock, packed(segments):
+            emb = mods.embedding_model(batch, torch.ones(1, device=self.device))[:, 0]
         emb = mods.mean_var_norm_emb(emb[:, None], torch.ones(len(frames), device=self.device))[:, 0]
         emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb.cpu().numpy().astype(np.float32)
