@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="before each timed phase, wait up to this many seconds for other processes to go quiet (default 30)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=2, help="alternating timed runs of each path; the best counts (default 2)"
+        "--repeats", type=int, default=3, help="alternating timed runs of each path; the best counts (default 3)"
     )
     args = parser.parse_args(argv)
 
