@@ -111,20 +111,24 @@ def test_gemm_convolution_is_only_swapped_in_where_it_computes_the_same():
     assert not GemmConv1d.swap_in(torch.nn.Conv1d(8, 8, 3, bias=False))
 
 
-def test_context_folded_pooling_equals_speechbrain_pooling_on_mixed_lengths():
+@pytest.mark.parametrize("logit_scale", [1.0, 400.0], ids=["exp-safe", "max-subtracted"])
+def test_context_folded_pooling_equals_speechbrain_pooling_on_mixed_lengths(logit_scale):
     torch.manual_seed(0)
     pooling = AttentiveStatisticsPooling(64, attention_channels=16).eval()
     with torch.no_grad():  # give batch norm non-trivial statistics
         pooling.tdnn.norm.norm.running_mean.uniform_(-0.5, 0.5)
         pooling.tdnn.norm.norm.running_var.uniform_(0.5, 2.0)
+        pooling.conv.conv.weight.mul_(logit_scale)  # large enough, exp() of the raw logits would overflow
     expected_module = copy.deepcopy(pooling)
     assert ContextFoldedPooling.swap_in(pooling)
+    assert pooling._exp_is_safe == (logit_scale == 1.0)
     x = torch.randn(3, 64, 50)
     lengths = torch.tensor([1.0, 37.5 / 50, 12.5 / 50])
     with torch.inference_mode():
         for rel in (lengths, None):
             got, expected = pooling(x, rel), expected_module(x, rel)
             assert got.shape == expected.shape == (3, 128, 1)
+            assert bool(torch.isfinite(got).all())
             assert _relative_error(got, expected) < 1e-5
 
 

@@ -33,13 +33,15 @@ segment of a packed batch (``biometrics.model.packing``), or per row under relat
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
-import torch.nn.functional as F
 from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling, SEBlock, SERes2NetBlock, TDNNBlock
 
 from biometrics.model.packing import segments_of
 
 ROW_ALIGN_FLOATS = 16
+EXP_SAFE_LOGIT_BOUND = 80.0  # float32 exp overflows above ~88.7 and leaves the normal range below ~-87.3
 
 
 def flush_denormal_weights(model: torch.nn.Module) -> int:
@@ -157,14 +159,6 @@ class FusedSERes2NetBlock(SERes2NetBlock):
         return x
 
 
-def _statistics(x: torch.Tensor, weights: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over time (last axis) under weights that sum to one (uniform when None)."""
-    mean = x.mean(dim=-1) if weights is None else torch.einsum("...t,...t->...", weights, x)
-    squared = (x - mean[..., None]).square_()
-    variance = squared.mean(dim=-1) if weights is None else torch.einsum("...t,...t->...", weights, squared)
-    return mean, variance.clamp(eps).sqrt()
-
-
 class ContextFoldedPooling(AttentiveStatisticsPooling):
     """SpeechBrain's attentive statistics pooling with the global context folded into a per-utterance bias."""
 
@@ -176,30 +170,64 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
             if conv.kernel_size != (1,) or conv.groups != 1 or conv.bias is None:
                 return False
         pooling.__class__ = cls
+        pooling.refresh_bounds()
         return True
+
+    def refresh_bounds(self) -> None:
+        """Whether exp() of the attention logits stays in float range without subtracting each channel's max.
+
+        The logits are ``W @ tanh(h)`` (bias dropped), so |logit| <= the largest row sum of |W|; below
+        80, exp() neither overflows nor underflows to zero in float32 (call again after changing weights).
+        """
+        bound = self.conv.conv.weight.detach().abs().sum(dim=(1, 2)).max()
+        self._exp_is_safe = bool(bound < EXP_SAFE_LOGIT_BOUND)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, 2C, 1] for a row batch with relative lengths; [segments, 2C, 1] when packed."""
         segments = segments_of(x.shape[0], x.shape[-1], lengths)
-        views = [x[s.row, :, s.start : s.end] for s in segments]
-        moments = [_statistics(v, None, self.eps) for v in views]
+        moments = [_CentredMoments.of(x[s.row, :, s.start : s.end]) for s in segments]
         # tdnn.conv on cat([x, mean, std]): the mean/std columns of its weight act on constants, so they
         # give one bias per utterance; the frame columns are one GEMM per row of the batch.
         channels = x.shape[1]
         weight = self.tdnn.conv.conv.weight[:, :, 0]
-        context_in = torch.cat([torch.stack([m for m, _ in moments]), torch.stack([d for _, d in moments])], dim=1)
-        context = torch.addmm(self.tdnn.conv.conv.bias, context_in, weight[:, channels:].t())
+        means = torch.stack([m.mean for m in moments])
+        stds = torch.stack([m.variance for m in moments]).clamp(self.eps).sqrt()
+        context = torch.addmm(self.tdnn.conv.conv.bias, torch.cat((means, stds), dim=1), weight[:, channels:].t())
         hidden = _rowwise_mm(weight[:, :channels], x)
         for s, bias in zip(segments, context, strict=True):
             hidden[s.row, :, s.start : s.end] += bias[:, None]
         hidden = self.tdnn.dropout(self.tdnn.norm(self.tdnn.activation(hidden)))
         # The softmax over time cancels any per-channel constant: the attention convolution's bias drops out.
         logits = _rowwise_mm(self.conv.conv.weight[:, :, 0], self.tanh(hidden))
+        if self._exp_is_safe:  # the softmax, unnormalised (its sum divides below), in one pass over every row
+            logits.exp_()
         pooled = []
-        for s, view in zip(segments, views, strict=True):
-            attention = F.softmax(logits[s.row, :, s.start : s.end], dim=-1)
-            pooled.append(torch.cat(_statistics(view, attention, self.eps)))
+        for s, m in zip(segments, moments, strict=True):
+            weights = logits[s.row, :, s.start : s.end]
+            if not self._exp_is_safe:
+                weights = (weights - weights.amax(dim=-1, keepdim=True)).exp_()
+            total = weights.sum(dim=-1)
+            # Two passes, as SpeechBrain: mean_w = mean + E_w[d], then E_w[(d - E_w[d])^2]. (E_w[d^2] - E_w[d]^2
+            # in one pass loses digits when the attention is peaky.)
+            shift = torch.linalg.vecdot(weights, m.centred) / total
+            deviations = (m.centred - shift[:, None]).square_()
+            variance = torch.linalg.vecdot(weights, deviations) / total
+            pooled.append(torch.cat((m.mean + shift, variance.clamp(self.eps).sqrt())))
         return torch.stack(pooled)[:, :, None]
+
+
+class _CentredMoments(NamedTuple):
+    """One utterance's [C, frames] features about their mean over time: d = x - mean, and the mean of d^2."""
+
+    mean: torch.Tensor
+    centred: torch.Tensor
+    variance: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> _CentredMoments:
+        mean = x.mean(dim=-1)
+        centred = x - mean[:, None]
+        return cls(mean, centred, torch.linalg.vecdot(centred, centred) / x.shape[-1])
 
 
 def _rowwise_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
