@@ -9,7 +9,7 @@ import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
 from biometrics.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
-from biometrics.model.packing import Segment, install_gap_hooks, pack, packed
+from biometrics.model.packing import Segment, pack, packed, reflect_into_gaps
 from tests.test_cpu_kernels import randomise_batch_norms
 
 
@@ -37,7 +37,7 @@ def utterances() -> list[torch.Tensor]:
 def test_packed_utterances_get_what_speechbrain_gives_each_alone(utterances, cpu_kernels):
     reference = small_ecapa(3)
     model = copy.deepcopy(reference)
-    max_pad = install_gap_hooks(model)
+    max_pad = reflect_into_gaps(model)
     assert max_pad == 4
     make_segment_aware(model)
     if cpu_kernels:
@@ -51,8 +51,8 @@ def test_packed_utterances_get_what_speechbrain_gives_each_alone(utterances, cpu
     assert float(_cosines(got, alone).min()) >= 0.99999
 
 
-def test_without_the_gap_hooks_packing_would_not_be_exact(utterances):
-    """The check above can fail: packed without reflections in the gaps, short utterances move."""
+def test_without_reflections_in_the_gaps_packing_would_not_be_exact(utterances):
+    """The check above can fail: packed with SpeechBrain's own padding, short utterances move."""
     reference = small_ecapa(3)
     model = copy.deepcopy(reference)
     make_segment_aware(model)

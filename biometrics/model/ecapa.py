@@ -23,7 +23,7 @@ from biometrics.audio.waveform import MODEL_SAMPLE_RATE
 from biometrics.model.allocator import keep_freed_memory
 from biometrics.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
 from biometrics.model.integrity import read_verified
-from biometrics.model.packing import install_gap_hooks, pack, packed
+from biometrics.model.packing import pack, packed, reflect_into_gaps
 from biometrics.model.weights import ModelWeights
 
 EMBEDDING_DIM = 192
@@ -50,10 +50,10 @@ class SpeakerEncoder:
         self.weights = weights
         self.device = device
         # SpeechBrain's own inference class from verified local weights; we then tune its convolutions
-        # (exact batching hooks, and on CPU the equivalent faster kernels of biometrics.model.cpu_kernels).
+        # (gap-reflecting padding for packed batches, and on CPU the faster kernels of cpu_kernels).
         self.classifier = build_speechbrain_classifier(weights, device)
         embedding_model = self.classifier.mods.embedding_model
-        self.max_pad = install_gap_hooks(embedding_model)
+        self.max_pad = reflect_into_gaps(embedding_model)
         self.kernel_changes: dict[str, int] = make_segment_aware(embedding_model)
         if torch.device(device).type == "cpu":
             self.kernel_changes.update(speed_up_for_cpu(embedding_model))
