@@ -193,7 +193,12 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
         means = torch.stack([m.mean for m in moments])
         stds = torch.stack([m.variance for m in moments]).clamp(self.eps).sqrt()
         context = torch.addmm(self.tdnn.conv.conv.bias, torch.cat((means, stds), dim=1), weight[:, channels:].t())
-        hidden = _rowwise_mm(weight[:, :channels], x)
+        # Computed as x^T @ W^T: with 128 output channels, MKL ran W @ x at 130-155 GFLOP/s and this at 177.
+        frame_weight_t = weight[:, :channels].t().contiguous()
+        hidden = x.new_empty(x.shape[0], x.shape[-1], weight.shape[0])
+        for row in range(x.shape[0]):
+            torch.mm(x[row].t(), frame_weight_t, out=hidden[row])
+        hidden = hidden.transpose(1, 2)
         for s, bias in zip(segments, context, strict=True):
             hidden[s.row, :, s.start : s.end] += bias[:, None]
         hidden = self.tdnn.dropout(self.tdnn.norm(self.tdnn.activation(hidden)))
@@ -227,7 +232,7 @@ class _CentredMoments(NamedTuple):
     def of(cls, x: torch.Tensor) -> _CentredMoments:
         mean = x.mean(dim=-1)
         centred = x - mean[:, None]
-        return cls(mean, centred, torch.linalg.vecdot(centred, centred) / x.shape[-1])
+        return cls(mean, centred, torch.linalg.vector_norm(centred, dim=-1).square_() / x.shape[-1])
 
 
 def _rowwise_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
