@@ -38,7 +38,7 @@ import soundfile as sf
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from biometrics.model.cpu_kernels import ROW_ALIGN_FLOATS
+from biometrics.model.cpu_kernels import aligned_rows
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "speech" / "librispeech" / "test-other"
@@ -198,7 +198,7 @@ def replay_gemms(shapes: dict[tuple[int, int, int, int], int], min_s_per_shape: 
         for (batch, m, k, n), calls in shapes.items():
             a, b = torch.randn(batch, m, k, generator=gen), torch.randn(batch, k, n, generator=gen)
             # Output rows 64-byte aligned, as (b)'s convolutions write them.
-            out = torch.empty(batch, m, -(-n // ROW_ALIGN_FLOATS) * ROW_ALIGN_FLOATS)[..., :n]
+            out = aligned_rows(a, batch, m, n)
             best, spent = float("inf"), 0.0
             while spent < min_s_per_shape or best == float("inf"):
                 start = time.perf_counter()
