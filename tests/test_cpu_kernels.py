@@ -6,12 +6,19 @@ import copy
 
 import pytest
 import torch
-from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, AttentiveStatisticsPooling, SERes2NetBlock, TDNNBlock
+from speechbrain.lobes.models.ECAPA_TDNN import (
+    ECAPA_TDNN,
+    AttentiveStatisticsPooling,
+    Res2NetBlock,
+    SERes2NetBlock,
+    TDNNBlock,
+)
 
 from biometrics.model.allocator import keep_freed_memory
 from biometrics.model.cpu_kernels import (
     ROW_ALIGN_FLOATS,
     ContextFoldedPooling,
+    FusedRes2NetBlock,
     FusedSERes2NetBlock,
     FusedTDNNBlock,
     GemmConv1d,
@@ -19,6 +26,7 @@ from biometrics.model.cpu_kernels import (
     make_segment_aware,
     speed_up_for_cpu,
 )
+from biometrics.model.packing import reflect_into_gaps
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -82,6 +90,23 @@ def test_fused_tdnn_block_needs_a_gemm_convolution_and_eval_mode():
     training = TDNNBlock(8, 8, kernel_size=3, dilation=1)
     assert GemmConv1d.swap_in(training.conv.conv)
     assert not FusedTDNNBlock.swap_in(training)
+
+
+@pytest.mark.parametrize("gap_padding", [False, True], ids=["speechbrain-padding", "gap-reflecting-padding"])
+def test_fused_res2net_block_equals_speechbrains(gap_padding):
+    gen = torch.Generator().manual_seed(9)
+    block = Res2NetBlock(32, 32, scale=4, kernel_size=3, dilation=2).eval()
+    randomise_batch_norms(block, gen)
+    expected_module = copy.deepcopy(block)
+    if gap_padding:
+        assert reflect_into_gaps(block) == 2
+    assert all(GemmConv1d.swap_in(b.conv.conv) and FusedTDNNBlock.swap_in(b) for b in block.blocks)
+    assert FusedRes2NetBlock.swap_in(block)
+    x = torch.randn(2, 64, 41, generator=gen)[:, ::2]  # strided, as the block's input is
+    with torch.inference_mode():
+        got, expected = block(x), expected_module(x)
+    assert got.shape == expected.shape
+    assert _relative_error(got, expected) < 1e-5
 
 
 def test_fused_se_res2net_block_equals_speechbrains_on_mixed_lengths():
@@ -152,6 +177,7 @@ def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths
     changes = {**make_segment_aware(model), **speed_up_for_cpu(model)}
     assert changes["pooling"] == 1 and changes["gemm_convolutions"] > 10
     assert changes["fused_tdnn_blocks"] == 1 + 3 * (2 + 3) + 1 and changes["fused_se_blocks"] == 3
+    assert changes["fused_res2net_blocks"] == 3
     x = torch.randn(2, 60, 20)
     lengths = torch.tensor([1.0, 0.75])
     with torch.inference_mode():

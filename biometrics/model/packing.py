@@ -99,17 +99,25 @@ class GapReflectingConv1d(Conv1d):
         return True
 
     def _manage_padding(self, x: torch.Tensor, kernel_size: int, dilation: int, stride: int) -> torch.Tensor:
+        return self.padded(x)
+
+    def padded(self, x: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tensor:
+        """The padded input of ``x`` (plus ``addend``, summed straight into the padded buffer)."""
         p, width = self._pad, x.shape[-1]
         if width <= p:
             raise ValueError(f"reflect padding of {p} frames needs more than {p} frames")
         out = x.new_empty(*x.shape[:-1], width + 2 * p)
-        out[..., p : p + width] = x
-        out[..., :p] = x[..., 1 : p + 1].flip(-1)  # F.pad(mode="reflect"): frames p, ..., 1 before frame 0
-        out[..., p + width :] = x[..., width - 1 - p : width - 1].flip(-1)  # and n-2, ..., n-1-p after
+        middle = out[..., p : p + width]
+        if addend is None:
+            middle.copy_(x)
+        else:
+            torch.add(x, addend, out=middle)
+        out[..., :p] = middle[..., 1 : p + 1].flip(-1)  # F.pad(mode="reflect"): frames p, ..., 1 before frame 0
+        out[..., p + width :] = middle[..., width - 1 - p : width - 1].flip(-1)  # and n-2, ..., n-1-p after
         segments = _packed.get()
         if segments is not None:
             for row, target, source in _gap_reflections(segments, p, width, x.device):
-                out[row, :, target] = x[row, :, source]
+                out[row, :, target] = middle[row, :, source]
         return out
 
 
