@@ -13,6 +13,12 @@ COHORT_DIR = LIBRISPEECH / "cohort"
 FSDD = SHARED_DATA / "speech" / "fsdd" / "recordings"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """One clear error, not a hundred FileNotFoundErrors, when the shared data is not where we look."""
+    if not SHARED_DATA.is_dir():
+        pytest.exit(f"shared data not found at {SHARED_DATA} (set BIOIDENT_SHARED_DATA)", returncode=1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
