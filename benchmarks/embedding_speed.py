@@ -13,8 +13,9 @@ Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test
 (c) the fp32 matrix-multiply bound: best sustained ``torch.mm`` FLOP/s divided by the model's FLOPs per
     second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA + embedding norm);
 (d) the BLAS ceiling of (b): every matrix product (b) runs, recorded once with the profiler and replayed
-    alone on contiguous operands of the same shapes. (b) cannot beat (d) without faster GEMMs or fewer
-    FLOPs; (d)/(c) is how much of the square-GEMM rate the BLAS reaches on the model's shapes.
+    alone on operands of the same shapes (output rows 64-byte aligned, as (b) writes them). (b) cannot
+    beat (d) without faster GEMMs or fewer FLOPs; (d)/(c) is how much of the square-GEMM rate the BLAS
+    reaches on the model's shapes.
 
 VAD is skipped in (a) and (b) so both embed identical audio. (a) and (b) alternate over ``--repeats`` rounds
 (best run counts) and each timed phase first waits for other processes to leave the CPUs idle; the CPU time
@@ -162,7 +163,7 @@ def gemm_flops_per_s() -> dict:
 
 
 GEMM_OPS = ("aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::mm", "aten::bmm")
-MIN_GEMM_DIM = 16  # smaller inner dimensions are the pooling's weighted sums (einsum -> bmm), not GEMMs
+MIN_GEMM_DIM = 16  # smaller ones are per-utterance vector products (SE gates, the embedding head), not GEMMs
 
 
 def record_gemm_shapes(embedder, utterances: list[np.ndarray]) -> dict[tuple[int, int, int, int], int]:

@@ -33,6 +33,13 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+def assert_same_outputs(module: torch.nn.Module, expected_module: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.inference_mode():
+        got, expected = module(x), expected_module(x)
+    assert got.shape == expected.shape
+    assert _relative_error(got, expected) < 1e-5
+
+
 @pytest.mark.parametrize(("kernel", "dilation"), [(1, 1), (3, 2), (3, 4), (5, 1)])
 def test_gemm_convolution_equals_torch_convolution(kernel, dilation):
     gen = torch.Generator().manual_seed(kernel * 10 + dilation)
@@ -41,10 +48,7 @@ def test_gemm_convolution_equals_torch_convolution(kernel, dilation):
     assert GemmConv1d.swap_in(conv)
     # A strided (non-contiguous) input, as SpeechBrain's chunked Res2Net blocks pass.
     x = torch.randn(3, 96, 70, generator=gen)[:, ::2]
-    with torch.inference_mode():
-        got, expected = conv(x), expected_module(x)
-    assert got.shape == expected.shape
-    assert _relative_error(got, expected) < 1e-5
+    assert_same_outputs(conv, expected_module, x)
     assert set(conv.state_dict()) == set(expected_module.state_dict())
 
 
@@ -78,10 +82,7 @@ def test_fused_tdnn_block_equals_speechbrains_conv_relu_batch_norm(kernel, dilat
     assert GemmConv1d.swap_in(block.conv.conv) and FusedTDNNBlock.swap_in(block)
     assert bool((block.norm.norm.weight < 0).any())
     x = torch.randn(3, 24, 57, generator=gen)
-    with torch.inference_mode():
-        got, expected = block(x), expected_module(x)
-    assert got.shape == expected.shape
-    assert _relative_error(got, expected) < 1e-5
+    assert_same_outputs(block, expected_module, x)
     assert set(block.state_dict()) == set(expected_module.state_dict())
 
 
@@ -103,10 +104,7 @@ def test_fused_res2net_block_equals_speechbrains(gap_padding):
     assert all(GemmConv1d.swap_in(b.conv.conv) and FusedTDNNBlock.swap_in(b) for b in block.blocks)
     assert FusedRes2NetBlock.swap_in(block)
     x = torch.randn(2, 64, 41, generator=gen)[:, ::2]  # strided, as the block's input is
-    with torch.inference_mode():
-        got, expected = block(x), expected_module(x)
-    assert got.shape == expected.shape
-    assert _relative_error(got, expected) < 1e-5
+    assert_same_outputs(block, expected_module, x)
 
 
 def test_fused_se_res2net_block_equals_speechbrains_on_mixed_lengths():

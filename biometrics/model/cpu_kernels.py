@@ -95,21 +95,21 @@ class GemmConv1d(torch.nn.Conv1d):
 
     def refresh_taps(self) -> None:
         """Caches each tap's [out, in] weight matrix contiguously (call again after changing the weights)."""
-        weight = self.weight.detach()
-        self._taps = [weight[:, :, k].contiguous() for k in range(weight.shape[2])]
-        self._bias = self.bias.detach()[:, None]
+        self._set_taps(self.weight.detach(), self.bias.detach())
         self._floor = self._ceiling = None
 
     def fold_relu_batch_norm(self, norm: torch.nn.BatchNorm1d) -> None:
         """Makes this convolution compute ``norm(relu(conv(x)))`` for a batch norm in eval mode."""
         scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
         shift = norm.bias.detach() - norm.running_mean * scale
-        weight = self.weight.detach() * scale[:, None, None]
-        self._taps = [weight[:, :, k].contiguous() for k in range(weight.shape[2])]
-        self._bias = (self.bias.detach() * scale + shift)[:, None]
+        self._set_taps(self.weight.detach() * scale[:, None, None], self.bias.detach() * scale + shift)
         negative = scale < 0
         self._floor = torch.where(negative, -torch.inf, shift)[:, None]
         self._ceiling = torch.where(negative, shift, torch.inf)[:, None] if bool(negative.any()) else None
+
+    def _set_taps(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self._taps = [weight[:, :, k].contiguous() for k in range(weight.shape[2])]
+        self._bias = bias[:, None]
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, in, time] -> [batch, out, time - span], into ``out`` when given (rows of unit stride)."""
