@@ -8,6 +8,7 @@ mean the same false-accept rate across customers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -18,6 +19,8 @@ from biometrics.embedding import Embedding, require_same_model
 from biometrics.evaluation.calibration import Calibration, CalibrationError
 from biometrics.quality.gates import QualityReason
 from biometrics.settings import CoreSettings
+
+STATS_BLOCK = 1024
 
 
 class Decision(StrEnum):
@@ -99,6 +102,26 @@ class Scorer:
         if self.cohort is None:
             return cosine_score(enrol, test)
         return asnorm_score(enrol, test, self.cohort, self.top_k)
+
+    def scores_against(self, enrols: Sequence[Embedding], test: Embedding) -> np.ndarray:
+        """``score(e, test)`` for every template ``e`` (1:N), with the test side's cohort statistics taken once."""
+        for enrol in enrols:
+            require_same_model(enrol.model_fingerprint, test.model_fingerprint)
+        if not enrols:
+            return np.empty(0)
+        vectors = np.stack([e.vector for e in enrols])
+        raw = (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)) @ (test.vector / np.linalg.norm(test.vector))
+        if self.cohort is None:
+            return raw
+        require_same_model(test.model_fingerprint, self.cohort.model_fingerprint)
+        k = min(self.top_k, len(self.cohort.embeddings))
+        mu_t, sd_t = top_k_stats(test.vector, self.cohort.embeddings, k)
+        scores = np.empty(len(enrols))
+        for start in range(0, len(enrols), STATS_BLOCK):  # a row of cohort scores per template, in blocks
+            block = slice(start, start + STATS_BLOCK)
+            mu_e, sd_e = top_k_stats(vectors[block], self.cohort.embeddings, k)
+            scores[block] = 0.5 * ((raw[block] - mu_e) / sd_e + (raw[block] - mu_t) / sd_t)
+        return scores
 
     def verdict(self, enrol: Embedding | None, test: Embedding | None, reasons: list[QualityReason]) -> Verdict:
         """Accepts only when no quality reason stands and the score reaches the threshold."""

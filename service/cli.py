@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(
         "deployment", help="enrolments, consents, lockouts, key versions and the audit chain of this deployment"
     ).set_defaults(run=cmd_audit_deployment)
-    audit.add_parser("verify-chain", help="detect edited, inserted or deleted entries").set_defaults(
+    audit.add_parser("verify-chain", help="detect edited, inserted, deleted or re-hashed entries").set_defaults(
         run=cmd_audit_verify_chain
     )
 

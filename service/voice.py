@@ -167,12 +167,16 @@ def _best_matches(
         )
     )
     keyring = ctx.keyring
-    candidates = []
+    subjects, templates = [], []
     for template_row, key_row in rows:
-        template = VoiceTemplate.from_bytes(open_template(template_row, unwrap_row(keyring, key_row)))
-        score = ctx.scorer.score(template.as_embedding(), probe)
-        if score >= ctx.scorer.threshold:
-            candidates.append(Candidate(template_row.subject_token, round(score, 6)))
+        subjects.append(template_row.subject_token)
+        templates.append(VoiceTemplate.from_bytes(open_template(template_row, unwrap_row(keyring, key_row))))
+    scores = ctx.scorer.scores_against([t.as_embedding() for t in templates], probe)
+    candidates = [
+        Candidate(subject, round(float(score), 6))
+        for subject, score in zip(subjects, scores, strict=True)
+        if score >= ctx.scorer.threshold
+    ]
     return sorted(candidates, key=lambda c: -c.score)[:top_k]
 
 

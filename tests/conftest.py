@@ -21,9 +21,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data not found at {SHARED_DATA} (set BIOIDENT_SHARED_DATA)")
-    return SHARED_DATA
+    return SHARED_DATA  # pytest_sessionstart has checked that it is there
 
 
 def speaker_of(path: Path) -> str:

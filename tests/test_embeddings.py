@@ -118,6 +118,18 @@ def test_same_speaker_is_accepted_and_another_rejected(test_other_files, clean_s
     assert scorer.verdict(template, speaker_b[0], []).decision is Decision.REJECT
 
 
+def test_one_to_many_scores_equal_the_scores_of_each_pair(clean_samples, clean_cohort):
+    templates = [s.embedding for s in clean_samples[:12]]
+    probe = clean_samples[20].embedding
+    for scorer in (Scorer(clean_cohort), Scorer()):
+        expected = [scorer.score(t, probe) for t in templates]
+        np.testing.assert_allclose(scorer.scores_against(templates, probe), expected, rtol=1e-5, atol=1e-5)
+        assert len(scorer.scores_against([], probe)) == 0
+    other = Embedding(templates[0].vector, "ecapa-voxceleb-some-other-model")
+    with pytest.raises(IncompatibleModel):
+        Scorer().scores_against([templates[1], other], probe)
+
+
 def test_quality_reasons_always_reject(clean_samples):
     from biometrics.quality.gates import QualityReason, ReasonCode
 

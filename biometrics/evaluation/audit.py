@@ -50,7 +50,7 @@ from biometrics.evaluation.trials import (
 )
 from biometrics.pipeline import COHORT_BATCH_FILES, Channel, load_waveform
 from biometrics.quality.gates import QualityLimits, signal_reasons, verification_reasons
-from biometrics.scoring import Scorer, top_k_stats
+from biometrics.scoring import STATS_BLOCK, Scorer, top_k_stats
 from biometrics.settings import CoreSettings
 
 REPORT_FORMAT = 1
@@ -171,8 +171,9 @@ def trial_scores(scorer: Scorer, vectors: np.ndarray, enrol: np.ndarray, test: n
     k = min(scorer.top_k, len(cohort))
     mean = np.empty(len(unit))
     std = np.empty(len(unit))
-    for start in range(0, len(unit), 1024):  # in blocks: a row of scores per vector against the whole cohort
-        mean[start : start + 1024], std[start : start + 1024] = top_k_stats(unit[start : start + 1024], cohort, k)
+    for start in range(0, len(unit), STATS_BLOCK):  # in blocks: a row of scores per vector against the cohort
+        block = slice(start, start + STATS_BLOCK)
+        mean[block], std[block] = top_k_stats(unit[block], cohort, k)
     return 0.5 * ((raw - mean[enrol]) / std[enrol] + (raw - mean[test]) / std[test])
 
 

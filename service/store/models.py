@@ -40,9 +40,11 @@ class Timestamp(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("timestamps must be timezone-aware")
-        return value
+        return value.astimezone(dt.UTC)  # SQLite keeps the wall time and drops the offset
 
     def process_result_value(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
         if value is None:
