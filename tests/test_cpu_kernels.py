@@ -17,6 +17,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
 from biometrics.model.allocator import keep_freed_memory
 from biometrics.model.cpu_kernels import (
     ROW_ALIGN_FLOATS,
+    STACK_TAPS_BELOW_CHANNELS,
     ContextFoldedPooling,
     FusedRes2NetBlock,
     FusedSERes2NetBlock,
@@ -40,14 +41,19 @@ def assert_same_outputs(module: torch.nn.Module, expected_module: torch.nn.Modul
     assert _relative_error(got, expected) < 1e-5
 
 
+# Inputs with fewer channels than STACK_TAPS_BELOW_CHANNELS take one GEMM over stacked taps; others one per tap.
+CHANNELS = pytest.mark.parametrize("channels", [48, STACK_TAPS_BELOW_CHANNELS], ids=["stacked-taps", "gemm-per-tap"])
+
+
+@CHANNELS
 @pytest.mark.parametrize(("kernel", "dilation"), [(1, 1), (3, 2), (3, 4), (5, 1)])
-def test_gemm_convolution_equals_torch_convolution(kernel, dilation):
+def test_gemm_convolution_equals_torch_convolution(kernel, dilation, channels):
     gen = torch.Generator().manual_seed(kernel * 10 + dilation)
-    conv = torch.nn.Conv1d(48, 40, kernel, dilation=dilation)
+    conv = torch.nn.Conv1d(channels, 40, kernel, dilation=dilation)
     expected_module = copy.deepcopy(conv)
     assert GemmConv1d.swap_in(conv)
     # A strided (non-contiguous) input, as SpeechBrain's chunked Res2Net blocks pass.
-    x = torch.randn(3, 96, 70, generator=gen)[:, ::2]
+    x = torch.randn(3, 2 * channels, 70, generator=gen)[:, ::2]
     assert_same_outputs(conv, expected_module, x)
     assert set(conv.state_dict()) == set(expected_module.state_dict())
 
@@ -73,15 +79,16 @@ def randomise_batch_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
                 m.bias.uniform_(-0.5, 0.5, generator=gen)
 
 
+@CHANNELS
 @pytest.mark.parametrize(("kernel", "dilation"), [(1, 1), (3, 3), (5, 1)])
-def test_fused_tdnn_block_equals_speechbrains_conv_relu_batch_norm(kernel, dilation):
+def test_fused_tdnn_block_equals_speechbrains_conv_relu_batch_norm(kernel, dilation, channels):
     gen = torch.Generator().manual_seed(kernel + dilation)
-    block = TDNNBlock(24, 40, kernel_size=kernel, dilation=dilation).eval()
+    block = TDNNBlock(channels, 40, kernel_size=kernel, dilation=dilation).eval()
     randomise_batch_norms(block, gen)
     expected_module = copy.deepcopy(block)
     assert GemmConv1d.swap_in(block.conv.conv) and FusedTDNNBlock.swap_in(block)
     assert bool((block.norm.norm.weight < 0).any())
-    x = torch.randn(3, 24, 57, generator=gen)
+    x = torch.randn(3, channels, 57, generator=gen)
     assert_same_outputs(block, expected_module, x)
     assert set(block.state_dict()) == set(expected_module.state_dict())
 
@@ -163,6 +170,18 @@ def test_flushing_denormal_weights_zeroes_only_subnormal_values():
     assert layer.weight[0].tolist() == [0.0, 0.0, 0.5, 0.0]
     assert layer.weight[1, 0].item() == pytest.approx(1e-30)
     assert layer.weight[1, 2].item() == 0.0
+
+
+def test_folding_a_batch_norm_into_a_convolution_leaves_no_subnormal_weights():
+    block = TDNNBlock(4, 2, kernel_size=1, dilation=1).eval()
+    with torch.no_grad():
+        block.conv.conv.weight.fill_(2e-38)  # normal, but a batch-norm scale below 0.58 makes it subnormal
+        block.norm.norm.weight.fill_(0.25)
+    assert flush_denormal_weights(block) == 0
+    assert GemmConv1d.swap_in(block.conv.conv) and FusedTDNNBlock.swap_in(block)
+    taps = block.conv.conv._taps
+    assert all(bool((t == 0).all()) for t in taps)
+    assert block.conv.conv.weight[0, 0, 0].item() == pytest.approx(2e-38)  # the module's own weights are kept
 
 
 def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths():

@@ -9,9 +9,10 @@ SpeechBrain built them:
   and some oneDNN convolutions ran 20-100 times slower for it (measured: the attention pooling's
   9216->128 convolution at 3 GFLOP/s instead of 300). Setting them to zero changes no result.
 - ``GemmConv1d``: a stride-1, unpadded, ungrouped ``torch.nn.Conv1d`` (SpeechBrain pads before
-  calling it) computed as one BLAS GEMM per kernel tap on shifted views of the input. oneDNN's
-  direct convolution reached 55-75% of the machine's GEMM rate on these shapes; the GEMMs reach
-  85-95% of it.
+  calling it) computed as one BLAS GEMM per kernel tap on shifted views of the input, or, for inputs
+  with few channels, as one GEMM over stacked shifted copies. oneDNN's direct convolution reached
+  55-75% of the machine's GEMM rate on these shapes; the GEMMs reach 85-95% of it. Weights that
+  folding a batch norm makes subnormal are flushed as well.
 - ``FusedTDNNBlock``: SpeechBrain's TDNN block is convolution -> ReLU -> batch norm, three passes over
   the activations and two new tensors. With the norm's per-channel scale ``s`` folded into the
   convolution's weights and bias, ``s * relu(u) + t`` is ``max(s*u + t, t)`` on channels with
@@ -49,18 +50,22 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
 from biometrics.model.packing import GapReflectingConv1d, segments_of
 
 ROW_ALIGN_FLOATS = 16
+# Convolutions with fewer input channels than this run as one GEMM over stacked shifted copies of the
+# input: 80-channel taps as five GEMMs measured 17% slower than one; 128-channel ones were faster per tap.
+STACK_TAPS_BELOW_CHANNELS = 128
 EXP_SAFE_LOGIT_BOUND = 80.0  # float32 exp overflows above ~88.7 and leaves the normal range below ~-87.3
 
 
 def flush_denormal_weights(model: torch.nn.Module) -> int:
     """Sets subnormal floating-point parameters and buffers to zero; returns how many there were."""
-    flushed = 0
     with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.is_floating_point():
-                subnormal = (tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)
-                flushed += int(subnormal.sum())
-                tensor.masked_fill_(subnormal, 0.0)
+        return sum(_flush_subnormals_(t) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
+
+
+def _flush_subnormals_(tensor: torch.Tensor) -> int:
+    subnormal = (tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)
+    flushed = int(subnormal.sum())
+    tensor.masked_fill_(subnormal, 0.0)
     return flushed
 
 
@@ -78,6 +83,7 @@ class GemmConv1d(torch.nn.Conv1d):
     """``torch.nn.Conv1d`` (stride 1, no padding, one group) as a GEMM per kernel tap; same parameters."""
 
     _taps: list[torch.Tensor]
+    _stacked_taps: int
     _bias: torch.Tensor
     _floor: torch.Tensor | None = None
     _ceiling: torch.Tensor | None = None
@@ -108,15 +114,28 @@ class GemmConv1d(torch.nn.Conv1d):
         self._ceiling = torch.where(negative, shift, torch.inf)[:, None] if bool(negative.any()) else None
 
     def _set_taps(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        self._taps = [weight[:, :, k].contiguous() for k in range(weight.shape[2])]
+        taps = weight.shape[2]
+        if taps > 1 and weight.shape[1] < STACK_TAPS_BELOW_CHANNELS:
+            # [out, taps * in], matching the stacked shifted inputs of ``forward``.
+            self._taps = [weight.permute(0, 2, 1).reshape(weight.shape[0], -1).contiguous()]
+            self._stacked_taps = taps
+        else:
+            self._taps = [weight[:, :, k].contiguous() for k in range(taps)]
+            self._stacked_taps = 1
+        # Folding a batch norm's scale into flushed weights can make new subnormals: 2541 of them in
+        # the checkpoint's first SE block, whose 1x1 convolution then ran at half the GEMM rate.
+        for tap in self._taps:
+            _flush_subnormals_(tap)
         self._bias = bias[:, None]
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, in, time] -> [batch, out, time - span], into ``out`` when given (rows of unit stride)."""
         step = self.dilation[0]
-        frames = x.shape[-1] - step * (len(self._taps) - 1)
+        frames = x.shape[-1] - step * (self.kernel_size[0] - 1)
         if out is None:
             out = aligned_rows(x, x.shape[0], self.out_channels, frames)
+        if self._stacked_taps > 1:
+            x = _shifted_copies(x, self._stacked_taps, step, frames)
         for row in range(x.shape[0]):
             xr, yr = x[row], out[row]
             torch.addmm(self._bias, self._taps[0], xr[:, :frames], out=yr)
@@ -128,6 +147,15 @@ class GemmConv1d(torch.nn.Conv1d):
         if self._ceiling is not None:
             out.clamp_(max=self._ceiling)
         return out
+
+
+def _shifted_copies(x: torch.Tensor, taps: int, step: int, frames: int) -> torch.Tensor:
+    """[batch, taps * in, frames]: tap k's block of rows is x shifted left by k * step frames."""
+    channels = x.shape[1]
+    stacked = aligned_rows(x, x.shape[0], taps * channels, frames)
+    for k in range(taps):
+        stacked[:, k * channels : (k + 1) * channels].copy_(x[..., k * step : k * step + frames])
+    return stacked
 
 
 class FusedTDNNBlock(TDNNBlock):
