@@ -23,14 +23,24 @@ def _settings():  # noqa: ANN202
     return settings
 
 
-def _open_store(settings):  # noqa: ANN001, ANN202
-    """The migrated database and the keyring; its sessions sign audit entries with the keyring's audit key."""
-    from service.context import load_keyring
+def _migrated_database(settings):  # noqa: ANN001, ANN202
     from service.store.db import Database, upgrade
 
     db = Database(settings.resolved_database_url)  # first: it creates an SQLite file's directory
     upgrade(settings.resolved_database_url)
-    keyring = load_keyring(settings)
+    return db
+
+
+def _open_store(settings, *, create_keyring: bool = False):  # noqa: ANN001, ANN202
+    """The migrated database and the keyring; its sessions sign audit entries with the keyring's audit key.
+
+    Only the commands that set a deployment up (``serve``, ``clients create``) may create the keyring,
+    and only for a database that holds nothing made with one; the others need the existing keyring.
+    """
+    from service.context import load_keyring
+
+    db = _migrated_database(settings)
+    keyring = load_keyring(settings, create_for=db if create_keyring else None)
     db.audit_key = keyring.audit_key()
     return db, keyring
 
@@ -43,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.context import ServiceContext
 
     settings = _settings()
-    db, keyring = _open_store(settings)
+    db, keyring = _open_store(settings, create_keyring=True)
     ctx = ServiceContext(settings, database=db, keyring=keyring)
     key = bootstrap_admin(ctx.db)
     if key is not None:
@@ -60,8 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    settings = _settings()
-    _open_store(settings)
+    _migrated_database(_settings())
     print("database is at the latest schema")
     return 0
 
@@ -152,7 +161,7 @@ def cmd_clients_create(args: argparse.Namespace) -> int:
     from service.auth import Role, issue_client
     from service.store.models import Tenant
 
-    db, _ = _open_store(_settings())
+    db, _ = _open_store(_settings(), create_keyring=True)
     with db.session() as session:
         if session.get(Tenant, args.tenant) is None:
             session.add(Tenant(id=args.tenant, name=args.tenant))

@@ -355,8 +355,39 @@ def test_another_keyring_cannot_vouch_for_the_trail(database_url, tmp_path, monk
     for name in ("ours", "theirs"):
         (tmp_path / name).mkdir(mode=0o700)
     _build_trail(database_url, tmp_path / "ours")
+    _audit_key(tmp_path / "theirs")  # another deployment's keyring
     code, out, err = _cli(monkeypatch, capsys, tmp_path / "theirs", "audit", "verify-chain", url=database_url)
     assert code == 1 and "BROKEN at entry 1" in err and "signature" in err
+
+
+def test_a_host_without_the_keyring_is_told_so_and_no_keyring_is_made(database_url, tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    (tmp_path / "ours").mkdir(mode=0o700)
+    _build_trail(database_url, tmp_path / "ours")
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("serve started without the keyring"))
+    commands = [
+        ("audit", "verify-chain"),
+        ("audit", "deployment"),
+        ("keys", "list"),
+        ("keys", "rotate"),
+        ("keys", "retire", "1"),
+        # These two may create a keyring, but not for a database whose audit entries another one signed.
+        ("clients", "create", "--tenant", "bank", "--name", "ivr-2", "--role", "ivr"),
+        ("serve", "--port", "1"),
+    ]
+    for argv in commands:
+        code, out, err = _cli(monkeypatch, capsys, elsewhere, *argv, url=database_url)
+        assert code == 2, (argv, out, err)
+        assert f"no keyring at {elsewhere / 'keyring.json'}" in err and "BROKEN" not in err, (argv, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not (elsewhere / "keyring.json").exists(), argv
+    assert _rows(database_url, "SELECT count(*) FROM audit_entries") == [(TRAIL_LENGTH,)]
+    assert _rows(database_url, "SELECT count(*) FROM clients") == [(0,)]
+
+    code, out, err = _cli(monkeypatch, capsys, tmp_path / "ours", "audit", "verify-chain", url=database_url)
+    assert code == 0 and "intact" in out, err
 
 
 def test_appending_without_the_audit_key_is_refused(database_url):
@@ -508,6 +539,13 @@ def test_the_keyring_file_is_private_and_an_open_one_is_refused_with_a_chmod_hin
     try:
         code, out, err = _cli(monkeypatch, capsys, data_dir, "db", "upgrade")
         assert code == 0 and "latest schema" in out, err
+        assert not keyring_file.exists()  # migrating needs no keyring
+        code, out, err = _cli(monkeypatch, capsys, data_dir, "keys", "list")
+        assert code == 2 and "no keyring at" in err, (out, err)
+        code, out, err = _cli(
+            monkeypatch, capsys, data_dir, "clients", "create", "--tenant", "t", "--name", "a", "--role", "admin"
+        )
+        assert code == 0, err  # a new deployment: its first client creates the keyring
         code, out, err = _cli(monkeypatch, capsys, data_dir, "keys", "list")
         assert code == 0, err
         assert [line.split("\t")[:2] for line in out.splitlines()] == [["1", "active"]]

@@ -58,6 +58,12 @@ class KeyringInvalid(KeyringError):
     code = "keyring_invalid"
 
 
+class KeyringMissing(KeyringError):
+    """No keyring where one is expected: creating a new one there would silently orphan existing data."""
+
+    code = "keyring_missing"
+
+
 class KeyringPermissionError(KeyringError):
     code = "keyring_permissions_too_open"
 

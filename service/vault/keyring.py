@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from service.vault.errors import (
     ActiveKeyRetirement,
     KeyringInvalid,
+    KeyringMissing,
     KeyringPermissionError,
     KeyringReadOnly,
     KeyVersionUnavailable,
@@ -101,6 +102,18 @@ class Keyring:
         except FileExistsError:  # another process created it first: use theirs
             return cls._load_file(path)
         return keyring
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Keyring:
+        """Load an existing keyring file; its absence is ``KeyringMissing``, never a new keyring."""
+        path = Path(path)
+        try:
+            return cls._load_file(path)
+        except FileNotFoundError:
+            raise KeyringMissing(
+                f"no keyring at {path}: 'bioident serve' creates one for a new deployment; "
+                "otherwise restore the deployment's keyring file there, or set BIOIDENT_KEYRING"
+            ) from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Keyring:
