@@ -120,6 +120,46 @@ def test_an_audit_whose_replica_stopped_is_reported_failed_not_running_forever(a
     assert all(e["outcome"] == "failed" for e in finished)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_job_recorded_as_stopped_stays_failed_when_its_frozen_replica_finishes_late(api, monkeypatch):
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from service import audits
+    from service.store.models import AuditJob
+
+    api.tenant("bank")
+    auditor = api.headers(api.client("bank", "auditor"))
+    stale = dt.datetime.now(dt.UTC) - 2 * audits.STALE_AFTER
+    with api.ctx.db.session() as session:
+        late, never_run = (AuditJob(tenant_id="bank", requested_by="cli_x", params={"dataset": "d"}) for _ in range(2))
+        never_run.created_at = stale
+        session.add_all([late, never_run])
+        session.flush()
+        late_id, never_run_id = late.id, never_run.id
+
+    def frozen_then_finished(ctx, params):
+        # While this replica is frozen its heartbeat stops, and another replica answers a status poll.
+        with ctx.db.session() as session:
+            session.execute(update(AuditJob).where(AuditJob.id == late_id).values(heartbeat_at=stale))
+        assert api.http.get(f"/v1/audits/{late_id}", headers=auditor).json()["status"] == "failed"
+        return {"model_fingerprint": "f", "eer": 0.01}, None
+
+    monkeypatch.setattr(audits, "_run_audit", frozen_then_finished)
+    audits.run_audit_job(api.ctx, late_id)
+    assert api.http.get(f"/v1/audits/{never_run_id}", headers=auditor).json()["status"] == "failed"
+    monkeypatch.setattr(audits, "_run_audit", lambda ctx, params: pytest.fail("ran a job recorded failed"))
+    audits.run_audit_job(api.ctx, never_run_id)
+
+    for job_id in (late_id, never_run_id):
+        status = api.http.get(f"/v1/audits/{job_id}", headers=auditor).json()
+        assert status["status"] == "failed" and "stopped" in status["error"], status
+    entries = api.http.get("/v1/audit/entries", headers=auditor).json()["entries"]
+    finished = [(e["details"]["job_id"], e["outcome"]) for e in entries if e["action"] == "audit.finish"]
+    assert sorted(finished) == sorted([(late_id, "failed"), (never_run_id, "failed")])  # one entry each
+
+
 def test_a_running_audit_keeps_its_heartbeat_fresh(api, monkeypatch):
     import datetime as dt
     import time
