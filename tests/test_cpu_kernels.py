@@ -184,6 +184,15 @@ def test_folding_a_batch_norm_into_a_convolution_leaves_no_subnormal_weights():
     assert block.conv.conv.weight[0, 0, 0].item() == pytest.approx(2e-38)  # the module's own weights are kept
 
 
+def test_the_poolings_cached_weights_hold_no_subnormals():
+    pooling = AttentiveStatisticsPooling(8, attention_channels=4).eval()
+    with torch.no_grad():
+        pooling.tdnn.conv.conv.weight[0, 0, 0] = 1e-39
+    assert ContextFoldedPooling.swap_in(pooling)
+    assert pooling._frame_weight_t[0, 0].item() == 0.0
+    assert pooling.tdnn.conv.conv.weight[0, 0, 0].item() != 0.0  # the module's own weights are kept
+
+
 def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths():
     torch.manual_seed(1)
     model = ECAPA_TDNN(
