@@ -203,7 +203,7 @@ def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths
     changes = {**make_segment_aware(model), **speed_up_for_cpu(model)}
     assert changes["pooling"] == 1 and changes["gemm_convolutions"] > 10
     assert changes["fused_tdnn_blocks"] == 1 + 3 * (2 + 3) + 1 and changes["fused_se_blocks"] == 3
-    assert changes["fused_res2net_blocks"] == 3
+    assert changes["fused_res2net_blocks"] == 3 and changes["aggregating_models"] == 1
     x = torch.randn(2, 60, 20)
     lengths = torch.tensor([1.0, 0.75])
     with torch.inference_mode():
