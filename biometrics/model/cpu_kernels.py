@@ -142,9 +142,13 @@ class GemmConv1d(torch.nn.Conv1d):
             x = _shifted_copies(x, self._stacked_taps, step, frames)
         for row in range(x.shape[0]):
             xr, yr = x[row], out[row]
-            torch.addmm(self._bias, self._taps[0], xr[:, :frames], out=yr)
+            torch.mm(self._taps[0], xr[:, :frames], out=yr)
             for k in range(1, len(self._taps)):
                 yr.addmm_(self._taps[k], xr[:, k * step : k * step + frames])
+        # The bias after the products, not as addmm's input: addmm first copies it into the whole
+        # output, a write to memory not yet in cache, and MKL's beta=1 path is slower on small
+        # GEMMs (128x128: 25%). Measured 1% faster over the whole model.
+        out.add_(self._bias)
         # Clamps with one tensor bound each: one with both bounds as tensors measured 13x slower.
         if self._floor is not None:
             out.clamp_(min=self._floor)
