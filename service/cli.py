@@ -99,11 +99,13 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
     from sqlalchemy import func, select
 
     from service.audit.chain import append
+    from service.protected import lock_fence
     from service.store.models import DataKey
 
     settings = _settings()
     db, keyring = _open_store(settings)
     with db.session() as session:
+        lock_fence(session, exclusive=True)  # no data key is being wrapped while we count and retire
         in_use = session.execute(
             select(func.count()).select_from(DataKey).where(DataKey.kek_version == args.version)
         ).scalar_one()

@@ -9,9 +9,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.store.models import DataKey, Template, utcnow
+from service.store.models import DataKey, KekFence, Template, utcnow
 from service.vault import (
     Keyring,
+    KeyringOutdated,
     TemplateBinding,
     WrappedKey,
     data_key_context,
@@ -32,6 +33,12 @@ def data_key(session: Session, keyring: Keyring, subject_token: str, modality: s
         return unwrap_row(keyring, row)
     if not create:
         return None
+    fence = lock_fence(session, exclusive=False)
+    if keyring.active_version < fence.min_wrap_version:
+        raise KeyringOutdated(
+            f"this replica's keyring is older than the deployment's (active key version {keyring.active_version}, "
+            f"the deployment's is {fence.min_wrap_version}): reload the keyring or restart the replica"
+        )
     key = new_data_key()
     wrapped = wrap_data_key(keyring, key, context=data_key_context(subject_token, modality))
     session.add(
@@ -59,8 +66,24 @@ def open_template(template: Template, key: bytes) -> bytes:
     return open_sealed(key, template.sealed, aad=binding(template))
 
 
+FENCE_ID = 1
+
+
+def lock_fence(session: Session, *, exclusive: bool) -> KekFence:
+    """The key-version fence row, locked until the transaction ends (shared, or exclusive to change it)."""
+    query = select(KekFence).where(KekFence.id == FENCE_ID).with_for_update(read=not exclusive)
+    return session.execute(query).scalar_one()
+
+
 def rewrap_all(session: Session, keyring: Keyring) -> int:
-    """Re-wraps every data key under the active key version; templates are not decrypted."""
+    """Fences off older key versions and re-wraps every data key under the active one (templates stay sealed).
+
+    Raising the fence first waits for data keys being wrapped elsewhere and refuses replicas whose
+    keyring predates this one; the re-wrap then sees every data key there will be under older versions.
+    """
+    fence = lock_fence(session, exclusive=True)
+    fence.min_wrap_version = max(fence.min_wrap_version, keyring.active_version)
+    session.flush()
     count = 0
     for row in session.execute(select(DataKey)).scalars():
         if row.kek_version == keyring.active_version:

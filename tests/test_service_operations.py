@@ -482,51 +482,84 @@ def test_rotation_rewraps_data_keys_without_reencrypting_templates_and_old_versi
     assert actions == [("keys.rotate", "rotated"), ("keys.retire", "retired")]
 
 
-def test_a_version_still_wrapping_a_data_key_cannot_be_retired(bank, monkeypatch, capsys):
+def test_a_replica_with_an_outdated_keyring_is_fenced_off_and_a_version_in_use_cannot_be_retired(
+    bank, monkeypatch, capsys
+):
     api, keys = bank
     url, data_dir = api.ctx.db.url, api.data_dir
 
     def cli(*argv):
         return _cli(monkeypatch, capsys, data_dir, *argv, url=url)
 
+    def add_sample(enrolment_id: str, name: str):
+        return api.http.post(
+            f"/v1/voice/enrolments/{enrolment_id}/samples",
+            files=[_audio(TEST_OTHER / SPEAKER / name)],
+            headers=api.headers(keys["ivr"]),
+        )
+
     _consent(api, keys["portal"])
     from service.vault import Keyring
 
-    stale = Keyring.load_or_create(data_dir / "keyring.json")
+    stale = Keyring.load(data_dir / "keyring.json")
     code, out, err = cli("keys", "rotate")
     assert code == 0 and "0 data keys re-wrapped" in out, err
 
-    # A replica that has not seen the rotation yet still wraps new data keys under version 1.
+    # A replica that has not seen the rotation yet may not wrap a data key under version 1, which
+    # the operator may retire next: its request fails and leaves nothing behind.
     api.ctx.keyring = stale
     started = api.http.post("/v1/voice/enrolments", json={"reference": "ACC-1001"}, headers=api.headers(keys["ivr"]))
     assert started.status_code == 201, started.text
-    sample = api.http.post(
-        f"/v1/voice/enrolments/{started.json()['id']}/samples",
-        files=[_audio(TEST_OTHER / SPEAKER / ENROL[0])],
-        headers=api.headers(keys["ivr"]),
-    )
+    refused = add_sample(started.json()["id"], ENROL[0])
+    assert _problem(refused, 503)["type"].endswith("/keyring_outdated")
+    assert _rows(url, "SELECT count(*) FROM data_keys") == [(0,)]
+    _reload_keyring(api)
+    sample = add_sample(started.json()["id"], ENROL[0])
     assert sample.status_code == 201 and sample.json()["accepted"] is True, sample.text
-    assert _rows(url, "SELECT kek_version FROM data_keys") == [(1,)]
+    assert _rows(url, "SELECT kek_version FROM data_keys") == [(2,)]
 
-    code, out, err = cli("keys", "retire", "1")
+    # A version added to the keyring file without 'keys rotate' leaves the data key under version 2.
+    Keyring.load(data_dir / "keyring.json").add_version()
+    code, out, err = cli("keys", "retire", "2")
     assert code != 0, out
-    assert "still wrapped by version 1" in err and "rotate" in err, err
+    assert "still wrapped by version 2" in err and "rotate" in err, err
     document = _keyring_document(data_dir)
-    assert document[1]["status"] == "decrypt_only" and "key" in document[1]  # nothing was destroyed
+    assert document[2]["status"] == "decrypt_only" and "key" in document[2]  # nothing was destroyed
 
     code, out, err = cli("keys", "rotate")
-    assert code == 0 and "version 3 is active; 1 data keys re-wrapped" in out, err
-    assert _rows(url, "SELECT kek_version FROM data_keys") == [(3,)]
-    for version in ("1", "2"):
+    assert code == 0 and "version 4 is active; 1 data keys re-wrapped" in out, err
+    assert _rows(url, "SELECT kek_version FROM data_keys") == [(4,)]
+    for version in ("1", "2", "3"):
         code, out, err = cli("keys", "retire", version)
         assert code == 0, err
     _reload_keyring(api)
-    completed_later = api.http.post(
-        f"/v1/voice/enrolments/{started.json()['id']}/samples",
-        files=[_audio(TEST_OTHER / SPEAKER / ENROL[1])],
-        headers=api.headers(keys["ivr"]),
-    )
-    assert completed_later.status_code == 201, completed_later.text  # the data key opens under version 3
+    completed_later = add_sample(started.json()["id"], ENROL[1])
+    assert completed_later.status_code == 201, completed_later.text  # the data key opens under version 4
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_rotation_waits_for_a_data_key_being_wrapped_on_another_replica(database_url):
+    from sqlalchemy.exc import OperationalError
+
+    from service.protected import lock_fence, rewrap_all
+    from service.vault import Keyring
+
+    keyring = Keyring.ephemeral()
+    keyring.add_version()
+    wrapping, rotating = Database(database_url), Database(database_url)
+    try:
+        with wrapping.session() as in_flight:
+            assert lock_fence(in_flight, exclusive=False).min_wrap_version == 0  # a wrap's shared lock, held
+            with pytest.raises(OperationalError, match="lock timeout"), rotating.session() as session:
+                session.execute(text("SET LOCAL lock_timeout = '300ms'"))
+                rewrap_all(session, keyring)
+        with rotating.session() as session:  # the wrap committed: the rotation goes through
+            assert rewrap_all(session, keyring) == 0
+        with wrapping.session() as session:
+            assert lock_fence(session, exclusive=False).min_wrap_version == 2
+    finally:
+        wrapping.engine.dispose()
+        rotating.engine.dispose()
 
 
 # --- the keyring file --------------------------------------------------------------------------

@@ -109,6 +109,20 @@ class DataKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
+class KekFence(Base):
+    """One row: the oldest key-encryption key version a new data key may still be wrapped under.
+
+    ``keys rotate`` raises it to the new active version under the row's lock; wrapping a data key
+    takes a shared lock on it and checks the replica's keyring against it. So a replica whose keyring
+    predates a rotation is refused instead of wrapping under a version that may be retired next,
+    and a rotation or a retirement waits for the wraps in flight and then sees them.
+    """
+
+    __tablename__ = "kek_fence"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    min_wrap_version: Mapped[int] = mapped_column(Integer)
+
+
 class Template(Base):
     __tablename__ = "templates"
     __table_args__ = (Index("ix_templates_subject_modality", "subject_token", "modality"),)

@@ -68,6 +68,13 @@ class KeyringPermissionError(KeyringError):
     code = "keyring_permissions_too_open"
 
 
+class KeyringOutdated(KeyringError):
+    """This replica's keyring predates a rotation the database has recorded: it must not wrap new keys."""
+
+    code = "keyring_outdated"
+    status = 503
+
+
 class KeyringReadOnly(KeyringError):
     code = "keyring_read_only"
 
