@@ -124,9 +124,8 @@ def test_fused_se_res2net_block_equals_speechbrains_on_mixed_lengths():
     with torch.inference_mode():
         for lengths in (torch.tensor([1.0, 29.5 / 40, 10.5 / 40]), None):
             got, expected = block(x, lengths), expected_module(x, lengths)
-            valid = [40, 30, 11] if lengths is not None else [40] * 3
-            for row, n in enumerate(valid):
-                assert _relative_error(got[row, :, :n], expected[row, :, :n]) < 1e-5
+            # Every frame, padding included: the next block's convolutions read the padding too.
+            assert _relative_error(got, expected) < 1e-5
 
 
 def test_malloc_is_told_to_keep_freed_activation_memory():
@@ -193,6 +192,14 @@ def test_the_poolings_cached_weights_hold_no_subnormals():
     assert pooling.tdnn.conv.conv.weight[0, 0, 0].item() != 0.0  # the module's own weights are kept
 
 
+def test_a_gemm_convolution_flushes_a_copy_of_its_taps_not_the_modules_weight():
+    conv = torch.nn.Conv1d(4, 2, 1)
+    with torch.no_grad():
+        conv.weight[0, 0, 0] = 1e-39
+    assert GemmConv1d.swap_in(conv)
+    assert conv._taps[0][0, 0].item() == 0.0 and conv.weight[0, 0, 0].item() != 0.0
+
+
 def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths():
     torch.manual_seed(1)
     model = ECAPA_TDNN(
@@ -207,7 +214,7 @@ def test_a_sped_up_ecapa_gives_speechbrains_outputs_for_a_batch_of_mixed_lengths
     x = torch.randn(2, 60, 20)
     lengths = torch.tensor([1.0, 0.75])
     with torch.inference_mode():
-        assert _relative_error(model(x, lengths), expected_module(x, lengths)) < 1e-4
+        assert _relative_error(model(x, lengths), expected_module(x, lengths)) < 1e-6
 
 
 def test_the_cpu_kernels_are_for_inference_only():

@@ -51,7 +51,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
     TDNNBlock,
 )
 
-from biometrics.model.packing import GapReflectingConv1d, segments_of
+from biometrics.model.packing import GapReflectingConv1d, is_packed, segments_of
 
 ROW_ALIGN_FLOATS = 16
 # Convolutions with fewer input channels than this run as one GEMM over stacked shifted copies of the
@@ -66,10 +66,23 @@ def flush_denormal_weights(model: torch.nn.Module) -> int:
         return sum(_flush_subnormals_(t) for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
 
 
+def _subnormals(tensor: torch.Tensor) -> torch.Tensor:
+    return (tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)
+
+
 def _flush_subnormals_(tensor: torch.Tensor) -> int:
-    subnormal = (tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)
+    subnormal = _subnormals(tensor)
     flushed = int(subnormal.sum())
     tensor.masked_fill_(subnormal, 0.0)
+    return flushed
+
+
+def _without_subnormals(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, or a copy with its subnormal values zeroed (a tap can share the module's weight)."""
+    if not bool(_subnormals(tensor).any()):
+        return tensor
+    flushed = tensor.clone()
+    _flush_subnormals_(flushed)
     return flushed
 
 
@@ -84,7 +97,13 @@ def aligned_rows(like: torch.Tensor, batch: int, channels: int, frames: int) -> 
 
 
 class GemmConv1d(torch.nn.Conv1d):
-    """``torch.nn.Conv1d`` (stride 1, no padding, one group) as a GEMM per kernel tap; same parameters."""
+    """``torch.nn.Conv1d`` (stride 1, no padding, one group) as GEMMs; same parameters.
+
+    One GEMM per kernel tap, or one over stacked shifted inputs when the input has fewer than
+    ``STACK_TAPS_BELOW_CHANNELS`` channels (in the VoxCeleb model, only the 80-channel first layer).
+    The taps are copies made when swapped in (``refresh_taps``): like the module's other caches, they
+    do not follow ``.to()``; swap in on the target device.
+    """
 
     _taps: list[torch.Tensor]
     _stacked_taps: int
@@ -128,8 +147,7 @@ class GemmConv1d(torch.nn.Conv1d):
             self._stacked_taps = 1
         # Folding a batch norm's scale into flushed weights can make new subnormals: 2541 of them in
         # the checkpoint's first SE block, whose 1x1 convolution then ran at half the GEMM rate.
-        for tap in self._taps:
-            _flush_subnormals_(tap)
+        self._taps = [_without_subnormals(tap) for tap in self._taps]
         self._bias = bias[:, None]
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -250,8 +268,13 @@ class FusedSERes2NetBlock(SERes2NetBlock):
         views = [x[s.row, :, s.start : s.end] for s in segments]
         means = torch.stack([v.mean(dim=-1) for v in views])[:, :, None]
         gates = se.sigmoid(se.conv2(se.relu(se.conv1(means))))
-        for s, view, gate in zip(segments, views, gates, strict=True):
-            torch.addcmul(residual[s.row, :, s.start : s.end], view, gate, out=view)
+        # SpeechBrain gates a row's every frame, padding included (the next block's convolutions read
+        # it); in a packed row each segment has its own gate, and the gaps are never read.
+        whole_rows = not is_packed()
+        for s, gate in zip(segments, gates, strict=True):
+            span = slice(None) if whole_rows else slice(s.start, s.end)
+            view = x[s.row, :, span]
+            torch.addcmul(residual[s.row, :, span], view, gate, out=view)
         return x
 
 
@@ -303,11 +326,11 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
         That is the frame columns of the first convolution's weight, transposed, and whether exp() of
         the attention logits stays in float range without subtracting each channel's max: the logits
         are ``W @ tanh(h)`` (bias dropped), so |logit| <= the largest row sum of |W|; below 80, exp()
-        neither overflows nor underflows to zero in float32.
+        neither overflows nor underflows to zero in float32. The cache does not follow ``.to()``.
         """
         channels = self.conv.conv.weight.shape[0]
-        self._frame_weight_t = self.tdnn.conv.conv.weight.detach()[:, :channels, 0].t().contiguous()
-        _flush_subnormals_(self._frame_weight_t)  # this runs before flush_denormal_weights, on any device
+        frame_weight_t = self.tdnn.conv.conv.weight.detach()[:, :channels, 0].t().contiguous()
+        self._frame_weight_t = _without_subnormals(frame_weight_t)  # runs before flush_denormal_weights
         bound = self.conv.conv.weight.detach().abs().sum(dim=(1, 2)).max()
         self._exp_is_safe = bool(bound < EXP_SAFE_LOGIT_BOUND)
 

@@ -54,6 +54,11 @@ def packed(segments: Sequence[Segment]) -> Iterator[None]:
         _packed.reset(token)
 
 
+def is_packed() -> bool:
+    """Whether forward passes in this thread run on a packed batch (inside ``packed``)."""
+    return _packed.get() is not None
+
+
 def segments_of(batch: int, frames: int, lengths: torch.Tensor | None) -> tuple[Segment, ...]:
     """The packed segments when packing is on; otherwise one segment per row, as SpeechBrain's masks keep it."""
     segments = _packed.get()
