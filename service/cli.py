@@ -37,10 +37,10 @@ def _open_store(settings, *, create_keyring: bool = False):  # noqa: ANN001, ANN
     Only the commands that set a deployment up (``serve``, ``clients create``) may create the keyring,
     and only for a database that holds nothing made with one; the others need the existing keyring.
     """
-    from service.context import load_keyring
+    from service.deployment_keyring import load_keyring
 
     db = _migrated_database(settings)
-    keyring = load_keyring(settings, create_for=db if create_keyring else None)
+    keyring = load_keyring(settings, db, create=create_keyring)
     db.audit_key = keyring.audit_key()
     return db, keyring
 
@@ -123,7 +123,7 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from service.context import load_keyring
+    from service.deployment_keyring import load_keyring
 
     for info in load_keyring(_settings()).versions():
         print(f"{info.version}\t{info.status}\tcreated {info.created_at.isoformat(timespec='seconds')}")

@@ -5,43 +5,15 @@ from __future__ import annotations
 import os
 import threading
 
-from sqlalchemy import exists, select
-
 from biometrics.cohort import Cohort
 from biometrics.embedding import VoiceEmbedder, load_voice_embedder, require_same_model
 from biometrics.evaluation.calibration import Calibration
 from biometrics.quality.gates import QualityLimits
 from biometrics.scoring import Scorer
+from service.deployment_keyring import load_keyring
 from service.settings import ServiceSettings
 from service.store.db import Database
-from service.store.models import AuditEntry, DataKey, Subject
-from service.vault import Keyring, KeyringMissing, subject_token
-
-
-def load_keyring(settings: ServiceSettings, *, create_for: Database | None = None) -> Keyring:
-    """The deployment's keyring: ``BIOIDENT_KEYRING``, else the keyring file.
-
-    With ``create_for``, a missing file is created, but only while that database holds nothing made
-    with a keyring (subjects, data keys, signed audit entries): a new keyring could open none of it,
-    and its audit signatures would make an intact trail look tampered with.
-    """
-    if settings.keyring:
-        return Keyring.from_document(settings.keyring)
-    path = settings.resolved_keyring_file
-    try:
-        return Keyring.load(path)
-    except KeyringMissing:
-        if create_for is None or holds_keyring_made_data(create_for):
-            raise
-    return Keyring.load_or_create(path)
-
-
-def holds_keyring_made_data(db: Database) -> bool:
-    with db.session() as session:
-        return any(
-            session.execute(select(exists().where(condition))).scalar_one()
-            for condition in (Subject.token.is_not(None), DataKey.id.is_not(None), AuditEntry.entry_mac.is_not(None))
-        )
+from service.vault import Keyring, subject_token
 
 
 class ServiceContext:
@@ -52,10 +24,12 @@ class ServiceContext:
         database: Database | None = None,
         keyring: Keyring | None = None,
         embedder: VoiceEmbedder | None = None,
+        create_keyring: bool = False,
     ) -> None:
+        """``create_keyring``: make the keyring file for a new deployment (as ``bioident serve`` does)."""
         self.settings = settings
         self.db = database or Database(settings.resolved_database_url)
-        self._keyring = keyring or load_keyring(settings, create_for=self.db)
+        self._keyring = keyring or load_keyring(settings, self.db, create=create_keyring)
         self.db.audit_key = self._keyring.audit_key()  # the pepper never changes, so neither does this
         self._keyring_stamp = self._keyring_file_stamp()
         self._keyring_lock = threading.Lock()
@@ -83,7 +57,7 @@ class ServiceContext:
         stamp = self._keyring_file_stamp()
         with self._keyring_lock:
             if stamp is not None and stamp != self._keyring_stamp:
-                self._keyring = load_keyring(self.settings)
+                self._keyring = load_keyring(self.settings, self.db)
                 self._keyring_stamp = stamp
             return self._keyring
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.store.models import DataKey, KekFence, Template, utcnow
+from service.deployment_keyring import KEYRING_STATE_ID
+from service.store.models import DataKey, KeyringState, Template, utcnow
 from service.vault import (
     Keyring,
     KeyringOutdated,
@@ -66,12 +67,9 @@ def open_template(template: Template, key: bytes) -> bytes:
     return open_sealed(key, template.sealed, aad=binding(template))
 
 
-FENCE_ID = 1
-
-
-def lock_fence(session: Session, *, exclusive: bool) -> KekFence:
-    """The key-version fence row, locked until the transaction ends (shared, or exclusive to change it)."""
-    query = select(KekFence).where(KekFence.id == FENCE_ID).with_for_update(read=not exclusive)
+def lock_fence(session: Session, *, exclusive: bool) -> KeyringState:
+    """The keyring state row, locked until the transaction ends (shared, or exclusive to raise its fence)."""
+    query = select(KeyringState).where(KeyringState.id == KEYRING_STATE_ID).with_for_update(read=not exclusive)
     return session.execute(query).scalar_one()
 
 

@@ -75,7 +75,7 @@ def api(database_url, embedder, tmp_path) -> Iterator[Api]:
     from service.settings import ServiceSettings
 
     settings = ServiceSettings(_env_file=None, data_dir=tmp_path, database_url=database_url)
-    ctx = ServiceContext(settings, embedder=embedder)
+    ctx = ServiceContext(settings, embedder=embedder, create_keyring=True)
     admin_key = bootstrap_admin(ctx.db)
     with TestClient(create_app(ctx), raise_server_exceptions=False) as http:
         yield Api(http=http, ctx=ctx, admin_key=admin_key, data_dir=tmp_path)

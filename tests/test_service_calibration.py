@@ -41,7 +41,7 @@ def _service(tmp_path, database_url, embedder, calibration_file):
     settings = ServiceSettings(
         _env_file=None, data_dir=tmp_path, database_url=database_url, calibration_file=calibration_file
     )
-    ctx = ServiceContext(settings, embedder=embedder)
+    ctx = ServiceContext(settings, embedder=embedder, create_keyring=True)
     return ctx, bootstrap_admin(ctx.db), create_app(ctx)
 
 

@@ -390,6 +390,71 @@ def test_a_host_without_the_keyring_is_told_so_and_no_keyring_is_made(database_u
     assert code == 0 and "intact" in out, err
 
 
+def test_a_database_belongs_to_the_first_keyring_loaded_against_it(database_url, tmp_path, monkeypatch, capsys):
+    from service.deployment_keyring import load_keyring
+    from service.settings import ServiceSettings
+    from service.vault import Keyring, KeyringMismatch
+
+    ours, theirs, racing = (tmp_path / name for name in ("ours", "theirs", "racing"))
+    code, out, err = _cli(monkeypatch, capsys, ours, "audit", "verify-chain", url=database_url)
+    assert code == 2 and "no keyring at" in err, err
+    _audit_key(ours)  # our keyring exists; the first command to load it binds it to the database
+    code, out, err = _cli(monkeypatch, capsys, ours, "audit", "verify-chain", url=database_url)
+    assert code == 0 and "intact: 0 entries" in out, err
+
+    # Another host that made its own keyring file is refused by every command, before it writes anything.
+    theirs.mkdir(mode=0o700)
+    foreign = Keyring.load_or_create(theirs / "keyring.json")
+    for argv in (
+        ("audit", "verify-chain"),
+        ("keys", "rotate"),
+        ("clients", "create", "--tenant", "t", "--name", "a", "--role", "ivr"),
+    ):
+        code, out, err = _cli(monkeypatch, capsys, theirs, *argv, url=database_url)
+        assert code == 2 and "is not the one this database was set up with" in err, (argv, err)
+        assert foreign.identity()[:12] in err and "Traceback" not in err
+    assert _rows(database_url, "SELECT count(*) FROM clients") == [(0,)]
+    assert _rows(database_url, "SELECT count(*) FROM audit_entries") == [(0,)]
+
+    # Two hosts setting up one new database at once: the one that binds second is refused and leaves no file.
+    monkeypatch.setenv("BIOIDENT_DATABASE_URL", database_url)
+    monkeypatch.setenv("BIOIDENT_DATA_DIR", str(racing))
+    racing.mkdir(mode=0o700)
+    db = Database(database_url)
+    try:
+        with pytest.raises(KeyringMismatch):
+            load_keyring(ServiceSettings(), db, create=True)
+    finally:
+        db.engine.dispose()
+    assert not (racing / "keyring.json").exists()
+
+
+def test_a_new_keyring_is_refused_for_a_database_holding_subjects_or_data_keys(
+    database_url, tmp_path, monkeypatch, capsys
+):
+    _execute(
+        database_url,
+        text("INSERT INTO tenants (id, name, created_at) VALUES ('bank', 'bank', CURRENT_TIMESTAMP)"),
+        text("INSERT INTO subjects (token, tenant_id, created_at) VALUES ('sub_1', 'bank', CURRENT_TIMESTAMP)"),
+    )
+    code, out, err = _cli(
+        monkeypatch,
+        capsys,
+        tmp_path / "new",
+        "clients",
+        "create",
+        "--tenant",
+        "bank",
+        "--name",
+        "a",
+        "--role",
+        "ivr",
+        url=database_url,
+    )
+    assert code == 2 and "the database holds data made with one" in err, err
+    assert not (tmp_path / "new" / "keyring.json").exists()
+
+
 def test_appending_without_the_audit_key_is_refused(database_url):
     from service.audit.chain import AuditKeyMissing
 
@@ -788,7 +853,7 @@ def small_limit_app(database_url, embedder, tmp_path):
     from service.settings import ServiceSettings
 
     settings = ServiceSettings(_env_file=None, data_dir=tmp_path, database_url=database_url, max_body_bytes=2048)
-    ctx = ServiceContext(settings, embedder=embedder)
+    ctx = ServiceContext(settings, embedder=embedder, create_keyring=True)
     admin_key = bootstrap_admin(ctx.db)
     with TestClient(create_app(ctx), raise_server_exceptions=False) as http:
         yield http, {"Authorization": f"Bearer {admin_key}"}

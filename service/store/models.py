@@ -109,17 +109,21 @@ class DataKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
-class KekFence(Base):
-    """One row: the oldest key-encryption key version a new data key may still be wrapped under.
+class KeyringState(Base):
+    """One row: which keyring this database belongs to, and the oldest key version new data keys may use.
 
-    ``keys rotate`` raises it to the new active version under the row's lock; wrapping a data key
-    takes a shared lock on it and checks the replica's keyring against it. So a replica whose keyring
-    predates a rotation is refused instead of wrapping under a version that may be retired next,
-    and a rotation or a retirement waits for the wraps in flight and then sees them.
+    ``keyring_id`` (derived from the pepper, so it reveals nothing) is set by the first keyring
+    loaded against the database; any other keyring is refused, so two hosts that each made a
+    keyring cannot split one deployment. ``min_wrap_version`` is raised to the new active version by
+    ``keys rotate`` under the row's lock; wrapping a data key takes a shared lock on it and checks
+    the replica's keyring against it. So a replica whose keyring predates a rotation is refused
+    instead of wrapping under a version that may be retired next, and a rotation or a retirement
+    waits for the wraps in flight and then sees them.
     """
 
-    __tablename__ = "kek_fence"
+    __tablename__ = "keyring_state"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    keyring_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     min_wrap_version: Mapped[int] = mapped_column(Integer)
 
 

@@ -68,6 +68,12 @@ class KeyringPermissionError(KeyringError):
     code = "keyring_permissions_too_open"
 
 
+class KeyringMismatch(KeyringError):
+    """A keyring other than the one the database was set up with."""
+
+    code = "keyring_mismatch"
+
+
 class KeyringOutdated(KeyringError):
     """This replica's keyring predates a rotation the database has recorded: it must not wrap new keys."""
 

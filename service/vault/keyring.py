@@ -50,6 +50,7 @@ ENV_VARIABLE = "BIOIDENT_KEYRING"
 KEY_BYTES = 32
 _FORMAT = "bioident-keyring/1"
 _AUDIT_KEY_LABEL = b"bioident/audit-chain-hmac/1"
+_IDENTITY_LABEL = b"bioident/keyring-id/1"
 
 
 class KeyStatus(StrEnum):
@@ -154,6 +155,10 @@ class Keyring:
         HKDF with its own label, so it reveals nothing about the pepper or the subject tokens.
         """
         return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_AUDIT_KEY_LABEL).derive(self._pepper)
+
+    def identity(self) -> str:
+        """A public id of this keyring (32 hex digits), derived from the pepper: it reveals nothing of it."""
+        return HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=_IDENTITY_LABEL).derive(self._pepper).hex()
 
     @property
     def active_version(self) -> int:
