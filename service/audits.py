@@ -100,8 +100,8 @@ def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
     """Runs a queued audit (in the background); its outcome is written to the job row and the trail."""
     with ctx.db.session() as session:
         job = session.get(AuditJob, job_id, with_for_update=True)
-        if job.status != "queued":  # recorded failed (stopped) before this replica got to it
-            log.warning("audit job %s is %s, not queued: not running it", job_id, job.status)
+        if job is None or job.status != "queued":  # gone, or recorded failed (stopped) before we got to it
+            log.warning("audit job %s is %s, not queued: not running it", job_id, job and job.status)
             return
         job.status, job.heartbeat_at = "running", utcnow()
         params, actor = dict(job.params), job.requested_by
@@ -109,10 +109,10 @@ def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
         report, error = _run_audit(ctx, params)
     with ctx.db.session() as session:
         job = session.get(AuditJob, job_id, with_for_update=True)
-        if job.status != "running":
+        if job is None or job.status != "running":
             # Another replica saw no heartbeat for STALE_AFTER (this one was frozen or cut off) and recorded
             # the job failed, telling the auditor to start it again. That record and its trail entry stand.
-            log.warning("audit job %s finished after it was recorded %s: its result is discarded", job_id, job.status)
+            log.warning("audit job %s finished but is %s: its result is discarded", job_id, job and job.status)
             return
         job.status, job.report, job.error = ("failed", None, error[:500]) if error else ("done", report, None)
         job.finished_at = utcnow()

@@ -9,7 +9,7 @@ import pytest
 
 from biometrics.audio import read_audio_file
 from biometrics.audio.waveform import Waveform
-from biometrics.embedding import Embedding, VoiceEmbedder
+from biometrics.embedding import Embedding, VoiceEmbedder, load_voice_embedder
 from biometrics.errors import IncompatibleModel
 from biometrics.scoring import Decision, Scorer, cosine_score
 from biometrics.settings import CoreSettings
@@ -76,8 +76,7 @@ def test_the_malloc_setting_can_be_left_alone(embedder, monkeypatch):
     assert embedder.encoder.kernel_changes["malloc_keeps_freed_memory"] == 1
     monkeypatch.setattr(ecapa, "keep_freed_memory", lambda: pytest.fail("mallopt was called"))
     monkeypatch.setenv("BIOIDENT_MALLOC_KEEP_FREED", "0")
-    settings = CoreSettings(_env_file=None)
-    encoder = ecapa.SpeakerEncoder(embedder.encoder.weights, malloc_keep_freed=settings.malloc_keep_freed)
+    encoder = load_voice_embedder(CoreSettings(_env_file=None)).encoder
     assert encoder.kernel_changes["malloc_keeps_freed_memory"] == 0
     assert encoder.kernel_changes["gemm_convolutions"] == embedder.encoder.kernel_changes["gemm_convolutions"]
 
