@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -131,18 +132,50 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
+    from service.audit.anchors import AnchorFileError, check_anchors, parse_anchors
+    from service.audit.chain import verify_chain
+
+    anchors = []
+    if args.anchors is not None:
+        try:
+            anchors = parse_anchors(args.anchors.read_text(), str(args.anchors))
+        except AnchorFileError as exc:
+            print(f"bioident: error: {exc}", file=sys.stderr)
+            return core_cli.EXIT_INPUT_ERROR
+    settings = _settings()
+    db, _ = _open_store(settings)
+    with db.session() as session:
+        report = check_anchors(session, verify_chain(session, settings.audit_unsigned_up_to), anchors)
+    if report.ok:
+        if anchors:
+            print(f"{len(anchors)} anchors agree with the trail")
+        signed = "all signed" if not report.unsigned else f"{report.unsigned} unsigned, from before signing began"
+        print(f"audit chain intact: {report.entries} entries ({signed})")
+        return 0
+    print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_audit_anchor(args: argparse.Namespace) -> int:
+    from service.audit.anchors import current_anchor
     from service.audit.chain import verify_chain
 
     settings = _settings()
     db, _ = _open_store(settings)
     with db.session() as session:
         report = verify_chain(session, settings.audit_unsigned_up_to)
-    if report.ok:
-        signed = "all signed" if not report.unsigned else f"{report.unsigned} unsigned, from before signing began"
-        print(f"audit chain intact: {report.entries} entries ({signed})")
-        return 0
-    print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
-    return 1
+        anchor = current_anchor(session) if report.ok else None
+    if not report.ok:
+        print(
+            f"bioident: error: the audit chain is BROKEN at entry {report.first_bad_seq}; not anchoring it",
+            file=sys.stderr,
+        )
+        return 1
+    if anchor is None:
+        print("bioident: error: the trail has no signed entries to anchor yet", file=sys.stderr)
+        return core_cli.EXIT_INPUT_ERROR
+    print(anchor.to_json())
+    return 0
 
 
 def cmd_audit_deployment(args: argparse.Namespace) -> int:
@@ -206,9 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(
         "deployment", help="enrolments, consents, lockouts, key versions and the audit chain of this deployment"
     ).set_defaults(run=cmd_audit_deployment)
-    audit.add_parser("verify-chain", help="detect edited, inserted, deleted or re-hashed entries").set_defaults(
-        run=cmd_audit_verify_chain
+    verify = audit.add_parser("verify-chain", help="detect edited, inserted, deleted or re-hashed entries")
+    verify.add_argument(
+        "--anchors",
+        type=Path,
+        help="file of anchors from 'audit anchor' (one per line): also detect a cut tail behind an old head",
     )
+    verify.set_defaults(run=cmd_audit_verify_chain)
+    audit.add_parser(
+        "anchor", help="print the signed head as one JSON line, to keep where the database's writers cannot"
+    ).set_defaults(run=cmd_audit_anchor)
 
     clients = verbs.add_parser("clients", help="API clients").add_subparsers(dest="action", required=True)
     create = clients.add_parser("create", help="create a client and print its API key once")

@@ -455,6 +455,53 @@ def test_a_new_keyring_is_refused_for_a_database_holding_subjects_or_data_keys(
     assert not (tmp_path / "new" / "keyring.json").exists()
 
 
+def test_an_anchor_exposes_a_tail_cut_behind_an_older_head_put_back(database_url, tmp_path, monkeypatch, capsys):
+    def cli(*argv):
+        return _cli(monkeypatch, capsys, tmp_path, *argv, url=database_url)
+
+    _audit_key(tmp_path)  # the deployment's keyring
+    code, out, err = cli("audit", "anchor")
+    assert code == 2 and "no signed entries" in err, err
+    _build_trail(database_url, tmp_path)
+    old_head = _rows(database_url, "SELECT last_seq, last_hash, last_mac FROM audit_head")[0]
+    db = Database(database_url, audit_key=_audit_key(tmp_path))
+    with db.session() as session:
+        append(session, actor="operator", action="keys.rotate", outcome="rotated")
+    db.engine.dispose()
+    code, out, err = cli("audit", "anchor")
+    assert code == 0, err
+    anchor = json.loads(out)
+    assert anchor["seq"] == TRAIL_LENGTH + 1 and set(anchor) == {"seq", "hash", "mac"}
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(out)
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 0 and "1 anchors agree" in out and "intact" in out, err
+
+    # Someone with write access removes the last entry and puts back the head row as it was before it.
+    _execute(
+        database_url,
+        text(f"DELETE FROM audit_entries WHERE seq = {TRAIL_LENGTH + 1}"),
+        (
+            text("UPDATE audit_head SET last_seq = :s, last_hash = :h, last_mac = :m"),
+            dict(zip("shm", old_head, strict=True)),
+        ),
+    )
+    code, out, err = cli("audit", "verify-chain")
+    assert code == 0, err  # the trail alone cannot tell
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 1 and f"BROKEN at entry {TRAIL_LENGTH + 1}" in err and "cut off" in err, err
+
+    forged = dict(anchor, mac="0" * 64)
+    anchors.write_text(json.dumps(forged) + "\n")
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 1 and "not signed by this deployment's keyring" in err, err
+    anchors.write_text("{}\n")
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 2 and "line 1 is not an anchor" in err and "Traceback" not in err, err
+    code, out, err = cli("audit", "verify-chain", "--anchors", tmp_path / "missing.jsonl")
+    assert code == 2 and "missing.jsonl" in err, err
+
+
 def test_appending_without_the_audit_key_is_refused(database_url):
     from service.audit.chain import AuditKeyMissing
 

@@ -5,7 +5,8 @@ sequence number and hash) catches a cut-off tail. Someone who can write the data
 recompute every hash; the HMACs, under a key derived from the keyring (never stored in the
 database), stop that: entries and the head row are signed. Only entries the operator declares as
 written before signing began (``BIOIDENT_AUDIT_UNSIGNED_UP_TO``, kept outside the database) may
-lack a signature; they are checked by hash alone and counted.
+lack a signature; they are checked by hash alone and counted. A cut-off tail behind an older head
+row put back (signed when it was current) needs an anchor kept elsewhere: ``service.audit.anchors``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class AuditKeyMissing(RuntimeError):
     """The session was opened without the audit key (a wiring error, not bad input)."""
 
 
-def _audit_key(session: Session) -> bytes:
+def audit_key(session: Session) -> bytes:
     key = session.info.get(AUDIT_KEY)
     if not key:
         raise AuditKeyMissing("audit entries are signed: open the database with the keyring's audit key")
@@ -80,7 +81,7 @@ def append(
     details: dict | None = None,
 ) -> AuditEntry:
     """Adds a signed entry in the caller's transaction; the head row lock orders appends across replicas."""
-    key = _audit_key(session)
+    key = audit_key(session)
     head = session.execute(select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()).scalar_one_or_none()
     if head is None:
         head = AuditHead(id=HEAD_ID, last_seq=0, last_hash=GENESIS_HASH)
@@ -132,7 +133,7 @@ class ChainReport:
 
 def verify_chain(session: Session, unsigned_up_to: int = 0) -> ChainReport:
     """Checks every entry and the head; entries up to ``unsigned_up_to`` may predate signing."""
-    key = _audit_key(session)
+    key = audit_key(session)
     expected_seq, prev_hash, count, unsigned = 1, GENESIS_HASH, 0, 0
     for entry in session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars():
         seq = entry.seq

@@ -1,0 +1,80 @@
+"""Anchors: signed copies of the audit head, kept outside the database, that pin the trail's length.
+
+The chain and its signed head catch edits, insertions and a cut-off tail, but not this: someone who
+can write the database cuts the tail and puts back an older head row, which was legitimately signed
+when it was current. An anchor taken earlier (``bioident audit anchor``, stored where that person
+cannot write: a ticket, a WORM bucket, a log shipper) shows the trail once reached further, and
+``verify-chain --anchors FILE`` fails on it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import asdict, dataclass
+
+from sqlalchemy.orm import Session
+
+from service.audit.chain import HEAD_ID, ChainReport, audit_key, head_mac
+from service.store.models import AuditEntry, AuditHead
+
+
+class AnchorFileError(ValueError):
+    """An anchors file that cannot be read as anchors; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Anchor:
+    seq: int
+    hash: str
+    mac: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def current_anchor(session: Session) -> Anchor | None:
+    """The head as an anchor (verify the chain first); None for an empty or unsigned trail."""
+    head = session.get(AuditHead, HEAD_ID)
+    if head is None or head.last_seq == 0 or head.last_mac is None:
+        return None
+    return Anchor(head.last_seq, head.last_hash, head.last_mac)
+
+
+def parse_anchors(text: str, source: str) -> list[Anchor]:
+    """One JSON anchor per line, as ``bioident audit anchor`` prints them; blank lines are skipped."""
+    anchors = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+            anchor = Anchor(int(fields["seq"]), str(fields["hash"]), str(fields["mac"]))
+        except (ValueError, KeyError, TypeError):
+            raise AnchorFileError(
+                f"{source} line {number} is not an anchor (a JSON object with seq, hash, mac)"
+            ) from None
+        anchors.append(anchor)
+    return anchors
+
+
+def check_anchors(session: Session, report: ChainReport, anchors: list[Anchor]) -> ChainReport:
+    """``report`` (of an intact chain), or the first anchor the trail contradicts."""
+    if not report.ok:
+        return report
+    key = audit_key(session)
+    for anchor in sorted(anchors, key=lambda a: a.seq):
+        if not hmac.compare_digest(anchor.mac, head_mac(key, anchor.seq, anchor.hash)):
+            problem = f"the anchor of entry {anchor.seq} is not signed by this deployment's keyring"
+            return ChainReport(False, report.entries, anchor.seq, problem, report.unsigned)
+        if anchor.seq > report.entries:
+            problem = (
+                f"the trail ends at entry {report.entries}, but an anchor shows it reached entry {anchor.seq}: "
+                "entries were cut off and an older head put back"
+            )
+            return ChainReport(False, report.entries, report.entries + 1, problem, report.unsigned)
+        entry = session.get(AuditEntry, anchor.seq)
+        if entry is None or not hmac.compare_digest(entry.entry_hash, anchor.hash):
+            problem = f"entry {anchor.seq} is not the entry its anchor recorded"
+            return ChainReport(False, report.entries, anchor.seq, problem, report.unsigned)
+    return report
