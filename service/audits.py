@@ -128,6 +128,7 @@ def _run_audit(ctx: ServiceContext, params: dict) -> tuple[dict | None, str | No
             ctx.settings,
             params["channel"],
             cohort=ctx.scorer.cohort,
+            calibration=ctx.scorer.calibration,
             max_impostors=params["max_impostors"],
             command=f"POST /v1/audits dataset={params['dataset']} channel={params['channel']}",
         )

@@ -7,6 +7,7 @@ real model's accuracy is checked in tests/test_audit_run.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -411,6 +412,37 @@ def test_audit_cli_writes_reports_and_calibration(tone_dataset, tmp_path, monkey
     assert args.run(args) == 0
     calibration = Calibration.load(out / "calibration.json")
     assert calibration.target_fmr == 0.01 and calibration.source["dataset_sha256"] == report["dataset_sha256"]
+    assert report["scoring"]["calibration"] is None
+
+    # With the calibration deployed, the "configured threshold" row is the deployment's threshold.
+    shifted = dataclasses.replace(calibration, threshold=calibration.threshold + 0.125)
+    shifted.save(tmp_path / "deployed.json")
+    monkeypatch.setenv("BIOIDENT_CALIBRATION_FILE", str(tmp_path / "deployed.json"))
+    args = _parser().parse_args(
+        [
+            "audit",
+            "run",
+            "--dataset",
+            str(tone_dataset),
+            "--out",
+            str(tmp_path / "again"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--quiet",
+        ]
+    )
+    assert args.run(args) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    configured = next(row for row in again["threshold_table"] if row["kind"] == "configured")
+    assert again["scoring"]["configured_threshold"] == configured["threshold"] == shifted.threshold
+    assert again["scoring"]["calibration"]["file"] == str(tmp_path / "deployed.json")
+
+    # One made for other scores is not applied, and the report says so.
+    dataclasses.replace(shifted, method="as-norm").save(tmp_path / "deployed.json")
+    assert args.run(args) == 0
+    other = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert other["scoring"]["calibration"] is None and other["scoring"]["configured_threshold"] != shifted.threshold
+    assert any("calibration is not used" in w for w in other["warnings"]), other["warnings"]
 
 
 def test_calibrate_cli_without_a_report_is_an_input_error(tmp_path):

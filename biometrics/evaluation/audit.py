@@ -32,6 +32,7 @@ from biometrics.cohort import Cohort, ProgressFn
 from biometrics.embedding import VoiceEmbedder, require_same_model
 from biometrics.errors import AudioError, BiometricsError
 from biometrics.evaluation.cache import CachedAnalysis, EmbeddingCache, cache_key
+from biometrics.evaluation.calibration import Calibration
 from biometrics.evaluation.metrics import (
     OperatingPoint,
     bootstrap_ci,
@@ -229,6 +230,19 @@ def _settings_record(settings: CoreSettings) -> dict:
     return {name: getattr(settings, name) for name in names}
 
 
+def _calibration_record(calibration: Calibration, path: Path | None) -> dict:
+    record = {
+        "threshold": calibration.threshold,
+        "target_fmr": calibration.target_fmr,
+        "channel": calibration.channel,
+        "dataset_sha256": calibration.source.get("dataset_sha256"),
+    }
+    if path is not None:
+        record["file"] = str(path)
+        record["file_sha256"] = file_sha256(path)
+    return record
+
+
 def _cohort_record(cohort: Cohort, path: Path | None) -> dict:
     record = {
         "model_fingerprint": cohort.model_fingerprint,
@@ -253,6 +267,7 @@ def run_audit(
     cache: EmbeddingCache | None = None,
     progress: ProgressFn | None = None,
     *,
+    calibration: Calibration | Path | None = None,
     max_impostors: int = DEFAULT_MAX_IMPOSTORS,
     seed: int = 0,
     command: str | None = None,
@@ -262,7 +277,9 @@ def run_audit(
 
     ``trials`` is a trial-list file (or ready ``Trials``); without it every same-subject pair and
     every different-subject pair (at most ``max_impostors``, sampled with ``seed``) of the subject
-    folders is a trial. ``cohort`` (object or file) turns on AS-Norm, exactly as in production.
+    folders is a trial. ``cohort`` (object or file) turns on AS-Norm, exactly as in production; the
+    deployment's ``calibration`` (object or file) sets the threshold of the "configured" row, as it
+    sets the service's, when it fits the audit's scores.
     """
     started = time.monotonic()
     channel = Channel(channel)
@@ -303,7 +320,21 @@ def run_audit(
     if genuine_mask.all() or not genuine_mask.any():
         raise AuditError("no genuine or no impostor trial is left once failures to enrol and acquire are removed")
 
-    scorer = Scorer.from_settings(settings, cohort)
+    scorer, calibration_path = Scorer.from_settings(settings, cohort), None
+    if isinstance(calibration, Path):
+        calibration_path, calibration = calibration, Calibration.load(calibration)
+    if calibration is not None:
+        try:
+            calibration.check_compatible(scorer.method, embedder.fingerprint)
+        except BiometricsError as exc:
+            warnings.append(f"the configured calibration is not used: {exc.message}")
+            calibration = None
+        else:
+            scorer = Scorer.from_settings(settings, cohort, calibration)
+            if calibration.channel != str(channel):
+                warnings.append(
+                    f"the calibration was made on the {calibration.channel} channel; the audit is on {channel}"
+                )
     embeddings = [a.sample.embedding if a.sample is not None else None for a in analyses]
     dim = next(e.vector.shape[0] for e in embeddings if e is not None)
     vectors = np.stack([e.vector if e is not None else np.ones(dim, np.float32) for e in embeddings])
@@ -357,6 +388,7 @@ def run_audit(
             "configured_threshold": scorer.threshold,
             "top_k": scorer.top_k if cohort is not None else None,
             "cohort": _cohort_record(cohort, cohort_path) if cohort is not None else None,
+            "calibration": _calibration_record(calibration, calibration_path) if calibration is not None else None,
             "checked_against_scorer": checked,
         },
         "settings": _settings_record(settings),

@@ -128,6 +128,7 @@ def cmd_audit_run(args: argparse.Namespace) -> int:
             cohort=cohort,
             cache=cache,
             progress=progress,
+            calibration=settings.calibration_file,
             max_impostors=args.max_impostors,
             seed=args.seed,
             command=canonical_command(args, cohort),
