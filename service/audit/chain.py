@@ -49,8 +49,10 @@ def compute_hash(entry: AuditEntry) -> str:
     return hashlib.sha256(_canonical(entry)).hexdigest()
 
 
-def compute_mac(key: bytes, entry: AuditEntry) -> str:
-    return hmac.new(key, _canonical(entry), hashlib.sha256).hexdigest()
+def hash_and_mac(key: bytes, entry: AuditEntry) -> tuple[str, str]:
+    """The entry's hash and its HMAC under ``key``, from one serialisation of it."""
+    canonical = _canonical(entry)
+    return hashlib.sha256(canonical).hexdigest(), hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def head_mac(key: bytes, last_seq: int, last_hash: str) -> str:
@@ -99,8 +101,7 @@ def append(
         details=details or {},
         prev_hash=head.last_hash,
     )
-    entry.entry_hash = compute_hash(entry)
-    entry.entry_mac = compute_mac(key, entry)
+    entry.entry_hash, entry.entry_mac = hash_and_mac(key, entry)
     session.add(entry)
     head.last_seq, head.last_hash = entry.seq, entry.entry_hash
     head.last_mac = head_mac(key, head.last_seq, head.last_hash)
@@ -141,13 +142,14 @@ def verify_chain(session: Session, unsigned_up_to: int = 0) -> ChainReport:
             return ChainReport(False, count, expected_seq, f"entry {expected_seq} is missing", unsigned)
         if entry.prev_hash != prev_hash:
             return ChainReport(False, count, seq, f"entry {seq} does not follow entry {seq - 1}", unsigned)
-        if compute_hash(entry) != entry.entry_hash:
+        entry_hash, entry_mac = hash_and_mac(key, entry)
+        if entry_hash != entry.entry_hash:
             return ChainReport(False, count, seq, f"entry {seq} was altered", unsigned)
         if entry.entry_mac is None:
             if seq > unsigned_up_to:
                 return ChainReport(False, count, seq, f"entry {seq} is not signed", unsigned)
             unsigned += 1
-        elif not hmac.compare_digest(entry.entry_mac, compute_mac(key, entry)):
+        elif not hmac.compare_digest(entry.entry_mac, entry_mac):
             return ChainReport(False, count, seq, f"entry {seq} was altered (its signature does not match)", unsigned)
         prev_hash, expected_seq, count = entry.entry_hash, expected_seq + 1, count + 1
     head = session.get(AuditHead, HEAD_ID)

@@ -101,6 +101,16 @@ def require_consent(session: Session, token: str, modality: Modality, purpose: s
 
 
 @dataclass(frozen=True)
+class Shredded:
+    """What a withdrawal destroyed for one modality (nothing, while another consent for it stands)."""
+
+    data_key: bool = False
+    data_key_kek_version: int | None = None
+    templates: list[str] = field(default_factory=list)
+    enrolment_sessions: int = 0
+
+
+@dataclass(frozen=True)
 class WithdrawalReceipt:
     receipt_id: str
     subject_token: str
@@ -127,9 +137,10 @@ def withdraw_consent(session: Session, actor: Principal, token: str, consent_id:
     now = utcnow()
     consent.withdrawn_at = now
     session.flush()
-    destroyed: dict = {"data_key": False, "data_key_kek_version": None, "templates": [], "enrolment_sessions": 0}
-    if not active_consents(session, token, consent.modality):
-        destroyed = _shred(session, token, consent.modality)  # the same keys, filled in
+    shredded = (
+        Shredded() if active_consents(session, token, consent.modality) else _shred(session, token, consent.modality)
+    )
+    destroyed = asdict(shredded)
     body = {
         "receipt_id": f"rcp_{consent.id.removeprefix('con_')}",
         "subject_token": token,
@@ -151,14 +162,14 @@ def withdraw_consent(session: Session, actor: Principal, token: str, consent_id:
             "consent_id": consent.id,
             "modality": consent.modality,
             "receipt_sha256": digest,
-            "data_key_destroyed": destroyed["data_key"],
-            "templates_deleted": len(destroyed["templates"]),
+            "data_key_destroyed": shredded.data_key,
+            "templates_deleted": len(shredded.templates),
         },
     )
     return receipt
 
 
-def _shred(session: Session, token: str, modality: str) -> dict:
+def _shred(session: Session, token: str, modality: str) -> Shredded:
     key = session.execute(
         select(DataKey).where(DataKey.subject_token == token, DataKey.modality == modality)
     ).scalar_one_or_none()
@@ -180,9 +191,4 @@ def _shred(session: Session, token: str, modality: str) -> dict:
     if key is not None:
         session.delete(key)
     session.flush()
-    return {
-        "data_key": key is not None,
-        "data_key_kek_version": None if key is None else key.kek_version,
-        "templates": template_ids,
-        "enrolment_sessions": len(session_ids),
-    }
+    return Shredded(key is not None, None if key is None else key.kek_version, template_ids, len(session_ids))
