@@ -123,6 +123,26 @@ def _raw_database_bytes(api):
     return (api.data_dir / "bioident.db").read_bytes()
 
 
+def test_withdrawing_one_of_two_consents_for_a_modality_destroys_nothing(bank):
+    api, keys = bank
+    kept = _consent(api, keys["portal"])
+    withdrawn = _consent(api, keys["portal"], purpose="fraud-prevention")
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    receipt = api.http.post(
+        f"/v1/subjects/{withdrawn['subject_token']}/consents/{withdrawn['id']}:withdraw",
+        headers=api.headers(keys["portal"]),
+    )
+    assert receipt.status_code == 200, receipt.text
+    assert receipt.json()["destroyed"] == {
+        "data_key": False,
+        "data_key_kek_version": None,
+        "templates": [],
+        "enrolment_sessions": 0,
+    }
+    assert _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE).json()["decision"] == "accept"
+    assert kept["subject_token"] == withdrawn["subject_token"]
+
+
 def test_enrolment_and_verification_need_active_consent(bank):
     api, keys = bank
     refused = _enrol(api, keys["ivr"], reference="ACC-NO-CONSENT")
