@@ -26,12 +26,13 @@ def load_keyring(settings: ServiceSettings, db: Database | None = None, *, creat
     With ``create``, a missing file is created while ``db`` holds nothing made with a keyring.
     """
     if settings.keyring:
-        keyring, created = Keyring.from_document(settings.keyring), None
+        keyring, created, origin = Keyring.from_document(settings.keyring), None, "BIOIDENT_KEYRING"
     else:
         keyring, created = _from_file(settings.resolved_keyring_file, db if create else None)
+        origin = str(settings.resolved_keyring_file)
     if db is not None:
         try:
-            bind_keyring(db, keyring, origin=created or settings.resolved_keyring_file)
+            bind_keyring(db, keyring, origin)
         except KeyringMismatch:
             if created is not None:  # ours, made a moment ago: leave nothing behind for the next start
                 created.unlink(missing_ok=True)
@@ -62,7 +63,7 @@ def holds_keyring_made_data(db: Database) -> bool:
         )
 
 
-def bind_keyring(db: Database, keyring: Keyring, origin: Path | str = "BIOIDENT_KEYRING") -> None:
+def bind_keyring(db: Database, keyring: Keyring, origin: str) -> None:
     """Binds ``keyring`` to a database that has none yet; refuses it where another one is bound."""
     ours = keyring.identity()
     with db.session() as session:

@@ -415,6 +415,10 @@ def test_a_database_belongs_to_the_first_keyring_loaded_against_it(database_url,
         assert foreign.identity()[:12] in err and "Traceback" not in err
     assert _rows(database_url, "SELECT count(*) FROM clients") == [(0,)]
     assert _rows(database_url, "SELECT count(*) FROM audit_entries") == [(0,)]
+    monkeypatch.setenv("BIOIDENT_KEYRING", (theirs / "keyring.json").read_text())  # from a secret store
+    code, out, err = _cli(monkeypatch, capsys, ours, "audit", "verify-chain", url=database_url)
+    assert code == 2 and "the keyring from BIOIDENT_KEYRING" in err and "set up with" in err, err
+    monkeypatch.delenv("BIOIDENT_KEYRING")
 
     # Two hosts setting up one new database at once: the one that binds second is refused and leaves no file.
     monkeypatch.setenv("BIOIDENT_DATABASE_URL", database_url)
