@@ -15,12 +15,14 @@ from biometrics.evaluation.audit import run_audit
 from service.audit.chain import append, record_event, verify_chain
 from service.auth import Principal
 from service.context import ServiceContext
+from service.deployment_keyring import KEYRING_STATE_ID
 from service.errors import Conflict, NotFound, ServiceError
 from service.store.models import (
     AuditEntry,
     AuditJob,
     Consent,
     DataKey,
+    KeyringState,
     Subject,
     Template,
     VerificationFailure,
@@ -229,6 +231,9 @@ def deployment_report(session: Session, keyring: Keyring, settings, tenant_id: s
             "active_version": keyring.active_version,
             "versions": [{"version": v.version, "status": str(v.status)} for v in keyring.versions()],
             "data_keys_by_version": {str(v): n for v, n in key_use},
+            "keyring_id": keyring.identity(),
+            # Replicas whose keyring is older than this version may not wrap new data keys.
+            "min_wrap_version": session.get(KeyringState, KEYRING_STATE_ID).min_wrap_version,
         },
         "audit_chain": chain.as_dict(),
     }

@@ -76,6 +76,7 @@ def test_the_deployment_audit_counts_enrolments_consents_keys_and_checks_the_cha
     assert report["enrolled_subjects"] == {"voice": 1}
     assert report["consents"] == {"voice": {"active": 2, "withdrawn": 0}}
     assert report["keys"]["active_version"] == 1 and report["keys"]["data_keys_by_version"] == {"1": 1}
+    assert report["keys"]["keyring_id"] == api.ctx.keyring.identity() and report["keys"]["min_wrap_version"] == 0
     assert report["audit_chain"]["ok"] is True and report["lockouts"]["subjects_locked_now"] == 0
 
     from service.cli import main
