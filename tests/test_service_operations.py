@@ -627,7 +627,8 @@ def test_a_replica_with_an_outdated_keyring_is_fenced_off_and_a_version_in_use_c
     started = api.http.post("/v1/voice/enrolments", json={"reference": "ACC-1001"}, headers=api.headers(keys["ivr"]))
     assert started.status_code == 201, started.text
     refused = add_sample(started.json()["id"], ENROL[0])
-    assert _problem(refused, 503)["type"].endswith("/keyring_outdated")
+    body = _problem(refused, 503)
+    assert body["type"].endswith("/keyring_outdated") and "retry" in body["detail"] and "version" not in body["detail"]
     assert _rows(url, "SELECT count(*) FROM data_keys") == [(0,)]
     _reload_keyring(api)
     sample = add_sample(started.json()["id"], ENROL[0])

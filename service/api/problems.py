@@ -58,7 +58,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _vault(_: Request, exc: VaultError) -> JSONResponse:
         if exc.status >= 500:
             log.error("vault error %s: %s", exc.code, exc.message)  # vault messages name versions and paths only
-            return problem(exc.status, exc.code, "Key management error")
+            return problem(exc.status, exc.code, "Key management error", exc.public_detail)
         return problem(exc.status, exc.code, "The request is not valid", exc.message)
 
     @app.exception_handler(RequestValidationError)

@@ -13,6 +13,8 @@ class VaultError(Exception):
 
     code = "vault_error"
     status = 500  # HTTP status when it reaches the API: a server-side fault unless a subclass says otherwise
+    # What an API client is told of a server-side fault (the message goes to the operator's log).
+    public_detail = "the service could not use its keys; the operator's log names the cause"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -79,6 +81,7 @@ class KeyringOutdated(KeyringError):
 
     code = "keyring_outdated"
     status = 503
+    public_detail = "this replica's keys are out of date after a rotation; retry shortly"
 
 
 class KeyringReadOnly(KeyringError):
