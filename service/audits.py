@@ -117,8 +117,27 @@ def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
             log.warning("audit job %s finished but is %s: its result is discarded", job_id, job and job.status)
             return
         job.status, job.report, job.error = ("failed", None, error[:500]) if error else ("done", report, None)
+        job.results = None if report is None else headline_results(report)
         job.finished_at = utcnow()
         _record_finish(session, job, actor, report)
+
+
+RESULT_KEYS = (
+    "eer",
+    "min_dcf",
+    "fnmr_at_fmr",
+    "fte",
+    "fta",
+    "genuine_trials",
+    "impostor_trials",
+    "model_fingerprint",
+    "dataset_sha256",
+)
+
+
+def headline_results(report: dict) -> dict:
+    """What a status poll shows of a finished audit's report."""
+    return {key: report.get(key) for key in RESULT_KEYS}
 
 
 def _run_audit(ctx: ServiceContext, params: dict) -> tuple[dict | None, str | None]:

@@ -39,21 +39,8 @@ def _summary(job) -> dict:  # noqa: ANN001
         "finished_at": job.finished_at,
         "error": job.error,
     }
-    if job.report is not None:
-        body["results"] = {
-            key: job.report.get(key)
-            for key in (
-                "eer",
-                "min_dcf",
-                "fnmr_at_fmr",
-                "fte",
-                "fta",
-                "genuine_trials",
-                "impostor_trials",
-                "model_fingerprint",
-                "dataset_sha256",
-            )
-        }
+    if job.results is not None:
+        body["results"] = job.results
     return body
 
 

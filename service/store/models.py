@@ -225,7 +225,10 @@ class AuditJob(Base):
     params: Mapped[dict] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20), default="queued")  # queued, running, done, failed
     error: Mapped[str | None] = mapped_column(String(500), nullable=True)
-    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The whole report (with every trial score) is loaded only when it is asked for; status polls
+    # read ``results``, its headline figures.
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True, deferred=True)
+    results: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
     # Written every few seconds by the replica running the job; a stale one means that replica stopped.
