@@ -78,12 +78,20 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from service.audit.chain import append
-    from service.protected import rewrap_all
+    from service.protected import lock_fence, rewrap_all
 
     settings = _settings()
     db, keyring = _open_store(settings)
-    version = keyring.add_version()
+    # A keyring from BIOIDENT_KEYRING gets its new version in the secret store; this re-wraps under it.
+    version = keyring.active_version if keyring.read_only else keyring.add_version()
     with db.session() as session:
+        if keyring.read_only and lock_fence(session, exclusive=True).min_wrap_version >= version:
+            print(
+                f"bioident: error: BIOIDENT_KEYRING has no version newer than {version}, which the deployment "
+                "already uses; add one in the secret store and redeploy first",
+                file=sys.stderr,
+            )
+            return core_cli.EXIT_INPUT_ERROR
         count = rewrap_all(session, keyring)
         append(
             session,
@@ -117,6 +125,12 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return core_cli.EXIT_INPUT_ERROR
+        if keyring.read_only:  # its material lives in the secret store: say it is safe to destroy there
+            append(
+                session, actor="operator", action="keys.retire", outcome="cleared", details={"version": args.version}
+            )
+            print(f"no data key is wrapped by version {args.version}: destroy it in the secret store and redeploy")
+            return 0
         keyring.retire(args.version)
         append(session, actor="operator", action="keys.retire", outcome="retired", details={"version": args.version})
     print(f"key-encryption key version {args.version} retired")

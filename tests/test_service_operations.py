@@ -654,6 +654,42 @@ def test_a_replica_with_an_outdated_keyring_is_fenced_off_and_a_version_in_use_c
     assert completed_later.status_code == 201, completed_later.text  # the data key opens under version 4
 
 
+def test_keys_from_a_secret_store_are_rewrapped_and_cleared_for_retirement(database_url, tmp_path, monkeypatch, capsys):
+    from service.protected import data_key
+    from service.vault import Keyring
+
+    secret_store = tmp_path / "secret-store"
+    secret_store.mkdir(mode=0o700)
+    keyring = Keyring.load_or_create(secret_store / "keyring.json")
+    _execute(
+        database_url,
+        text("INSERT INTO tenants (id, name, created_at) VALUES ('bank', 'bank', CURRENT_TIMESTAMP)"),
+        text("INSERT INTO subjects (token, tenant_id, created_at) VALUES ('sub_1', 'bank', CURRENT_TIMESTAMP)"),
+    )
+    db = Database(database_url, audit_key=keyring.audit_key())
+    with db.session() as session:
+        data_key(session, keyring, "sub_1", "voice", create=True)
+    db.engine.dispose()
+    keyring.add_version()  # the secret store's new version; replicas are redeployed with it
+    monkeypatch.setenv("BIOIDENT_KEYRING", (secret_store / "keyring.json").read_text())
+
+    def cli(*argv):
+        return _cli(monkeypatch, capsys, tmp_path / "replica", *argv, url=database_url)
+
+    code, out, err = cli("keys", "retire", "1")
+    assert code == 2 and "still wrapped by version 1" in err, err
+    code, out, err = cli("keys", "rotate")
+    assert code == 0 and "version 2 is active; 1 data keys re-wrapped" in out, err
+    assert _rows(database_url, "SELECT kek_version FROM data_keys") == [(2,)]
+    code, out, err = cli("keys", "rotate")
+    assert code == 2 and "no version newer than 2" in err, err
+    code, out, err = cli("keys", "retire", "1")
+    assert code == 0 and "destroy it in the secret store" in out, err
+    actions = _rows(database_url, "SELECT action, outcome FROM audit_entries WHERE actor = 'operator' ORDER BY seq")
+    assert actions == [("keys.rotate", "rotated"), ("keys.retire", "cleared")]
+    assert not (tmp_path / "replica" / "keyring.json").exists()
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_rotation_waits_for_a_data_key_being_wrapped_on_another_replica(database_url):
     from sqlalchemy.exc import OperationalError
