@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +171,10 @@ def record_gemm_shapes(embedder, utterances: list[np.ndarray]) -> dict[tuple[int
     """(batch, m, k, n) -> calls, for every matrix product one untimed run of (b) makes."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        embedder.embed_speech(utterances)
+    with warnings.catch_warnings():  # one profiling cycle: its note about clearing events between cycles is noise
+        warnings.filterwarnings("ignore", message=".*Profiler clears events", category=UserWarning)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            embedder.embed_speech(utterances)
     shapes: dict[tuple[int, int, int, int], int] = {}
     for event in prof.events():
         if event.name not in GEMM_OPS or len(event.input_shapes) < 2:
