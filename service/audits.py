@@ -15,9 +15,9 @@ from biometrics.evaluation.audit import run_audit
 from service.audit.chain import append, record_event, verify_chain
 from service.auth import Principal
 from service.context import ServiceContext
-from service.deployment_keyring import KEYRING_STATE_ID
 from service.errors import Conflict, NotFound, ServiceError
 from service.store.models import (
+    KEYRING_STATE_ID,
     AuditEntry,
     AuditJob,
     Consent,
@@ -240,6 +240,7 @@ def deployment_report(session: Session, keyring: Keyring, settings, tenant_id: s
     by_modality: dict[str, dict[str, int]] = {}
     for modality, active, n in consents:
         by_modality.setdefault(modality, {"active": 0, "withdrawn": 0})["active" if active else "withdrawn"] += n
+    state = session.get(KeyringState, KEYRING_STATE_ID)
     return {
         "scope": tenant_id or "deployment",
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -250,9 +251,10 @@ def deployment_report(session: Session, keyring: Keyring, settings, tenant_id: s
             "active_version": keyring.active_version,
             "versions": [{"version": v.version, "status": str(v.status)} for v in keyring.versions()],
             "data_keys_by_version": {str(v): n for v, n in key_use},
-            "keyring_id": keyring.identity(),
+            # The keyring the database is bound to (this replica's must be the same to have loaded).
+            "keyring_id": state.keyring_id,
             # Replicas whose keyring is older than this version may not wrap new data keys.
-            "min_wrap_version": session.get(KeyringState, KEYRING_STATE_ID).min_wrap_version,
+            "min_wrap_version": state.min_wrap_version,
         },
         "audit_chain": chain.as_dict(),
     }

@@ -114,7 +114,7 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
     settings = _settings()
     db, keyring = _open_store(settings)
     with db.session() as session:
-        lock_fence(session, exclusive=True)  # no data key is being wrapped while we count and retire
+        fence = lock_fence(session, exclusive=True)  # no data key is being wrapped while we count and retire
         in_use = session.execute(
             select(func.count()).select_from(DataKey).where(DataKey.kek_version == args.version)
         ).scalar_one()
@@ -126,6 +126,15 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
             )
             return core_cli.EXIT_INPUT_ERROR
         if keyring.read_only:  # its material lives in the secret store: say it is safe to destroy there
+            known = {info.version for info in keyring.versions()}
+            if args.version not in known or args.version >= fence.min_wrap_version:
+                print(
+                    f"bioident: error: version {args.version} is "
+                    + ("not in BIOIDENT_KEYRING" if args.version not in known else "still one replicas may wrap under")
+                    + f"; only versions below {fence.min_wrap_version} (after 'bioident keys rotate') can go",
+                    file=sys.stderr,
+                )
+                return core_cli.EXIT_INPUT_ERROR
             append(
                 session, actor="operator", action="keys.retire", outcome="cleared", details={"version": args.version}
             )
@@ -152,7 +161,10 @@ def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
     anchors = []
     if args.anchors is not None:
         try:
-            anchors = parse_anchors(args.anchors.read_text(), str(args.anchors))
+            anchors = parse_anchors(args.anchors.read_text(encoding="utf-8"), str(args.anchors))
+        except UnicodeDecodeError:
+            print(f"bioident: error: {args.anchors} is not a text file of anchors", file=sys.stderr)
+            return core_cli.EXIT_INPUT_ERROR
         except AnchorFileError as exc:
             print(f"bioident: error: {exc}", file=sys.stderr)
             return core_cli.EXIT_INPUT_ERROR

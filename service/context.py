@@ -10,7 +10,7 @@ from biometrics.embedding import VoiceEmbedder, load_voice_embedder, require_sam
 from biometrics.evaluation.calibration import Calibration
 from biometrics.quality.gates import QualityLimits
 from biometrics.scoring import Scorer
-from service.deployment_keyring import load_keyring
+from service.deployment_keyring import load_keyring, require_same_keyring
 from service.settings import ServiceSettings
 from service.store.db import Database
 from service.vault import Keyring, subject_token
@@ -57,7 +57,12 @@ class ServiceContext:
         stamp = self._keyring_file_stamp()
         with self._keyring_lock:
             if stamp is not None and stamp != self._keyring_stamp:
-                self._keyring = load_keyring(self.settings, self.db)
+                # No database access here: this runs inside requests' sessions (on SQLite a second
+                # session would wait on their write lock). The pepper never changes on rotation, so
+                # the reloaded keyring must have the identity the database was bound to at start.
+                reloaded = load_keyring(self.settings)
+                require_same_keyring(reloaded, self._keyring.identity(), str(self.settings.resolved_keyring_file))
+                self._keyring = reloaded
                 self._keyring_stamp = stamp
             return self._keyring
 

@@ -14,10 +14,8 @@ from sqlalchemy import exists, select, update
 
 from service.settings import ServiceSettings
 from service.store.db import Database
-from service.store.models import AuditEntry, DataKey, KeyringState, Subject
+from service.store.models import KEYRING_STATE_ID, AuditEntry, DataKey, KeyringState, Subject
 from service.vault import Keyring, KeyringMismatch, KeyringMissing
-
-KEYRING_STATE_ID = 1
 
 
 def load_keyring(settings: ServiceSettings, db: Database | None = None, *, create: bool = False) -> Keyring:
@@ -65,16 +63,23 @@ def holds_keyring_made_data(db: Database) -> bool:
 
 def bind_keyring(db: Database, keyring: Keyring, origin: str) -> None:
     """Binds ``keyring`` to a database that has none yet; refuses it where another one is bound."""
-    ours = keyring.identity()
+    query = select(KeyringState.keyring_id).where(KeyringState.id == KEYRING_STATE_ID)
     with db.session() as session:
-        session.execute(
-            update(KeyringState)
-            .where(KeyringState.id == KEYRING_STATE_ID, KeyringState.keyring_id.is_(None))
-            .values(keyring_id=ours)
-        )
-        bound = session.execute(select(KeyringState.keyring_id).where(KeyringState.id == KEYRING_STATE_ID)).scalar_one()
-    if bound != ours:
+        bound = session.execute(query).scalar_one()
+        if bound is None:  # written only once, so a read-only role can verify a bound database
+            session.execute(
+                update(KeyringState)
+                .where(KeyringState.id == KEYRING_STATE_ID, KeyringState.keyring_id.is_(None))
+                .values(keyring_id=keyring.identity())
+            )
+            bound = session.execute(query).scalar_one()
+    require_same_keyring(keyring, bound, origin)
+
+
+def require_same_keyring(keyring: Keyring, bound_id: str, origin: str) -> None:
+    ours = keyring.identity()
+    if ours != bound_id:
         raise KeyringMismatch(
             f"the keyring from {origin} (id {ours[:12]}) is not the one this database was set up with "
-            f"(id {bound[:12]}): point BIOIDENT_KEYRING_FILE or BIOIDENT_KEYRING at the deployment's keyring"
+            f"(id {bound_id[:12]}): point BIOIDENT_KEYRING_FILE or BIOIDENT_KEYRING at the deployment's keyring"
         )

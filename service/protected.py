@@ -9,8 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.deployment_keyring import KEYRING_STATE_ID
-from service.store.models import DataKey, KeyringState, Template, utcnow
+from service.store.models import KEYRING_STATE_ID, DataKey, KeyringState, Template, utcnow
 from service.vault import (
     Keyring,
     KeyringOutdated,

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.conftest import TEST_OTHER
+from tests.test_service_operations import _rows
 from tests.test_service_voice_flow import _consent, _enrol
 
 pytestmark = pytest.mark.model
@@ -76,7 +77,9 @@ def test_the_deployment_audit_counts_enrolments_consents_keys_and_checks_the_cha
     assert report["enrolled_subjects"] == {"voice": 1}
     assert report["consents"] == {"voice": {"active": 2, "withdrawn": 0}}
     assert report["keys"]["active_version"] == 1 and report["keys"]["data_keys_by_version"] == {"1": 1}
-    assert report["keys"]["keyring_id"] == api.ctx.keyring.identity() and report["keys"]["min_wrap_version"] == 0
+    bound = _rows(api.ctx.db.url, "SELECT keyring_id, min_wrap_version FROM keyring_state")
+    assert [(report["keys"]["keyring_id"], report["keys"]["min_wrap_version"])] == bound
+    assert bound[0][0] == api.ctx.keyring.identity()
     assert report["audit_chain"]["ok"] is True and report["lockouts"]["subjects_locked_now"] == 0
 
     from service.cli import main

@@ -683,11 +683,42 @@ def test_keys_from_a_secret_store_are_rewrapped_and_cleared_for_retirement(datab
     assert _rows(database_url, "SELECT kek_version FROM data_keys") == [(2,)]
     code, out, err = cli("keys", "rotate")
     assert code == 2 and "no version newer than 2" in err, err
+    keyring.add_version()  # version 3 in the secret store, not yet rotated to: replicas may wrap under it
+    monkeypatch.setenv("BIOIDENT_KEYRING", (secret_store / "keyring.json").read_text())
+    for version, why in (("3", "still one replicas may wrap under"), ("7", "not in BIOIDENT_KEYRING")):
+        code, out, err = cli("keys", "retire", version)
+        assert code == 2 and why in err, (version, err)
     code, out, err = cli("keys", "retire", "1")
     assert code == 0 and "destroy it in the secret store" in out, err
     actions = _rows(database_url, "SELECT action, outcome FROM audit_entries WHERE actor = 'operator' ORDER BY seq")
     assert actions == [("keys.rotate", "rotated"), ("keys.retire", "cleared")]
     assert not (tmp_path / "replica" / "keyring.json").exists()
+
+
+def test_a_running_service_picks_up_a_rotation_inside_a_request_and_refuses_a_foreign_keyring(
+    bank, monkeypatch, capsys
+):
+    api, keys = bank
+    url, data_dir = api.ctx.db.url, api.data_dir
+    _consent(api, keys["portal"])
+    started = api.http.post("/v1/voice/enrolments", json={"reference": "ACC-1001"}, headers=api.headers(keys["ivr"]))
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "keys", "rotate", url=url)
+    assert code == 0, err
+    # The first use of the keyring after the rotation comes inside the sample's database session.
+    sample = api.http.post(
+        f"/v1/voice/enrolments/{started.json()['id']}/samples",
+        files=[_audio(TEST_OTHER / SPEAKER / ENROL[0])],
+        headers=api.headers(keys["ivr"]),
+    )
+    assert sample.status_code == 201, sample.text
+    assert _rows(url, "SELECT kek_version FROM data_keys") == [(2,)]
+
+    from service.vault import Keyring, KeyringMismatch
+
+    (data_dir / "keyring.json").unlink()
+    Keyring.load_or_create(data_dir / "keyring.json")  # someone puts another keyring in its place
+    with pytest.raises(KeyringMismatch):
+        api.ctx.keyring  # noqa: B018
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

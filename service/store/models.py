@@ -109,6 +109,9 @@ class DataKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
+KEYRING_STATE_ID = 1  # the one row of keyring_state
+
+
 class KeyringState(Base):
     """One row: which keyring this database belongs to, and the oldest key version new data keys may use.
 
