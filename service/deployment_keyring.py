@@ -8,13 +8,15 @@ of a keyring that can open none of the data and makes an intact audit trail look
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 
 from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
 
 from service.settings import ServiceSettings
 from service.store.db import Database
-from service.store.models import KEYRING_STATE_ID, AuditEntry, DataKey, KeyringState, Subject
+from service.store.models import KEYRING_STATE_ID, AuditEntry, AuditHead, DataKey, KeyringState, Subject
 from service.vault import Keyring, KeyringMismatch, KeyringMissing
 
 
@@ -67,6 +69,12 @@ def bind_keyring(db: Database, keyring: Keyring, origin: str) -> None:
     with db.session() as session:
         bound = session.execute(query).scalar_one()
         if bound is None:  # written only once, so a read-only role can verify a bound database
+            if not _opens_existing_data(session, keyring):
+                raise KeyringMismatch(
+                    f"the keyring from {origin} (id {keyring.identity()[:12]}) does not open this database's "
+                    "data (its signed audit head or its data keys): point BIOIDENT_KEYRING_FILE or "
+                    "BIOIDENT_KEYRING at the deployment's keyring"
+                )
             session.execute(
                 update(KeyringState)
                 .where(KeyringState.id == KEYRING_STATE_ID, KeyringState.keyring_id.is_(None))
@@ -74,6 +82,25 @@ def bind_keyring(db: Database, keyring: Keyring, origin: str) -> None:
             )
             bound = session.execute(query).scalar_one()
     require_same_keyring(keyring, bound, origin)
+
+
+def _opens_existing_data(session: Session, keyring: Keyring) -> bool:
+    """For a database made before keyrings were bound: the keyring verifies its head or opens a data key."""
+    from service.audit.chain import HEAD_ID, head_mac
+    from service.protected import unwrap_row
+    from service.vault import VaultError
+
+    head = session.get(AuditHead, HEAD_ID)
+    if head is not None and head.last_mac is not None:
+        return hmac.compare_digest(head.last_mac, head_mac(keyring.audit_key(), head.last_seq, head.last_hash))
+    row = session.execute(select(DataKey).limit(1)).scalar_one_or_none()
+    if row is None:
+        return True  # nothing a keyring could prove itself against (at most subjects)
+    try:
+        unwrap_row(keyring, row)
+    except VaultError:
+        return False
+    return True
 
 
 def require_same_keyring(keyring: Keyring, bound_id: str, origin: str) -> None:

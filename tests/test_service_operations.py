@@ -355,9 +355,15 @@ def test_another_keyring_cannot_vouch_for_the_trail(database_url, tmp_path, monk
     for name in ("ours", "theirs"):
         (tmp_path / name).mkdir(mode=0o700)
     _build_trail(database_url, tmp_path / "ours")
-    _audit_key(tmp_path / "theirs")  # another deployment's keyring
+    # The trail was written before any keyring was bound to the database (as in one made before
+    # binding existed): another deployment's keyring is refused, since it cannot verify the head.
+    _audit_key(tmp_path / "theirs")
     code, out, err = _cli(monkeypatch, capsys, tmp_path / "theirs", "audit", "verify-chain", url=database_url)
-    assert code == 1 and "BROKEN at entry 1" in err and "signature" in err
+    assert code == 2 and "does not open this database's data" in err, err
+    assert _rows(database_url, "SELECT keyring_id FROM keyring_state") == [(None,)]
+    code, out, err = _cli(monkeypatch, capsys, tmp_path / "ours", "audit", "verify-chain", url=database_url)
+    assert code == 0 and "intact" in out, err
+    assert _rows(database_url, "SELECT keyring_id FROM keyring_state") != [(None,)]
 
 
 def test_a_host_without_the_keyring_is_told_so_and_no_keyring_is_made(database_url, tmp_path, monkeypatch, capsys):
@@ -670,6 +676,10 @@ def test_keys_from_a_secret_store_are_rewrapped_and_cleared_for_retirement(datab
     with db.session() as session:
         data_key(session, keyring, "sub_1", "voice", create=True)
     db.engine.dispose()
+    (tmp_path / "foreign").mkdir(mode=0o700)
+    _audit_key(tmp_path / "foreign")  # a keyring that cannot unwrap the data key is not bound
+    code, out, err = _cli(monkeypatch, capsys, tmp_path / "foreign", "audit", "verify-chain", url=database_url)
+    assert code == 2 and "does not open this database's data" in err, err
     keyring.add_version()  # the secret store's new version; replicas are redeployed with it
     monkeypatch.setenv("BIOIDENT_KEYRING", (secret_store / "keyring.json").read_text())
 
