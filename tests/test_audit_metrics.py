@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -390,22 +391,15 @@ def test_audit_cli_writes_reports_and_calibration(tone_dataset, tmp_path, monkey
 
     monkeypatch.setattr(cli, "_embedder", lambda settings: ToneEmbedder())
     monkeypatch.delenv("BIOIDENT_COHORT_FILE", raising=False)
+
+    def audit_run(out: Path) -> dict:
+        argv = ["audit", "run", "--dataset", str(tone_dataset), "--out", str(out), "--cache-dir", str(tmp_path / "c")]
+        args = _parser().parse_args([*argv, "--quiet"])
+        assert args.run(args) == 0
+        return json.loads((out / "report.json").read_text())
+
     out = tmp_path / "out"
-    args = _parser().parse_args(
-        [
-            "audit",
-            "run",
-            "--dataset",
-            str(tone_dataset),
-            "--out",
-            str(out),
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--quiet",
-        ]  # fmt: skip
-    )
-    assert args.run(args) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = audit_run(out)
     assert report["command"].startswith("bioident audit run --dataset") and "--no-cohort" in report["command"]
     assert '<img alt="DET curve" src="data:image/png;base64,' in (out / "report.html").read_text()
     args = _parser().parse_args(["audit", "calibrate", "--report", str(out), "--target-fmr", "0.01"])
@@ -418,29 +412,14 @@ def test_audit_cli_writes_reports_and_calibration(tone_dataset, tmp_path, monkey
     shifted = dataclasses.replace(calibration, threshold=calibration.threshold + 0.125)
     shifted.save(tmp_path / "deployed.json")
     monkeypatch.setenv("BIOIDENT_CALIBRATION_FILE", str(tmp_path / "deployed.json"))
-    args = _parser().parse_args(
-        [
-            "audit",
-            "run",
-            "--dataset",
-            str(tone_dataset),
-            "--out",
-            str(tmp_path / "again"),
-            "--cache-dir",
-            str(tmp_path / "c"),
-            "--quiet",
-        ]
-    )
-    assert args.run(args) == 0
-    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    again = audit_run(tmp_path / "again")
     configured = next(row for row in again["threshold_table"] if row["kind"] == "configured")
     assert again["scoring"]["configured_threshold"] == configured["threshold"] == shifted.threshold
     assert again["scoring"]["calibration"]["file"] == str(tmp_path / "deployed.json")
 
     # One made for other scores is not applied, and the report says so.
     dataclasses.replace(shifted, method="as-norm").save(tmp_path / "deployed.json")
-    assert args.run(args) == 0
-    other = json.loads((tmp_path / "again" / "report.json").read_text())
+    other = audit_run(tmp_path / "again")
     assert other["scoring"]["calibration"] is None and other["scoring"]["configured_threshold"] != shifted.threshold
     assert any("calibration is not used" in w for w in other["warnings"]), other["warnings"]
 

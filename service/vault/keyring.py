@@ -93,8 +93,8 @@ class Keyring:
         """Load the keyring file, or create it (mode 0600, one active KEK, a new pepper) when absent."""
         path = Path(path)
         try:
-            return cls._load_file(path)
-        except FileNotFoundError:
+            return cls.load(path)
+        except KeyringMissing:
             pass
         pepper, keks = _fresh_state()
         keyring = cls(pepper, keks, path=path, source="file", read_only=False)
