@@ -140,8 +140,9 @@ def test_gemm_convolution_is_only_swapped_in_where_it_computes_the_same():
     assert not GemmConv1d.swap_in(torch.nn.Conv1d(8, 8, 3, bias=False))
 
 
+@pytest.mark.parametrize("channel_block", [512, 24], ids=["one-block", "ragged-blocks"])
 @pytest.mark.parametrize("logit_scale", [1.0, 400.0], ids=["exp-safe", "max-subtracted"])
-def test_context_folded_pooling_equals_speechbrain_pooling_on_mixed_lengths(logit_scale):
+def test_context_folded_pooling_equals_speechbrain_pooling_on_mixed_lengths(logit_scale, channel_block):
     torch.manual_seed(0)
     pooling = AttentiveStatisticsPooling(64, attention_channels=16).eval()
     with torch.no_grad():  # give batch norm non-trivial statistics
@@ -151,6 +152,7 @@ def test_context_folded_pooling_equals_speechbrain_pooling_on_mixed_lengths(logi
     expected_module = copy.deepcopy(pooling)
     assert ContextFoldedPooling.swap_in(pooling)
     assert pooling._exp_is_safe == (logit_scale == 1.0)
+    pooling.channel_block = channel_block  # 64 channels: one block, or blocks of 24, 24 and 16
     x = torch.randn(3, 64, 50)
     lengths = torch.tensor([1.0, 37.5 / 50, 12.5 / 50])
     with torch.inference_mode():

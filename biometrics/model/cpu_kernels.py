@@ -38,8 +38,6 @@ segment of a packed batch (``biometrics.model.packing``), or per row under relat
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.ECAPA_TDNN import (
@@ -309,6 +307,10 @@ class AggregatingECAPA(ECAPA_TDNN):
 class ContextFoldedPooling(AttentiveStatisticsPooling):
     """SpeechBrain's attentive statistics pooling with the global context folded into a per-utterance bias."""
 
+    # The weighted statistics run over blocks of this many channels: a block of a 2000-frame pack (4 MB)
+    # stays in the cores' L2 over its five passes. Measured 20% faster than whole segments; 256-512 alike.
+    channel_block = 512
+
     @classmethod
     def swap_in(cls, pooling: AttentiveStatisticsPooling) -> bool:
         if type(pooling) is not AttentiveStatisticsPooling or not pooling.global_context:
@@ -337,13 +339,13 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, 2C, 1] for a row batch with relative lengths; [segments, 2C, 1] when packed."""
         segments = segments_of(x.shape[0], x.shape[-1], lengths)
-        moments = [_CentredMoments.of(x[s.row, :, s.start : s.end]) for s in segments]
+        moments = [_mean_and_variance(x[s.row, :, s.start : s.end]) for s in segments]
         # tdnn.conv on cat([x, mean, std]): the mean/std columns of its weight act on constants, so they
         # give one bias per utterance; the frame columns are one GEMM per row of the batch.
         channels = x.shape[1]
         weight = self.tdnn.conv.conv.weight[:, :, 0]
-        means = torch.stack([m.mean for m in moments])
-        stds = torch.stack([m.variance for m in moments]).clamp(self.eps).sqrt()
+        means = torch.stack([mean for mean, _ in moments])
+        stds = torch.stack([variance for _, variance in moments]).clamp(self.eps).sqrt()
         context = torch.addmm(self.tdnn.conv.conv.bias, torch.cat((means, stds), dim=1), weight[:, channels:].t())
         # Computed as x^T @ W^T: with 128 output channels, MKL ran W @ x at 130-155 GFLOP/s and this at 177.
         hidden = x.new_empty(x.shape[0], x.shape[-1], weight.shape[0])
@@ -358,33 +360,31 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
         if self._exp_is_safe:  # the softmax, unnormalised (its sum divides below), in one pass over every row
             logits.exp_()
         pooled = []
-        for s, m in zip(segments, moments, strict=True):
-            weights = logits[s.row, :, s.start : s.end]
-            if not self._exp_is_safe:
-                weights = (weights - weights.amax(dim=-1, keepdim=True)).exp_()
-            total = weights.sum(dim=-1)
-            # Two passes, as SpeechBrain: mean_w = mean + E_w[d], then E_w[(d - E_w[d])^2]. (E_w[d^2] - E_w[d]^2
-            # in one pass loses digits when the attention is peaky.)
-            shift = torch.linalg.vecdot(weights, m.centred) / total
-            # (d - shift)^2 in one pass: subtracting, then squaring in place, takes two.
-            deviations = F.mse_loss(m.centred, shift[:, None].expand_as(m.centred), reduction="none")
-            variance = deviations.mul_(weights).sum(dim=-1) / total
-            pooled.append(torch.cat((m.mean + shift, variance.clamp(self.eps).sqrt())))
+        for s in segments:
+            # Block by block of channels, so that a block's frames stay in cache over the passes below.
+            step, frames = self.channel_block, slice(s.start, s.end)
+            blocks = [
+                self._weighted_moments(x[s.row, c : c + step, frames], logits[s.row, c : c + step, frames])
+                for c in range(0, channels, step)
+            ]
+            mean = torch.cat([mean for mean, _ in blocks])
+            pooled.append(torch.cat((mean, torch.cat([variance for _, variance in blocks]).clamp(self.eps).sqrt())))
         return torch.stack(pooled)[:, :, None]
 
+    def _weighted_moments(self, x: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention-weighted mean and variance over time of [channels, frames], in SpeechBrain's two passes."""
+        weights = logits if self._exp_is_safe else (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+        total = weights.sum(dim=-1)
+        mean = torch.linalg.vecdot(weights, x) / total
+        # (x - mean)^2 in one pass: subtracting, then squaring in place, takes two.
+        deviations = F.mse_loss(x, mean[:, None].expand_as(x), reduction="none")
+        return mean, deviations.mul_(weights).sum(dim=-1) / total
 
-class _CentredMoments(NamedTuple):
-    """One utterance's [C, frames] features about their mean over time: d = x - mean, and the mean of d^2."""
 
-    mean: torch.Tensor
-    centred: torch.Tensor
-    variance: torch.Tensor
-
-    @classmethod
-    def of(cls, x: torch.Tensor) -> _CentredMoments:
-        mean = x.mean(dim=-1)
-        centred = x - mean[:, None]
-        return cls(mean, centred, torch.linalg.vector_norm(centred, dim=-1).square_() / x.shape[-1])
+def _mean_and_variance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (biased) variance over time of [channels, frames], from the deviations about the mean."""
+    mean = x.mean(dim=-1)
+    return mean, torch.linalg.vector_norm(x - mean[:, None], dim=-1).square_() / x.shape[-1]
 
 
 def _rowwise_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
