@@ -85,7 +85,11 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     # A keyring from BIOIDENT_KEYRING gets its new version in the secret store; this re-wraps under it.
     version = keyring.active_version if keyring.read_only else keyring.add_version()
     with db.session() as session:
-        if keyring.read_only and lock_fence(session, exclusive=True).min_wrap_version >= version:
+        # Nothing to rotate to: the fence is already there, or the secret store holds no older version.
+        if keyring.read_only and (
+            lock_fence(session, exclusive=True).min_wrap_version >= version
+            or not any(info.version < version for info in keyring.versions())
+        ):
             print(
                 f"bioident: error: BIOIDENT_KEYRING has no version newer than {version}, which the deployment "
                 "already uses; add one in the secret store and redeploy first",

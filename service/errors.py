@@ -8,10 +8,11 @@ class ServiceError(Exception):
     code = "bad_request"
     title = "Bad request"
 
-    def __init__(self, detail: str, *, reasons: list[dict] | None = None) -> None:
+    def __init__(self, detail: str, *, reasons: list[dict] | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.reasons = reasons
+        self.retry_after_s = retry_after_s  # sent as Retry-After: when a client may usefully try again
 
 
 class Unauthorized(ServiceError):

@@ -37,7 +37,8 @@ def count_request(session: Session, client_id: str, per_minute: int) -> None:
     if count == 1:
         session.execute(delete(RateWindow).where(RateWindow.client_id == client_id, RateWindow.window_start < minute))
     if count > per_minute:
-        raise RateLimited(f"more than {per_minute} requests this minute; retry in {60 - int(now) % 60} s")
+        wait_s = 60 - int(now) % 60
+        raise RateLimited(f"more than {per_minute} requests this minute; retry in {wait_s} s", retry_after_s=wait_s)
 
 
 def recent_failures(session: Session, subject_token: str, modality: str, window_s: int) -> int:

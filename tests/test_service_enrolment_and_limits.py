@@ -134,5 +134,8 @@ def test_a_client_over_its_rate_limit_gets_429(bank, monkeypatch):
     api, keys = bank
     api.ctx.settings.rate_limit_per_minute = 3
     monkeypatch.setattr("service.limits._epoch", lambda: 1_800_000_030.0)  # all in one minute window
-    statuses = [api.http.get("/v1/audit/chain", headers=api.headers(keys["auditor"])).status_code for _ in range(5)]
-    assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429]
+    responses = [api.http.get("/v1/audit/chain", headers=api.headers(keys["auditor"])) for _ in range(5)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429]
+    # 30 s into the minute: the window reopens in 30 s, in the header as in the detail
+    assert responses[3].headers["Retry-After"] == "30" and "retry in 30 s" in responses[3].json()["detail"]
+    assert "Retry-After" not in responses[0].headers

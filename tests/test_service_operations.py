@@ -635,6 +635,7 @@ def test_a_replica_with_an_outdated_keyring_is_fenced_off_and_a_version_in_use_c
     refused = add_sample(started.json()["id"], ENROL[0])
     body = _problem(refused, 503)
     assert body["type"].endswith("/keyring_outdated") and "retry" in body["detail"] and "version" not in body["detail"]
+    assert refused.headers["Retry-After"] == "5"
     assert _rows(url, "SELECT count(*) FROM data_keys") == [(0,)]
     _reload_keyring(api)
     sample = add_sample(started.json()["id"], ENROL[0])
@@ -680,12 +681,15 @@ def test_keys_from_a_secret_store_are_rewrapped_and_cleared_for_retirement(datab
     _audit_key(tmp_path / "foreign")  # a keyring that cannot unwrap the data key is not bound
     code, out, err = _cli(monkeypatch, capsys, tmp_path / "foreign", "audit", "verify-chain", url=database_url)
     assert code == 2 and "does not open this database's data" in err, err
-    keyring.add_version()  # the secret store's new version; replicas are redeployed with it
     monkeypatch.setenv("BIOIDENT_KEYRING", (secret_store / "keyring.json").read_text())
 
     def cli(*argv):
         return _cli(monkeypatch, capsys, tmp_path / "replica", *argv, url=database_url)
 
+    code, out, err = cli("keys", "rotate")  # the secret store holds version 1 only: nothing to rotate to
+    assert code == 2 and "no version newer than 1" in err, err
+    keyring.add_version()  # the secret store's new version; replicas are redeployed with it
+    monkeypatch.setenv("BIOIDENT_KEYRING", (secret_store / "keyring.json").read_text())
     code, out, err = cli("keys", "retire", "1")
     assert code == 2 and "still wrapped by version 1" in err, err
     code, out, err = cli("keys", "rotate")

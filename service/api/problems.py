@@ -23,7 +23,14 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def problem(
-    status: int, code: str, title: str, detail: str | None = None, reasons: list[dict] | None = None, **extra: object
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    reasons: list[dict] | None = None,
+    *,
+    retry_after_s: int | None = None,
+    **extra: object,
 ) -> JSONResponse:
     body: dict[str, object] = {"type": PROBLEM_BASE + code, "title": title, "status": status}
     if detail:
@@ -31,7 +38,8 @@ def problem(
     if reasons is not None:
         body["reasons"] = reasons
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    headers = None if retry_after_s is None else {"Retry-After": str(max(1, retry_after_s))}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _biometrics_status(exc: BiometricsError) -> tuple[int, str]:
@@ -47,7 +55,7 @@ def _biometrics_status(exc: BiometricsError) -> tuple[int, str]:
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.title, exc.detail, exc.reasons)
+        return problem(exc.status, exc.code, exc.title, exc.detail, exc.reasons, retry_after_s=exc.retry_after_s)
 
     @app.exception_handler(BiometricsError)
     async def _biometrics(_: Request, exc: BiometricsError) -> JSONResponse:
@@ -58,7 +66,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _vault(_: Request, exc: VaultError) -> JSONResponse:
         if exc.status >= 500:
             log.error("vault error %s: %s", exc.code, exc.message)  # vault messages name versions and paths only
-            return problem(exc.status, exc.code, "Key management error", exc.public_detail)
+            return problem(
+                exc.status, exc.code, "Key management error", exc.public_detail, retry_after_s=exc.retry_after_s
+            )
         return problem(exc.status, exc.code, "The request is not valid", exc.message)
 
     @app.exception_handler(RequestValidationError)

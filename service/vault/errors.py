@@ -15,6 +15,7 @@ class VaultError(Exception):
     status = 500  # HTTP status when it reaches the API: a server-side fault unless a subclass says otherwise
     # What an API client is told of a server-side fault (the message goes to the operator's log).
     public_detail = "the service could not use its keys; the operator's log names the cause"
+    retry_after_s: int | None = None  # for a passing fault, when a client may try again (Retry-After)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -82,6 +83,7 @@ class KeyringOutdated(KeyringError):
     code = "keyring_outdated"
     status = 503
     public_detail = "this replica's keys are out of date after a rotation; retry shortly"
+    retry_after_s = 5  # a replica reloads a changed keyring file on its next use of the keys
 
 
 class KeyringReadOnly(KeyringError):
