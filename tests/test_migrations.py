@@ -33,7 +33,9 @@ def test_finished_audit_jobs_get_their_headline_results_when_migrated(database_u
     try:
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('bank', 'bank', CURRENT_TIMESTAMP)"))
-            for job_id, body in (("aud_done", json.dumps(report)), ("aud_failed", "null")):
+            # More finished jobs than the migration reads in one batch (20)
+            many = [(f"aud_{i:02d}", json.dumps({**report, "eer": i / 100})) for i in range(45)]
+            for job_id, body in (("aud_done", json.dumps(report)), ("aud_failed", "null"), *many):
                 conn.execute(
                     text(
                         "INSERT INTO audit_jobs (id, tenant_id, requested_by, params, status, report, created_at) "
@@ -49,3 +51,6 @@ def test_finished_audit_jobs_get_their_headline_results_when_migrated(database_u
     done = json.loads(rows["aud_done"]) if isinstance(rows["aud_done"], str) else rows["aud_done"]
     assert done["eer"] == 0.01 and done["dataset_sha256"] == "d" * 64 and "scores" not in done
     assert rows["aud_failed"] in (None, "null")
+    for i in range(45):
+        results = rows[f"aud_{i:02d}"]
+        assert (json.loads(results) if isinstance(results, str) else results)["eer"] == i / 100

@@ -20,6 +20,7 @@ RESULT_KEYS = (
     "eer", "min_dcf", "fnmr_at_fmr", "fte", "fta", "genuine_trials", "impostor_trials", "model_fingerprint",
     "dataset_sha256",
 )
+REPORTS_PER_BATCH = 20
 
 
 def upgrade() -> None:
@@ -27,13 +28,19 @@ def upgrade() -> None:
         batch.add_column(sa.Column('results', sa.JSON(), nullable=True))
     jobs = sa.table('audit_jobs', sa.column('id', sa.String), sa.column('report', sa.JSON), sa.column('results', sa.JSON))
     connection = op.get_bind()
-    finished = connection.execute(sa.select(jobs.c.id, jobs.c.report).where(jobs.c.report.is_not(None))).all()
-    for job_id, report in finished:
-        report = json.loads(report) if isinstance(report, str) else report
-        if not isinstance(report, dict):  # a JSON null: the job failed
-            continue
-        results = {key: report.get(key) for key in RESULT_KEYS}
-        connection.execute(sa.update(jobs).where(jobs.c.id == job_id).values(results=results))
+    finished = connection.execute(
+        sa.select(jobs.c.id).where(jobs.c.report.is_not(None)).order_by(jobs.c.id)
+    ).scalars().all()
+    # A few reports at a time: each holds its DET curve and per-threshold tables.
+    for start in range(0, len(finished), REPORTS_PER_BATCH):
+        batch = finished[start : start + REPORTS_PER_BATCH]
+        reports = connection.execute(sa.select(jobs.c.id, jobs.c.report).where(jobs.c.id.in_(batch))).all()
+        for job_id, report in reports:
+            report = json.loads(report) if isinstance(report, str) else report
+            if not isinstance(report, dict):  # a JSON null: the job failed
+                continue
+            results = {key: report.get(key) for key in RESULT_KEYS}
+            connection.execute(sa.update(jobs).where(jobs.c.id == job_id).values(results=results))
 
 
 def downgrade() -> None:
