@@ -397,11 +397,9 @@ def test_a_host_without_the_keyring_is_told_so_and_no_keyring_is_made(database_u
 
 
 def test_a_database_belongs_to_the_first_keyring_loaded_against_it(database_url, tmp_path, monkeypatch, capsys):
-    from service.deployment_keyring import load_keyring
-    from service.settings import ServiceSettings
-    from service.vault import Keyring, KeyringMismatch
+    from service.vault import Keyring
 
-    ours, theirs, racing = (tmp_path / name for name in ("ours", "theirs", "racing"))
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     code, out, err = _cli(monkeypatch, capsys, ours, "audit", "verify-chain", url=database_url)
     assert code == 2 and "no keyring at" in err, err
     _audit_key(ours)  # our keyring exists; the first command to load it binds it to the database
@@ -426,17 +424,40 @@ def test_a_database_belongs_to_the_first_keyring_loaded_against_it(database_url,
     assert code == 2 and "the keyring from BIOIDENT_KEYRING" in err and "set up with" in err, err
     monkeypatch.delenv("BIOIDENT_KEYRING")
 
-    # Two hosts setting up one new database at once: the one that binds second is refused and leaves no file.
-    monkeypatch.setenv("BIOIDENT_DATABASE_URL", database_url)
-    monkeypatch.setenv("BIOIDENT_DATA_DIR", str(racing))
-    racing.mkdir(mode=0o700)
-    db = Database(database_url)
-    try:
-        with pytest.raises(KeyringMismatch):
-            load_keyring(ServiceSettings(), db, create=True)
-    finally:
-        db.engine.dispose()
-    assert not (racing / "keyring.json").exists()
+
+def test_hosts_setting_up_one_new_database_at_once_leave_exactly_one_keyring_bound(database_url, tmp_path):
+    import threading
+
+    from service.deployment_keyring import load_keyring
+    from service.settings import ServiceSettings
+    from service.vault import KeyringMismatch
+
+    hosts = [tmp_path / f"host{i}" for i in range(4)]
+    start = threading.Barrier(len(hosts))
+    outcomes: dict[int, object] = {}
+
+    def set_up(i: int) -> None:
+        hosts[i].mkdir(mode=0o700)
+        db = Database(database_url)
+        try:
+            start.wait()
+            outcomes[i] = load_keyring(ServiceSettings(data_dir=hosts[i], database_url=database_url), db, create=True)
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcomes[i] = exc
+        finally:
+            db.engine.dispose()
+
+    threads = [threading.Thread(target=set_up, args=(i,)) for i in range(len(hosts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [i for i, outcome in outcomes.items() if not isinstance(outcome, Exception)]
+    assert len(winners) == 1, outcomes
+    losers = {i: outcome for i, outcome in outcomes.items() if i not in winners}
+    assert all(isinstance(outcome, KeyringMismatch) for outcome in losers.values()), losers
+    assert [host.name for host in hosts if (host / "keyring.json").exists()] == [hosts[winners[0]].name]
+    assert _rows(database_url, "SELECT keyring_id FROM keyring_state") == [(outcomes[winners[0]].identity(),)]
 
 
 def test_a_new_keyring_is_refused_for_a_database_holding_subjects_or_data_keys(
