@@ -38,6 +38,8 @@ segment of a packed batch (``biometrics.model.packing``), or per row under relat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.ECAPA_TDNN import (
@@ -307,8 +309,8 @@ class AggregatingECAPA(ECAPA_TDNN):
 class ContextFoldedPooling(AttentiveStatisticsPooling):
     """SpeechBrain's attentive statistics pooling with the global context folded into a per-utterance bias."""
 
-    # The weighted statistics run over blocks of this many channels: a block of a 2000-frame pack (4 MB)
-    # stays in the cores' L2 over its five passes. Measured 20% faster than whole segments; 256-512 alike.
+    # The statistics are taken over blocks of this many channels: a block of a 2000-frame pack (4 MB)
+    # stays in the cores' L2 over its passes. 512 measured fastest of 256-1024.
     channel_block = 512
 
     @classmethod
@@ -339,7 +341,7 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, 2C, 1] for a row batch with relative lengths; [segments, 2C, 1] when packed."""
         segments = segments_of(x.shape[0], x.shape[-1], lengths)
-        moments = [_mean_and_variance(x[s.row, :, s.start : s.end]) for s in segments]
+        moments = [self._by_channel_block(_mean_and_variance, x[s.row, :, s.start : s.end]) for s in segments]
         # tdnn.conv on cat([x, mean, std]): the mean/std columns of its weight act on constants, so they
         # give one bias per utterance; the frame columns are one GEMM per row of the batch.
         channels = x.shape[1]
@@ -361,15 +363,24 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
             logits.exp_()
         pooled = []
         for s in segments:
-            # Block by block of channels, so that a block's frames stay in cache over the passes below.
-            step, frames = self.channel_block, slice(s.start, s.end)
-            blocks = [
-                self._weighted_moments(x[s.row, c : c + step, frames], logits[s.row, c : c + step, frames])
-                for c in range(0, channels, step)
-            ]
-            mean = torch.cat([mean for mean, _ in blocks])
-            pooled.append(torch.cat((mean, torch.cat([variance for _, variance in blocks]).clamp(self.eps).sqrt())))
+            frames = slice(s.start, s.end)
+            mean, variance = self._by_channel_block(
+                self._weighted_moments, x[s.row, :, frames], logits[s.row, :, frames]
+            )
+            pooled.append(torch.cat((mean, variance.clamp(self.eps).sqrt())))
         return torch.stack(pooled)[:, :, None]
+
+    def _by_channel_block(
+        self, moments: Callable[..., tuple[torch.Tensor, torch.Tensor]], *tensors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``moments`` of [channels, frames] tensors, taken block by block of channels.
+
+        A block stays in cache over the passes ``moments`` makes: measured 2x faster than whole segments
+        for the unweighted moments, 1.2x for the weighted ones.
+        """
+        step = self.channel_block
+        blocks = [moments(*(t[c : c + step] for t in tensors)) for c in range(0, tensors[0].shape[0], step)]
+        return torch.cat([first for first, _ in blocks]), torch.cat([second for _, second in blocks])
 
     def _weighted_moments(self, x: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention-weighted mean and variance over time of [channels, frames], in SpeechBrain's two passes."""
