@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bioident-installed
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench bench-latency
 
 setup: $(STAMP)
 
@@ -24,3 +24,6 @@ test: lint
 
 bench: setup
 	$(BIN)/python benchmarks/embedding_speed.py
+
+bench-latency: setup
+	$(BIN)/python benchmarks/verify_latency.py

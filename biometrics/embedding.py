@@ -17,6 +17,7 @@ from biometrics.quality.gates import NO_SPEECH_BELOW_S, QualityMeasures
 from biometrics.quality.measures import estimate_snr_db, net_speech_seconds
 from biometrics.quality.vad import VadSettings, VoiceActivityDetector
 from biometrics.settings import CoreSettings
+from biometrics.torch_thread import on_torch_thread
 
 HOP_SAMPLES = MODEL_SAMPLE_RATE // 100  # Fbank's 10 ms hop
 
@@ -63,6 +64,7 @@ class VoiceEmbedder:
         self.batch_max_frames = batch_max_frames
         self.fingerprint = model_fingerprint(encoder, vad)
 
+    @on_torch_thread
     def speech_only(self, waveform: Waveform) -> tuple[np.ndarray, QualityMeasures]:
         if waveform.sample_rate != MODEL_SAMPLE_RATE:
             raise ValueError("waveforms must be at the model rate; decode them with biometrics.audio")

@@ -1,4 +1,4 @@
-"""The speed benchmark runs end to end and its two paths embed alike (no timing is asserted)."""
+"""The benchmarks run end to end and report every figure (no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.embedding_speed import main
+from benchmarks import embedding_speed, verify_latency
 from tests.conftest import TEST_OTHER
 
 pytestmark = pytest.mark.model
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.model
 
 def test_the_speed_benchmark_reports_every_figure_and_both_paths_agree(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    results = main(
+    results = embedding_speed.main(
         ["--utterances", "3", "--repeats", "1", "--wait-idle", "0", "--out", str(out), "--data", str(TEST_OTHER)]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
@@ -25,3 +25,27 @@ def test_the_speed_benchmark_reports_every_figure_and_both_paths_agree(tmp_path,
     assert set(results["target"]) >= {"b_over_c_met", "peak_rss_after_b_met", "met"}
     table = capsys.readouterr().out
     assert "(b)/(c)" in table and "peak RSS" in table
+
+
+def test_the_latency_benchmark_places_every_call_through_a_real_server(database_url, tmp_path, capsys):
+    out = tmp_path / "latency.json"
+    argv = ["--speakers", "2", "--calls", "4", "--concurrency", "1,2", "--out", str(out), "--data", str(TEST_OTHER)]
+    if database_url.startswith("postgresql"):
+        argv += ["--database-url", database_url]
+    report = verify_latency.main(argv)
+    assert json.loads(out.read_text()) == report
+    assert report["database"] == database_url.split(":", 1)[0].split("+", 1)[0]
+    assert [level["concurrency"] for level in report["levels"]] == [1, 2]
+    for level in report["levels"]:
+        assert level["calls"] == 4 and level["failed_calls"] == 0 and level["statuses"] == [200]
+        assert 0 < level["latency_ms"]["p50"] <= level["latency_ms"]["p95"] <= level["latency_ms"]["max"]
+        assert level["genuine_accepted"].endswith("/2") and level["impostors_rejected"].endswith("/2")
+    assert "p95 ms" in capsys.readouterr().out
+
+
+def test_the_latency_benchmark_refuses_bad_arguments(capsys):
+    for argv in (["--concurrency", "one"], ["--speakers", "1"], ["--calls", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            verify_latency.main(argv)
+        assert exit_info.value.code == 2, argv
+    assert "--concurrency takes whole numbers" in capsys.readouterr().err

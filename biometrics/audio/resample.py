@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torchaudio.functional as taf
 
+from biometrics.torch_thread import on_torch_thread
+
 # torchaudio's defaults, repeated here only to estimate the kernel size it will build.
 _LOWPASS_FILTER_WIDTH = 6
 _ROLLOFF = 0.99
@@ -42,6 +44,11 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         raise ValueError(f"resampling {from_rate} Hz to {to_rate} Hz would need an oversized kernel")
     if samples.shape[-1] == 0:
         return samples.copy()
+    return _resample_with_torch(samples, from_rate, to_rate)
+
+
+@on_torch_thread
+def _resample_with_torch(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     with torch.no_grad():
         out = taf.resample(torch.from_numpy(np.ascontiguousarray(samples)), from_rate, to_rate)
     return out.numpy().astype(np.float32, copy=False)

@@ -25,6 +25,7 @@ from biometrics.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
 from biometrics.model.integrity import read_verified
 from biometrics.model.packing import pack, packed, reflect_into_gaps
 from biometrics.model.weights import ModelWeights
+from biometrics.torch_thread import on_torch_thread
 
 EMBEDDING_DIM = 192
 N_MELS = 80
@@ -46,6 +47,7 @@ FRONT_END = {
 class SpeakerEncoder:
     """Turns 16 kHz speech into 192-d ECAPA embeddings, one utterance or a batch at a time."""
 
+    @on_torch_thread
     def __init__(self, weights: ModelWeights, device: str = "cpu", *, malloc_keep_freed: bool = True) -> None:
         self.weights = weights
         self.device = device
@@ -65,6 +67,7 @@ class SpeakerEncoder:
         """Fewest feature frames an utterance needs (reflection padding needs more frames than it pads)."""
         return self.max_pad + 2
 
+    @on_torch_thread
     @torch.inference_mode()
     def features(self, samples: np.ndarray) -> torch.Tensor:
         """Mean-normalised filterbank features [frames, 80] of one 16 kHz utterance."""
@@ -73,6 +76,7 @@ class SpeakerEncoder:
         feats = mods.compute_features(wav)
         return mods.mean_var_norm(feats, torch.ones(1, device=self.device))[0]
 
+    @on_torch_thread
     @torch.inference_mode()
     def embed_features(self, features: Sequence[torch.Tensor]) -> np.ndarray:
         """Embeds feature matrices of any lengths in one forward pass; rows equal single-utterance results."""
@@ -90,6 +94,7 @@ class SpeakerEncoder:
         emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb.cpu().numpy().astype(np.float32)
 
+    @on_torch_thread
     def embed(self, utterances: Sequence[np.ndarray]) -> np.ndarray:
         """L2-normalised embeddings [n, 192] of 16 kHz utterances, batched in one forward pass."""
         return self.embed_features([self.features(u) for u in utterances])
@@ -99,6 +104,7 @@ def _verified_bytes(weights: ModelWeights, name: str) -> io.BytesIO:
     return io.BytesIO(read_verified(weights.files[name], weights.sha256[name]))
 
 
+@on_torch_thread
 def build_speechbrain_classifier(weights: ModelWeights, device: str = "cpu") -> EncoderClassifier:
     """SpeechBrain's ``EncoderClassifier`` for ECAPA-TDNN, exactly as SpeechBrain ships it (no hub, no yaml)."""
     embedding_model = ECAPA_TDNN(

@@ -1,0 +1,87 @@
+"""The core's torch work runs on one thread, whichever threads call it (see biometrics.torch_thread)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from biometrics.torch_thread import on_torch_thread, on_torch_thread_now, run_on_torch_thread
+from tests.conftest import TEST_OTHER
+
+
+@on_torch_thread
+def _where() -> int:
+    return threading.get_ident()
+
+
+@on_torch_thread
+def _nested() -> tuple[int, int]:
+    return threading.get_ident(), _where()  # a wrapped call made on the torch thread runs directly
+
+
+@on_torch_thread
+def _fails() -> None:
+    raise ValueError("from the torch thread")
+
+
+def test_calls_from_any_thread_run_on_one_other_thread():
+    with ThreadPoolExecutor(4) as pool:
+        callers = list(pool.map(lambda _: (threading.get_ident(), _where()), range(8)))
+    callers.append((threading.get_ident(), _where()))
+    torch_threads = {ran_on for _, ran_on in callers}
+    assert len(torch_threads) == 1
+    assert not torch_threads & {caller for caller, _ in callers}
+    assert not on_torch_thread_now() and run_on_torch_thread(on_torch_thread_now)
+
+
+def test_nested_calls_run_directly_and_errors_reach_the_caller():
+    outer, inner = _nested()
+    assert outer == inner == _where()
+    with pytest.raises(ValueError, match="from the torch thread"):
+        _fails()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_a_torch_thread_of_its_own():
+    _where()  # the parent's thread exists before the fork
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread is not here, a call must not wait for it forever
+        os._exit(0 if run_on_torch_thread(lambda: 7) == 7 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_resampling_vad_and_embedding_called_from_other_threads_run_on_the_torch_thread(embedder, monkeypatch):
+    import biometrics.model.ecapa as ecapa
+    from biometrics.audio import read_audio_file
+    from biometrics.audio.resample import resample
+
+    resample_module = importlib.import_module("biometrics.audio.resample")  # the package exports the function
+    ran_on: dict[str, set[int]] = {}
+
+    def spy(name, fn):
+        def record(*args, **kwargs):
+            ran_on.setdefault(name, set()).add(threading.get_ident())
+            return fn(*args, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(resample_module.taf, "resample", spy("resample", resample_module.taf.resample))
+    monkeypatch.setattr(ecapa, "pack", spy("embedding", ecapa.pack))
+    monkeypatch.setattr(embedder.vad, "_get_speech_timestamps", spy("vad", embedder.vad._get_speech_timestamps))
+    speech = read_audio_file(TEST_OTHER / "1688" / "1688-142285-0005.flac")
+    speech = dataclasses.replace(speech, samples=speech.samples[: 16_000 * 3])  # 3 s are enough
+
+    def work(_):
+        resample(speech.samples, 16_000, 8_000)
+        embedder.analyse([speech])
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(work, range(3)))
+    assert set(ran_on) == {"resample", "vad", "embedding"}
+    assert {ident for idents in ran_on.values() for ident in idents} == {_where()}
