@@ -37,7 +37,8 @@ def data_key(session: Session, keyring: Keyring, subject_token: str, modality: s
     if keyring.active_version < fence.min_wrap_version:
         raise KeyringOutdated(
             f"this replica's keyring is older than the deployment's (active key version {keyring.active_version}, "
-            f"the deployment's is {fence.min_wrap_version}): reload the keyring or restart the replica"
+            f"the deployment's is {fence.min_wrap_version}): reload the keyring or restart the replica",
+            reloads=not keyring.read_only,
         )
     key = new_data_key()
     wrapped = wrap_data_key(keyring, key, context=data_key_context(subject_token, modality))

@@ -684,7 +684,7 @@ def test_a_replica_with_an_outdated_keyring_is_fenced_off_and_a_version_in_use_c
 
 def test_keys_from_a_secret_store_are_rewrapped_and_cleared_for_retirement(database_url, tmp_path, monkeypatch, capsys):
     from service.protected import data_key
-    from service.vault import Keyring
+    from service.vault import Keyring, KeyringOutdated
 
     secret_store = tmp_path / "secret-store"
     secret_store.mkdir(mode=0o700)
@@ -709,6 +709,7 @@ def test_keys_from_a_secret_store_are_rewrapped_and_cleared_for_retirement(datab
 
     code, out, err = cli("keys", "rotate")  # the secret store holds version 1 only: nothing to rotate to
     assert code == 2 and "no version newer than 1" in err, err
+    before_rotation = (secret_store / "keyring.json").read_text()
     keyring.add_version()  # the secret store's new version; replicas are redeployed with it
     monkeypatch.setenv("BIOIDENT_KEYRING", (secret_store / "keyring.json").read_text())
     code, out, err = cli("keys", "retire", "1")
@@ -718,6 +719,14 @@ def test_keys_from_a_secret_store_are_rewrapped_and_cleared_for_retirement(datab
     assert _rows(database_url, "SELECT kek_version FROM data_keys") == [(2,)]
     code, out, err = cli("keys", "rotate")
     assert code == 2 and "no version newer than 2" in err, err
+    # A replica still deployed with the old secret cannot reload it: its refusal asks for no retry.
+    db = Database(database_url, audit_key=keyring.audit_key())
+    try:
+        with db.session() as session, pytest.raises(KeyringOutdated) as refused:
+            data_key(session, Keyring.from_env({"BIOIDENT_KEYRING": before_rotation}), "sub_1", "fingerprint", create=True)
+    finally:
+        db.engine.dispose()
+    assert refused.value.retry_after_s is None and "redeploy" in refused.value.public_detail
     keyring.add_version()  # version 3 in the secret store, not yet rotated to: replicas may wrap under it
     monkeypatch.setenv("BIOIDENT_KEYRING", (secret_store / "keyring.json").read_text())
     for version, why in (("3", "still one replicas may wrap under"), ("7", "not in BIOIDENT_KEYRING")):

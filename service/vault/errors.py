@@ -85,6 +85,12 @@ class KeyringOutdated(KeyringError):
     public_detail = "this replica's keys are out of date after a rotation; retry shortly"
     retry_after_s = 5  # a replica reloads a changed keyring file on its next use of the keys
 
+    def __init__(self, message: str, *, reloads: bool = True) -> None:
+        super().__init__(message)
+        if not reloads:  # from BIOIDENT_KEYRING: fixed until the replica is redeployed, so no retry hint
+            self.public_detail = "this replica's keys are out of date after a rotation; the operator must redeploy it"
+            self.retry_after_s = None
+
 
 class KeyringReadOnly(KeyringError):
     code = "keyring_read_only"
