@@ -723,7 +723,9 @@ def test_keys_from_a_secret_store_are_rewrapped_and_cleared_for_retirement(datab
     db = Database(database_url, audit_key=keyring.audit_key())
     try:
         with db.session() as session, pytest.raises(KeyringOutdated) as refused:
-            data_key(session, Keyring.from_env({"BIOIDENT_KEYRING": before_rotation}), "sub_1", "fingerprint", create=True)
+            data_key(
+                session, Keyring.from_env({"BIOIDENT_KEYRING": before_rotation}), "sub_1", "fingerprint", create=True
+            )
     finally:
         db.engine.dispose()
     assert refused.value.retry_after_s is None and "redeploy" in refused.value.public_detail
