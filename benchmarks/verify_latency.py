@@ -25,15 +25,16 @@ Results go to a table on stdout and to JSON (default ``benchmarks/results/verify
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -51,6 +52,9 @@ WARMUP_CALLS = 2
 STARTUP_TIMEOUT_S = 300.0
 PURPOSE = "authentication"
 ADMIN_KEY_PREFIX = "first admin API key (shown once, store it now): "
+# Where the server keeps its state and keys: the benchmark gives it fresh ones. Other settings (the model
+# directory, a calibration file) are passed through.
+SERVER_STATE_SETTINGS = ("BIOIDENT_DATA_DIR", "BIOIDENT_DATABASE_URL", "BIOIDENT_KEYRING", "BIOIDENT_KEYRING_FILE")
 
 
 def free_port() -> int:
@@ -65,7 +69,7 @@ class Server:
     def __init__(self, data_dir: Path, database_url: str | None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BIOIDENT_")}
+        env = {k: v for k, v in os.environ.items() if k not in SERVER_STATE_SETTINGS}
         env.update(
             BIOIDENT_DATA_DIR=str(data_dir),
             BIOIDENT_LOCKOUT_MAX_FAILURES="1000000",
@@ -83,30 +87,31 @@ class Server:
             stderr=self.log,
             text=True,
         )
+        self._key: str | None = None
+        threading.Thread(target=self._read_stdout, daemon=True).start()
 
     def admin_key(self) -> str:
-        """Reads the first admin key the server prints, then waits until it answers /health."""
+        """The first admin key the server prints, once it answers /health."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        line = self.process.stdout.readline()  # printed before the model loads
-        if not line.startswith(ADMIN_KEY_PREFIX):
-            raise SystemExit(f"bioident serve did not start: {line.strip() or self._log_tail()}")
-        key = line[len(ADMIN_KEY_PREFIX) :].strip()
-        # uvicorn's access log goes to stdout: keep draining it, or a full pipe would stall the server.
-        threading.Thread(target=self._drain_stdout, daemon=True).start()
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise SystemExit(f"bioident serve exited: {self._log_tail()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
-                    return key
+                up = httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
             except httpx.TransportError:
-                pass
+                up = False
+            if up:  # the key is printed before the model loads, so it is in by now if it ever comes
+                if self._key is None:
+                    raise SystemExit("the server printed no admin key: give the benchmark an empty database")
+                return self._key
             time.sleep(0.5)
         raise SystemExit(f"bioident serve did not answer within {STARTUP_TIMEOUT_S:.0f} s")
 
-    def _drain_stdout(self) -> None:
-        for _ in self.process.stdout:
-            pass
+    def _read_stdout(self) -> None:
+        # Keeps reading to the end: uvicorn's access log goes to stdout, and a full pipe would stall the server.
+        for line in self.process.stdout:
+            if line.startswith(ADMIN_KEY_PREFIX) and self._key is None:
+                self._key = line[len(ADMIN_KEY_PREFIX) :].strip()
 
     def _log_tail(self) -> str:
         self.log.flush()
@@ -213,22 +218,45 @@ def place_call(http: httpx.Client, ivr_key: str, call: dict) -> dict:
 
 
 def run_level(url: str, ivr_key: str, calls: list[dict], concurrency: int) -> dict:
-    """Places ``calls`` with ``concurrency`` callers at once, each on its own connection."""
-    clients = [httpx.Client(base_url=url) for _ in range(concurrency)]
-    try:
-        for client in clients:  # open each connection and warm the path before timing
-            for call in calls[:WARMUP_CALLS]:
-                place_call(client, ivr_key, call)
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            results = list(
-                pool.map(lambda item: place_call(clients[item[0] % concurrency], ivr_key, item[1]), enumerate(calls))
-            )
-        wall = time.perf_counter() - start
-    finally:
-        for client in clients:
-            client.close()
-    latencies = np.array([r["latency_s"] for r in results])
+    """Places ``calls`` with ``concurrency`` callers at once, each caller on a connection of its own."""
+    pending: queue.SimpleQueue[dict] = queue.SimpleQueue()
+    for call in calls:
+        pending.put(call)
+    results: list[dict] = []
+    ready = threading.Barrier(concurrency + 1, timeout=STARTUP_TIMEOUT_S)
+    failures: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            with httpx.Client(base_url=url) as http:
+                for call in calls[:WARMUP_CALLS]:  # open the connection and warm the path before timing
+                    place_call(http, ivr_key, call)
+                ready.wait()
+                while True:
+                    try:
+                        call = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    results.append(place_call(http, ivr_key, call))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failures.append(exc)
+            ready.abort()
+
+    threads = [threading.Thread(target=caller) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a caller failed: it says why below
+        ready.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    if failures:
+        raise SystemExit(f"a caller failed: {type(failures[0]).__name__}: {failures[0]}")
+    answered = [r for r in results if r["status"] == 200]
+    if not answered:
+        raise SystemExit(f"no call was answered: HTTP {sorted({r['status'] for r in results})}")
+    latencies = np.array([r["latency_s"] for r in answered])  # failures are counted, not timed
     genuine = [r for r in results if r["genuine"] and r["status"] == 200]
     impostor = [r for r in results if not r["genuine"] and r["status"] == 200]
     return {

@@ -13,37 +13,61 @@ they were called, and their callers wait for the result. Each is a short task, s
 audit embedding thousands of files) and a caller waiting on the line take turns task by task. Calls
 made on that thread run directly. A process that also runs torch code of its own on other threads (a
 benchmark timing SpeechBrain itself, say) should run it through ``run_on_torch_thread`` as well.
+
+The thread is a daemon with a queue of its own (not a ``ThreadPoolExecutor``, which refuses new work
+once the interpreter starts shutting down, while non-daemon threads such as a server's running audit
+are still being waited for). A forked child starts a thread of its own on first use.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from concurrent.futures import Future
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _here = threading.local()
 _lock = threading.Lock()
-_executor: ThreadPoolExecutor | None = None
-_executor_pid = 0
+_tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] | None = None
 
 
-def _mark_torch_thread() -> None:
+def _serve(tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]]) -> None:
     _here.is_torch_thread = True
+    while True:
+        future, call = tasks.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            result = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        del future, call  # drop references to the task's arguments and result while idle
 
 
-def _torch_executor() -> ThreadPoolExecutor:
-    global _executor, _executor_pid
+def _task_queue() -> queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]]:
+    global _tasks
     with _lock:
-        if _executor is None or _executor_pid != os.getpid():  # a forked child does not inherit the thread
-            _executor = ThreadPoolExecutor(1, thread_name_prefix="bioident-torch", initializer=_mark_torch_thread)
-            _executor_pid = os.getpid()
-        return _executor
+        if _tasks is None:
+            _tasks = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(_tasks,), name="bioident-torch", daemon=True).start()
+        return _tasks
+
+
+def _forget_parents_thread() -> None:
+    global _lock, _tasks
+    _lock, _tasks = threading.Lock(), None  # the parent's thread does not exist in a forked child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_thread)
 
 
 def on_torch_thread_now() -> bool:
@@ -55,7 +79,9 @@ def run_on_torch_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     """``fn(*args, **kwargs)`` on the torch thread; its result, or its exception, comes back to the caller."""
     if on_torch_thread_now():
         return fn(*args, **kwargs)
-    return _torch_executor().submit(fn, *args, **kwargs).result()
+    future: Future[R] = Future()
+    _task_queue().put((future, functools.partial(fn, *args, **kwargs)))
+    return future.result()
 
 
 def on_torch_thread(fn: Callable[P, R]) -> Callable[P, R]:

@@ -41,6 +41,9 @@ def test_the_latency_benchmark_places_every_call_through_a_real_server(database_
         assert 0 < level["latency_ms"]["p50"] <= level["latency_ms"]["p95"] <= level["latency_ms"]["max"]
         assert level["genuine_accepted"].endswith("/2") and level["impostors_rejected"].endswith("/2")
     assert "p95 ms" in capsys.readouterr().out
+    if database_url.startswith("postgresql"):  # the database now holds clients: a second run is refused
+        with pytest.raises(SystemExit, match="bioident serve exited: .*the database holds data"):
+            verify_latency.main(argv)
 
 
 def test_the_latency_benchmark_refuses_bad_arguments(capsys):

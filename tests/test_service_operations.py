@@ -433,7 +433,7 @@ def test_hosts_setting_up_one_new_database_at_once_leave_exactly_one_keyring_bou
     from service.vault import KeyringMismatch
 
     hosts = [tmp_path / f"host{i}" for i in range(4)]
-    start = threading.Barrier(len(hosts))
+    start = threading.Barrier(len(hosts), timeout=60)  # a host failing before it would break it, not hang
     outcomes: dict[int, object] = {}
 
     def set_up(i: int) -> None:

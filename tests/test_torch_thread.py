@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from biometrics.torch_thread import on_torch_thread, on_torch_thread_now, run_on_torch_thread
-from tests.conftest import TEST_OTHER
+from tests.conftest import REPO, TEST_OTHER
 
 
 @on_torch_thread
@@ -51,9 +55,33 @@ def test_a_forked_child_gets_a_torch_thread_of_its_own():
     _where()  # the parent's thread exists before the fork
     pid = os.fork()
     if pid == 0:  # the child: the parent's thread is not here, a call must not wait for it forever
-        os._exit(0 if run_on_torch_thread(lambda: 7) == 7 else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+        code = 1
+        try:
+            code = 0 if run_on_torch_thread(lambda: 7) == 7 else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's call waited for the parent's torch thread")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_calls_still_run_while_the_interpreter_shuts_down():
+    # A non-daemon thread (a server's running audit, say) still working after the main thread has ended.
+    script = (
+        "import threading, time\n"
+        "from biometrics.torch_thread import run_on_torch_thread\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    print(run_on_torch_thread(lambda: 41 + 1))\n"
+        "threading.Thread(target=late).start()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip() == "42", done.stderr
 
 
 def test_resampling_vad_and_embedding_called_from_other_threads_run_on_the_torch_thread(embedder, monkeypatch):
