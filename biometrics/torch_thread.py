@@ -14,6 +14,10 @@ audit embedding thousands of files) and a caller waiting on the line take turns 
 made on that thread run directly. A process that also runs torch code of its own on other threads (a
 benchmark timing SpeechBrain itself, say) should run it through ``run_on_torch_thread`` as well.
 
+Calls made inside ``background()`` (a server's accuracy audit) wait while calls made outside one
+(live verifications) are queued, so a caller on the line waits for at most the one background task
+already running.
+
 The thread is a daemon with a queue of its own (not a ``ThreadPoolExecutor``, which refuses new work
 once the interpreter starts shutting down, while non-daemon threads such as a server's running audit
 are still being waited for). A forked child starts a thread of its own on first use.
@@ -22,25 +26,44 @@ are still being waited for). A forked child starts a thread of its own on first 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+FOREGROUND, BACKGROUND = 0, 1
+# (priority, arrival, future, call): the lower priority first, then first come, first served.
+_Task = tuple[int, int, Future[Any], Callable[[], Any]]
+
 _here = threading.local()
 _lock = threading.Lock()
-_tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] | None = None
+_tasks: queue.PriorityQueue[_Task] | None = None
+_arrivals = itertools.count()
+_priority: ContextVar[int] = ContextVar("bioident_torch_priority", default=FOREGROUND)
 
 
-def _serve(tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]]) -> None:
+@contextmanager
+def background() -> Iterator[None]:
+    """Within this block, this thread's torch calls wait while calls made outside one are queued."""
+    token = _priority.set(BACKGROUND)
+    try:
+        yield
+    finally:
+        _priority.reset(token)
+
+
+def _serve(tasks: queue.PriorityQueue[_Task]) -> None:
     _here.is_torch_thread = True
     while True:
-        future, call = tasks.get()
+        _, _, future, call = tasks.get()
         if not future.set_running_or_notify_cancel():
             continue
         try:
@@ -52,11 +75,11 @@ def _serve(tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]]) -> N
         del future, call  # drop references to the task's arguments and result while idle
 
 
-def _task_queue() -> queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]]:
+def _task_queue() -> queue.PriorityQueue[_Task]:
     global _tasks
     with _lock:
         if _tasks is None:
-            _tasks = queue.SimpleQueue()
+            _tasks = queue.PriorityQueue()
             threading.Thread(target=_serve, args=(_tasks,), name="bioident-torch", daemon=True).start()
         return _tasks
 
@@ -80,7 +103,7 @@ def run_on_torch_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     if on_torch_thread_now():
         return fn(*args, **kwargs)
     future: Future[R] = Future()
-    _task_queue().put((future, functools.partial(fn, *args, **kwargs)))
+    _task_queue().put((_priority.get(), next(_arrivals), future, functools.partial(fn, *args, **kwargs)))
     return future.result()
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from biometrics.errors import BiometricsError
 from biometrics.evaluation.audit import run_audit
+from biometrics.torch_thread import background
 from service.audit.chain import append, record_event, verify_chain
 from service.auth import Principal
 from service.context import ServiceContext
@@ -107,7 +108,7 @@ def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
             return
         job.status, job.heartbeat_at = "running", utcnow()
         params, actor = dict(job.params), job.requested_by
-    with _Heartbeat(ctx, job_id):
+    with _Heartbeat(ctx, job_id), background():  # live verifications go ahead of the audit's model work
         report, error = _run_audit(ctx, params)
     with ctx.db.session() as session:
         job = session.get(AuditJob, job_id, with_for_update=True)

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from biometrics.torch_thread import on_torch_thread, on_torch_thread_now, run_on_torch_thread
+import biometrics.torch_thread as torch_thread
+from biometrics.torch_thread import background, on_torch_thread, on_torch_thread_now, run_on_torch_thread
 from tests.conftest import REPO, TEST_OTHER
 
 
@@ -48,6 +49,38 @@ def test_nested_calls_run_directly_and_errors_reach_the_caller():
     assert outer == inner == _where()
     with pytest.raises(ValueError, match="from the torch thread"):
         _fails()
+
+
+def test_queued_calls_from_a_background_block_wait_for_the_others():
+    started, release, order = threading.Event(), threading.Event(), []
+
+    def busy() -> None:
+        started.set()
+        release.wait(30)
+
+    def queued() -> int:
+        return torch_thread._task_queue().qsize()
+
+    def call(label: str, in_background: bool) -> None:
+        if in_background:
+            with background():
+                run_on_torch_thread(order.append, label)
+        else:
+            run_on_torch_thread(order.append, label)
+
+    threads = [threading.Thread(target=run_on_torch_thread, args=(busy,))]
+    threads[0].start()
+    assert started.wait(30)  # the torch thread is busy: what follows queues up
+    for label, in_background in (("audit 1", True), ("audit 2", True), ("caller", False)):
+        threads.append(threading.Thread(target=call, args=(label, in_background)))
+        threads[-1].start()
+        deadline = time.monotonic() + 30
+        while queued() < len(threads) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert order == ["caller", "audit 1", "audit 2"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
