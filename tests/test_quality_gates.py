@@ -107,3 +107,39 @@ def test_limits_come_from_bioident_settings(monkeypatch):
     monkeypatch.setenv("BIOIDENT_MIN_SNR_DB", "12")
     limits = QualityLimits.from_settings()
     assert limits.min_verify_speech_s == 1.5 and limits.min_snr_db == 12.0
+
+
+def test_speech_segments_are_silero_get_speech_timestamps_own(vad, utterance):
+    import torch
+    from silero_vad.utils_vad import get_speech_timestamps
+
+    from biometrics.torch_thread import run_on_torch_thread
+
+    digit = read_audio_file(sorted(FSDD.glob("*.wav"))[0])
+    telephone = resample(resample(utterance.samples, 16_000, 8_000), 8_000, 16_000)
+    rng = np.random.default_rng(3)
+    inputs = {
+        "read speech, length not a multiple of the window": utterance.samples[: 16_000 * 6 + 123],
+        "one spoken digit": digit.samples,
+        "telephone band": telephone,
+        "speech in noise": utterance.samples + 0.05 * rng.standard_normal(len(utterance.samples)).astype(np.float32),
+        "shorter than one window": utterance.samples[16_000 : 16_000 + 100],
+        "empty": utterance.samples[:0],
+    }
+
+    def silero(samples: np.ndarray) -> list[tuple[int, int]]:
+        with torch.inference_mode():
+            stamps = get_speech_timestamps(
+                torch.from_numpy(np.ascontiguousarray(samples)),
+                vad._model,
+                threshold=vad.settings.threshold,
+                sampling_rate=16_000,
+                min_speech_duration_ms=vad.settings.min_speech_ms,
+                min_silence_duration_ms=vad.settings.min_silence_ms,
+                speech_pad_ms=vad.settings.speech_pad_ms,
+            )
+        return [(int(t["start"]), int(t["end"])) for t in stamps]
+
+    for name, samples in inputs.items():
+        assert vad.speech_segments(samples) == run_on_torch_thread(silero, samples), name
+    assert vad.speech_segments(inputs["read speech, length not a multiple of the window"])  # not vacuous

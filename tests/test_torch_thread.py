@@ -134,7 +134,7 @@ def test_resampling_vad_and_embedding_called_from_other_threads_run_on_the_torch
 
     monkeypatch.setattr(resample_module.taf, "resample", spy("resample", resample_module.taf.resample))
     monkeypatch.setattr(ecapa, "pack", spy("embedding", ecapa.pack))
-    monkeypatch.setattr(embedder.vad, "_get_speech_timestamps", spy("vad", embedder.vad._get_speech_timestamps))
+    monkeypatch.setattr(embedder.vad, "_timestamps_from_probs", spy("vad", embedder.vad._timestamps_from_probs))
     speech = read_audio_file(TEST_OTHER / "1688" / "1688-142285-0005.flac")
     speech = dataclasses.replace(speech, samples=speech.samples[: 16_000 * 3])  # 3 s are enough
 
