@@ -23,7 +23,7 @@ test: lint
 	$(BIN)/pytest
 
 bench: setup
-	$(BIN)/python benchmarks/embedding_speed.py
+	$(BIN)/python -m benchmarks.embedding_speed
 
 bench-latency: setup
-	$(BIN)/python benchmarks/verify_latency.py
+	$(BIN)/python -m benchmarks.verify_latency

@@ -27,7 +27,6 @@ This is a benchmark, not a test: it never asserts on time. Results go to a table
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -40,13 +39,14 @@ import soundfile as sf
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import RESULTS_DIR, TEST_OTHER, write_results
+from biometrics.audio.waveform import MODEL_SAMPLE_RATE
 from biometrics.model.cpu_kernels import aligned_rows
 from biometrics.torch_thread import run_on_torch_thread
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "speech" / "librispeech" / "test-other"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "embedding_speed.json"
-SAMPLE_RATE = 16_000
+DEFAULT_DATA = TEST_OTHER
+DEFAULT_OUT = RESULTS_DIR / "embedding_speed.json"
+SAMPLE_RATE = MODEL_SAMPLE_RATE
 MIN_S, MAX_S = 3.0, 8.0
 WARMUP_UTTERANCES = 3
 GEMM_SIZES = (1024, 2048, 4096)
@@ -392,9 +392,7 @@ def _main(argv: list[str] | None) -> dict:
     results["target"]["met"] = results["target"]["b_over_c_met"] and results["target"]["peak_rss_after_b_met"]
 
     print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_results(args.out, results)
     return results
 
 

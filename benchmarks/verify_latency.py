@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import queue
 import socket
@@ -41,10 +40,12 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "speech" / "librispeech" / "test-other"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "verify_latency.json"
-SAMPLE_RATE = 16_000
+from benchmarks.common import REPO, RESULTS_DIR, TEST_OTHER, write_results
+from biometrics.audio.waveform import MODEL_SAMPLE_RATE
+
+DEFAULT_DATA = TEST_OTHER
+DEFAULT_OUT = RESULTS_DIR / "verify_latency.json"
+SAMPLE_RATE = MODEL_SAMPLE_RATE
 TELEPHONE_RATE = 8_000
 CROP_S = (4.0, 8.0)
 ENROL_UTTERANCES = 3
@@ -78,9 +79,8 @@ class Server:
         if database_url:
             env["BIOIDENT_DATABASE_URL"] = database_url
         self.log = (data_dir / "serve.log").open("w+")
-        command = [sys.executable, "-c", "from service.cli import main; raise SystemExit(main())"]
         self.process = subprocess.Popen(
-            [*command, "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -329,9 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
         "levels": results,
     }
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_results(args.out, report)
     return report
 
 
