@@ -9,7 +9,6 @@ at the end of the *tensor*, and a short utterance padded out moved by up to 1e-3
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,7 +59,6 @@ class SpeakerEncoder:
         if torch.device(device).type == "cpu":
             self.kernel_changes.update(speed_up_for_cpu(embedding_model))
             self.kernel_changes["malloc_keeps_freed_memory"] = int(malloc_keep_freed and keep_freed_memory())
-        self._lock = threading.Lock()
 
     @property
     def min_frames(self) -> int:
@@ -88,7 +86,7 @@ class SpeakerEncoder:
         # flat over 150 distinct lengths; oneDNN's per-shape primitives made it grow).
         batch, segments = pack([f.to(self.device) for f in features], gap=2 * self.max_pad)
         mods = self.classifier.mods
-        with self._lock, packed(segments):
+        with packed(segments):  # one pass at a time: every call runs on the torch thread
             emb = mods.embedding_model(batch, torch.ones(1, device=self.device))[:, 0]
         emb = mods.mean_var_norm_emb(emb[:, None], torch.ones(len(frames), device=self.device))[:, 0]
         emb = torch.nn.functional.normalize(emb, dim=-1)

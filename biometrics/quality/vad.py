@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,30 +22,24 @@ SILERO_WINDOW_SAMPLES = 512  # Silero's window at 16 kHz
 SILERO_JIT_SHA256 = "e1122837f4154c511485fe0b9c64455f7b929c96fbb8d79fbdb336383ebd3720"
 
 
-def _import_silero():  # noqa: ANN202 - returns the module's function
-    # Importing silero_vad calls torch.set_num_threads(1) for the whole process; undo that so the
-    # speaker model keeps every core.
-    threads = torch.get_num_threads()
-    from silero_vad.utils_vad import get_speech_timestamps_from_probs
-
-    torch.set_num_threads(threads)
-    return get_speech_timestamps_from_probs
-
-
 @contextmanager
-def _one_intra_op_thread() -> Iterator[None]:
-    """Silero's operations are far too small to split across cores (its import sets one thread for that reason).
-
-    Kept to one thread, they start no OpenMP parallel regions, so they never wait for worker threads
-    to wake: on 2 cores, with another thread's OpenMP team alive, a 5 s call took 180 ms with two threads
-    and 28 ms with one (and 25 ms with either when no other team exists).
-    """
+def _intra_op_threads_kept(set_to: int | None = None) -> Iterator[None]:
+    """Restores torch's intra-op thread count after the block (optionally run with ``set_to`` threads)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if set_to is not None:
+        torch.set_num_threads(set_to)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _import_silero():  # noqa: ANN202 - returns the module's function
+    # Importing silero_vad calls torch.set_num_threads(1) for the whole process; undo that so the
+    # speaker model keeps every core.
+    with _intra_op_threads_kept():
+        from silero_vad.utils_vad import get_speech_timestamps_from_probs
+    return get_speech_timestamps_from_probs
 
 
 @dataclass(frozen=True)
@@ -76,14 +69,17 @@ class VoiceActivityDetector:
         path = Path(str(resources.files("silero_vad.data").joinpath("silero_vad.jit")))
         self._model = torch.jit.load(io.BytesIO(read_verified(path, SILERO_JIT_SHA256)), map_location="cpu")
         self.model_sha256 = SILERO_JIT_SHA256
-        self._model.eval()
-        self._lock = threading.Lock()  # the model carries recurrent state between windows
+        self._model.eval()  # it carries recurrent state between windows: one call at a time, on the torch thread
 
     @on_torch_thread
     def speech_segments(self, samples: np.ndarray) -> list[tuple[int, int]]:
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
         s = self.settings
-        with self._lock, torch.inference_mode(), _one_intra_op_thread():
+        # Silero's operations are far too small to split across cores (its import sets one thread for that
+        # reason). On one thread they start no OpenMP parallel regions, so they never wait for worker threads
+        # to wake: on 2 cores, with another thread's OpenMP team alive, a 5 s call took 180 ms with two
+        # threads and 28 ms with one (25 ms with either when no other team exists).
+        with torch.inference_mode(), _intra_op_threads_kept(set_to=1):
             # Silero's get_speech_timestamps, with the model's own whole-audio method giving the window
             # probabilities (the same values, tested) instead of one Python call per 32 ms window: 22% faster.
             probs = self._window_probabilities(audio)
