@@ -278,6 +278,8 @@ def run_level(url: str, ivr_key: str, calls: list[dict], concurrency: int) -> di
 
 
 def pick_speakers(data: Path, count: int) -> dict[str, list[Path]]:
+    if not data.is_dir():
+        raise SystemExit(f"no speech folder at {data} (--data: LibriSpeech test-other, one folder per speaker)")
     folders = sorted(p for p in data.iterdir() if p.is_dir())
     speakers = {}
     for folder in folders:

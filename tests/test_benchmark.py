@@ -47,6 +47,8 @@ def test_the_latency_benchmark_places_every_call_through_a_real_server(database_
 
 
 def test_the_latency_benchmark_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit, match="no speech folder at"):
+        verify_latency.main(["--data", "/nonexistent/test-other"])
     for argv in (["--concurrency", "one"], ["--speakers", "1"], ["--calls", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             verify_latency.main(argv)
