@@ -23,6 +23,10 @@ def test_the_speed_benchmark_reports_every_figure_and_both_paths_agree(tmp_path,
         assert results[path]["audio_s_per_s"] > 0, path
     assert results["c_gemm_bound"]["model_flops_per_audio_s"] > 1e9  # ECAPA: about 3.75 GFLOP per second of audio
     assert set(results["target"]) >= {"b_over_c_met", "peak_rss_after_b_met", "met"}
+    # (b)/(c) comes from runs where GEMMs followed each forward pass: one per round, each with a ratio.
+    paired = results["runs"]["paired"]
+    assert len(paired) == 1 and paired[0]["forward_passes"] >= 1 and paired[0]["gemm_flops_per_s"] > 0
+    assert results["ratio_b_over_c"] == paired[0]["b_over_c"] > 0
     table = capsys.readouterr().out
     assert "(b)/(c)" in table and "peak RSS" in table
 
@@ -54,3 +58,11 @@ def test_the_latency_benchmark_refuses_bad_arguments(capsys):
             verify_latency.main(argv)
         assert exit_info.value.code == 2, argv
     assert "--concurrency takes whole numbers" in capsys.readouterr().err
+
+
+def test_paired_gemms_use_the_fastest_size_whose_product_fits_a_quarter_of_a_forward_pass():
+    rates = {1024: 100e9, 2048: 120e9, 4096: 130e9}  # one product: 0.021 s, 0.143 s, 1.06 s
+    assert embedding_speed.paired_gemm_size(rates, pass_s=0.5) == 1024
+    assert embedding_speed.paired_gemm_size(rates, pass_s=1.0) == 2048
+    assert embedding_speed.paired_gemm_size(rates, pass_s=5.0) == 4096
+    assert embedding_speed.paired_gemm_size(rates, pass_s=0.01) == 1024  # none fits: the smallest
