@@ -171,51 +171,49 @@ def gemm_flops_per_s() -> dict:
     return rates
 
 
-def gemm_for(n: int, seconds: float) -> tuple[float, float]:
-    """Back-to-back ``n x n`` fp32 ``torch.mm`` products for ``seconds``: (FLOP/s, seconds they took)."""
-    gen = torch.Generator().manual_seed(3)
-    with torch.inference_mode():
-        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-        c = torch.empty(n, n)
-        torch.mm(a, b, out=c)  # warm-up, untimed
-        products = 0
-        start = time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds or products == 0:
-            torch.mm(a, b, out=c)
-            products += 1
-    return products * 2 * n**3 / elapsed, elapsed
-
-
 def paired_gemm_size(rates: dict[int, float], pass_s: float) -> int:
     """The fastest size whose one product takes at most a quarter of a forward pass (else the smallest)."""
     fitting = [n for n, rate in rates.items() if 2 * n**3 / rate <= pass_s / 4]
     return max(fitting, key=rates.__getitem__) if fitting else min(rates)
 
 
-def time_paired(embedder, utterances: list[np.ndarray], gemm_size: int) -> dict:
+def time_paired(embedder, utterances: list[np.ndarray], rates: dict[int, float]) -> dict:
     """(b), each forward pass followed by square GEMMs for as long as it took (outside its timing).
 
-    Wraps the embedder's per-pass method on this instance only, for the length of the run.
+    The GEMM size for each pass is chosen by ``paired_gemm_size`` from the sweep's ``rates``. Wraps the
+    embedder's per-pass method on this instance only, for the length of the run.
     """
-    passes: list[tuple[float, float]] = []
+    passes: list[tuple[float, int, float]] = []
+    operands: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     embed_pass = embedder._embed_into
 
     def timed_pass(*args: object) -> None:
         start = time.perf_counter()
         embed_pass(*args)
         elapsed = time.perf_counter() - start
-        passes.append((elapsed, gemm_for(gemm_size, elapsed)[0]))
+        n = paired_gemm_size(rates, elapsed)
+        if n not in operands:
+            gen = torch.Generator().manual_seed(3)
+            operands[n] = (torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen), torch.empty(n, n))
+        a, b, c = operands[n]
+        torch.mm(a, b, out=c)  # warm-up, untimed
+        products, start = 0, time.perf_counter()
+        while (gemm_s := time.perf_counter() - start) < elapsed or products == 0:
+            torch.mm(a, b, out=c)
+            products += 1
+        passes.append((elapsed, n, products * 2 * n**3 / gemm_s))
 
     embedder._embed_into = timed_pass
     try:
-        embedder.embed_speech(utterances)
+        with torch.inference_mode():
+            embedder.embed_speech(utterances)
     finally:
         del embedder._embed_into
-    b_s = sum(s for s, _ in passes)
+    b_s = sum(s for s, _, _ in passes)
     return {
         "b_passes_s": b_s,
-        "gemm_size": gemm_size,
-        "gemm_flops_per_s": sum(s * rate for s, rate in passes) / b_s,  # weighted by time: the same moments
+        "gemm_sizes": sorted({n for _, n, _ in passes}),
+        "gemm_flops_per_s": sum(s * rate for s, _, rate in passes) / b_s,  # weighted by time: the same moments
         "forward_passes": len(passes),
     }
 
@@ -317,7 +315,7 @@ def _main(argv: list[str] | None) -> dict:
     )
     args = parser.parse_args(argv)
 
-    from biometrics.embedding import HOP_SAMPLES, load_voice_embedder
+    from biometrics.embedding import load_voice_embedder
     from biometrics.model.ecapa import build_speechbrain_classifier
     from biometrics.settings import CoreSettings
 
@@ -337,7 +335,6 @@ def _main(argv: list[str] | None) -> dict:
     # host's speed drifts by several per cent between runs, and alternating keeps that drift fair.
     embedder.embed_speech(warmup)
     timings: dict[str, list[dict]] = {"a": [], "b": [], "gemm": [], "paired": []}
-    frames_total = sum(len(u) // HOP_SAMPLES + 1 for u in utterances)
     embeddings: dict[str, np.ndarray] = {}
     rss_b = None
     for round_ in range(args.repeats):
@@ -357,10 +354,9 @@ def _main(argv: list[str] | None) -> dict:
         with ForeignLoad() as load:
             rates = gemm_flops_per_s()
         timings["gemm"].append({"flops_per_s": rates, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
-        pass_s = timings["b"][-1]["wall_s"] / max(1, -(-frames_total // embedder.batch_max_frames))
         waited = wait_until_quiet(args.wait_idle)
         with ForeignLoad() as load:
-            paired = time_paired(embedder, utterances, paired_gemm_size(rates, pass_s))
+            paired = time_paired(embedder, utterances, rates)
         timings["paired"].append({**paired, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
     waited = wait_until_quiet(args.wait_idle)
     with ForeignLoad() as load:
