@@ -8,13 +8,16 @@ Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test
 
 (a) seconds of audio embedded per wall second by SpeechBrain's ``EncoderClassifier.encode_batch``,
     one utterance at a time;
-(b) the same for ``VoiceEmbedder.embed_speech`` (utterances packed along time, up to ``batch_max_frames``
-    feature frames per forward pass, through ``SpeakerEncoder.embed``);
+(b) the same for ``VoiceEmbedder.embed_speech`` (utterances packed along time through
+    ``SpeakerEncoder.embed``, in rounds of ``concurrent_passes`` forward passes run at once, each on its
+    share of the cores, with ``batch_max_frames`` feature frames per round);
 (c) the fp32 matrix-multiply bound: the FLOP/s of square fp32 ``torch.mm`` products divided by the
     model's FLOPs per second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA +
-    embedding norm). The products are timed *paired* with (b): in a run of (b), each forward pass is
-    followed by square products for as long as that pass took, so (b) and (c) see the host at the same
-    moments, and (b)/(c) is the median over rounds of these paired runs. On a shared host whose speed
+    embedding norm). The products are timed *paired* with (b): in a run of (b), each round of forward
+    passes is followed by square products for as long as that round took, so (b) and (c) see the host at
+    the same moments, and (b)/(c) is the median over repeats of these paired runs. That time is shared by
+    products run one at a time on all cores and products run as many at once as (b) runs passes, each on
+    its share of the cores (as (b) does); the faster of the two is the bound. On a shared host whose speed
     swings by 20% within seconds (measured: the same 2048 x 2048 product at 95-157 GFLOP/s in
     consecutive 0.15 s blocks), comparing runs timed at different moments measures the host's weather,
     not our code. The best 0.25 s block of each size is reported as well, as (c peak);
@@ -34,6 +37,7 @@ This is a benchmark, not a test: it never asserts on time. Results go to a table
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import resource
@@ -49,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import RESULTS_DIR, TEST_OTHER, write_results
 from biometrics.audio.waveform import MODEL_SAMPLE_RATE
 from biometrics.model.cpu_kernels import aligned_rows
-from biometrics.torch_thread import run_on_torch_thread
+from biometrics.torch_thread import run_concurrently, run_on_torch_thread
 
 DEFAULT_DATA = TEST_OTHER
 DEFAULT_OUT = RESULTS_DIR / "embedding_speed.json"
@@ -143,31 +147,47 @@ def time_batched(embedder, utterances: list[np.ndarray]) -> tuple[float, np.ndar
     return elapsed, np.stack(out)
 
 
-def gemm_flops_per_s() -> dict:
-    """Best sustained fp32 ``torch.mm`` rate over a few square sizes (2 n^3 FLOPs per product)."""
-    rates = {}
-    gen = torch.Generator().manual_seed(0)
+GemmOperands = dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def square_products(n: int, seconds: float, workers: int, operands: GemmOperands) -> float:
+    """FLOP/s of back-to-back fp32 ``n`` x ``n`` products for ``seconds`` (at least one each), ``workers`` at once.
+
+    One worker runs them on the torch thread's cores; more run them concurrently on the torch thread's
+    workers, each on its share of the cores, as (b) runs its forward passes. Call on the torch thread.
+    ``operands`` caches each worker's matrices by (n, worker).
+    """
+    for w in range(workers):
+        if (n, w) not in operands:
+            gen = torch.Generator().manual_seed(3 + w)
+            operands[(n, w)] = (torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen), torch.empty(n, n))
+
+    @torch.inference_mode()  # on each worker's thread: the mode is per thread
+    def products(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
+        torch.mm(a, b, out=c)  # warm-up, untimed
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds or count == 0:
+            torch.mm(a, b, out=c)
+            count += 1
+        return count * 2 * n**3 / elapsed
+
+    return sum(run_concurrently([functools.partial(products, *operands[(n, w)]) for w in range(workers)]))
+
+
+def gemm_flops_per_s(arrangements: tuple[int, ...]) -> dict[int, dict[int, float]]:
+    """Best fp32 square-product rate by size, for each number of products run at once (best 0.25 s block)."""
+    rates: dict[int, dict[int, float]] = {}
     with torch.inference_mode():
-        for n in GEMM_SIZES:
-            a = torch.randn(n, n, generator=gen)
-            b = torch.randn(n, n, generator=gen)
-            c = torch.empty(n, n)
-            for _ in range(2):  # warm-up
-                torch.mm(a, b, out=c)
-            best = 0.0
-            deadline = time.perf_counter() + GEMM_SECONDS_PER_SIZE
-            # Time blocks of products lasting >= 0.25 s each; keep the best block.
-            reps = max(1, int(0.25 * 1e11 / (2 * n**3)))
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                for _ in range(reps):
-                    torch.mm(a, b, out=c)
-                elapsed = time.perf_counter() - start
-                best = max(best, reps * 2 * n**3 / elapsed)
-                if elapsed < 0.2:
-                    reps *= 2
-            rates[n] = best
-            del a, b, c
+        for workers in arrangements:
+            rates[workers] = {}
+            for n in GEMM_SIZES:
+                operands: GemmOperands = {}
+                deadline = time.perf_counter() + GEMM_SECONDS_PER_SIZE / len(arrangements)
+                best = 0.0
+                while time.perf_counter() < deadline:
+                    best = max(best, square_products(n, 0.25, workers, operands))
+                rates[workers][n] = best
+                del operands
     return rates
 
 
@@ -177,44 +197,46 @@ def paired_gemm_size(rates: dict[int, float], pass_s: float) -> int:
     return max(fitting, key=rates.__getitem__) if fitting else min(rates)
 
 
-def time_paired(embedder, utterances: list[np.ndarray], rates: dict[int, float]) -> dict:
-    """(b), each forward pass followed by square GEMMs for as long as it took (outside its timing).
+def time_paired(embedder, utterances: list[np.ndarray], rates: dict[int, dict[int, float]]) -> dict:
+    """(b), each round of forward passes followed by square GEMMs for as long as it took (outside its timing).
 
-    The GEMM size for each pass is chosen by ``paired_gemm_size`` from the sweep's ``rates``. Wraps the
-    embedder's per-pass method on this instance only, for the length of the run.
+    The time after a round is shared by the arrangements of ``rates`` (products one at a time on all
+    cores, or several at once as (b) runs its passes), and the faster one at that moment is the bound:
+    comparing (b) with a GEMM arranged otherwise than the best would flatter (b). The GEMM size in each
+    arrangement is chosen by ``paired_gemm_size``. Wraps the embedder's per-round method on this instance
+    only, for the length of the run.
     """
-    passes: list[tuple[float, int, float]] = []
-    operands: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    embed_pass = embedder._embed_into
+    rounds: list[tuple[float, int, dict[int, tuple[int, float]]]] = []
+    operands: GemmOperands = {}
+    embed_round = embedder._embed_round
 
-    def timed_pass(*args: object) -> None:
+    def timed_round(out: list, packs: list[list[int]], utterances: list[np.ndarray]) -> None:
         start = time.perf_counter()
-        embed_pass(*args)
+        embed_round(out, packs, utterances)
         elapsed = time.perf_counter() - start
-        n = paired_gemm_size(rates, elapsed)
-        if n not in operands:
-            gen = torch.Generator().manual_seed(3)
-            operands[n] = (torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen), torch.empty(n, n))
-        a, b, c = operands[n]
-        torch.mm(a, b, out=c)  # warm-up, untimed
-        products, start = 0, time.perf_counter()
-        while (gemm_s := time.perf_counter() - start) < elapsed or products == 0:
-            torch.mm(a, b, out=c)
-            products += 1
-        passes.append((elapsed, n, products * 2 * n**3 / gemm_s))
+        share = elapsed / len(rates)
+        measured = {}
+        for workers, by_size in rates.items():
+            n = paired_gemm_size({size: rate / workers for size, rate in by_size.items()}, share)
+            measured[workers] = (n, run_on_torch_thread(square_products, n, share, workers, operands))
+        rounds.append((elapsed, len(packs), measured))
 
-    embedder._embed_into = timed_pass
+    embedder._embed_round = timed_round
     try:
         with torch.inference_mode():
             embedder.embed_speech(utterances)
     finally:
-        del embedder._embed_into
-    b_s = sum(s for s, _, _ in passes)
+        del embedder._embed_round
+    b_s = sum(s for s, _, _ in rounds)
+    by_workers = {w: sum(s * m[w][1] for s, _, m in rounds) / b_s for w in rates}
     return {
         "b_passes_s": b_s,
-        "gemm_sizes": sorted({n for _, n, _ in passes}),
-        "gemm_flops_per_s": sum(s * rate for s, _, rate in passes) / b_s,  # weighted by time: the same moments
-        "forward_passes": len(passes),
+        "gemm_sizes": sorted({n for _, _, m in rounds for n, _ in m.values()}),
+        # Weighted by time, so the same moments as (b); each round's bound is its faster arrangement.
+        "gemm_flops_per_s": sum(s * max(rate for _, rate in m.values()) for s, _, m in rounds) / b_s,
+        "gemm_flops_per_s_by_workers": {str(w): rate for w, rate in by_workers.items()},
+        "rounds": len(rounds),
+        "forward_passes": sum(p for _, p, _ in rounds),
     }
 
 
@@ -223,13 +245,21 @@ MIN_GEMM_DIM = 16  # smaller ones are per-utterance vector products (SE gates, t
 
 
 def record_gemm_shapes(embedder, utterances: list[np.ndarray]) -> dict[tuple[int, int, int, int], int]:
-    """(batch, m, k, n) -> calls, for every matrix product one untimed run of (b) makes."""
+    """(batch, m, k, n) -> calls, for every matrix product one untimed run of (b) makes.
+
+    The run makes (b)'s packs one pass at a time, on this thread, where the profiler sees them.
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    with warnings.catch_warnings():  # one profiling cycle: its note about clearing events between cycles is noise
-        warnings.filterwarnings("ignore", message=".*Profiler clears events", category=UserWarning)
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            embedder.embed_speech(utterances)
+    concurrent, max_frames = embedder.concurrent_passes, embedder.batch_max_frames
+    embedder.concurrent_passes, embedder.batch_max_frames = 1, max_frames // concurrent
+    try:
+        with warnings.catch_warnings():  # one profiling cycle: its note about clearing events between cycles is noise
+            warnings.filterwarnings("ignore", message=".*Profiler clears events", category=UserWarning)
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                embedder.embed_speech(utterances)
+    finally:
+        embedder.concurrent_passes, embedder.batch_max_frames = concurrent, max_frames
     shapes: dict[tuple[int, int, int, int], int] = {}
     for event in prof.events():
         if event.name not in GEMM_OPS or len(event.input_shapes) < 2:
@@ -334,6 +364,7 @@ def _main(argv: list[str] | None) -> dict:
     # (b a, a b, ...) with a GEMM pass after each round, and each figure is the best of its runs: the
     # host's speed drifts by several per cent between runs, and alternating keeps that drift fair.
     embedder.embed_speech(warmup)
+    arrangements = tuple(sorted({1, embedder.concurrent_passes}))
     timings: dict[str, list[dict]] = {"a": [], "b": [], "gemm": [], "paired": []}
     embeddings: dict[str, np.ndarray] = {}
     rss_b = None
@@ -352,7 +383,7 @@ def _main(argv: list[str] | None) -> dict:
                 rss_b = peak_rss_mb()
         waited = wait_until_quiet(args.wait_idle)
         with ForeignLoad() as load:
-            rates = gemm_flops_per_s()
+            rates = gemm_flops_per_s(arrangements)
         timings["gemm"].append({"flops_per_s": rates, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
         waited = wait_until_quiet(args.wait_idle)
         with ForeignLoad() as load:
@@ -365,7 +396,10 @@ def _main(argv: list[str] | None) -> dict:
     min_cosine = float(np.min(np.sum(embeddings["a"] * embeddings["b"], axis=1)))
     t_a = min(run["wall_s"] for run in timings["a"])
     t_b = min(run["wall_s"] for run in timings["b"])
-    gemm = {n: max(run["flops_per_s"][n] for run in timings["gemm"]) for n in GEMM_SIZES}
+    gemm_by_workers = {
+        w: {n: max(run["flops_per_s"][w][n] for run in timings["gemm"]) for n in GEMM_SIZES} for w in arrangements
+    }
+    gemm = {n: max(by_size[n] for by_size in gemm_by_workers.values()) for n in GEMM_SIZES}
     gemm_peak = max(gemm.values())
 
     # (c) GEMM bound: FLOPs are affine in length (per-frame layers + a fixed head), so fit two counts.
@@ -403,6 +437,7 @@ def _main(argv: list[str] | None) -> dict:
         "cpu_count": os.cpu_count(),
         "vad": "skipped in (a) and (b): both embed the identical raw crops",
         "batch_max_frames": embedder.batch_max_frames,
+        "concurrent_passes": embedder.concurrent_passes,
         "seed": args.seed,
         "utterances": len(utterances),
         "audio_seconds": audio_s,
@@ -413,9 +448,15 @@ def _main(argv: list[str] | None) -> dict:
         "c_gemm_bound": {
             "audio_s_per_s": rate_c,
             "paired_gemm_flops_per_s": median_pair["gemm_flops_per_s"],
-            "paired_note": "square GEMMs after each of (b)'s forward passes, as long as it; the median round",
+            "paired_note": (
+                "square GEMMs after each of (b)'s rounds of forward passes, as long as it, one product at a time"
+                " and as many at once as (b) runs passes, the faster counting; the median round"
+            ),
             "audio_s_per_s_at_peak": rate_c_peak,
             "gemm_flops_per_s": {str(n): r for n, r in gemm.items()},
+            "gemm_flops_per_s_by_workers": {
+                str(w): {str(n): r for n, r in by_size.items()} for w, by_size in gemm_by_workers.items()
+            },
             "gemm_peak_flops_per_s": gemm_peak,
             "model_flops_per_audio_s": flops_per_audio_s,
             "model_fixed_flops_per_utterance": fixed_flops,
@@ -438,7 +479,13 @@ def _main(argv: list[str] | None) -> dict:
             "d": timings["blas"],
             "paired": timings["paired"],
             "gemm": [
-                {**run, "flops_per_s": {str(n): v for n, v in run["flops_per_s"].items()}} for run in timings["gemm"]
+                {
+                    **run,
+                    "flops_per_s": {
+                        str(w): {str(n): v for n, v in by_size.items()} for w, by_size in run["flops_per_s"].items()
+                    },
+                }
+                for run in timings["gemm"]
             ],
         },
         "foreign_load_cores_max": foreign,
@@ -476,7 +523,7 @@ def print_table(r: dict) -> None:
         f"{r['utterances']} utterances, {r['audio_seconds']:.1f} s of audio "
         f"({r['utterance_seconds_min']:.1f}-{r['utterance_seconds_max']:.1f} s each); VAD {r['vad']}"
     )
-    print(f"batch_max_frames={r['batch_max_frames']}")
+    print(f"batch_max_frames={r['batch_max_frames']}, concurrent_passes={r['concurrent_passes']}")
     print()
     rows = [
         ("(a) SpeechBrain encode_batch, one at a time", r["a_plain_speechbrain"]),
@@ -490,13 +537,18 @@ def print_table(r: dict) -> None:
     d = r["d_blas_ceiling"]
     print(f"{'(d) BLAS ceiling: (b)s GEMMs alone':<46} {d['gemm_s']:>8.2f} {d['audio_s_per_s']:>12.1f}")
     print()
-    gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in c["gemm_flops_per_s"].items())
-    print(f"GEMM GFLOP/s by size, best block: {gemm} (best {c['gemm_peak_flops_per_s'] / 1e9:.1f})")
+    for workers, by_size in c["gemm_flops_per_s_by_workers"].items():
+        gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in by_size.items())
+        print(f"GEMM GFLOP/s by size, best block, {workers} at once: {gemm}")
+    print(f"GEMM peak: {c['gemm_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
     pairs = "; ".join(
         f"{run['b_gflops_per_s']:.1f} / {run['gemm_flops_per_s'] / 1e9:.1f} = {run['b_over_c']:.3f}"
         for run in r["runs"]["paired"]
     )
     print(f"paired runs, (b) GFLOP/s / GEMM GFLOP/s at the same moments: {pairs}")
+    for run in r["runs"]["paired"]:
+        by = ", ".join(f"{w} at once {v / 1e9:.1f}" for w, v in run["gemm_flops_per_s_by_workers"].items())
+        print(f"  GEMM GFLOP/s after (b)'s rounds: {by}")
     print(
         f"model: {c['model_flops_per_audio_s'] / 1e9:.2f} GFLOP per audio second "
         f"+ {c['model_fixed_flops_per_utterance'] / 1e6:.1f} MFLOP per utterance; "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from biometrics.audio.waveform import MODEL_SAMPLE_RATE, Waveform
 from biometrics.errors import IncompatibleModel
@@ -17,7 +19,7 @@ from biometrics.quality.gates import NO_SPEECH_BELOW_S, QualityMeasures
 from biometrics.quality.measures import estimate_snr_db, net_speech_seconds
 from biometrics.quality.vad import VadSettings, VoiceActivityDetector
 from biometrics.settings import CoreSettings
-from biometrics.torch_thread import on_torch_thread
+from biometrics.torch_thread import on_torch_thread, run_concurrently, run_on_torch_thread
 
 HOP_SAMPLES = MODEL_SAMPLE_RATE // 100  # Fbank's 10 ms hop
 
@@ -51,17 +53,27 @@ def model_fingerprint(encoder: SpeakerEncoder, vad: VoiceActivityDetector) -> st
 
 
 class VoiceEmbedder:
-    """Measures each sample's quality and embeds its speech; packs mixed lengths into one pass exactly."""
+    """Measures each sample's quality and embeds its speech; packs mixed lengths into one pass exactly.
+
+    Many utterances are embedded in rounds of up to ``concurrent_passes`` forward passes run at once
+    (``biometrics.torch_thread.run_concurrently``), each on a pack of at most ``batch_max_frames /
+    concurrent_passes`` feature frames; one round is one turn of the torch thread.
+    """
 
     def __init__(
         self,
         encoder: SpeakerEncoder,
         vad: VoiceActivityDetector,
         batch_max_frames: int = CoreSettings.model_fields["batch_max_frames"].default,
+        concurrent_passes: int = CoreSettings.model_fields["concurrent_passes"].default,
     ) -> None:
+        if concurrent_passes < 1:
+            raise ValueError("concurrent_passes must be at least 1")
         self.encoder = encoder
         self.vad = vad
         self.batch_max_frames = batch_max_frames
+        # More passes than cores would share cores: each pass gets one at least.
+        self.concurrent_passes = min(concurrent_passes, run_on_torch_thread(torch.get_num_threads))
         self.fingerprint = model_fingerprint(encoder, vad)
 
     @on_torch_thread
@@ -96,30 +108,41 @@ class VoiceEmbedder:
         ]
 
     def embed_speech(self, utterances: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Embeds speech-only utterances, packed (in length order) up to batch_max_frames feature frames a pass."""
-        order = sorted(range(len(utterances)), key=lambda i: len(utterances[i]))
+        """Embeds speech-only utterances, packed in length order; see the class for how passes are grouped."""
+        packs = self._packs(utterances, max(1, self.batch_max_frames // self.concurrent_passes))
         out: list[np.ndarray | None] = [None] * len(utterances)
-        batch: list[int] = []
-        total = 0
-        for i in order:
-            frames = len(utterances[i]) // HOP_SAMPLES + 1
-            if batch and total + frames > self.batch_max_frames:
-                self._embed_into(out, batch, utterances)
-                batch, total = [], 0
-            batch.append(i)
-            total += frames
-        if batch:
-            self._embed_into(out, batch, utterances)
+        for start in range(0, len(packs), self.concurrent_passes):
+            self._embed_round(out, packs[start : start + self.concurrent_passes], utterances)
         return out  # type: ignore[return-value]  # every slot is filled above
 
-    def _embed_into(self, out: list[np.ndarray | None], batch: list[int], utterances: Sequence[np.ndarray]) -> None:
-        vectors = self.encoder.embed([utterances[i] for i in batch])
-        for i, v in zip(batch, vectors, strict=True):
-            out[i] = v
+    @staticmethod
+    def _packs(utterances: Sequence[np.ndarray], max_frames: int) -> list[list[int]]:
+        """Indices of the utterances, shortest first, in packs of at most ``max_frames`` (a longer one goes alone)."""
+        packs: list[list[int]] = []
+        total = 0
+        for i in sorted(range(len(utterances)), key=lambda i: len(utterances[i])):
+            frames = len(utterances[i]) // HOP_SAMPLES + 1
+            if not packs or total + frames > max_frames:
+                packs.append([])
+                total = 0
+            packs[-1].append(i)
+            total += frames
+        return [p for p in packs if p]
+
+    def _embed_round(
+        self, out: list[np.ndarray | None], packs: list[list[int]], utterances: Sequence[np.ndarray]
+    ) -> None:
+        """One forward pass per pack, all at once; a round of one pass runs on every core of the torch thread."""
+        calls = [functools.partial(self.encoder.embed, [utterances[i] for i in pack]) for pack in packs]
+        for pack, vectors in zip(packs, run_on_torch_thread(run_concurrently, calls), strict=True):
+            for i, v in zip(pack, vectors, strict=True):
+                out[i] = v
 
 
 def load_voice_embedder(settings: CoreSettings | None = None) -> VoiceEmbedder:
     settings = settings or CoreSettings()
     encoder = SpeakerEncoder(resolve_weights(settings), malloc_keep_freed=settings.malloc_keep_freed)
     vad = VoiceActivityDetector(VadSettings(threshold=settings.vad_threshold))
-    return VoiceEmbedder(encoder, vad, batch_max_frames=settings.batch_max_frames)
+    return VoiceEmbedder(
+        encoder, vad, batch_max_frames=settings.batch_max_frames, concurrent_passes=settings.concurrent_passes
+    )

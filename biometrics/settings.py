@@ -42,11 +42,15 @@ class CoreSettings(BaseSettings):
     # in impostor standard deviations (3.0 ~ 1 false accept in 1000 under a Gaussian tail).
     asnorm_threshold: float = 3.0
 
-    # Embedding batches: the most feature frames packed into one forward pass (a single longer
-    # utterance still goes alone). Packing keeps the GEMMs wide: on 3-8 s utterances, 2000-frame
-    # packs ran 4% faster than one utterance at a time (benchmarks/embedding_speed.py); activation
-    # memory grows with the pack (about 0.1 MB per frame at the attention pooling).
+    # Embedding batches: the most feature frames embedded at once, shared by the concurrent forward
+    # passes (a single longer utterance still goes alone). Packing keeps the GEMMs wide: on 3-8 s
+    # utterances, 2000-frame packs ran 4% faster than one utterance at a time
+    # (benchmarks/embedding_speed.py); activation memory grows with the frames (about 0.1 MB per frame
+    # at the attention pooling), and so does how long a caller may wait behind a batch job.
     batch_max_frames: int = Field(2000, ge=100)
+    # Forward passes run at once when many utterances are embedded, each on its share of the cores
+    # (biometrics/torch_thread.py, run_concurrently); 1 runs them one after another on all cores.
+    concurrent_passes: int = Field(2, ge=1)
     # On CPU, tell glibc's malloc to keep freed activation memory for the next forward pass
     # (biometrics/model/allocator.py): 7-8% faster, but process-wide, and RSS stays at the peak.
     malloc_keep_freed: bool = True

@@ -18,6 +18,15 @@ Calls made inside ``background()`` (a server's accuracy audit) wait while calls 
 (live verifications) are queued, so a caller on the line waits for at most the one background task
 already running.
 
+The torch thread can also hand several independent calls (forward passes of different packs of
+utterances) to ``run_concurrently``: each goes to a worker thread of its own that runs its torch
+operations on its share of the torch thread's cores (on 2 cores, one each), and the torch thread waits
+for all of them. Nothing then runs a parallel region across cores: no core waits at a barrier for the
+other, and one pass's Python and memory-bound steps overlap the other's matrix products. On a 2-core
+host shared with other tenants, two single-threaded passes at once took 3-5% less time than the same
+passes one after another on both cores (median of 6 interleaved rounds: 4.6%), and 14-40% less in the
+rounds where the host was busiest. The workers are torch threads too: calls made on them run directly.
+
 The thread is a daemon with a queue of its own (not a ``ThreadPoolExecutor``, which refuses new work
 once the interpreter starts shutting down, while non-daemon threads such as a server's running audit
 are still being waited for). A forked child starts a thread of its own on first use.
@@ -25,16 +34,19 @@ are still being waited for). A forked child starts a thread of its own on first 
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
+
+import torch
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,12 +54,15 @@ R = TypeVar("R")
 FOREGROUND, BACKGROUND = 0, 1
 # (priority, arrival, future, call): the lower priority first, then first come, first served.
 _Task = tuple[int, int, Future[Any], Callable[[], Any]]
+_Job = tuple[Future[Any], Callable[[], Any]]  # a worker's (see run_concurrently)
 
 _here = threading.local()
 _lock = threading.Lock()
 _tasks: queue.PriorityQueue[_Task] | None = None
 _arrivals = itertools.count()
 _priority: ContextVar[int] = ContextVar("bioident_torch_priority", default=FOREGROUND)
+# Worker queues of run_concurrently, by how many run at once; only the torch thread touches this.
+_workers: dict[int, list[queue.SimpleQueue[_Job]]] = {}
 
 
 @contextmanager
@@ -86,7 +101,8 @@ def _task_queue() -> queue.PriorityQueue[_Task]:
 
 def _forget_parents_thread() -> None:
     global _lock, _tasks
-    _lock, _tasks = threading.Lock(), None  # the parent's thread does not exist in a forked child
+    _lock, _tasks = threading.Lock(), None  # the parent's threads do not exist in a forked child
+    _workers.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -105,6 +121,57 @@ def run_on_torch_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     future: Future[R] = Future()
     _task_queue().put((_priority.get(), next(_arrivals), future, functools.partial(fn, *args, **kwargs)))
     return future.result()
+
+
+def run_concurrently(calls: Sequence[Callable[[], R]]) -> list[R]:
+    """Runs ``calls`` at once, each on a worker with its share of the torch thread's cores; returns their results.
+
+    Call it on the torch thread, which waits for all of them (so queued torch calls wait too). The first
+    exception among the calls is raised once all have finished. A single call runs on the torch thread.
+    """
+    if not on_torch_thread_now() or getattr(_here, "is_worker", False):
+        raise RuntimeError("run_concurrently runs on the torch thread")
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    futures: list[Future[R]] = []
+    for worker, call in zip(_workers_for(len(calls)), calls, strict=True):
+        futures.append(Future())
+        worker.put((futures[-1], call))
+    concurrent.futures.wait(futures)
+    return [f.result() for f in futures]
+
+
+def _workers_for(count: int) -> list[queue.SimpleQueue[_Job]]:
+    if count not in _workers:
+        threads = torch.get_num_threads()
+        ready = threading.Barrier(count + 1)
+        queues: list[queue.SimpleQueue[_Job]] = []
+        for i in range(count):
+            queues.append(queue.SimpleQueue())
+            args = (queues[-1], max(1, threads // count), ready)
+            threading.Thread(target=_work, args=args, name=f"bioident-torch-{i + 1}", daemon=True).start()
+        ready.wait()
+        # torch.set_num_threads also sets the count that threads starting later begin with: give it back.
+        torch.set_num_threads(threads)
+        _workers[count] = queues
+    return _workers[count]
+
+
+def _work(tasks: queue.SimpleQueue[_Job], threads: int, ready: threading.Barrier) -> None:
+    _here.is_torch_thread = _here.is_worker = True
+    # ATen sets a thread's own count from the process-wide one at its first parallel operation, and
+    # would then undo the one set below: have it do that first.
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
+    ready.wait()
+    while True:
+        future, call = tasks.get()
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the torch thread, which re-raises it
+                future.set_exception(exc)
+        del future, call
 
 
 def on_torch_thread(fn: Callable[P, R]) -> Callable[P, R]:

@@ -50,6 +50,29 @@ def test_a_batch_of_mixed_lengths_gives_the_same_embeddings_as_one_at_a_time(emb
         assert float(np.dot(alone.embedding.vector, batched.embedding.vector)) >= 0.9999
 
 
+def test_concurrent_passes_give_the_embeddings_of_passes_one_after_another(embedder, mixed_lengths, monkeypatch):
+    import threading
+
+    import biometrics.model.ecapa as ecapa
+
+    utterances = [w.samples for w in mixed_lengths]
+    # 1500 frames a round: the 20 s utterance goes alone, the others share packs; two passes at once.
+    concurrent = VoiceEmbedder(embedder.encoder, embedder.vad, batch_max_frames=1500, concurrent_passes=2)
+    one_by_one = VoiceEmbedder(embedder.encoder, embedder.vad, batch_max_frames=750, concurrent_passes=1)
+    assert concurrent.concurrent_passes == 2  # the test machine has 2 cores or more
+    passes_on = []
+    real_pack = ecapa.pack
+    monkeypatch.setattr(ecapa, "pack", lambda *a, **k: passes_on.append(threading.get_ident()) or real_pack(*a, **k))
+    together = concurrent.embed_speech(utterances)
+    assert len(passes_on) >= 3 and len(set(passes_on[:2])) == 2  # the first round's two passes ran on two threads
+    passes_on.clear()
+    for vector, alone in zip(together, one_by_one.embed_speech(utterances), strict=True):
+        assert float(np.dot(vector, alone)) >= 0.99999
+    assert len(set(passes_on)) == 1
+    with pytest.raises(ValueError, match="concurrent_passes"):
+        VoiceEmbedder(embedder.encoder, embedder.vad, concurrent_passes=0)
+
+
 def test_our_encoder_gives_speechbrains_own_embeddings(embedder, mixed_lengths):
     """The faster CPU kernels and exact batching change nothing against SpeechBrain's EncoderClassifier."""
     import torch

@@ -85,12 +85,15 @@ def test_queued_calls_from_a_background_block_wait_for_the_others():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_a_torch_thread_of_its_own():
-    _where()  # the parent's thread exists before the fork
+    _where()  # the parent's threads exist before the fork
+    run_on_torch_thread(torch_thread.run_concurrently, [lambda: 1, lambda: 2])
     pid = os.fork()
-    if pid == 0:  # the child: the parent's thread is not here, a call must not wait for it forever
+    if pid == 0:  # the child: the parent's threads are not here, a call must not wait for them forever
         code = 1
         try:
-            code = 0 if run_on_torch_thread(lambda: 7) == 7 else 1
+            ok = run_on_torch_thread(lambda: 7) == 7
+            ok = ok and run_on_torch_thread(torch_thread.run_concurrently, [lambda: 1, lambda: 2]) == [1, 2]
+            code = 0 if ok else 1
         finally:
             os._exit(code)
     deadline = time.monotonic() + 30
@@ -99,7 +102,7 @@ def test_a_forked_child_gets_a_torch_thread_of_its_own():
     if done[0] == 0:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        pytest.fail("the forked child's call waited for the parent's torch thread")
+        pytest.fail("the forked child's call waited for the parent's torch threads")
     assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
@@ -146,3 +149,65 @@ def test_resampling_vad_and_embedding_called_from_other_threads_run_on_the_torch
         list(pool.map(work, range(3)))
     assert set(ran_on) == {"resample", "vad", "embedding"}
     assert {ident for idents in ran_on.values() for ident in idents} == {_where()}
+
+
+def _thread_and_torch_threads() -> tuple[int, int]:
+    import torch
+
+    return threading.get_ident(), torch.get_num_threads()
+
+
+def test_concurrent_calls_run_at_once_on_workers_sharing_the_torch_threads_cores():
+    import torch
+
+    threads = run_on_torch_thread(torch.get_num_threads)
+    barrier = threading.Barrier(2, timeout=30)  # both calls must be running at the same time to pass it
+
+    def call(label: str) -> tuple[str, int, int, bool]:
+        barrier.wait()
+        ident, count = _thread_and_torch_threads()
+        return label, ident, count, _where() == ident  # a wrapped call on a worker runs directly
+
+    results = run_on_torch_thread(torch_thread.run_concurrently, [lambda: call("first"), lambda: call("second")])
+    assert [label for label, *_ in results] == ["first", "second"]
+    idents = {ident for _, ident, _, _ in results}
+    assert len(idents) == 2 and _where() not in idents
+    assert all(count == max(1, threads // 2) and runs_directly for _, _, count, runs_directly in results)
+    # Neither the torch thread's count nor the one a new thread starts with has changed.
+    assert run_on_torch_thread(torch.get_num_threads) == threads
+    fresh = ThreadPoolExecutor(1)
+    try:
+        assert fresh.submit(torch.get_num_threads).result() == threads
+    finally:
+        fresh.shutdown()
+    # The same workers serve the next round.
+    again = run_on_torch_thread(torch_thread.run_concurrently, [_thread_and_torch_threads] * 2)
+    assert {ident for ident, _ in again} == idents
+
+
+def test_a_failing_concurrent_call_reaches_the_caller_after_the_others_finish():
+    finished = []
+
+    def slow() -> None:
+        time.sleep(0.2)
+        finished.append("slow")
+
+    def fails() -> None:
+        raise ValueError("from a worker")
+
+    with pytest.raises(ValueError, match="from a worker"):
+        run_on_torch_thread(torch_thread.run_concurrently, [fails, slow])
+    assert finished == ["slow"]
+    assert run_on_torch_thread(torch_thread.run_concurrently, [lambda: 1, lambda: 2]) == [1, 2]
+    assert run_on_torch_thread(torch_thread.run_concurrently, [lambda: 3]) == [3]
+
+
+def test_concurrent_calls_are_made_from_the_torch_thread_only():
+    with pytest.raises(RuntimeError, match="runs on the torch thread"):
+        torch_thread.run_concurrently([lambda: 1, lambda: 2])
+
+    def from_a_worker() -> None:
+        torch_thread.run_concurrently([lambda: 1, lambda: 2])
+
+    with pytest.raises(RuntimeError, match="runs on the torch thread"):
+        run_on_torch_thread(torch_thread.run_concurrently, [from_a_worker, lambda: None])
