@@ -127,7 +127,7 @@ class VoiceEmbedder:
                 total = 0
             packs[-1].append(i)
             total += frames
-        return [p for p in packs if p]
+        return packs
 
     def _embed_round(
         self, out: list[np.ndarray | None], packs: list[list[int]], utterances: Sequence[np.ndarray]
