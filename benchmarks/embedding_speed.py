@@ -247,19 +247,15 @@ MIN_GEMM_DIM = 16  # smaller ones are per-utterance vector products (SE gates, t
 def record_gemm_shapes(embedder, utterances: list[np.ndarray]) -> dict[tuple[int, int, int, int], int]:
     """(batch, m, k, n) -> calls, for every matrix product one untimed run of (b) makes.
 
-    The run makes (b)'s packs one pass at a time, on this thread, where the profiler sees them.
+    The run embeds (b)'s packs one pass at a time, on this thread, where the profiler sees them.
     """
     from torch.profiler import ProfilerActivity, profile
 
-    concurrent, max_frames = embedder.concurrent_passes, embedder.batch_max_frames
-    embedder.concurrent_passes, embedder.batch_max_frames = 1, max_frames // concurrent
-    try:
-        with warnings.catch_warnings():  # one profiling cycle: its note about clearing events between cycles is noise
-            warnings.filterwarnings("ignore", message=".*Profiler clears events", category=UserWarning)
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-                embedder.embed_speech(utterances)
-    finally:
-        embedder.concurrent_passes, embedder.batch_max_frames = concurrent, max_frames
+    with warnings.catch_warnings():  # one profiling cycle: its note about clearing events between cycles is noise
+        warnings.filterwarnings("ignore", message=".*Profiler clears events", category=UserWarning)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for pack in embedder.packs(utterances):
+                embedder.encoder.embed([utterances[i] for i in pack])
     shapes: dict[tuple[int, int, int, int], int] = {}
     for event in prof.events():
         if event.name not in GEMM_OPS or len(event.input_shapes) < 2:

@@ -109,15 +109,18 @@ class VoiceEmbedder:
 
     def embed_speech(self, utterances: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Embeds speech-only utterances, packed in length order; see the class for how passes are grouped."""
-        packs = self._packs(utterances, max(1, self.batch_max_frames // self.concurrent_passes))
+        packs = self.packs(utterances)
         out: list[np.ndarray | None] = [None] * len(utterances)
         for start in range(0, len(packs), self.concurrent_passes):
             self._embed_round(out, packs[start : start + self.concurrent_passes], utterances)
         return out  # type: ignore[return-value]  # every slot is filled above
 
-    @staticmethod
-    def _packs(utterances: Sequence[np.ndarray], max_frames: int) -> list[list[int]]:
-        """Indices of the utterances, shortest first, in packs of at most ``max_frames`` (a longer one goes alone)."""
+    def packs(self, utterances: Sequence[np.ndarray]) -> list[list[int]]:
+        """Indices of the utterances, shortest first, in the packs ``embed_speech`` gives one forward pass each.
+
+        A pack holds at most ``batch_max_frames / concurrent_passes`` feature frames; a longer utterance goes alone.
+        """
+        max_frames = max(1, self.batch_max_frames // self.concurrent_passes)
         packs: list[list[int]] = []
         total = 0
         for i in sorted(range(len(utterances)), key=lambda i: len(utterances[i])):
