@@ -19,7 +19,7 @@ from biometrics.quality.gates import NO_SPEECH_BELOW_S, QualityMeasures
 from biometrics.quality.measures import estimate_snr_db, net_speech_seconds
 from biometrics.quality.vad import VadSettings, VoiceActivityDetector
 from biometrics.settings import CoreSettings
-from biometrics.torch_thread import on_torch_thread, run_concurrently, run_on_torch_thread
+from biometrics.torch_thread import on_torch_thread, run_in_turns, run_on_torch_thread
 
 HOP_SAMPLES = MODEL_SAMPLE_RATE // 100  # Fbank's 10 ms hop
 
@@ -55,9 +55,10 @@ def model_fingerprint(encoder: SpeakerEncoder, vad: VoiceActivityDetector) -> st
 class VoiceEmbedder:
     """Measures each sample's quality and embeds its speech; packs mixed lengths into one pass exactly.
 
-    Many utterances are embedded in rounds of up to ``concurrent_passes`` forward passes run at once
-    (``biometrics.torch_thread.run_concurrently``), each on a pack of at most ``batch_max_frames /
-    concurrent_passes`` feature frames; one round is one turn of the torch thread.
+    Many utterances are embedded in forward passes over packs of at most ``batch_max_frames /
+    concurrent_passes`` feature frames, ``concurrent_passes`` of them running at once, each on its share
+    of the cores (``biometrics.torch_thread.run_in_turns``). Passes go on in one turn of the torch thread
+    until another torch call waits; that call then goes before the rest.
     """
 
     def __init__(
@@ -108,38 +109,45 @@ class VoiceEmbedder:
         ]
 
     def embed_speech(self, utterances: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Embeds speech-only utterances, packed in length order; see the class for how passes are grouped."""
+        """Embeds speech-only utterances, packed in length order; see the class for how passes are run."""
         packs = self.packs(utterances)
         out: list[np.ndarray | None] = [None] * len(utterances)
-        for start in range(0, len(packs), self.concurrent_passes):
-            self._embed_round(out, packs[start : start + self.concurrent_passes], utterances)
+        while packs:
+            packs = packs[self._embed_turn(out, packs, utterances) :]
         return out  # type: ignore[return-value]  # every slot is filled above
 
     def packs(self, utterances: Sequence[np.ndarray]) -> list[list[int]]:
-        """Indices of the utterances, shortest first, in the packs ``embed_speech`` gives one forward pass each.
+        """Indices of the utterances in the packs ``embed_speech`` gives one forward pass each, in its order.
 
-        A pack holds at most ``batch_max_frames / concurrent_passes`` feature frames; a longer utterance goes alone.
+        Utterances fill packs shortest first, each pack holding at most ``batch_max_frames /
+        concurrent_passes`` feature frames (a longer utterance goes alone). The packs then run widest
+        first, so the last passes, during which some cores may have nothing left to take, are the shortest.
         """
         max_frames = max(1, self.batch_max_frames // self.concurrent_passes)
         packs: list[list[int]] = []
-        total = 0
+        widths: list[int] = []
         for i in sorted(range(len(utterances)), key=lambda i: len(utterances[i])):
             frames = len(utterances[i]) // HOP_SAMPLES + 1
-            if not packs or total + frames > max_frames:
+            if not packs or widths[-1] + frames > max_frames:
                 packs.append([])
-                total = 0
+                widths.append(-self.encoder.pack_gap)  # no gap before a pack's first utterance
             packs[-1].append(i)
-            total += frames
-        return packs
+            widths[-1] += frames + self.encoder.pack_gap
+        return [packs[k] for k in sorted(range(len(packs)), key=lambda k: -widths[k])]
 
-    def _embed_round(
+    def _embed_turn(
         self, out: list[np.ndarray | None], packs: list[list[int]], utterances: Sequence[np.ndarray]
-    ) -> None:
-        """One forward pass per pack, all at once; a round of one pass runs on every core of the torch thread."""
+    ) -> int:
+        """Forward passes of ``packs`` in order, in one turn of the torch thread; returns how many ran.
+
+        A turn ends early once another torch call waits; a single pass runs on every core.
+        """
         calls = [functools.partial(self.encoder.embed, [utterances[i] for i in pack]) for pack in packs]
-        for pack, vectors in zip(packs, run_on_torch_thread(run_concurrently, calls), strict=True):
+        done = run_on_torch_thread(run_in_turns, calls, self.concurrent_passes)
+        for pack, vectors in zip(packs, done, strict=False):
             for i, v in zip(pack, vectors, strict=True):
                 out[i] = v
+        return len(done)
 
 
 def load_voice_embedder(settings: CoreSettings | None = None) -> VoiceEmbedder:

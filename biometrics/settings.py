@@ -49,7 +49,7 @@ class CoreSettings(BaseSettings):
     # at the attention pooling), and so does how long a caller may wait behind a batch job.
     batch_max_frames: int = Field(2000, ge=100)
     # Forward passes run at once when many utterances are embedded, each on its share of the cores
-    # (biometrics/torch_thread.py, run_concurrently); 1 runs them one after another on all cores.
+    # (biometrics/torch_thread.py, run_in_turns); 1 runs them one after another on all cores.
     concurrent_passes: int = Field(2, ge=1)
     # On CPU, tell glibc's malloc to keep freed activation memory for the next forward pass
     # (biometrics/model/allocator.py): 7-8% faster, but process-wide, and RSS stays at the peak.

@@ -18,14 +18,19 @@ Calls made inside ``background()`` (a server's accuracy audit) wait while calls 
 (live verifications) are queued, so a caller on the line waits for at most the one background task
 already running.
 
-The torch thread can also hand several independent calls (forward passes of different packs of
-utterances) to ``run_concurrently``: each goes to a worker thread of its own that runs its torch
-operations on its share of the torch thread's cores (on 2 cores, one each), and the torch thread waits
-for all of them. Nothing then runs a parallel region across cores: no core waits at a barrier for the
-other, and one pass's Python and memory-bound steps overlap the other's matrix products. On a 2-core
-host shared with other tenants, two single-threaded passes at once took 3-5% less time than the same
-passes one after another on both cores (median of 6 interleaved rounds: 4.6%), and 14-40% less in the
-rounds where the host was busiest. The workers are torch threads too: calls made on them run directly.
+The torch thread can also hand a list of independent calls (forward passes of different packs of
+utterances) to ``run_in_turns``: worker threads, each running its torch operations on its share of the
+torch thread's cores (on 2 cores, one each), take the calls in order, each the next one as soon as its
+last has ended, and the torch thread waits for them. Nothing then runs a parallel region across cores:
+no core waits at a barrier for the other, and one pass's Python and memory-bound steps overlap the
+other's matrix products. On a 2-core host shared with other tenants, two single-threaded passes at once
+took 3-5% less time than the same passes one after another on both cores (median of 6 interleaved
+rounds: 4.6%), and 14-40% less in the rounds where the host was busiest. Taking calls in turns rather
+than in rounds of one call per worker matters as much: two passes of equal width run at once ended up to
+30% apart on this shared host, and a round waits for its slower pass (measured: 2.5-4.6% of both cores'
+time idle in rounds, with the rounds' passes within 2% of each other in width). Once a torch call is
+waiting, the workers take no more calls, so it waits for at most the passes already running. The
+workers are torch threads too: calls made on them run directly.
 
 The thread is a daemon with a queue of its own (not a ``ThreadPoolExecutor``, which refuses new work
 once the interpreter starts shutting down, while non-daemon threads such as a server's running audit
@@ -54,14 +59,14 @@ R = TypeVar("R")
 FOREGROUND, BACKGROUND = 0, 1
 # (priority, arrival, future, call): the lower priority first, then first come, first served.
 _Task = tuple[int, int, Future[Any], Callable[[], Any]]
-_Job = tuple[Future[Any], Callable[[], Any]]  # a worker's (see run_concurrently)
+_Job = tuple[Future[Any], Callable[[], Any]]  # a worker's (see run_in_turns)
 
 _here = threading.local()
 _lock = threading.Lock()
 _tasks: queue.PriorityQueue[_Task] | None = None
 _arrivals = itertools.count()
 _priority: ContextVar[int] = ContextVar("bioident_torch_priority", default=FOREGROUND)
-# Worker queues of run_concurrently, by how many run at once; only the torch thread touches this.
+# Worker queues of run_in_turns, by how many run at once; only the torch thread touches this.
 _workers: dict[int, list[queue.SimpleQueue[_Job]]] = {}
 
 
@@ -123,22 +128,70 @@ def run_on_torch_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     return future.result()
 
 
-def run_concurrently(calls: Sequence[Callable[[], R]]) -> list[R]:
-    """Runs ``calls`` at once, each on a worker with its share of the torch thread's cores; returns their results.
+def run_in_turns(calls: Sequence[Callable[[], R]], workers: int) -> list[R]:
+    """Runs ``calls`` in order on up to ``workers`` workers, each with its share of the torch thread's cores.
 
-    Call it on the torch thread, which waits for all of them (so queued torch calls wait too). The first
-    exception among the calls is raised once all have finished. A single call runs on the torch thread.
+    Call it on the torch thread. Each worker takes the next call as soon as its last one has ended, so a
+    slow call holds back only its own worker. The first ``workers`` calls always start; after them, no
+    worker takes another call once a torch call is waiting in the queue. Returns the results of the
+    calls that ran, which are the first ones: the caller resubmits the rest, behind whoever was waiting.
+    With one worker (or one call), the calls run on the torch thread itself, on all its cores. The first
+    exception among the calls is raised once every running call has ended; no call starts after it.
     """
     if not on_torch_thread_now() or getattr(_here, "is_worker", False):
-        raise RuntimeError("run_concurrently runs on the torch thread")
-    if len(calls) <= 1:
-        return [call() for call in calls]
-    futures: list[Future[R]] = []
-    for worker, call in zip(_workers_for(len(calls)), calls, strict=True):
-        futures.append(Future())
-        worker.put((futures[-1], call))
-    concurrent.futures.wait(futures)
-    return [f.result() for f in futures]
+        raise RuntimeError("run_in_turns runs on the torch thread")
+    if workers < 1:
+        raise ValueError("run_in_turns needs at least one worker")
+    turns = _Turns(calls, min(workers, len(calls)))
+    if turns.workers <= 1:
+        turns.take_until_done()
+    else:
+        futures: list[Future[None]] = []
+        for worker in _workers_for(turns.workers):
+            futures.append(Future())
+            worker.put((futures[-1], turns.take_until_done))
+        concurrent.futures.wait(futures)
+    return turns.results()
+
+
+def _someone_waits() -> bool:
+    tasks = _tasks
+    return tasks is not None and not tasks.empty()
+
+
+class _Turns:
+    """The calls of one ``run_in_turns``, handed out one at a time to whichever worker asks."""
+
+    def __init__(self, calls: Sequence[Callable[[], Any]], workers: int) -> None:
+        self.calls, self.workers = calls, workers
+        self._lock = threading.Lock()
+        self._taken = 0
+        self._results: dict[int, Any] = {}
+        self._error: BaseException | None = None
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._error is not None or self._taken == len(self.calls):
+                return None
+            if self._taken >= self.workers and _someone_waits():
+                return None
+            self._taken += 1
+            return self._taken - 1
+
+    def take_until_done(self) -> None:
+        while (i := self._take()) is not None:
+            try:
+                result = self.calls[i]()
+            except BaseException as exc:  # noqa: BLE001 - raised by results(), on the torch thread
+                with self._lock:
+                    self._error = self._error or exc
+                return
+            self._results[i] = result
+
+    def results(self) -> list[Any]:
+        if self._error is not None:
+            raise self._error
+        return [self._results[i] for i in range(self._taken)]
 
 
 def _workers_for(count: int) -> list[queue.SimpleQueue[_Job]]:

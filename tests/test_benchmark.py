@@ -23,15 +23,18 @@ def test_the_speed_benchmark_reports_every_figure_and_both_paths_agree(tmp_path,
         assert results[path]["audio_s_per_s"] > 0, path
     assert results["c_gemm_bound"]["model_flops_per_audio_s"] > 1e9  # ECAPA: about 3.75 GFLOP per second of audio
     assert set(results["target"]) >= {"b_over_c_met", "peak_rss_after_b_met", "met"}
-    # (b)/(c) comes from runs where GEMMs followed each round of forward passes: one run per repeat, each
-    # with a ratio, and each round's bound the faster of its GEMM arrangements (one product at a time on
+    # (b)/(c) comes from runs where GEMMs followed each turn of forward passes: one run per repeat, each
+    # with a ratio, and each turn's bound the faster of its GEMM arrangements (one product at a time on
     # all cores, or as many at once as (b) runs passes).
     paired = results["runs"]["paired"]
-    assert len(paired) == 1 and 1 <= paired[0]["rounds"] <= paired[0]["forward_passes"]
+    assert len(paired) == 1 and 1 <= paired[0]["turns"] <= paired[0]["forward_passes"]
     by_workers = paired[0]["gemm_flops_per_s_by_workers"]
     assert set(by_workers) == {"1", str(results["concurrent_passes"])} and min(by_workers.values()) > 0
     assert paired[0]["gemm_flops_per_s"] >= max(by_workers.values()) * (1 - 1e-9)
     assert results["ratio_b_over_c"] == paired[0]["b_over_c"] > 0
+    # (d) replays (b)'s products in the same arrangements as (c), the faster counting.
+    replayed = results["d_blas_ceiling"]["gemm_s_by_workers"]
+    assert set(replayed) == set(by_workers) and results["d_blas_ceiling"]["gemm_s"] == min(replayed.values()) > 0
     table = capsys.readouterr().out
     assert "(b)/(c)" in table and "peak RSS" in table
 

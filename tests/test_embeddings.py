@@ -54,9 +54,10 @@ def test_concurrent_passes_give_the_embeddings_of_passes_one_after_another(embed
     import threading
 
     import biometrics.model.ecapa as ecapa
+    import biometrics.torch_thread as torch_thread
 
     utterances = [w.samples for w in mixed_lengths]
-    # 1500 frames a round: the 20 s utterance goes alone, the others share packs; two passes at once.
+    # 750-frame packs: the 20 s utterance goes alone, the others share packs; two passes at once.
     concurrent = VoiceEmbedder(embedder.encoder, embedder.vad, batch_max_frames=1500, concurrent_passes=2)
     one_by_one = VoiceEmbedder(embedder.encoder, embedder.vad, batch_max_frames=750, concurrent_passes=1)
     assert concurrent.concurrent_passes == 2  # the test machine has 2 cores or more
@@ -64,13 +65,36 @@ def test_concurrent_passes_give_the_embeddings_of_passes_one_after_another(embed
     real_pack = ecapa.pack
     monkeypatch.setattr(ecapa, "pack", lambda *a, **k: passes_on.append(threading.get_ident()) or real_pack(*a, **k))
     together = concurrent.embed_speech(utterances)
-    assert len(passes_on) >= 3 and len(set(passes_on[:2])) == 2  # the first round's two passes ran on two threads
+    assert len(passes_on) >= 3 and len(set(passes_on[:2])) == 2  # the first two passes ran on two threads
     passes_on.clear()
-    for vector, alone in zip(together, one_by_one.embed_speech(utterances), strict=True):
-        assert float(np.dot(vector, alone)) >= 0.99999
+    alone = one_by_one.embed_speech(utterances)
     assert len(set(passes_on)) == 1
+    # With a torch call always waiting, every turn ends after its first two passes; the rest follow in later turns.
+    monkeypatch.setattr(torch_thread, "_someone_waits", lambda: True)
+    turns = []
+    real_turn = concurrent._embed_turn
+    monkeypatch.setattr(concurrent, "_embed_turn", lambda *a: turns.append(real_turn(*a)) or turns[-1])
+    in_turns = concurrent.embed_speech(utterances)
+    assert len(turns) >= 2 and turns[:-1] == [2] * (len(turns) - 1)
+    for vectors in (together, in_turns):
+        for vector, reference in zip(vectors, alone, strict=True):
+            assert float(np.dot(vector, reference)) >= 0.99999
     with pytest.raises(ValueError, match="concurrent_passes"):
         VoiceEmbedder(embedder.encoder, embedder.vad, concurrent_passes=0)
+
+
+def test_packs_hold_every_utterance_once_within_their_frame_budget_widest_first(embedder):
+    rng = np.random.default_rng(5)
+    utterances = [np.zeros(int(rng.uniform(1, 9) * 16_000), np.float32) for _ in range(40)]
+    utterances.append(np.zeros(16_000 * 20, np.float32))  # over the budget: goes alone
+    packer = VoiceEmbedder(embedder.encoder, embedder.vad, batch_max_frames=2000, concurrent_passes=2)
+    packs = packer.packs(utterances)
+    assert sorted(i for pack in packs for i in pack) == list(range(len(utterances)))
+    gap = embedder.encoder.pack_gap
+    widths = [sum(len(utterances[i]) // 160 + 1 + gap for i in pack) - gap for pack in packs]
+    assert all(width <= 1000 or len(pack) == 1 for pack, width in zip(packs, widths, strict=True))
+    assert widths == sorted(widths, reverse=True) and packs[0] == [len(utterances) - 1]
+    assert len(packs) < len(utterances) - 10  # short utterances share packs
 
 
 def test_our_encoder_gives_speechbrains_own_embeddings(embedder, mixed_lengths):

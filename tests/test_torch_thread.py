@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import signal
@@ -86,13 +87,13 @@ def test_queued_calls_from_a_background_block_wait_for_the_others():
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_a_torch_thread_of_its_own():
     _where()  # the parent's threads exist before the fork
-    run_on_torch_thread(torch_thread.run_concurrently, [lambda: 1, lambda: 2])
+    run_on_torch_thread(torch_thread.run_in_turns, [lambda: 1, lambda: 2], 2)
     pid = os.fork()
     if pid == 0:  # the child: the parent's threads are not here, a call must not wait for them forever
         code = 1
         try:
             ok = run_on_torch_thread(lambda: 7) == 7
-            ok = ok and run_on_torch_thread(torch_thread.run_concurrently, [lambda: 1, lambda: 2]) == [1, 2]
+            ok = ok and run_on_torch_thread(torch_thread.run_in_turns, [lambda: 1, lambda: 2], 2) == [1, 2]
             code = 0 if ok else 1
         finally:
             os._exit(code)
@@ -168,7 +169,7 @@ def test_concurrent_calls_run_at_once_on_workers_sharing_the_torch_threads_cores
         ident, count = _thread_and_torch_threads()
         return label, ident, count, _where() == ident  # a wrapped call on a worker runs directly
 
-    results = run_on_torch_thread(torch_thread.run_concurrently, [lambda: call("first"), lambda: call("second")])
+    results = run_on_torch_thread(torch_thread.run_in_turns, [lambda: call("first"), lambda: call("second")], 2)
     assert [label for label, *_ in results] == ["first", "second"]
     idents = {ident for _, ident, _, _ in results}
     assert len(idents) == 2 and _where() not in idents
@@ -180,34 +181,89 @@ def test_concurrent_calls_run_at_once_on_workers_sharing_the_torch_threads_cores
         assert fresh.submit(torch.get_num_threads).result() == threads
     finally:
         fresh.shutdown()
-    # The same workers serve the next round.
-    again = run_on_torch_thread(torch_thread.run_concurrently, [_thread_and_torch_threads] * 2)
-    assert {ident for ident, _ in again} == idents
+    # The same workers serve the next call (either may take both of these quick calls).
+    again = run_on_torch_thread(torch_thread.run_in_turns, [_thread_and_torch_threads] * 2, 2)
+    assert {ident for ident, _ in again} <= idents
 
 
-def test_a_failing_concurrent_call_reaches_the_caller_after_the_others_finish():
-    finished = []
+def test_a_failing_call_reaches_the_caller_after_the_running_ones_end_and_no_call_starts_after_it():
+    finished, slow_started = [], threading.Event()
 
     def slow() -> None:
+        slow_started.set()
         time.sleep(0.2)
         finished.append("slow")
 
     def fails() -> None:
+        assert slow_started.wait(30)
         raise ValueError("from a worker")
 
     with pytest.raises(ValueError, match="from a worker"):
-        run_on_torch_thread(torch_thread.run_concurrently, [fails, slow])
+        run_on_torch_thread(torch_thread.run_in_turns, [fails, slow, lambda: finished.append("third")], 2)
     assert finished == ["slow"]
-    assert run_on_torch_thread(torch_thread.run_concurrently, [lambda: 1, lambda: 2]) == [1, 2]
-    assert run_on_torch_thread(torch_thread.run_concurrently, [lambda: 3]) == [3]
+    assert run_on_torch_thread(torch_thread.run_in_turns, [lambda: 1, lambda: 2], 2) == [1, 2]
+    assert run_on_torch_thread(torch_thread.run_in_turns, [lambda: 3], 2) == [3]
+    with pytest.raises(ValueError, match="at least one worker"):
+        run_on_torch_thread(torch_thread.run_in_turns, [lambda: 3], 0)
 
 
-def test_concurrent_calls_are_made_from_the_torch_thread_only():
+def test_each_worker_takes_the_next_call_when_its_last_one_ends():
+    """A slow call holds back only its own worker: in rounds of one call per worker this would never end."""
+    fast_ones_done = threading.Event()
+    ran_on: dict[str, int] = {}
+
+    def slow() -> str:
+        ran_on["slow"] = threading.get_ident()
+        assert fast_ones_done.wait(30)
+        return "slow"
+
+    def fast(label: str) -> str:
+        ran_on[label] = threading.get_ident()
+        if label == "fast 3":
+            fast_ones_done.set()
+        return label
+
+    calls = [slow] + [functools.partial(fast, f"fast {i}") for i in (1, 2, 3)]
+    assert run_on_torch_thread(torch_thread.run_in_turns, calls, 2) == ["slow", "fast 1", "fast 2", "fast 3"]
+    assert ran_on["fast 1"] == ran_on["fast 2"] == ran_on["fast 3"] != ran_on["slow"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_waiting_torch_call_goes_before_the_calls_not_yet_started(workers):
+    """The first calls (one per worker) always start; after them, none starts while a torch call waits."""
+    started, go = threading.Semaphore(0), threading.Event()
+    order: list[str] = []
+
+    def call(label: str) -> str:
+        started.release()
+        assert go.wait(30)
+        order.append(label)
+        return label
+
+    calls = [functools.partial(call, f"pass {i}") for i in range(4)]
+    with ThreadPoolExecutor(2) as pool:
+        turn = pool.submit(run_on_torch_thread, torch_thread.run_in_turns, calls, workers)
+        for _ in range(workers):
+            assert started.acquire(timeout=30)
+        waiting = pool.submit(run_on_torch_thread, lambda: order.append("caller") or "caller")
+        deadline = time.monotonic() + 30
+        while not torch_thread._someone_waits() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.set()
+        assert turn.result(30) == [f"pass {i}" for i in range(workers)]
+        assert waiting.result(30) == "caller"
+    assert order[-1] == "caller" and len(order) == workers + 1
+    assert run_on_torch_thread(torch_thread.run_in_turns, calls[workers:], workers) == [
+        f"pass {i}" for i in range(workers, 4)
+    ]
+
+
+def test_calls_in_turns_are_made_from_the_torch_thread_only():
     with pytest.raises(RuntimeError, match="runs on the torch thread"):
-        torch_thread.run_concurrently([lambda: 1, lambda: 2])
+        torch_thread.run_in_turns([lambda: 1, lambda: 2], 2)
 
     def from_a_worker() -> None:
-        torch_thread.run_concurrently([lambda: 1, lambda: 2])
+        torch_thread.run_in_turns([lambda: 1, lambda: 2], 2)
 
     with pytest.raises(RuntimeError, match="runs on the torch thread"):
-        run_on_torch_thread(torch_thread.run_concurrently, [from_a_worker, lambda: None])
+        run_on_torch_thread(torch_thread.run_in_turns, [from_a_worker, lambda: None], 2)

@@ -61,6 +61,11 @@ class SpeakerEncoder:
             self.kernel_changes["malloc_keeps_freed_memory"] = int(malloc_keep_freed and keep_freed_memory())
 
     @property
+    def pack_gap(self) -> int:
+        """Frames between consecutive utterances of a packed batch: twice the widest reflect padding."""
+        return 2 * self.max_pad
+
+    @property
     def min_frames(self) -> int:
         """Fewest feature frames an utterance needs (reflection padding needs more frames than it pads)."""
         return self.max_pad + 2
@@ -81,10 +86,10 @@ class SpeakerEncoder:
         frames = [int(f.shape[0]) for f in features]
         if min(frames) < self.min_frames:
             raise ValueError(f"an utterance needs at least {self.min_frames} feature frames")
-        # Gaps of twice the widest reflect padding hold both neighbours' reflections. Widths are not
-        # rounded: on CPU the convolutions are BLAS GEMMs that cache nothing per input shape (RSS stayed
-        # flat over 150 distinct lengths; oneDNN's per-shape primitives made it grow).
-        batch, segments = pack([f.to(self.device) for f in features], gap=2 * self.max_pad)
+        # The gaps hold both neighbours' reflections. Widths are not rounded: on CPU the convolutions
+        # are BLAS GEMMs that cache nothing per input shape (RSS stayed flat over 150 distinct lengths;
+        # oneDNN's per-shape primitives made it grow).
+        batch, segments = pack([f.to(self.device) for f in features], gap=self.pack_gap)
         mods = self.classifier.mods
         with packed(segments):  # one pass at a time: every call runs on the torch thread
             emb = mods.embedding_model(batch, torch.ones(1, device=self.device))[:, 0]
