@@ -120,19 +120,20 @@ class VoiceEmbedder:
         """Indices of the utterances in the packs ``embed_speech`` gives one forward pass each, in its order.
 
         Utterances fill packs shortest first, each pack holding at most ``batch_max_frames /
-        concurrent_passes`` feature frames (a longer utterance goes alone). The packs then run widest
+        concurrent_passes`` frames, gaps included (a longer utterance goes alone). The packs then run widest
         first, so the last passes, during which some cores may have nothing left to take, are the shortest.
         """
         max_frames = max(1, self.batch_max_frames // self.concurrent_passes)
+        gap = self.encoder.pack_gap
         packs: list[list[int]] = []
-        widths: list[int] = []
+        widths: list[int] = []  # frames of each pack's batch, gaps between its utterances included
         for i in sorted(range(len(utterances)), key=lambda i: len(utterances[i])):
             frames = len(utterances[i]) // HOP_SAMPLES + 1
-            if not packs or widths[-1] + frames > max_frames:
+            if not packs or widths[-1] + gap + frames > max_frames:
                 packs.append([])
-                widths.append(-self.encoder.pack_gap)  # no gap before a pack's first utterance
+                widths.append(-gap)  # no gap before a pack's first utterance
             packs[-1].append(i)
-            widths[-1] += frames + self.encoder.pack_gap
+            widths[-1] += gap + frames
         return [packs[k] for k in sorted(range(len(packs)), key=lambda k: -widths[k])]
 
     def _embed_turn(
