@@ -32,6 +32,8 @@ def test_the_speed_benchmark_reports_every_figure_and_both_paths_agree(tmp_path,
     assert set(by_workers) == {"1", str(results["concurrent_passes"])} and min(by_workers.values()) > 0
     assert paired[0]["gemm_flops_per_s"] >= max(by_workers.values()) * (1 - 1e-9)
     assert results["ratio_b_over_c"] == paired[0]["b_over_c"] > 0
+    c = results["c_gemm_bound"]
+    assert c["paired_b_audio_s_per_s"] / c["audio_s_per_s"] == pytest.approx(results["ratio_b_over_c"])
     # (d) replays (b)'s products in the same arrangements as (c), the faster counting.
     replayed = results["d_blas_ceiling"]["gemm_s_by_workers"]
     assert set(replayed) == set(by_workers) and results["d_blas_ceiling"]["gemm_s"] == min(replayed.values()) > 0
