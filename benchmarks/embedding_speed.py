@@ -14,9 +14,10 @@ Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test
 (c) the fp32 matrix-multiply bound: the FLOP/s of square fp32 ``torch.mm`` products divided by the
     model's FLOPs per second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA +
     embedding norm). The products are timed *paired* with (b): a run of (b) (one turn of the torch
-    thread, as nothing else is queued) is followed by square products for as long as it took, so (b) and
-    (c) see the host at nearly the same moments, and (b)/(c) is the median over repeats of these paired
-    runs. That time is shared, in alternating slices of at most 0.5 s, by products run one at a time on
+    thread, as nothing else is queued) is bracketed by square products, for half as long as it takes
+    before it and half as long after it, so (b) and (c) see the host at nearly the same moments, and
+    (b)/(c) is the median over repeats of these paired runs. That time is shared, in alternating slices
+    of at most 0.5 s, by products run one at a time on
     all cores and products run as many at once as (b) runs passes, each on its share of the cores (as (b)
     does); the faster of the two is the bound. On a shared host whose speed
     swings by 20% within seconds (measured: the same 2048 x 2048 product at 95-157 GFLOP/s in
@@ -203,36 +204,48 @@ def paired_gemm_size(rates: dict[int, float], pass_s: float) -> int:
     return max(fitting, key=rates.__getitem__) if fitting else min(rates)
 
 
-def time_paired(embedder, utterances: list[np.ndarray], rates: dict[int, dict[int, float]]) -> dict:
-    """(b), each turn of forward passes followed by square GEMMs for as long as it took (outside its timing).
+def time_paired(
+    embedder, utterances: list[np.ndarray], rates: dict[int, dict[int, float]], expected_turn_s: float
+) -> dict:
+    """(b), each turn of forward passes between two spells of square GEMMs (outside its timing).
 
-    With nothing else queued on the torch thread, (b) is one turn. The time after a turn is shared by the
-    arrangements of ``rates`` (products one at a time on all cores, or several at once as (b) runs its
-    passes), and the faster one at that moment is the bound: comparing (b) with a GEMM arranged otherwise
-    than the best would flatter (b). The GEMM size in each arrangement is chosen by ``paired_gemm_size``.
-    Wraps the embedder's per-turn method on this instance only, for the length of the run.
+    With nothing else queued on the torch thread, (b) is one turn. The GEMMs run for half a turn's length
+    before it (half of ``expected_turn_s``, then of the turn before) and for half of its length after it,
+    so they bracket the turn's moments. Their time is shared by the arrangements of ``rates`` (products
+    one at a time on all cores, or several at once as (b) runs its passes) in alternating slices, and
+    the faster arrangement is the bound: comparing (b) with a GEMM arranged otherwise than the best would
+    flatter (b). Wraps the embedder's per-turn method on this instance only, for the length of the run.
     """
-    turns: list[tuple[float, int, dict[int, tuple[int, float]]]] = []
+    turns: list[tuple[float, int, dict[int, float]]] = []
+    sizes_used: set[int] = set()
     operands: GemmOperands = {}
     embed_turn = embedder._embed_turn
+    previous_s = [expected_turn_s]
 
-    def timed_turn(out: list, packs: list[list[int]], utterances: list[np.ndarray]) -> int:
-        start = time.perf_counter()
-        passes = embed_turn(out, packs, utterances)
-        elapsed = time.perf_counter() - start
-        # The arrangements take turns in slices of at most PAIRED_SLICE_S, so each sees the same moments.
-        slices = max(1, round(elapsed / len(rates) / PAIRED_SLICE_S))
-        share = elapsed / len(rates) / slices
+    def gemm_spell(seconds: float) -> dict[int, float]:
+        """FLOP/s by arrangement over ``seconds``, the arrangements alternating in slices of PAIRED_SLICE_S."""
+        slices = max(1, round(seconds / len(rates) / PAIRED_SLICE_S))
+        share = seconds / len(rates) / slices
         sizes = {
             workers: paired_gemm_size({size: rate / workers for size, rate in by_size.items()}, share)
             for workers, by_size in rates.items()
         }
+        sizes_used.update(sizes.values())
         sliced: dict[int, list[float]] = {workers: [] for workers in rates}
         for _ in range(slices):
             for workers, n in sizes.items():
                 sliced[workers].append(run_on_torch_thread(square_products, n, share, workers, operands))
-        measured = {workers: (sizes[workers], float(np.mean(sliced[workers]))) for workers in rates}
-        turns.append((elapsed, passes, measured))
+        return {workers: float(np.mean(rates_)) for workers, rates_ in sliced.items()}
+
+    def timed_turn(out: list, packs: list[list[int]], utterances: list[np.ndarray]) -> int:
+        before_s = previous_s[0] / 2
+        before = gemm_spell(before_s)
+        start = time.perf_counter()
+        passes = embed_turn(out, packs, utterances)
+        elapsed = previous_s[0] = time.perf_counter() - start
+        after = gemm_spell(elapsed / 2)
+        bracketed = {w: (before[w] * before_s + after[w] * elapsed / 2) / (before_s + elapsed / 2) for w in rates}
+        turns.append((elapsed, passes, bracketed))
         return passes
 
     embedder._embed_turn = timed_turn
@@ -242,12 +255,12 @@ def time_paired(embedder, utterances: list[np.ndarray], rates: dict[int, dict[in
     finally:
         del embedder._embed_turn
     b_s = sum(s for s, _, _ in turns)
-    by_workers = {w: sum(s * m[w][1] for s, _, m in turns) / b_s for w in rates}
+    by_workers = {w: sum(s * m[w] for s, _, m in turns) / b_s for w in rates}
     return {
         "b_passes_s": b_s,
-        "gemm_sizes": sorted({n for _, _, m in turns for n, _ in m.values()}),
+        "gemm_sizes": sorted(sizes_used),
         # Weighted by time, so the same moments as (b); each turn's bound is its faster arrangement.
-        "gemm_flops_per_s": sum(s * max(rate for _, rate in m.values()) for s, _, m in turns) / b_s,
+        "gemm_flops_per_s": sum(s * max(m.values()) for s, _, m in turns) / b_s,
         "gemm_flops_per_s_by_workers": {str(w): rate for w, rate in by_workers.items()},
         "turns": len(turns),
         "forward_passes": sum(p for _, p, _ in turns),
@@ -319,8 +332,15 @@ def _best_product_s(batch: int, m: int, k: int, n: int, workers: int, min_s: flo
 
     start_together = threading.Barrier(workers, action=next_run, timeout=60)
 
-    @torch.inference_mode()  # on each worker's thread: the mode is per thread
     def products(seed: int) -> list[float]:
+        try:
+            return timed_products(seed)
+        except BaseException:
+            start_together.abort()  # the other workers would wait at the barrier for its timeout
+            raise
+
+    @torch.inference_mode()  # on each worker's thread: the mode is per thread
+    def timed_products(seed: int) -> list[float]:
         gen = torch.Generator().manual_seed(seed)
         a, b = torch.randn(batch, m, k, generator=gen), torch.randn(batch, k, n, generator=gen)
         out = aligned_rows(a, batch, m, n)  # output rows 64-byte aligned, as (b)'s convolutions write them
@@ -425,7 +445,7 @@ def _main(argv: list[str] | None) -> dict:
         timings["gemm"].append({"flops_per_s": rates, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
         waited = wait_until_quiet(args.wait_idle)
         with ForeignLoad() as load:
-            paired = time_paired(embedder, utterances, rates)
+            paired = time_paired(embedder, utterances, rates, min(run["wall_s"] for run in timings["b"]))
         timings["paired"].append({**paired, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
     waited = wait_until_quiet(args.wait_idle)
     with ForeignLoad() as load:
@@ -497,8 +517,9 @@ def _main(argv: list[str] | None) -> dict:
             "paired_b_wall_s": median_pair["b_passes_s"],
             "paired_b_audio_s_per_s": audio_s / median_pair["b_passes_s"],
             "paired_note": (
-                "square GEMMs after each of (b)'s turns of forward passes, as long as it, one product at a time"
-                " and as many at once as (b) runs passes in alternating slices, the faster counting; the median run"
+                "square GEMMs before and after each of (b)'s turns of forward passes, half as long as it each,"
+                " one product at a time and as many at once as (b) runs passes in alternating slices, the faster"
+                " counting; the median run"
             ),
             "audio_s_per_s_at_peak": rate_c_peak,
             "gemm_flops_per_s": {str(n): r for n, r in gemm.items()},
@@ -602,7 +623,7 @@ def print_table(r: dict) -> None:
     print(f"paired runs, (b) GFLOP/s / GEMM GFLOP/s at the same moments: {pairs}")
     for run in r["runs"]["paired"]:
         by = ", ".join(f"{w} at once {v / 1e9:.1f}" for w, v in run["gemm_flops_per_s_by_workers"].items())
-        print(f"  GEMM GFLOP/s after (b)'s turns: {by}")
+        print(f"  GEMM GFLOP/s around (b)'s turns: {by}")
     print(
         f"model: {c['model_flops_per_audio_s'] / 1e9:.2f} GFLOP per audio second "
         f"+ {c['model_fixed_flops_per_utterance'] / 1e6:.1f} MFLOP per utterance; "

@@ -58,7 +58,7 @@ class VoiceEmbedder:
     Many utterances are embedded in forward passes over packs of at most ``batch_max_frames /
     concurrent_passes`` feature frames, ``concurrent_passes`` of them running at once, each on its share
     of the cores (``biometrics.torch_thread.run_in_turns``). Passes go on in one turn of the torch thread
-    until another torch call waits; that call then goes before the rest.
+    until a torch call waits that goes first (a live call waiting on a batch job); the rest follow it.
     """
 
     def __init__(
@@ -109,7 +109,7 @@ class VoiceEmbedder:
         ]
 
     def embed_speech(self, utterances: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Embeds speech-only utterances, packed in length order; see the class for how passes are run."""
+        """Embeds speech-only utterances, in the packs of ``packs``; see the class for how passes are run."""
         packs = self.packs(utterances)
         out: list[np.ndarray | None] = [None] * len(utterances)
         while packs:
@@ -141,7 +141,7 @@ class VoiceEmbedder:
     ) -> int:
         """Forward passes of ``packs`` in order, in one turn of the torch thread; returns how many ran.
 
-        A turn ends early once another torch call waits; a single pass runs on every core.
+        A turn ends early once a torch call waits that goes first; a single pass runs on every core.
         """
         calls = [functools.partial(self.encoder.embed, [utterances[i] for i in pack]) for pack in packs]
         done = run_on_torch_thread(run_in_turns, calls, self.concurrent_passes)

@@ -29,8 +29,10 @@ rounds: 4.6%), and 14-40% less in the rounds where the host was busiest. Taking 
 than in rounds of one call per worker matters as much: two passes of equal width run at once ended up to
 30% apart on this shared host, and a round waits for its slower pass (measured: 2.5-4.6% of both cores'
 time idle in rounds, with the rounds' passes within 2% of each other in width). Once a torch call is
-waiting, the workers take no more calls, so it waits for at most the passes already running. The
-workers are torch threads too: calls made on them run directly.
+waiting that would go first (a live call waiting on a batch, or a call of the same priority), the
+workers take no more calls, so it waits for the passes already running at most (or for the first
+ones of a turn that was starting as it came). The workers are torch threads too: calls made on them
+run directly.
 
 The thread is a daemon with a queue of its own (not a ``ThreadPoolExecutor``, which refuses new work
 once the interpreter starts shutting down, while non-daemon threads such as a server's running audit
@@ -83,9 +85,10 @@ def background() -> Iterator[None]:
 def _serve(tasks: queue.PriorityQueue[_Task]) -> None:
     _here.is_torch_thread = True
     while True:
-        _, _, future, call = tasks.get()
+        priority, _, future, call = tasks.get()
         if not future.set_running_or_notify_cancel():
             continue
+        _here.priority = priority  # run_in_turns yields only to tasks that would go first
         try:
             result = call()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
@@ -133,37 +136,43 @@ def run_in_turns(calls: Sequence[Callable[[], R]], workers: int) -> list[R]:
 
     Call it on the torch thread. Each worker takes the next call as soon as its last one has ended, so a
     slow call holds back only its own worker. The first ``workers`` calls always start; after them, no
-    worker takes another call once a torch call is waiting in the queue. Returns the results of the
-    calls that ran, which are the first ones: the caller resubmits the rest, behind whoever was waiting.
-    With one worker (or one call), the calls run on the torch thread itself, on all its cores. The first
-    exception among the calls is raised once every running call has ended; no call starts after it.
+    worker takes another call once a torch call is waiting that would go before the rest if they were
+    resubmitted now (a foreground call, or a call of the same priority; a background call does not stop
+    a foreground turn). Returns the results of the calls that ran, which are the first ones: the caller
+    resubmits the rest. With one worker (or one call), the calls run on the torch thread itself, on all
+    its cores. The first exception among the calls is raised once every running call has ended; no call
+    starts after it.
     """
     if not on_torch_thread_now() or getattr(_here, "is_worker", False):
         raise RuntimeError("run_in_turns runs on the torch thread")
     if workers < 1:
         raise ValueError("run_in_turns needs at least one worker")
-    turns = _Turns(calls, min(workers, len(calls)))
+    turns = _Turns(calls, min(workers, len(calls)), getattr(_here, "priority", FOREGROUND))
     if turns.workers <= 1:
         turns.take_until_done()
     else:
         futures: list[Future[None]] = []
-        for worker in _workers_for(turns.workers):
+        for worker in _workers_for(workers)[: turns.workers]:  # one pool per size: a pool holds threads
             futures.append(Future())
             worker.put((futures[-1], turns.take_until_done))
         concurrent.futures.wait(futures)
     return turns.results()
 
 
-def _someone_waits() -> bool:
+def _waiting_task_goes_first(priority: int) -> bool:
+    """Whether a queued task would run before a task of ``priority`` queued now."""
     tasks = _tasks
-    return tasks is not None and not tasks.empty()
+    if tasks is None:
+        return False
+    with tasks.mutex:  # the queue's own lock; its heap's first entry is the next task
+        return bool(tasks.queue) and tasks.queue[0][0] <= priority
 
 
 class _Turns:
     """The calls of one ``run_in_turns``, handed out one at a time to whichever worker asks."""
 
-    def __init__(self, calls: Sequence[Callable[[], Any]], workers: int) -> None:
-        self.calls, self.workers = calls, workers
+    def __init__(self, calls: Sequence[Callable[[], Any]], workers: int, priority: int) -> None:
+        self.calls, self.workers, self.priority = calls, workers, priority
         self._lock = threading.Lock()
         self._taken = 0
         self._results: dict[int, Any] = {}
@@ -173,7 +182,7 @@ class _Turns:
         with self._lock:
             if self._error is not None or self._taken == len(self.calls):
                 return None
-            if self._taken >= self.workers and _someone_waits():
+            if self._taken >= self.workers and _waiting_task_goes_first(self.priority):
                 return None
             self._taken += 1
             return self._taken - 1

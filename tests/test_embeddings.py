@@ -51,6 +51,7 @@ def test_a_batch_of_mixed_lengths_gives_the_same_embeddings_as_one_at_a_time(emb
 
 
 def test_concurrent_passes_give_the_embeddings_of_passes_one_after_another(embedder, mixed_lengths, monkeypatch):
+    import itertools
     import threading
 
     import biometrics.model.ecapa as ecapa
@@ -63,14 +64,23 @@ def test_concurrent_passes_give_the_embeddings_of_passes_one_after_another(embed
     assert concurrent.concurrent_passes == 2  # the test machine has 2 cores or more
     passes_on = []
     real_pack = ecapa.pack
-    monkeypatch.setattr(ecapa, "pack", lambda *a, **k: passes_on.append(threading.get_ident()) or real_pack(*a, **k))
+    both_running = threading.Barrier(2, timeout=60)  # the first two passes must be running at the same time
+    calls = itertools.count(1)
+
+    def spied_pack(*args, **kwargs):
+        passes_on.append(threading.get_ident())
+        if next(calls) <= 2:
+            both_running.wait()
+        return real_pack(*args, **kwargs)
+
+    monkeypatch.setattr(ecapa, "pack", spied_pack)
     together = concurrent.embed_speech(utterances)
-    assert len(passes_on) >= 3 and len(set(passes_on[:2])) == 2  # the first two passes ran on two threads
+    assert len(passes_on) >= 3 and len(set(passes_on[:2])) == 2
     passes_on.clear()
     alone = one_by_one.embed_speech(utterances)
     assert len(set(passes_on)) == 1
     # With a torch call always waiting, every turn ends after its first two passes; the rest follow in later turns.
-    monkeypatch.setattr(torch_thread, "_someone_waits", lambda: True)
+    monkeypatch.setattr(torch_thread, "_waiting_task_goes_first", lambda priority: True)
     turns = []
     real_turn = concurrent._embed_turn
     monkeypatch.setattr(concurrent, "_embed_turn", lambda *a: turns.append(real_turn(*a)) or turns[-1])

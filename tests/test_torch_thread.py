@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -186,12 +188,21 @@ def test_concurrent_calls_run_at_once_on_workers_sharing_the_torch_threads_cores
     assert {ident for ident, _ in again} <= idents
 
 
-def test_a_failing_call_reaches_the_caller_after_the_running_ones_end_and_no_call_starts_after_it():
-    finished, slow_started = [], threading.Event()
+def test_a_failing_call_reaches_the_caller_after_the_running_ones_end_and_no_call_starts_after_it(monkeypatch):
+    finished, slow_started, turns = [], threading.Event(), []
+
+    class Recorded(torch_thread._Turns):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            turns.append(self)
+
+    monkeypatch.setattr(torch_thread, "_Turns", Recorded)
 
     def slow() -> None:
         slow_started.set()
-        time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while turns[-1]._error is None and time.monotonic() < deadline:  # until the failure is recorded
+            time.sleep(0.01)
         finished.append("slow")
 
     def fails() -> None:
@@ -228,9 +239,25 @@ def test_each_worker_takes_the_next_call_when_its_last_one_ends():
     assert ran_on["fast 1"] == ran_on["fast 2"] == ran_on["fast 3"] != ran_on["slow"]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_waiting_torch_call_goes_before_the_calls_not_yet_started(workers):
-    """The first calls (one per worker) always start; after them, none starts while a torch call waits."""
+def _in_priority(priority: int, fn: Callable[..., Any], *args: object) -> Any:
+    if priority == torch_thread.BACKGROUND:
+        with background():
+            return fn(*args)
+    return fn(*args)
+
+
+@pytest.mark.parametrize(
+    ("workers", "turn", "caller", "cuts_the_turn"),
+    [
+        (1, torch_thread.FOREGROUND, torch_thread.FOREGROUND, True),
+        (2, torch_thread.FOREGROUND, torch_thread.FOREGROUND, True),
+        (2, torch_thread.BACKGROUND, torch_thread.FOREGROUND, True),  # a live call waiting on an audit
+        (2, torch_thread.BACKGROUND, torch_thread.BACKGROUND, True),  # two audits share the thread
+        (2, torch_thread.FOREGROUND, torch_thread.BACKGROUND, False),  # it would wait for the rest anyway
+    ],
+)
+def test_a_waiting_torch_call_that_goes_first_stops_the_calls_not_yet_started(workers, turn, caller, cuts_the_turn):
+    """The first calls (one per worker) always start; after them, none starts while such a call waits."""
     started, go = threading.Semaphore(0), threading.Event()
     order: list[str] = []
 
@@ -242,20 +269,20 @@ def test_a_waiting_torch_call_goes_before_the_calls_not_yet_started(workers):
 
     calls = [functools.partial(call, f"pass {i}") for i in range(4)]
     with ThreadPoolExecutor(2) as pool:
-        turn = pool.submit(run_on_torch_thread, torch_thread.run_in_turns, calls, workers)
+        turn_done = pool.submit(_in_priority, turn, run_on_torch_thread, torch_thread.run_in_turns, calls, workers)
         for _ in range(workers):
             assert started.acquire(timeout=30)
-        waiting = pool.submit(run_on_torch_thread, lambda: order.append("caller") or "caller")
+        waiting = pool.submit(_in_priority, caller, run_on_torch_thread, lambda: order.append("caller") or "caller")
         deadline = time.monotonic() + 30
-        while not torch_thread._someone_waits() and time.monotonic() < deadline:
+        while (tasks := torch_thread._tasks).empty() and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert tasks.qsize() == 1
         go.set()
-        assert turn.result(30) == [f"pass {i}" for i in range(workers)]
+        ran = workers if cuts_the_turn else 4
+        assert turn_done.result(30) == [f"pass {i}" for i in range(ran)]
         assert waiting.result(30) == "caller"
-    assert order[-1] == "caller" and len(order) == workers + 1
-    assert run_on_torch_thread(torch_thread.run_in_turns, calls[workers:], workers) == [
-        f"pass {i}" for i in range(workers, 4)
-    ]
+    assert order[-1] == "caller" and sorted(order[:-1]) == [f"pass {i}" for i in range(ran)]
+    assert run_on_torch_thread(torch_thread.run_in_turns, calls[ran:], workers) == [f"pass {i}" for i in range(ran, 4)]
 
 
 def test_calls_in_turns_are_made_from_the_torch_thread_only():
