@@ -17,12 +17,11 @@ Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test
     thread, as nothing else is queued) is bracketed by square products, for half as long as it takes
     before it and half as long after it, so (b) and (c) see the host at nearly the same moments, and
     (b)/(c) is the median over repeats of these paired runs. That time is shared, in alternating slices
-    of at most 0.5 s, by products run one at a time on
-    all cores and products run as many at once as (b) runs passes, each on its share of the cores (as (b)
-    does); the faster of the two is the bound. On a shared host whose speed
-    swings by 20% within seconds (measured: the same 2048 x 2048 product at 95-157 GFLOP/s in
-    consecutive 0.15 s blocks), comparing runs timed at different moments measures the host's weather,
-    not our code. The best 0.25 s block of each size is reported as well, as (c peak);
+    of at most 0.5 s, by products run one at a time on all cores and products run as many at once as (b)
+    runs passes, each on its share of the cores (as (b) does); the faster of the two is the bound. On a
+    shared host whose speed swings by 20% within seconds (measured: the same 2048 x 2048 product at
+    95-157 GFLOP/s in consecutive 0.15 s blocks), comparing runs timed at different moments measures the
+    host's weather, not our code. The best 0.25 s block of each size is reported as well, as (c peak);
 (d) the BLAS ceiling of (b): every matrix product (b) runs, recorded once with the profiler and replayed
     alone on operands of the same shapes (output rows 64-byte aligned, as (b) writes them), in both of
     (c)'s arrangements, the faster counting (timings of products run at once start together). (b) cannot
