@@ -54,9 +54,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import RESULTS_DIR, TEST_OTHER, write_results
-from biometrics.audio.waveform import MODEL_SAMPLE_RATE
-from biometrics.model.cpu_kernels import aligned_rows
 from biometrics.torch_thread import run_in_turns, run_on_torch_thread
+from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE
+from biometrics.voice.model.cpu_kernels import aligned_rows
 
 DEFAULT_DATA = TEST_OTHER
 DEFAULT_OUT = RESULTS_DIR / "embedding_speed.json"
@@ -402,9 +402,9 @@ def _main(argv: list[str] | None) -> dict:
     )
     args = parser.parse_args(argv)
 
-    from biometrics.embedding import load_voice_embedder
-    from biometrics.model.ecapa import build_speechbrain_classifier
     from biometrics.settings import CoreSettings
+    from biometrics.voice.embedding import load_voice_embedder
+    from biometrics.voice.model.ecapa import build_speechbrain_classifier
 
     threads = torch.get_num_threads()
     settings = CoreSettings(_env_file=None)

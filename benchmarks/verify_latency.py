@@ -41,7 +41,7 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks.common import REPO, RESULTS_DIR, TEST_OTHER, write_results
-from biometrics.audio.waveform import MODEL_SAMPLE_RATE
+from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE
 
 DEFAULT_DATA = TEST_OTHER
 DEFAULT_OUT = RESULTS_DIR / "verify_latency.json"
@@ -170,8 +170,8 @@ def enrol_speakers(http: httpx.Client, keys: dict[str, str], speakers: dict[str,
 
 def telephone_call(path: Path, rng: np.random.Generator) -> tuple[bytes, float]:
     """A 4-8 s crop of ``path`` as 8 kHz mu-law bytes, and its length in seconds."""
-    from biometrics.audio import RawCodec, encode_raw
-    from biometrics.audio.resample import resample
+    from biometrics.voice.audio import RawCodec, encode_raw
+    from biometrics.voice.audio.resample import resample
 
     samples, rate = sf.read(str(path), dtype="float32", always_2d=False)
     if rate != SAMPLE_RATE:

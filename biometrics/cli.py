@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biometrics.audio import RawCodec
 from biometrics.errors import BiometricsError
+from biometrics.voice.audio import RawCodec
 
 EXIT_INPUT_ERROR = 2
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _speech_seconds(value: str) -> float:
-    from biometrics.quality.gates import NO_SPEECH_BELOW_S
+    from biometrics.voice.quality.gates import NO_SPEECH_BELOW_S
 
     try:
         seconds = float(value)
@@ -84,7 +84,7 @@ def _settings():  # noqa: ANN202
 
 
 def _embedder(settings):  # noqa: ANN001, ANN202
-    from biometrics.embedding import load_voice_embedder
+    from biometrics.voice.embedding import load_voice_embedder
 
     return load_voice_embedder(settings)
 
@@ -98,7 +98,7 @@ def _raw_codec(args: argparse.Namespace) -> RawCodec | None:
 
 
 def _load(args: argparse.Namespace, settings, paths: Sequence[Path]):  # noqa: ANN001, ANN202
-    from biometrics.pipeline import Channel, load_waveform
+    from biometrics.voice.pipeline import Channel, load_waveform
 
     channel = Channel.TELEPHONE if args.telephone else Channel.CLEAN
     codec = _raw_codec(args)
@@ -106,7 +106,7 @@ def _load(args: argparse.Namespace, settings, paths: Sequence[Path]):  # noqa: A
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from biometrics.quality.vad import SILERO_VERSION
+    from biometrics.voice.quality.vad import SILERO_VERSION
 
     embedder = _embedder(_settings())
     weights = embedder.encoder.weights
@@ -131,7 +131,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from biometrics.quality.gates import QualityLimits, signal_reasons
+    from biometrics.voice.quality.gates import QualityLimits, signal_reasons
 
     settings = _settings()
     embedder = _embedder(settings)
@@ -168,10 +168,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from biometrics.cohort import Cohort
-    from biometrics.evaluation.calibration import Calibration
-    from biometrics.quality.gates import QualityLimits, verification_reasons
-    from biometrics.scoring import Scorer
+    from biometrics.scoring.calibration import Calibration
+    from biometrics.scoring.scorer import Scorer
+    from biometrics.voice.cohort import Cohort
+    from biometrics.voice.quality.gates import QualityLimits, verification_reasons
 
     settings = _settings()
     cohort_path = args.cohort or settings.cohort_file
@@ -218,7 +218,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_cohort_build(args: argparse.Namespace) -> int:
-    from biometrics.pipeline import Channel, build_cohort
+    from biometrics.voice.pipeline import Channel, build_cohort
 
     settings = _settings()
     embedder = _embedder(settings)
@@ -237,7 +237,7 @@ def cmd_cohort_build(args: argparse.Namespace) -> int:
 
 
 def cmd_cohort_info(args: argparse.Namespace) -> int:
-    from biometrics.cohort import Cohort
+    from biometrics.voice.cohort import Cohort
 
     cohort = Cohort.load(args.file)
     print(json.dumps(cohort.meta, indent=2))

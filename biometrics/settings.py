@@ -52,5 +52,5 @@ class CoreSettings(BaseSettings):
     # (biometrics/torch_thread.py, run_in_turns); 1 runs them one after another on all cores.
     concurrent_passes: int = Field(2, ge=1)
     # On CPU, tell glibc's malloc to keep freed activation memory for the next forward pass
-    # (biometrics/model/allocator.py): 7-8% faster, but process-wide, and RSS stays at the peak.
+    # (biometrics/voice/model/allocator.py): 7-8% faster, but process-wide, and RSS stays at the peak.
     malloc_keep_freed: bool = True

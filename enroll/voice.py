@@ -15,10 +15,10 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from biometrics.audio.waveform import Waveform
-from biometrics.embedding import AnalysedSample, Embedding
-from biometrics.quality.gates import QualityReason, ReasonCode, enrolment_reasons, signal_reasons
-from biometrics.templates import VoiceTemplate
+from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.embedding import AnalysedSample, Embedding
+from biometrics.voice.quality.gates import QualityReason, ReasonCode, enrolment_reasons, signal_reasons
+from biometrics.voice.templates import VoiceTemplate
 from service.audit.chain import record_event
 from service.auth import Principal
 from service.consent.records import Modality, require_consent, subject_in_tenant

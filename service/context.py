@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import threading
 
-from biometrics.cohort import Cohort
-from biometrics.embedding import VoiceEmbedder, load_voice_embedder, require_same_model
-from biometrics.evaluation.calibration import Calibration
-from biometrics.quality.gates import QualityLimits
-from biometrics.scoring import Scorer
+from biometrics.scoring.calibration import Calibration
+from biometrics.scoring.scorer import Scorer
+from biometrics.voice.cohort import Cohort
+from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder, require_same_model
+from biometrics.voice.quality.gates import QualityLimits
 from service.deployment_keyring import load_keyring, require_same_keyring
 from service.settings import ServiceSettings
 from service.store.db import Database

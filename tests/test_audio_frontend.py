@@ -14,16 +14,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from biometrics.audio import (
-    MODEL_SAMPLE_RATE,
-    RawCodec,
-    Waveform,
-    decode_audio,
-    encode_raw,
-    read_audio_file,
-    resample,
-    simulate_telephone_channel,
-)
 from biometrics.errors import (
     AudioTooLong,
     EmptyAudio,
@@ -33,6 +23,16 @@ from biometrics.errors import (
     TruncatedAudio,
     UnsupportedCodec,
     UnsupportedSampleRate,
+)
+from biometrics.voice.audio import (
+    MODEL_SAMPLE_RATE,
+    RawCodec,
+    Waveform,
+    decode_audio,
+    encode_raw,
+    read_audio_file,
+    resample,
+    simulate_telephone_channel,
 )
 from tests.conftest import FSDD, TEST_OTHER
 

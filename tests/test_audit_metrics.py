@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 
 from biometrics.errors import BiometricsError, IncompatibleModel
-from biometrics.evaluation.calibration import Calibration, CalibrationError, calibrate, fit_llr
 from biometrics.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_fnmr_at_fmr,
@@ -26,6 +25,7 @@ from biometrics.evaluation.metrics import (
     operating_point_at_fmr,
 )
 from biometrics.evaluation.trials import DatasetError, dataset_sha256, trials_from_folders, trials_from_list
+from biometrics.scoring.calibration import Calibration, CalibrationError, calibrate, fit_llr
 
 # --- minDCF -----------------------------------------------------------------------------------------
 
@@ -286,10 +286,10 @@ def test_dataset_hash_follows_names_and_contents():
 
 
 def test_batch_scores_equal_the_scorer_one_trial_at_a_time():
-    from biometrics.cohort import Cohort
-    from biometrics.embedding import Embedding
     from biometrics.evaluation.audit import trial_scores
-    from biometrics.scoring import Scorer
+    from biometrics.scoring.scorer import Scorer
+    from biometrics.voice.cohort import Cohort
+    from biometrics.voice.embedding import Embedding
 
     rng = np.random.default_rng(4)
     vectors = rng.normal(size=(12, 192)).astype(np.float32)
@@ -317,8 +317,8 @@ class ToneEmbedder:
         self.analysed = 0
 
     def analyse(self, waveforms, max_speech_s=None):
-        from biometrics.embedding import AnalysedSample, Embedding
-        from biometrics.quality.gates import QualityMeasures
+        from biometrics.voice.embedding import AnalysedSample, Embedding
+        from biometrics.voice.quality.gates import QualityMeasures
 
         self.analysed += len(waveforms)
         out = []

@@ -12,9 +12,9 @@ import pytest
 
 from biometrics.evaluation.audit import run_audit
 from biometrics.evaluation.cache import EmbeddingCache
-from biometrics.evaluation.calibration import Calibration
 from biometrics.evaluation.cli import add_audit_commands
 from biometrics.evaluation.report import write_report
+from biometrics.scoring.calibration import Calibration
 from tests.conftest import COHORT_DIR, COHORT_SPEECH_S, TEST_OTHER
 
 pytestmark = pytest.mark.model
@@ -79,7 +79,7 @@ def telephone_audit(embedder, core_settings, cache_dir, tmp_path_factory, shared
 @pytest.fixture(scope="module")
 def small_cohort_file(embedder, core_settings, tmp_path_factory, shared_data):
     """A 30-speaker clean cohort (first seconds of speech only), to keep the model work small."""
-    from biometrics.pipeline import Channel, build_cohort
+    from biometrics.voice.pipeline import Channel, build_cohort
 
     folder = tmp_path_factory.mktemp("cohort-speech")
     for source in sorted(COHORT_DIR.glob("*.flac"))[:30]:

@@ -84,8 +84,8 @@ def test_embed_writes_json_lines_and_an_npz(capsys, tmp_path):
 
 
 def test_raw_telephone_audio_with_declared_codec_and_rate(capsys, tmp_path):
-    from biometrics.audio import RawCodec, encode_raw, read_audio_file
-    from biometrics.audio.resample import resample
+    from biometrics.voice.audio import RawCodec, encode_raw, read_audio_file
+    from biometrics.voice.audio.resample import resample
 
     speech = read_audio_file(SAME_B)
     raw = tmp_path / "call.ulaw"

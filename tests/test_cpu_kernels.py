@@ -14,8 +14,8 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
     TDNNBlock,
 )
 
-from biometrics.model.allocator import keep_freed_memory
-from biometrics.model.cpu_kernels import (
+from biometrics.voice.model.allocator import keep_freed_memory
+from biometrics.voice.model.cpu_kernels import (
     ROW_ALIGN_FLOATS,
     STACK_TAPS_BELOW_CHANNELS,
     ContextFoldedPooling,
@@ -27,7 +27,7 @@ from biometrics.model.cpu_kernels import (
     make_segment_aware,
     speed_up_for_cpu,
 )
-from biometrics.model.packing import reflect_into_gaps
+from biometrics.voice.model.packing import reflect_into_gaps
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from biometrics.audio import read_audio_file
-from biometrics.audio.waveform import Waveform
-from biometrics.embedding import Embedding, VoiceEmbedder, load_voice_embedder
 from biometrics.errors import IncompatibleModel
-from biometrics.scoring import Decision, Scorer, cosine_score
+from biometrics.scoring.scorer import Decision, Scorer, cosine_score
 from biometrics.settings import CoreSettings
-from biometrics.templates import VoiceTemplate
+from biometrics.voice.audio import read_audio_file
+from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.embedding import Embedding, VoiceEmbedder, load_voice_embedder
+from biometrics.voice.templates import VoiceTemplate
 from tests.conftest import FSDD, TEST_OTHER
 
 pytestmark = pytest.mark.model
@@ -54,8 +54,8 @@ def test_concurrent_passes_give_the_embeddings_of_passes_one_after_another(embed
     import itertools
     import threading
 
-    import biometrics.model.ecapa as ecapa
     import biometrics.torch_thread as torch_thread
+    import biometrics.voice.model.ecapa as ecapa
 
     utterances = [w.samples for w in mixed_lengths]
     # 750-frame packs: the 20 s utterance goes alone, the others share packs; two passes at once.
@@ -111,7 +111,7 @@ def test_our_encoder_gives_speechbrains_own_embeddings(embedder, mixed_lengths):
     """The faster CPU kernels and exact batching change nothing against SpeechBrain's EncoderClassifier."""
     import torch
 
-    from biometrics.model.ecapa import build_speechbrain_classifier
+    from biometrics.voice.model.ecapa import build_speechbrain_classifier
 
     plain = build_speechbrain_classifier(embedder.encoder.weights)
     utterances = [w.samples for w in mixed_lengths]
@@ -128,7 +128,7 @@ def test_our_encoder_gives_speechbrains_own_embeddings(embedder, mixed_lengths):
 
 def test_the_malloc_setting_can_be_left_alone(embedder, monkeypatch):
     """BIOIDENT_MALLOC_KEEP_FREED=0: an application embedding the core keeps its own malloc settings."""
-    from biometrics.model import ecapa
+    from biometrics.voice.model import ecapa
 
     assert embedder.encoder.kernel_changes["malloc_keeps_freed_memory"] == 1
     monkeypatch.setattr(ecapa, "keep_freed_memory", lambda: pytest.fail("mallopt was called"))
@@ -201,7 +201,7 @@ def test_one_to_many_scores_equal_the_scores_of_each_pair(clean_samples, clean_c
 
 
 def test_quality_reasons_always_reject(clean_samples):
-    from biometrics.quality.gates import QualityReason, ReasonCode
+    from biometrics.voice.quality.gates import QualityReason, ReasonCode
 
     a, b = clean_samples[0].embedding, clean_samples[1].embedding
     verdict = Scorer().verdict(a, a, [QualityReason(ReasonCode.TOO_SHORT, 1.0, 3.0)])
@@ -210,7 +210,7 @@ def test_quality_reasons_always_reject(clean_samples):
 
 
 def test_cohort_file_round_trips_and_records_its_source(clean_cohort, tmp_path):
-    from biometrics.cohort import Cohort
+    from biometrics.voice.cohort import Cohort
 
     path = tmp_path / "cohort.npz"
     clean_cohort.save(path)

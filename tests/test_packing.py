@@ -8,8 +8,8 @@ import pytest
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
-from biometrics.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
-from biometrics.model.packing import Segment, pack, packed, reflect_into_gaps
+from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
+from biometrics.voice.model.packing import Segment, pack, packed, reflect_into_gaps
 from tests.test_cpu_kernels import randomise_batch_norms
 
 

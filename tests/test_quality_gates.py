@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from biometrics.audio import read_audio_file
-from biometrics.audio.resample import resample
-from biometrics.audio.waveform import Waveform
-from biometrics.quality.gates import (
+from biometrics.voice.audio import read_audio_file
+from biometrics.voice.audio.resample import resample
+from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.quality.gates import (
     QualityLimits,
     QualityMeasures,
     ReasonCode,
     enrolment_reasons,
     verification_reasons,
 )
-from biometrics.quality.measures import estimate_snr_db, speech_mask
-from biometrics.quality.vad import VoiceActivityDetector
+from biometrics.voice.quality.measures import estimate_snr_db, speech_mask
+from biometrics.voice.quality.vad import VoiceActivityDetector
 from tests.conftest import FSDD, TEST_OTHER
 
 LIMITS = QualityLimits(min_verify_speech_s=3.0, min_enrol_speech_s=12.0, min_snr_db=8.0, max_clipping_ratio=0.01)

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from biometrics.errors import IncompatibleModel
-from biometrics.evaluation.calibration import calibrate
-from biometrics.scoring import Scorer
+from biometrics.scoring.calibration import calibrate
+from biometrics.scoring.scorer import Scorer
 from tests.conftest import TEST_OTHER, speaker_of
 from tests.test_service_voice_flow import GENUINE, SPEAKER, _audio, _consent, _enrol
 

@@ -192,8 +192,8 @@ def test_one_tenant_never_sees_another_tenants_subjects(bank):
 
 
 def test_raw_telephone_audio_with_declared_codec_is_verified(bank):
-    from biometrics.audio import RawCodec, encode_raw, read_audio_file
-    from biometrics.audio.resample import resample
+    from biometrics.voice.audio import RawCodec, encode_raw, read_audio_file
+    from biometrics.voice.audio.resample import resample
 
     api, keys = bank
     _consent(api, keys["portal"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from biometrics.evaluation.metrics import equal_error_rate
-from biometrics.scoring import Scorer
+from biometrics.scoring.scorer import Scorer
 from tests.conftest import speaker_of
 
 pytestmark = pytest.mark.model

@@ -124,11 +124,11 @@ def test_calls_still_run_while_the_interpreter_shuts_down():
 
 
 def test_resampling_vad_and_embedding_called_from_other_threads_run_on_the_torch_thread(embedder, monkeypatch):
-    import biometrics.model.ecapa as ecapa
-    from biometrics.audio import read_audio_file
-    from biometrics.audio.resample import resample
+    import biometrics.voice.model.ecapa as ecapa
+    from biometrics.voice.audio import read_audio_file
+    from biometrics.voice.audio.resample import resample
 
-    resample_module = importlib.import_module("biometrics.audio.resample")  # the package exports the function
+    resample_module = importlib.import_module("biometrics.voice.audio.resample")  # the package exports the function
     ran_on: dict[str, set[int]] = {}
 
     def spy(name, fn):

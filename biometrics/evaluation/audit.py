@@ -28,11 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biometrics.cohort import Cohort, ProgressFn
-from biometrics.embedding import VoiceEmbedder, require_same_model
 from biometrics.errors import AudioError, BiometricsError
 from biometrics.evaluation.cache import CachedAnalysis, EmbeddingCache, cache_key
-from biometrics.evaluation.calibration import Calibration
 from biometrics.evaluation.metrics import (
     OperatingPoint,
     bootstrap_ci,
@@ -49,10 +46,13 @@ from biometrics.evaluation.trials import (
     file_sha256,
     load_trials,
 )
-from biometrics.pipeline import COHORT_BATCH_FILES, Channel, load_waveform
-from biometrics.quality.gates import QualityLimits, signal_reasons, verification_reasons
-from biometrics.scoring import STATS_BLOCK, Scorer, top_k_stats
+from biometrics.scoring.calibration import Calibration
+from biometrics.scoring.scorer import STATS_BLOCK, Scorer, top_k_stats
 from biometrics.settings import CoreSettings
+from biometrics.voice.cohort import Cohort, ProgressFn
+from biometrics.voice.embedding import VoiceEmbedder, require_same_model
+from biometrics.voice.pipeline import COHORT_BATCH_FILES, Channel, load_waveform
+from biometrics.voice.quality.gates import QualityLimits, signal_reasons, verification_reasons
 
 REPORT_FORMAT = 1
 TARGET_FMRS = (1e-2, 1e-3, 1e-4)

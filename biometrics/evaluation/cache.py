@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biometrics.embedding import AnalysedSample, Embedding
-from biometrics.quality.gates import QualityMeasures
+from biometrics.voice.embedding import AnalysedSample, Embedding
+from biometrics.voice.quality.gates import QualityMeasures
 
 CACHE_FORMAT = 1
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "bioident" / "embeddings"

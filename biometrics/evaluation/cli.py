@@ -64,7 +64,7 @@ def _settings():  # noqa: ANN202
 
 
 def _embedder(settings):  # noqa: ANN001, ANN202
-    from biometrics.embedding import load_voice_embedder
+    from biometrics.voice.embedding import load_voice_embedder
 
     return load_voice_embedder(settings)
 
@@ -162,8 +162,8 @@ def _print_summary(report: dict) -> None:
 
 
 def cmd_audit_calibrate(args: argparse.Namespace) -> int:
-    from biometrics.evaluation.calibration import CalibrationError, calibrate
     from biometrics.evaluation.report import REPORT_JSON, load_report
+    from biometrics.scoring.calibration import CalibrationError, calibrate
 
     report_path = args.report / REPORT_JSON if args.report.is_dir() else args.report
     try:

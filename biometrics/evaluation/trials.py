@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biometrics.cohort import AUDIO_SUFFIXES
 from biometrics.errors import BiometricsError
+from biometrics.voice.cohort import AUDIO_SUFFIXES
 
 DEFAULT_MAX_IMPOSTORS = 100_000
 _HASH_CHUNK = 1 << 20

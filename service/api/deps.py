@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import Depends, Form, Header, Path, Request, UploadFile
 
-from biometrics.audio import RawCodec, decode_audio
-from biometrics.audio.waveform import Waveform
+from biometrics.voice.audio import RawCodec, decode_audio
+from biometrics.voice.audio.waveform import Waveform
 from service.auth import Principal, Role, authenticate
 from service.context import ServiceContext
 from service.errors import Forbidden

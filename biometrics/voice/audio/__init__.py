@@ -1,6 +1,6 @@
 """The audio front end: bytes become a 16 kHz mono ``Waveform``, or a typed error says why not."""
 
-from biometrics.audio.decode import (
+from biometrics.voice.audio.decode import (
     DEFAULT_MAX_SECONDS,
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
@@ -8,9 +8,9 @@ from biometrics.audio.decode import (
     decode_audio,
     read_audio_file,
 )
-from biometrics.audio.resample import is_practical_rate, resample
-from biometrics.audio.telephone import TELEPHONE_SAMPLE_RATE, encode_raw, simulate_telephone_channel
-from biometrics.audio.waveform import MODEL_SAMPLE_RATE, Waveform
+from biometrics.voice.audio.resample import is_practical_rate, resample
+from biometrics.voice.audio.telephone import TELEPHONE_SAMPLE_RATE, encode_raw, simulate_telephone_channel
+from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE, Waveform
 
 __all__ = [
     "DEFAULT_MAX_SECONDS",

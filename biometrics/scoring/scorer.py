@@ -14,11 +14,11 @@ from enum import StrEnum
 
 import numpy as np
 
-from biometrics.cohort import Cohort
-from biometrics.embedding import Embedding, require_same_model
-from biometrics.evaluation.calibration import Calibration, CalibrationError
-from biometrics.quality.gates import QualityReason
+from biometrics.scoring.calibration import Calibration, CalibrationError
 from biometrics.settings import CoreSettings
+from biometrics.voice.cohort import Cohort
+from biometrics.voice.embedding import Embedding, require_same_model
+from biometrics.voice.quality.gates import QualityReason
 
 STATS_BLOCK = 1024
 

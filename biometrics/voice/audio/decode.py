@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from biometrics.audio.resample import is_practical_rate, resample
-from biometrics.audio.waveform import MODEL_SAMPLE_RATE, Waveform
 from biometrics.errors import (
     AudioTooLong,
     EmptyAudio,
@@ -30,6 +28,8 @@ from biometrics.errors import (
     UnsupportedSampleRate,
 )
 from biometrics.settings import CoreSettings
+from biometrics.voice.audio.resample import is_practical_rate, resample
+from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE, Waveform
 
 
 class RawCodec(StrEnum):

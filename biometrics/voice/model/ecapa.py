@@ -1,7 +1,7 @@
 """The SpeechBrain ECAPA-TDNN (VoxCeleb) speaker encoder, built from SpeechBrain's own classes.
 
 A batch of utterances runs as one row with the utterances packed along time
-(``biometrics.model.packing``), so each gets the embedding it gets on its own, to float rounding.
+(``biometrics.voice.model.packing``), so each gets the embedding it gets on its own, to float rounding.
 Row batches padded to the longest utterance would not: SpeechBrain's 'same' convolutions reflect
 at the end of the *tensor*, and a short utterance padded out moved by up to 1e-3 in cosine.
 """
@@ -18,13 +18,13 @@ from speechbrain.lobes.features import Fbank
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speechbrain.processing.features import InputNormalization
 
-from biometrics.audio.waveform import MODEL_SAMPLE_RATE
-from biometrics.model.allocator import keep_freed_memory
-from biometrics.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
-from biometrics.model.integrity import read_verified
-from biometrics.model.packing import pack, packed, reflect_into_gaps
-from biometrics.model.weights import ModelWeights
 from biometrics.torch_thread import on_torch_thread
+from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE
+from biometrics.voice.model.allocator import keep_freed_memory
+from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
+from biometrics.voice.model.integrity import read_verified
+from biometrics.voice.model.packing import pack, packed, reflect_into_gaps
+from biometrics.voice.model.weights import ModelWeights
 
 EMBEDDING_DIM = 192
 N_MELS = 80

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from biometrics.audio import RawCodec, read_audio_file, simulate_telephone_channel
-from biometrics.audio.waveform import Waveform
-from biometrics.cohort import Cohort, ProgressFn, audio_files, new_cohort_meta
-from biometrics.embedding import AnalysedSample, VoiceEmbedder
 from biometrics.errors import AudioError, CohortError
 from biometrics.settings import CoreSettings
+from biometrics.voice.audio import RawCodec, read_audio_file, simulate_telephone_channel
+from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.cohort import Cohort, ProgressFn, audio_files, new_cohort_meta
+from biometrics.voice.embedding import AnalysedSample, VoiceEmbedder
 
 COHORT_BATCH_FILES = 16
 

@@ -24,7 +24,7 @@ SpeechBrain built them:
   feature aggregation's input.
 
 Two swaps run on any device (``make_segment_aware``): they take their statistics per utterance
-segment of a packed batch (``biometrics.model.packing``), or per row under relative lengths:
+segment of a packed batch (``biometrics.voice.model.packing``), or per row under relative lengths:
 
 - ``FusedSERes2NetBlock``: the squeeze-excitation gate and the residual sum in one pass
   (``residual + gate * x``), written over the block's own output.
@@ -51,7 +51,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
     TDNNBlock,
 )
 
-from biometrics.model.packing import GapReflectingConv1d, is_packed, segments_of
+from biometrics.voice.model.packing import GapReflectingConv1d, is_packed, segments_of
 
 ROW_ALIGN_FLOATS = 16
 # Convolutions with fewer input channels than this run as one GEMM over stacked shifted copies of the

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import soundfile as sf
 
-from biometrics.audio.decode import RawCodec, decode_audio
-from biometrics.audio.resample import resample
-from biometrics.audio.waveform import Waveform
+from biometrics.voice.audio.decode import RawCodec, decode_audio
+from biometrics.voice.audio.resample import resample
+from biometrics.voice.audio.waveform import Waveform
 
 TELEPHONE_SAMPLE_RATE = 8_000
 

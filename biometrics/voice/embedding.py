@@ -11,15 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from biometrics.audio.waveform import MODEL_SAMPLE_RATE, Waveform
 from biometrics.errors import IncompatibleModel
-from biometrics.model.ecapa import FRONT_END, SpeakerEncoder
-from biometrics.model.weights import resolve_weights
-from biometrics.quality.gates import NO_SPEECH_BELOW_S, QualityMeasures
-from biometrics.quality.measures import estimate_snr_db, net_speech_seconds
-from biometrics.quality.vad import VadSettings, VoiceActivityDetector
 from biometrics.settings import CoreSettings
 from biometrics.torch_thread import on_torch_thread, run_in_turns, run_on_torch_thread
+from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE, Waveform
+from biometrics.voice.model.ecapa import FRONT_END, SpeakerEncoder
+from biometrics.voice.model.weights import resolve_weights
+from biometrics.voice.quality.gates import NO_SPEECH_BELOW_S, QualityMeasures
+from biometrics.voice.quality.measures import estimate_snr_db, net_speech_seconds
+from biometrics.voice.quality.vad import VadSettings, VoiceActivityDetector
 
 HOP_SAMPLES = MODEL_SAMPLE_RATE // 100  # Fbank's 10 ms hop
 
@@ -80,7 +80,7 @@ class VoiceEmbedder:
     @on_torch_thread
     def speech_only(self, waveform: Waveform) -> tuple[np.ndarray, QualityMeasures]:
         if waveform.sample_rate != MODEL_SAMPLE_RATE:
-            raise ValueError("waveforms must be at the model rate; decode them with biometrics.audio")
+            raise ValueError("waveforms must be at the model rate; decode them with biometrics.voice.audio")
         segments = self.vad.speech_segments(waveform.samples)
         speech = np.concatenate([waveform.samples[s:e] for s, e in segments]) if segments else waveform.samples[:0]
         measures = QualityMeasures(

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biometrics.embedding import Embedding, require_same_model
 from biometrics.errors import BiometricsError
+from biometrics.voice.embedding import Embedding, require_same_model
 
 _MAGIC = b"BIVT1"
 

@@ -1,0 +1,1 @@
+"""The voice core: audio front end, quality gates, the verified ECAPA-TDNN model, embeddings, templates, cohorts."""
