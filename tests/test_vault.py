@@ -185,8 +185,9 @@ def test_key_material_never_appears_in_reprs(keyring, keyring_path):
     wrapped = wrap_data_key(keyring, data_key, context=CONTEXT)
     shown = " ".join(
         [repr(keyring), str(keyring), repr(wrapped), str(wrapped), repr(keyring.versions()), repr(keyring._keks)]
+        + [repr(data_key), str(data_key)]
     )
-    for secret in [*_secrets_in_file(keyring_path), data_key, wrapped.blob]:
+    for secret in [*_secrets_in_file(keyring_path), data_key._material, wrapped.blob]:
         for rendering in _renderings(secret):
             assert rendering not in shown
 

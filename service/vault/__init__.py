@@ -4,12 +4,13 @@ Typical use::
 
     keyring = Keyring.load_or_create(settings.resolved_keyring_file)
     token = subject_token(keyring.pepper, tenant_id, reference)
-    data_key = new_data_key()
+    data_key = new_data_key()  # an opaque DataKey
     wrapped = wrap_data_key(keyring, data_key, context=data_key_context(token, "voice"))
-    sealed = seal(data_key, template_bytes, aad=TemplateBinding(token, "voice", template_id, fingerprint))
+    sealed = data_key.seal(template_bytes, aad=TemplateBinding(token, "voice", template_id, fingerprint))
 """
 
 from service.vault.envelope import (
+    DataKey,
     TemplateBinding,
     WrappedKey,
     data_key_context,
@@ -40,6 +41,7 @@ from service.vault.tokens import SUBJECT_TOKEN_PREFIX, is_subject_token, subject
 __all__ = [
     "SUBJECT_TOKEN_PREFIX",
     "ActiveKeyRetirement",
+    "DataKey",
     "DecryptionError",
     "InvalidReference",
     "KeyStatus",

@@ -7,26 +7,58 @@ as associated data, so bytes copied to another row fail to open:
 - a sealed template is bound to its ``TemplateBinding`` (subject, modality, template id, model).
 
 Rotating KEKs rewraps data keys only; sealed templates are never decrypted for it.
+
+Callers hold a data key as an opaque ``DataKey`` (``seal`` / ``open``), in the manner of
+pyca/cryptography's Fernet: its bytes are never handed out, printed or compared in variable time.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 from dataclasses import dataclass, field, fields
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.vault.errors import DecryptionError
 from service.vault.framing import length_prefixed
-from service.vault.keyring import Keyring
+from service.vault.keyring import NONCE_BYTES, Keyring, aead_open
 
 DATA_KEY_BYTES = 32
-_NONCE_BYTES = 12
-_TAG_BYTES = 16
 _SEAL_FORMAT = b"\x01"
 _WRAP_DOMAIN = b"bioident/data-key/v1"
 _SEAL_DOMAIN = b"bioident/template/v1"
+
+
+class DataKey:
+    """A subject's data key for one modality: seals and opens that subject's templates."""
+
+    __slots__ = ("_material",)
+
+    def __init__(self, material: bytes) -> None:
+        if not isinstance(material, bytes | bytearray) or len(material) != DATA_KEY_BYTES:
+            raise ValueError(f"data key must be {DATA_KEY_BYTES} bytes")
+        self._material = bytes(material)
+
+    def seal(self, plaintext: bytes, *, aad: TemplateBinding) -> bytes:
+        """Encrypt a template: format byte + nonce + ciphertext + tag."""
+        nonce = os.urandom(NONCE_BYTES)
+        return _SEAL_FORMAT + nonce + AESGCM(self._material).encrypt(nonce, plaintext, _seal_aad(aad))
+
+    def open(self, sealed: bytes, *, aad: TemplateBinding) -> bytes:
+        """Decrypt a sealed template; ``DecryptionError`` for any wrong key, binding or byte."""
+        if sealed[:1] != _SEAL_FORMAT:
+            raise DecryptionError()
+        return aead_open(AESGCM(self._material), sealed[1:], _seal_aad(aad))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DataKey) and hmac.compare_digest(self._material, other._material)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return "DataKey(<secret>)"
 
 
 @dataclass(frozen=True)
@@ -67,25 +99,22 @@ def data_key_context(subject_token: str, modality: str) -> bytes:
     return length_prefixed(subject_token.encode("utf-8"), modality.encode("utf-8"))
 
 
-def new_data_key() -> bytes:
-    return AESGCM.generate_key(bit_length=DATA_KEY_BYTES * 8)
+def new_data_key() -> DataKey:
+    return DataKey(AESGCM.generate_key(bit_length=DATA_KEY_BYTES * 8))
 
 
-def wrap_data_key(keyring: Keyring, data_key: bytes, *, context: bytes) -> WrappedKey:
+def wrap_data_key(keyring: Keyring, data_key: DataKey, *, context: bytes) -> WrappedKey:
     """Encrypt ``data_key`` under the active KEK, bound to ``context``."""
     _check_data_key(data_key)
-    version, aead = keyring._active_aead()
-    nonce = os.urandom(_NONCE_BYTES)
-    return WrappedKey(version, nonce + aead.encrypt(nonce, data_key, _wrap_aad(context)))
+    return WrappedKey(*keyring.wrap(data_key._material, aad=_wrap_aad(context)))
 
 
-def unwrap_data_key(keyring: Keyring, wrapped: WrappedKey, *, context: bytes) -> bytes:
+def unwrap_data_key(keyring: Keyring, wrapped: WrappedKey, *, context: bytes) -> DataKey:
     """Decrypt a wrapped data key; ``KeyVersionUnavailable`` if its KEK is unknown or retired."""
-    aead = keyring._aead(wrapped.kek_version)
-    data_key = _open(aead, wrapped.blob, _wrap_aad(context))
-    if len(data_key) != DATA_KEY_BYTES:
+    material = keyring.unwrap(wrapped.kek_version, wrapped.blob, aad=_wrap_aad(context))
+    if len(material) != DATA_KEY_BYTES:
         raise DecryptionError()
-    return data_key
+    return DataKey(material)
 
 
 def rewrap(keyring: Keyring, wrapped: WrappedKey, *, context: bytes) -> WrappedKey:
@@ -93,28 +122,14 @@ def rewrap(keyring: Keyring, wrapped: WrappedKey, *, context: bytes) -> WrappedK
     return wrap_data_key(keyring, unwrap_data_key(keyring, wrapped, context=context), context=context)
 
 
-def seal(data_key: bytes, plaintext: bytes, *, aad: TemplateBinding) -> bytes:
-    """Encrypt a template: format byte + nonce + ciphertext + tag."""
+def seal(data_key: DataKey, plaintext: bytes, *, aad: TemplateBinding) -> bytes:
     _check_data_key(data_key)
-    nonce = os.urandom(_NONCE_BYTES)
-    return _SEAL_FORMAT + nonce + AESGCM(data_key).encrypt(nonce, plaintext, _seal_aad(aad))
+    return data_key.seal(plaintext, aad=aad)
 
 
-def open_sealed(data_key: bytes, sealed: bytes, *, aad: TemplateBinding) -> bytes:
-    """Decrypt a sealed template; ``DecryptionError`` for any wrong key, binding or byte."""
+def open_sealed(data_key: DataKey, sealed: bytes, *, aad: TemplateBinding) -> bytes:
     _check_data_key(data_key)
-    if sealed[:1] != _SEAL_FORMAT:
-        raise DecryptionError()
-    return _open(AESGCM(data_key), sealed[1:], _seal_aad(aad))
-
-
-def _open(aead: AESGCM, blob: bytes, associated_data: bytes) -> bytes:
-    if len(blob) < _NONCE_BYTES + _TAG_BYTES:
-        raise DecryptionError()
-    try:
-        return aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], associated_data)
-    except InvalidTag:
-        raise DecryptionError() from None
+    return data_key.open(sealed, aad=aad)
 
 
 def _wrap_aad(context: bytes) -> bytes:
@@ -129,6 +144,6 @@ def _seal_aad(binding: TemplateBinding) -> bytes:
     return _SEAL_FORMAT + binding.to_bytes()
 
 
-def _check_data_key(data_key: bytes) -> None:
-    if not isinstance(data_key, bytes | bytearray) or len(data_key) != DATA_KEY_BYTES:
-        raise ValueError(f"data key must be {DATA_KEY_BYTES} bytes")
+def _check_data_key(data_key: object) -> None:
+    if not isinstance(data_key, DataKey):
+        raise ValueError("a data key is a DataKey (from new_data_key or unwrap_data_key)")

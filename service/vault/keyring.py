@@ -33,12 +33,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.vault.errors import (
     ActiveKeyRetirement,
+    DecryptionError,
     KeyringInvalid,
     KeyringMissing,
     KeyringPermissionError,
@@ -202,18 +204,22 @@ class Keyring:
             info = replace(kek.info, status=KeyStatus.RETIRED, retired_at=_now())
             self._commit({**self._keks, version: _Kek(info)})
 
-    # --- for the envelope module -----------------------------------------------------------
+    # --- wrapping: AES-256-GCM under a key-encryption key ------------------------------------
 
-    def _aead(self, version: int) -> AESGCM:
+    def wrap(self, plaintext: bytes, *, aad: bytes) -> tuple[int, bytes]:
+        """Encrypts under the active version; returns it with nonce + ciphertext + tag."""
+        kek = _active_of(self._keks)  # one snapshot: version and material agree
+        assert kek.material is not None
+        nonce = os.urandom(NONCE_BYTES)
+        return kek.info.version, nonce + AESGCM(kek.material).encrypt(nonce, plaintext, aad)
+
+    def unwrap(self, version: int, blob: bytes, *, aad: bytes) -> bytes:
+        """Decrypts what ``wrap`` made under ``version``: ``KeyVersionUnavailable`` if that version is
+        unknown or retired, ``DecryptionError`` for any wrong byte or associated data."""
         kek = self._keks.get(version)
         if kek is None or kek.material is None:
             raise KeyVersionUnavailable(version)
-        return AESGCM(kek.material)
-
-    def _active_aead(self) -> tuple[int, AESGCM]:
-        kek = _active_of(self._keks)  # one snapshot: version and material agree
-        assert kek.material is not None
-        return kek.info.version, AESGCM(kek.material)
+        return aead_open(AESGCM(kek.material), blob, aad)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -387,3 +393,17 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+NONCE_BYTES = 12
+TAG_BYTES = 16
+
+
+def aead_open(aead: AESGCM, blob: bytes, associated_data: bytes) -> bytes:
+    """nonce + ciphertext + tag -> plaintext; ``DecryptionError`` for anything that does not authenticate."""
+    if len(blob) < NONCE_BYTES + TAG_BYTES:
+        raise DecryptionError()
+    try:
+        return aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], associated_data)
+    except InvalidTag:
+        raise DecryptionError() from None

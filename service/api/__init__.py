@@ -1,1 +1,0 @@
-"""HTTP: one router module per resource, problem+json errors, authentication."""
