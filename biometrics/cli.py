@@ -171,7 +171,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from biometrics.scoring.calibration import Calibration
     from biometrics.scoring.scorer import Scorer
     from biometrics.voice.cohort import Cohort
-    from biometrics.voice.quality.gates import QualityLimits, verification_reasons
+    from biometrics.voice.quality.gates import QualityLimits
+    from biometrics.voice.verification import VoiceVerifier
 
     settings = _settings()
     cohort_path = args.cohort or settings.cohort_file
@@ -188,13 +189,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     embedder = _embedder(settings)
     if calibration is not None:
         calibration.check_compatible(scorer.method, embedder.fingerprint, channel)
-    enrol, test = embedder.analyse(_load(args, settings, [args.a, args.b]))
-    limits = QualityLimits.from_settings(settings)
-    reasons = [("a", r) for r in verification_reasons(enrol.measures, limits)]
-    reasons += [("b", r) for r in verification_reasons(test.measures, limits)]
+    verifier = VoiceVerifier(embedder, scorer, QualityLimits.from_settings(settings))
     if args.threshold is not None:
         scorer.threshold = args.threshold
-    verdict = scorer.verdict(enrol.embedding, test.embedding, [r for _, r in reasons])
+    compared = verifier.verify(*_load(args, settings, [args.a, args.b]))
+    enrol, test, verdict = compared.reference.sample, compared.probe.sample, compared.verdict
+    reasons = [("a", r) for r in compared.reference.reasons] + [("b", r) for r in compared.probe.reasons]
     result = {
         "decision": str(verdict.decision),
         "score": None if verdict.score is None else round(verdict.score, 6),

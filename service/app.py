@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
-from service.api import admin, audit, audits, consents, voice
-from service.api.middleware import BodySizeLimit
-from service.api.problems import install_problem_handlers
+from service.accuracy import router as accuracy
+from service.admin import router as admin
+from service.consent import router as consent
 from service.context import ServiceContext
+from service.middleware import BodySizeLimit
+from service.problems import install_problem_handlers
+from service.trail import router as trail
+from service.voice import router as voice
+
+
+class Health(BaseModel):
+    status: str
 
 
 def create_app(ctx: ServiceContext) -> FastAPI:
@@ -18,12 +27,12 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app)
-    for module in (admin, consents, voice, audit, audits):
+    for module in (admin, consent, voice, trail, accuracy):
         app.include_router(module.router)
 
-    @app.get("/health", tags=["health"])
-    def health() -> dict:
-        return {"status": "ok"}
+    @app.get("/health", tags=["health"], response_model=Health)
+    def health() -> Health:
+        return Health(status="ok")
 
     app.add_middleware(BodySizeLimit, max_bytes=ctx.settings.max_body_bytes)
     return app

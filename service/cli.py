@@ -12,6 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from biometrics import cli as core_cli
 from biometrics.errors import BiometricsError
 from biometrics.evaluation.cli import add_audit_commands
+from service.auth import Role
+from service.errors import ServiceError
 from service.vault.errors import VaultError
 
 
@@ -49,8 +51,8 @@ def _open_store(settings, *, create_keyring: bool = False):  # noqa: ANN001, ANN
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.admin.bootstrap import bootstrap_admin
     from service.app import create_app
-    from service.bootstrap import bootstrap_admin
     from service.context import ServiceContext
 
     settings = _settings()
@@ -77,76 +79,20 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from service.audit.chain import append
-    from service.protected import lock_fence, rewrap_all
+    from service.keys import rotate_keys
 
-    settings = _settings()
-    db, keyring = _open_store(settings)
-    # A keyring from BIOIDENT_KEYRING gets its new version in the secret store; this re-wraps under it.
-    version = keyring.active_version if keyring.read_only else keyring.add_version()
-    with db.session() as session:
-        # Nothing to rotate to: the fence is already there, or the secret store holds no older version.
-        if keyring.read_only and (
-            lock_fence(session, exclusive=True).min_wrap_version >= version
-            or not any(info.version < version for info in keyring.versions())
-        ):
-            print(
-                f"bioident: error: BIOIDENT_KEYRING has no version newer than {version}, which the deployment "
-                "already uses; add one in the secret store and redeploy first",
-                file=sys.stderr,
-            )
-            return core_cli.EXIT_INPUT_ERROR
-        count = rewrap_all(session, keyring)
-        append(
-            session,
-            actor="operator",
-            action="keys.rotate",
-            outcome="rotated",
-            details={"active_version": version, "data_keys_rewrapped": count},
-        )
-    print(f"key-encryption key version {version} is active; {count} data keys re-wrapped")
+    rotation = rotate_keys(*_open_store(_settings()))
+    print(f"key-encryption key version {rotation.active_version} is active; {rotation.rewrapped} data keys re-wrapped")
     return 0
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select
+    from service.keys import retire_key
 
-    from service.audit.chain import append
-    from service.protected import lock_fence
-    from service.store.models import DataKey
-
-    settings = _settings()
-    db, keyring = _open_store(settings)
-    with db.session() as session:
-        fence = lock_fence(session, exclusive=True)  # no data key is being wrapped while we count and retire
-        in_use = session.execute(
-            select(func.count()).select_from(DataKey).where(DataKey.kek_version == args.version)
-        ).scalar_one()
-        if in_use:
-            print(
-                f"bioident: error: {in_use} data keys are still wrapped by version {args.version}; "
-                "run 'bioident keys rotate' first",
-                file=sys.stderr,
-            )
-            return core_cli.EXIT_INPUT_ERROR
-        if keyring.read_only:  # its material lives in the secret store: say it is safe to destroy there
-            known = {info.version for info in keyring.versions()}
-            if args.version not in known or args.version >= fence.min_wrap_version:
-                print(
-                    f"bioident: error: version {args.version} is "
-                    + ("not in BIOIDENT_KEYRING" if args.version not in known else "still one replicas may wrap under")
-                    + f"; only versions below {fence.min_wrap_version} (after 'bioident keys rotate') can go",
-                    file=sys.stderr,
-                )
-                return core_cli.EXIT_INPUT_ERROR
-            append(
-                session, actor="operator", action="keys.retire", outcome="cleared", details={"version": args.version}
-            )
-            print(f"no data key is wrapped by version {args.version}: destroy it in the secret store and redeploy")
-            return 0
-        keyring.retire(args.version)
-        append(session, actor="operator", action="keys.retire", outcome="retired", details={"version": args.version})
-    print(f"key-encryption key version {args.version} retired")
+    if retire_key(*_open_store(_settings()), args.version):
+        print(f"key-encryption key version {args.version} retired")
+    else:
+        print(f"no data key is wrapped by version {args.version}: destroy it in the secret store and redeploy")
     return 0
 
 
@@ -159,8 +105,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
-    from service.audit.anchors import AnchorFileError, check_anchors, parse_anchors
-    from service.audit.chain import verify_chain
+    from service.trail.anchors import AnchorFileError, check_anchors, parse_anchors
+    from service.trail.chain import verify_chain
 
     anchors = []
     if args.anchors is not None:
@@ -187,8 +133,8 @@ def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_anchor(args: argparse.Namespace) -> int:
-    from service.audit.anchors import current_anchor
-    from service.audit.chain import verify_chain
+    from service.trail.anchors import current_anchor
+    from service.trail.chain import verify_chain
 
     settings = _settings()
     db, _ = _open_store(settings)
@@ -211,7 +157,7 @@ def cmd_audit_anchor(args: argparse.Namespace) -> int:
 def cmd_audit_deployment(args: argparse.Namespace) -> int:
     import json
 
-    from service.audits import deployment_report
+    from service.accuracy.deployment import deployment_report
 
     settings = _settings()
     db, keyring = _open_store(settings)
@@ -222,24 +168,13 @@ def cmd_audit_deployment(args: argparse.Namespace) -> int:
 
 
 def cmd_clients_create(args: argparse.Namespace) -> int:
-    from service.audit.chain import append
-    from service.auth import Role, issue_client
-    from service.store.models import Tenant
+    from service.admin.clients import create_client
+    from service.auth import Role
 
     db, _ = _open_store(_settings(), create_keyring=True)
-    with db.session() as session:
-        if session.get(Tenant, args.tenant) is None:
-            session.add(Tenant(id=args.tenant, name=args.tenant))
-            session.flush()
-        client, key = issue_client(session, tenant_id=args.tenant, name=args.name, role=Role(args.role))
-        append(
-            session,
-            actor="operator",
-            action="client.create",
-            outcome="created",
-            tenant_id=args.tenant,
-            details={"client_id": client.id, "role": args.role},
-        )
+    _, key = create_client(
+        db, actor="operator", tenant_id=args.tenant, name=args.name, role=Role(args.role), new_tenant_name=args.tenant
+    )
     print(key)
     return 0
 
@@ -284,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = clients.add_parser("create", help="create a client and print its API key once")
     create.add_argument("--tenant", required=True)
     create.add_argument("--name", required=True)
-    create.add_argument("--role", required=True, choices=["ivr", "terminal", "portal", "auditor", "admin"])
+    create.add_argument("--role", required=True, choices=[str(r) for r in Role])
     create.set_defaults(run=cmd_clients_create)
     return parser
 
@@ -295,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except (BiometricsError, VaultError) as exc:
         print(f"bioident: error: {exc.message}", file=sys.stderr)
+        return core_cli.EXIT_INPUT_ERROR
+    except ServiceError as exc:
+        print(f"bioident: error: {exc.detail}", file=sys.stderr)
         return core_cli.EXIT_INPUT_ERROR
     except OSError as exc:
         print(f"bioident: error: {exc.filename or 'input'}: {exc.strerror}", file=sys.stderr)

@@ -10,6 +10,7 @@ from biometrics.scoring.scorer import Scorer
 from biometrics.voice.cohort import Cohort
 from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder, require_same_model
 from biometrics.voice.quality.gates import QualityLimits
+from biometrics.voice.verification import VoiceVerifier
 from service.deployment_keyring import load_keyring, require_same_keyring
 from service.settings import ServiceSettings
 from service.store.db import Database
@@ -79,6 +80,11 @@ class ServiceContext:
                 self._embedder = load_voice_embedder(self.settings)
                 self._check_model(self._embedder)
             return self._embedder
+
+    @property
+    def verifier(self) -> VoiceVerifier:
+        """The library's verification sequence (analyse, quality reasons, verdict) on this service's model."""
+        return VoiceVerifier(self.embedder, self.scorer, self.limits)
 
     def _check_model(self, embedder: VoiceEmbedder) -> None:
         """Cohort and calibration must come from the model in use: scores across models mean nothing."""

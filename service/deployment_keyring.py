@@ -86,8 +86,8 @@ def bind_keyring(db: Database, keyring: Keyring, origin: str) -> None:
 
 def _opens_existing_data(session: Session, keyring: Keyring) -> bool:
     """For a database made before keyrings were bound: the keyring verifies its head or opens a data key."""
-    from service.audit.chain import HEAD_ID, head_mac
     from service.protected import unwrap_row
+    from service.trail.chain import HEAD_ID, head_mac
     from service.vault import VaultError
 
     head = session.get(AuditHead, HEAD_ID)

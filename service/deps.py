@@ -1,15 +1,12 @@
-"""Request dependencies: the service context, the authenticated principal, uploaded audio."""
+"""Request dependencies: the service context, the authenticated principal, path ids."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, Form, Header, Path, Request, UploadFile
+from fastapi import Depends, Header, Path, Request
 
-from biometrics.voice.audio import RawCodec, decode_audio
-from biometrics.voice.audio.waveform import Waveform
 from service.auth import Principal, Role, authenticate
 from service.context import ServiceContext
 from service.errors import Forbidden
@@ -32,30 +29,6 @@ def require(*roles: Role) -> Callable[..., Principal]:
         return principal
 
     return dependency
-
-
-@dataclass(frozen=True)
-class AudioFormat:
-    """How the uploaded audio is encoded: a WAV/FLAC file (both None), or raw telephone audio."""
-
-    codec: RawCodec | None
-    sample_rate: int | None
-
-
-def audio_format(
-    codec: RawCodec | None = Form(default=None, description="raw telephone audio codec; omit for WAV/FLAC"),
-    sample_rate: int | None = Form(default=None, description="declared sample rate (required with codec)", ge=1),
-) -> AudioFormat:
-    return AudioFormat(codec, sample_rate)
-
-
-def read_waveform(ctx: ServiceContext, upload: UploadFile, audio_format: AudioFormat) -> Waveform:
-    return decode_audio(
-        upload.file.read(),
-        raw_codec=audio_format.codec,
-        declared_rate=audio_format.sample_rate,
-        max_seconds=ctx.settings.max_audio_seconds,
-    )
 
 
 # A factory, not a shared instance: FastAPI binds a parameter marker to the first parameter it is used for.

@@ -1,4 +1,4 @@
-"""Service errors. Each has a stable problem type; ``service.api.problems`` turns them into problem+json."""
+"""Service errors. Each has a stable problem type; ``service.problems`` turns them into problem+json."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import json
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.problems import PROBLEM_BASE, PROBLEM_JSON
+from service.problems import PROBLEM_BASE, PROBLEM_JSON
 
 
 class BodyTooLarge(HTTPException):

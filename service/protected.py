@@ -1,34 +1,36 @@
 """Protected templates: per-subject data keys wrapped by the keyring, templates sealed under them.
 
 Plaintext exists only in memory inside a use case. Destroying a subject's data key row makes every
-ciphertext sealed under it unrecoverable (crypto-shredding).
+ciphertext sealed under it unrecoverable (crypto-shredding): ``destroy_data_key`` is the one place
+that does it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.store.models import KEYRING_STATE_ID, DataKey, KeyringState, Template, utcnow
+from service.store.models import KEYRING_STATE_ID, KeyringState, Template, utcnow
+from service.store.models import DataKey as DataKeyRow
 from service.vault import (
+    DataKey,
     Keyring,
     KeyringOutdated,
     TemplateBinding,
     WrappedKey,
     data_key_context,
     new_data_key,
-    open_sealed,
     rewrap,
-    seal,
     unwrap_data_key,
     wrap_data_key,
 )
 
 
-def data_key(session: Session, keyring: Keyring, subject_token: str, modality: str, *, create: bool) -> bytes | None:
-    row = session.execute(
-        select(DataKey).where(DataKey.subject_token == subject_token, DataKey.modality == modality)
-    ).scalar_one_or_none()
+def data_key(session: Session, keyring: Keyring, subject_token: str, modality: str, *, create: bool) -> DataKey | None:
+    """The subject's data key for ``modality``; with ``create``, a new one is wrapped and stored when it has none."""
+    row = _data_key_row(session, subject_token, modality)
     if row is not None:
         return unwrap_row(keyring, row)
     if not create:
@@ -43,13 +45,38 @@ def data_key(session: Session, keyring: Keyring, subject_token: str, modality: s
     key = new_data_key()
     wrapped = wrap_data_key(keyring, key, context=data_key_context(subject_token, modality))
     session.add(
-        DataKey(subject_token=subject_token, modality=modality, kek_version=wrapped.kek_version, wrapped=wrapped.blob)
+        DataKeyRow(
+            subject_token=subject_token, modality=modality, kek_version=wrapped.kek_version, wrapped=wrapped.blob
+        )
     )
     session.flush()
     return key
 
 
-def unwrap_row(keyring: Keyring, row: DataKey) -> bytes:
+def _data_key_row(session: Session, subject_token: str, modality: str) -> DataKeyRow | None:
+    return session.execute(
+        select(DataKeyRow).where(DataKeyRow.subject_token == subject_token, DataKeyRow.modality == modality)
+    ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class DestroyedKey:
+    kek_version: int
+
+
+def destroy_data_key(session: Session, subject_token: str, modality: str) -> DestroyedKey | None:
+    """Crypto-shreds the subject's data for ``modality``: once its data key is gone, nothing sealed under
+    it can be opened again, whoever holds the keyring. None when the subject had no such key."""
+    row = _data_key_row(session, subject_token, modality)
+    if row is None:
+        return None
+    destroyed = DestroyedKey(row.kek_version)
+    session.delete(row)
+    session.flush()
+    return destroyed
+
+
+def unwrap_row(keyring: Keyring, row: DataKeyRow) -> DataKey:
     context = data_key_context(row.subject_token, row.modality)
     return unwrap_data_key(keyring, WrappedKey(row.kek_version, row.wrapped), context=context)
 
@@ -58,13 +85,13 @@ def binding(template: Template) -> TemplateBinding:
     return TemplateBinding(template.subject_token, template.modality, template.id, template.model_fingerprint)
 
 
-def seal_into(template: Template, key: bytes, plaintext: bytes) -> None:
-    template.sealed = seal(key, plaintext, aad=binding(template))
+def seal_into(template: Template, key: DataKey, plaintext: bytes) -> None:
+    template.sealed = key.seal(plaintext, aad=binding(template))
     template.updated_at = utcnow()
 
 
-def open_template(template: Template, key: bytes) -> bytes:
-    return open_sealed(key, template.sealed, aad=binding(template))
+def open_template(template: Template, key: DataKey) -> bytes:
+    return key.open(template.sealed, aad=binding(template))
 
 
 def lock_fence(session: Session, *, exclusive: bool) -> KeyringState:
@@ -83,7 +110,7 @@ def rewrap_all(session: Session, keyring: Keyring) -> int:
     fence.min_wrap_version = max(fence.min_wrap_version, keyring.active_version)
     session.flush()
     count = 0
-    for row in session.execute(select(DataKey)).scalars():
+    for row in session.execute(select(DataKeyRow)).scalars():
         if row.kek_version == keyring.active_version:
             continue
         fresh = rewrap(

@@ -69,8 +69,8 @@ class Api:
 
 @pytest.fixture
 def api(database_url, embedder, tmp_path) -> Iterator[Api]:
+    from service.admin.bootstrap import bootstrap_admin
     from service.app import create_app
-    from service.bootstrap import bootstrap_admin
     from service.context import ServiceContext
     from service.settings import ServiceSettings
 

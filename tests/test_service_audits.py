@@ -95,7 +95,7 @@ def test_the_deployment_audit_counts_enrolments_consents_keys_and_checks_the_cha
 def test_an_audit_whose_replica_stopped_is_reported_failed_not_running_forever(api):
     import datetime as dt
 
-    from service.audits import STALE_AFTER
+    from service.accuracy.jobs import STALE_AFTER
     from service.store.models import AuditJob
 
     api.tenant("bank")
@@ -130,7 +130,7 @@ def test_a_job_recorded_as_stopped_stays_failed_when_its_frozen_replica_finishes
 
     from sqlalchemy import update
 
-    from service import audits
+    from service.accuracy import jobs as audits
     from service.store.models import AuditJob
 
     api.tenant("bank")
@@ -168,7 +168,7 @@ def test_a_running_audit_keeps_its_heartbeat_fresh(api, monkeypatch):
     import datetime as dt
     import time
 
-    from service import audits
+    from service.accuracy import jobs as audits
     from service.store.models import AuditJob
 
     monkeypatch.setattr(audits, "HEARTBEAT_S", 0.05)

@@ -33,8 +33,8 @@ def cosine_report(test_other_files, clean_samples, embedder) -> dict:
 
 
 def _service(tmp_path, database_url, embedder, calibration_file):
+    from service.admin.bootstrap import bootstrap_admin
     from service.app import create_app
-    from service.bootstrap import bootstrap_admin
     from service.context import ServiceContext
     from service.settings import ServiceSettings
 

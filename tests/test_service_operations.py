@@ -24,10 +24,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.orm import Session
 
-from service.audit.chain import append, compute_hash
 from service.cli import main
 from service.store.db import Database
 from service.store.models import AuditEntry
+from service.trail.chain import append, compute_hash
 from tests.conftest import REPO, TEST_OTHER
 from tests.test_service_voice_flow import ENROL, GENUINE, IMPOSTOR, SPEAKER, _audio, _consent, _enrol, _verify
 
@@ -534,7 +534,7 @@ def test_an_anchor_exposes_a_tail_cut_behind_an_older_head_put_back(database_url
 
 
 def test_appending_without_the_audit_key_is_refused(database_url):
-    from service.audit.chain import AuditKeyMissing
+    from service.trail.chain import AuditKeyMissing
 
     db = Database(database_url)
     with pytest.raises(AuditKeyMissing), db.session() as session:
@@ -1012,8 +1012,8 @@ def test_text_with_nul_characters_is_refused_not_a_server_error(bank):
 
 @pytest.fixture
 def small_limit_app(database_url, embedder, tmp_path):
+    from service.admin.bootstrap import bootstrap_admin
     from service.app import create_app
-    from service.bootstrap import bootstrap_admin
     from service.context import ServiceContext
     from service.settings import ServiceSettings
 

@@ -1,4 +1,4 @@
-"""Accuracy audits started through the API, and the audit of the deployment itself."""
+"""Accuracy audits started through the API: jobs in the database, run in the background, that survive replicas."""
 
 from __future__ import annotations
 
@@ -7,29 +7,20 @@ import logging
 import threading
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from biometrics.errors import BiometricsError
 from biometrics.evaluation.audit import run_audit
 from biometrics.torch_thread import background
-from service.audit.chain import append, record_event, verify_chain
 from service.auth import Principal
 from service.context import ServiceContext
 from service.errors import Conflict, NotFound, ServiceError
 from service.store.models import (
-    KEYRING_STATE_ID,
-    AuditEntry,
     AuditJob,
-    Consent,
-    DataKey,
-    KeyringState,
-    Subject,
-    Template,
-    VerificationFailure,
     utcnow,
 )
-from service.vault import Keyring
+from service.trail.chain import append, record_event
 
 log = logging.getLogger(__name__)
 
@@ -192,70 +183,14 @@ def job_in_tenant(session: Session, actor: Principal, job_id: str) -> AuditJob:
     return job
 
 
-def _count(session: Session, query) -> int:  # noqa: ANN001
-    return int(session.execute(query).scalar_one())
+def job_status(ctx: ServiceContext, actor: Principal, job_id: str) -> AuditJob:
+    with ctx.db.session() as session:
+        return job_in_tenant(session, actor, job_id)
 
 
-def deployment_report(session: Session, keyring: Keyring, settings, tenant_id: str | None = None) -> dict:  # noqa: ANN001
-    """Enrolled subjects per modality, consents, lockouts, key versions in use and the audit chain's state."""
-
-    def scoped(query, column):  # noqa: ANN001, ANN202
-        return query if tenant_id is None else query.where(column == tenant_id)
-
-    templates = session.execute(
-        scoped(
-            select(Template.modality, func.count(func.distinct(Template.subject_token))), Template.tenant_id
-        ).group_by(Template.modality)
-    ).all()
-    consents_q = select(Consent.modality, Consent.withdrawn_at.is_(None), func.count()).join(
-        Subject, Subject.token == Consent.subject_token
-    )
-    consents = session.execute(
-        scoped(consents_q, Subject.tenant_id).group_by(Consent.modality, Consent.withdrawn_at.is_(None))
-    ).all()
-    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.lockout_window_s)
-    locked = (
-        scoped(
-            select(VerificationFailure.subject_token).join(Subject, Subject.token == VerificationFailure.subject_token),
-            Subject.tenant_id,
-        )
-        .where(VerificationFailure.at >= since)
-        .group_by(VerificationFailure.subject_token)
-        .having(func.count() >= settings.lockout_max_failures)
-    )
-    locked_now = _count(session, select(func.count()).select_from(locked.subquery()))
-    lockout_events = _count(
-        session,
-        scoped(
-            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "voice.lockout"),
-            AuditEntry.tenant_id,
-        ),
-    )
-    key_use = session.execute(
-        scoped(
-            select(DataKey.kek_version, func.count()).join(Subject, Subject.token == DataKey.subject_token),
-            Subject.tenant_id,
-        ).group_by(DataKey.kek_version)
-    ).all()
-    chain = verify_chain(session, settings.audit_unsigned_up_to)
-    by_modality: dict[str, dict[str, int]] = {}
-    for modality, active, n in consents:
-        by_modality.setdefault(modality, {"active": 0, "withdrawn": 0})["active" if active else "withdrawn"] += n
-    state = session.get(KeyringState, KEYRING_STATE_ID)
-    return {
-        "scope": tenant_id or "deployment",
-        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "enrolled_subjects": {modality: n for modality, n in templates},
-        "consents": by_modality,
-        "lockouts": {"subjects_locked_now": locked_now, "lockout_events": lockout_events},
-        "keys": {
-            "active_version": keyring.active_version,
-            "versions": [{"version": v.version, "status": str(v.status)} for v in keyring.versions()],
-            "data_keys_by_version": {str(v): n for v, n in key_use},
-            # The keyring the database is bound to (this replica's must be the same to have loaded).
-            "keyring_id": state.keyring_id,
-            # Replicas whose keyring is older than this version may not wrap new data keys.
-            "min_wrap_version": state.min_wrap_version,
-        },
-        "audit_chain": chain.as_dict(),
-    }
+def finished_report(ctx: ServiceContext, actor: Principal, job_id: str) -> dict:
+    with ctx.db.session() as session:
+        job = job_in_tenant(session, actor, job_id)
+        if job.report is None:
+            raise Conflict(f"the audit is {job.status}; the report exists once it is done")
+        return job.report

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.audit.chain import record_event
-from service.auth import Principal
-from service.errors import ConsentRequired, NotFound
-from service.store.models import Consent, DataKey, EnrolmentSample, EnrolmentSession, Subject, Template, utcnow
+from service.auth import Principal, Role
+from service.context import ServiceContext
+from service.errors import ConsentRequired, Forbidden, NotFound, ServiceError
+from service.modality import Modality
+from service.store.models import Consent, Subject
+from service.trail.chain import record_event
 
-
-class Modality(StrEnum):
-    VOICE = "voice"
-    FINGERPRINT = "fingerprint"
+# Clients that record consent at the point of capture record it for their own modality only.
+MODALITY_OF_ROLE = {Role.IVR: Modality.VOICE, Role.TERMINAL: Modality.FINGERPRINT}
 
 
 class ConsentChannel(StrEnum):
@@ -36,6 +35,38 @@ class ConsentTerms:
     notice_sha256: str
     channel: ConsentChannel
     evidence_ref: str
+
+
+def notice_digest(notice_text: str | None, notice_sha256: str | None) -> str:
+    """The SHA-256 of the notice the customer was shown: sent as such, or of its text (never stored)."""
+    if (notice_text is None) == (notice_sha256 is None):
+        raise ServiceError("send exactly one of notice_text and notice_sha256")
+    return notice_sha256 or hashlib.sha256(notice_text.encode()).hexdigest()
+
+
+def grant_consent(ctx: ServiceContext, actor: Principal, reference: str, terms: ConsentTerms) -> Consent:
+    """Records a customer's consent: checks that this client may record it, then stores and audits it."""
+    if actor.role in MODALITY_OF_ROLE and terms.modality is not MODALITY_OF_ROLE[actor.role]:
+        raise Forbidden(f"the {actor.role} role records {MODALITY_OF_ROLE[actor.role]} consent only")
+    token = ctx.token(actor.tenant_id, reference)
+    with ctx.db.session() as session:
+        return record_consent(session, actor, token, terms)
+
+
+def lookup_subject(ctx: ServiceContext, actor: Principal, reference: str) -> str:
+    """The token of a customer of this tenant who has a record here."""
+    token = ctx.token(actor.tenant_id, reference)
+    with ctx.db.session() as session:
+        subject_in_tenant(session, actor.tenant_id, token)
+    return token
+
+
+def consents_of(ctx: ServiceContext, actor: Principal, token: str) -> list[Consent]:
+    """Every consent of a subject of this tenant, oldest first, withdrawn ones included."""
+    with ctx.db.session() as session:
+        subject_in_tenant(session, actor.tenant_id, token)
+        query = select(Consent).where(Consent.subject_token == token).order_by(Consent.granted_at)
+        return list(session.execute(query).scalars())
 
 
 def subject_in_tenant(session: Session, tenant_id: str, token: str) -> Subject:
@@ -98,97 +129,3 @@ def require_consent(session: Session, token: str, modality: Modality, purpose: s
         if consent.purpose == purpose:
             return consent
     raise ConsentRequired(f"the subject has no active {modality} consent for purpose '{purpose}'")
-
-
-@dataclass(frozen=True)
-class Shredded:
-    """What a withdrawal destroyed for one modality (nothing, while another consent for it stands)."""
-
-    data_key: bool = False
-    data_key_kek_version: int | None = None
-    templates: list[str] = field(default_factory=list)
-    enrolment_sessions: int = 0
-
-
-@dataclass(frozen=True)
-class WithdrawalReceipt:
-    receipt_id: str
-    subject_token: str
-    consent_id: str
-    modality: str
-    purpose: str
-    withdrawn_at: str
-    destroyed: dict = field(default_factory=dict)
-    receipt_sha256: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def withdraw_consent(session: Session, actor: Principal, token: str, consent_id: str) -> WithdrawalReceipt:
-    """Withdraws one consent. When no consent for that modality remains, the subject's data key for it
-    is destroyed and its templates and enrolment samples deleted, in this same transaction."""
-    subject_in_tenant(session, actor.tenant_id, token)
-    consent = session.get(Consent, consent_id)
-    if consent is None or consent.subject_token != token:
-        raise NotFound("no such consent for this subject")
-    if consent.withdrawn_at is not None:
-        raise NotFound("this consent was already withdrawn")
-    now = utcnow()
-    consent.withdrawn_at = now
-    session.flush()
-    shredded = (
-        Shredded() if active_consents(session, token, consent.modality) else _shred(session, token, consent.modality)
-    )
-    destroyed = asdict(shredded)
-    body = {
-        "receipt_id": f"rcp_{consent.id.removeprefix('con_')}",
-        "subject_token": token,
-        "consent_id": consent.id,
-        "modality": consent.modality,
-        "purpose": consent.purpose,
-        "withdrawn_at": now.isoformat(timespec="seconds"),
-        "destroyed": destroyed,
-    }
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    receipt = WithdrawalReceipt(**body, receipt_sha256=digest)
-    record_event(
-        session,
-        actor,
-        action="consent.withdraw",
-        outcome="withdrawn",
-        subject_token=token,
-        details={
-            "consent_id": consent.id,
-            "modality": consent.modality,
-            "receipt_sha256": digest,
-            "data_key_destroyed": shredded.data_key,
-            "templates_deleted": len(shredded.templates),
-        },
-    )
-    return receipt
-
-
-def _shred(session: Session, token: str, modality: str) -> Shredded:
-    key = session.execute(
-        select(DataKey).where(DataKey.subject_token == token, DataKey.modality == modality)
-    ).scalar_one_or_none()
-    template_ids = list(
-        session.execute(
-            select(Template.id).where(Template.subject_token == token, Template.modality == modality)
-        ).scalars()
-    )
-    session_ids = list(
-        session.execute(
-            select(EnrolmentSession.id).where(
-                EnrolmentSession.subject_token == token, EnrolmentSession.modality == modality
-            )
-        ).scalars()
-    )
-    session.execute(delete(EnrolmentSample).where(EnrolmentSample.session_id.in_(session_ids)))
-    session.execute(delete(EnrolmentSession).where(EnrolmentSession.id.in_(session_ids)))
-    session.execute(delete(Template).where(Template.id.in_(template_ids)))
-    if key is not None:
-        session.delete(key)
-    session.flush()
-    return Shredded(key is not None, None if key is None else key.kek_version, template_ids, len(session_ids))

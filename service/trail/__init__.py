@@ -1,1 +1,1 @@
-"""The hash-chained audit trail."""
+"""The audit trail: hash-chained, signed entries, its verification, and anchors kept outside the database."""

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy.orm import Session
 
-from service.audit.chain import HEAD_ID, ChainReport, audit_key, head_mac
 from service.store.models import AuditEntry, AuditHead
+from service.trail.chain import HEAD_ID, ChainReport, audit_key, head_mac
 
 
 class AnchorFileError(ValueError):

@@ -6,7 +6,7 @@ recompute every hash; the HMACs, under a key derived from the keyring (never sto
 database), stop that: entries and the head row are signed. Only entries the operator declares as
 written before signing began (``BIOIDENT_AUDIT_UNSIGNED_UP_TO``, kept outside the database) may
 lack a signature; they are checked by hash alone and counted. A cut-off tail behind an older head
-row put back (signed when it was current) needs an anchor kept elsewhere: ``service.audit.anchors``.
+row put back (signed when it was current) needs an anchor kept elsewhere: ``service.trail.anchors``.
 """
 
 from __future__ import annotations
@@ -112,6 +112,17 @@ def append(
 def record_event(session: Session, actor: Principal, *, action: str, outcome: str, **fields: object) -> AuditEntry:
     """``append`` for a use case acting for an authenticated client: actor and tenant come from it."""
     return append(session, actor=actor.client_id, tenant_id=actor.tenant_id, action=action, outcome=outcome, **fields)
+
+
+def entries_after(session: Session, tenant_id: str, after_seq: int, limit: int) -> list[AuditEntry]:
+    """A tenant's entries after ``after_seq``, in order, at most ``limit`` of them."""
+    query = (
+        select(AuditEntry)
+        .where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq > after_seq)
+        .order_by(AuditEntry.seq)
+        .limit(limit)
+    )
+    return list(session.execute(query).scalars())
 
 
 @dataclass(frozen=True)

@@ -3,53 +3,46 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import select
 
-from service.api.deps import get_ctx, require
-from service.audit.chain import verify_chain
 from service.auth import Principal, Role
 from service.context import ServiceContext
-from service.store.models import AuditEntry
+from service.deps import get_ctx, require
+from service.trail.chain import entries_after, verify_chain
+from service.trail.schemas import ChainOut, EntriesOut, EntryOut
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 auditor = require(Role.AUDITOR)
 
 
-@router.get("/entries")
+@router.get("/entries", response_model=EntriesOut)
 def entries(
     after_seq: int = Query(default=0, ge=0),
     limit: int = Query(default=100, ge=1, le=1000),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(auditor),
-) -> dict:
+) -> EntriesOut:
     with ctx.db.session() as session:
-        rows = session.execute(
-            select(AuditEntry)
-            .where(AuditEntry.tenant_id == actor.tenant_id, AuditEntry.seq > after_seq)
-            .order_by(AuditEntry.seq)
-            .limit(limit)
-        ).scalars()
         items = [
-            {
-                "seq": e.seq,
-                "at": e.at,
-                "actor": e.actor,
-                "action": e.action,
-                "subject_token": e.subject_token,
-                "outcome": e.outcome,
-                "score": e.score,
-                "model": e.model_fingerprint,
-                "details": e.details,
-                "prev_hash": e.prev_hash,
-                "entry_hash": e.entry_hash,
-            }
-            for e in rows
+            EntryOut(
+                seq=e.seq,
+                at=e.at,
+                actor=e.actor,
+                action=e.action,
+                subject_token=e.subject_token,
+                outcome=e.outcome,
+                score=e.score,
+                model=e.model_fingerprint,
+                details=e.details,
+                prev_hash=e.prev_hash,
+                entry_hash=e.entry_hash,
+            )
+            for e in entries_after(session, actor.tenant_id, after_seq, limit)
         ]
-    return {"entries": items, "next_after_seq": items[-1]["seq"] if items else after_seq}
+    return EntriesOut(entries=items, next_after_seq=items[-1].seq if items else after_seq)
 
 
-@router.get("/chain")
-def chain(ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(auditor)) -> dict:
+@router.get("/chain", response_model=ChainOut)
+def chain(ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(auditor)) -> ChainOut:
     with ctx.db.session() as session:
         report = verify_chain(session, ctx.settings.audit_unsigned_up_to)
-    return report.as_dict()
+    return ChainOut(**report.as_dict())

@@ -1,13 +1,14 @@
-"""Voice enrolment: in one call with several samples, or as a session (start, add samples, complete).
+"""Voice enrolment use cases: in one call with several samples, or as a session (start, add samples, complete).
 
-A template is created only when the quality gates pass. Until then each accepted sample's
-embedding is kept sealed under the subject's data key; a failed or abandoned session leaves
-no template and no sample behind.
+The rules (which sample counts, when an enrolment is complete, how captures become one template) are
+``enroll.voice``; this module checks consent, keeps samples and templates sealed under the subject's
+data key, and audits. A template is created only when the quality gates pass. Until then each
+accepted sample's embedding is kept sealed; a failed or abandoned session leaves no template and no
+sample behind.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,20 +17,18 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from biometrics.voice.audio.waveform import Waveform
-from biometrics.voice.embedding import AnalysedSample, Embedding
-from biometrics.voice.quality.gates import QualityReason, ReasonCode, enrolment_reasons, signal_reasons
-from biometrics.voice.templates import VoiceTemplate
-from service.audit.chain import record_event
+from biometrics.voice.embedding import Embedding
+from enroll.voice import SESSION_TTL, EnrolmentPlan, completion_shortfall, judge_sample, plan_enrolment
 from service.auth import Principal
-from service.consent.records import Modality, require_consent, subject_in_tenant
+from service.consent.records import require_consent, subject_in_tenant
 from service.context import ServiceContext
 from service.errors import Conflict, NotFound, QualityFailed
-from service.protected import data_key, open_template, seal_into
-from service.store.models import EnrolmentSample, EnrolmentSession, Template, utcnow
-from service.vault import TemplateBinding, open_sealed, seal
-
-VOICE = str(Modality.VOICE)
-SESSION_TTL = dt.timedelta(hours=1)
+from service.modality import Modality
+from service.protected import data_key
+from service.store.models import EnrolmentSample, EnrolmentSession, utcnow
+from service.trail.chain import record_event
+from service.vault import TemplateBinding
+from service.voice.templates import VOICE, store_voice_template
 
 
 @dataclass(frozen=True)
@@ -44,60 +43,20 @@ class EnrolmentResult:
         return dict(self.__dict__)
 
 
-def sample_report(sample: AnalysedSample, ctx: ServiceContext) -> dict:
-    reasons = signal_reasons(sample.measures, ctx.limits)
-    return {
-        "accepted": not reasons and sample.embedding is not None,
-        **sample.measures.as_dict(),
-        "reasons": [r.as_dict() for r in reasons],
-    }
-
-
-def _store_template(
-    session: Session, ctx: ServiceContext, actor: Principal, token: str, embeddings: Sequence[Embedding]
-) -> Template:
-    """Creates the subject's voice template, or absorbs the samples into the one it has."""
-    key = data_key(session, ctx.keyring, token, VOICE, create=True)
-    row = session.execute(
-        select(Template).where(Template.subject_token == token, Template.modality == VOICE)
-    ).scalar_one_or_none()
-    if row is None:
-        template = VoiceTemplate.from_embeddings(embeddings)
-        row = Template(
-            subject_token=token,
-            tenant_id=actor.tenant_id,
-            modality=VOICE,
-            model_fingerprint=template.model_fingerprint,
-            sample_count=template.count,
-            sealed=b"",
-        )
-        session.add(row)
-        session.flush()
-    else:
-        template = VoiceTemplate.from_bytes(open_template(row, key)).absorb(embeddings)
-        row.sample_count = template.count
-    seal_into(row, key, template.to_bytes())
-    session.flush()
-    return row
-
-
-def _refuse_on_quality(
-    ctx: ServiceContext, actor: Principal, token: str, samples: Sequence[AnalysedSample], action: str
-) -> None:
-    reasons = enrolment_reasons([s.measures for s in samples], ctx.limits)
-    if not reasons:
+def _refuse_on_quality(ctx: ServiceContext, actor: Principal, token: str, plan: EnrolmentPlan) -> None:
+    if not plan.reasons:
         return
     with ctx.db.session() as session:
         record_event(
             session,
             actor,
-            action=action,
+            action="voice.enrol",
             outcome="quality_failed",
             subject_token=token,
             model_fingerprint=ctx.embedder.fingerprint,
-            details={"reasons": [str(r.code) for r in reasons]},
+            details={"reasons": [str(r.code) for r in plan.reasons]},
         )
-    raise QualityFailed("the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in reasons])
+    raise QualityFailed("the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in plan.reasons])
 
 
 def enrol_voice(
@@ -107,14 +66,12 @@ def enrol_voice(
     with ctx.db.session() as session:
         subject_in_tenant(session, actor.tenant_id, token)
         require_consent(session, token, Modality.VOICE, purpose)
-    samples = ctx.embedder.analyse(list(audio))
-    reports = [sample_report(s, ctx) for s in samples]
-    _refuse_on_quality(ctx, actor, token, samples, "voice.enrol")
-    usable = [s for s, r in zip(samples, reports, strict=True) if r["accepted"]]
+    plan = plan_enrolment(ctx.embedder.analyse(list(audio)), ctx.limits)
+    _refuse_on_quality(ctx, actor, token, plan)
     with ctx.db.session() as session:
         require_consent(session, token, Modality.VOICE, purpose)
-        row = _store_template(session, ctx, actor, token, [s.embedding for s in usable])
-        speech = sum(s.measures.net_speech_s for s in usable)
+        row = store_voice_template(session, ctx.keyring, actor.tenant_id, token, plan.embeddings)
+        speech = plan.net_speech_s
         record_event(
             session,
             actor,
@@ -122,9 +79,10 @@ def enrol_voice(
             outcome="enrolled",
             subject_token=token,
             model_fingerprint=row.model_fingerprint,
-            details={"template_id": row.id, "samples": len(usable), "net_speech_s": round(speech, 2)},
+            details={"template_id": row.id, "samples": len(plan.usable), "net_speech_s": round(speech, 2)},
         )
-    return EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), row.model_fingerprint), reports
+    result = EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), row.model_fingerprint)
+    return result, [r.as_dict() for r in plan.reports]
 
 
 # --- sessions ------------------------------------------------------------------------------------
@@ -182,7 +140,7 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
         enrolment = _open_session(session, actor, session_id)
         require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
     (sample,) = ctx.embedder.analyse([audio])
-    report = sample_report(sample, ctx)
+    report = judge_sample(sample, ctx.limits).as_dict()
     with ctx.db.session() as session:
         enrolment = _open_session(session, actor, session_id)
         row = EnrolmentSample(
@@ -196,7 +154,7 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
         if report["accepted"]:
             key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=True)
             vector = sample.embedding.vector.astype("<f4").tobytes()
-            row.sealed = seal(key, vector, aad=_sample_binding(enrolment, row.id, sample.embedding.model_fingerprint))
+            row.sealed = key.seal(vector, aad=_sample_binding(enrolment, row.id, sample.embedding.model_fingerprint))
         usable = sum(s.net_speech_s for s in _samples(session, enrolment.id) if s.accepted)
     return {
         "sample_id": row.id,
@@ -223,22 +181,22 @@ def complete_session(ctx: ServiceContext, actor: Principal, session_id: str) -> 
                 "this session's samples were embedded by another model version; abandon it and start a new session"
             )
         speech = sum(s.net_speech_s for s in accepted)
-        if speech < ctx.limits.min_enrol_speech_s:
+        shortfall = completion_shortfall(speech, ctx.limits)
+        if shortfall is not None:
             raise QualityFailed(
-                "the session does not hold enough usable speech yet; add samples",
-                reasons=[QualityReason(ReasonCode.TOO_SHORT, speech, ctx.limits.min_enrol_speech_s).as_dict()],
+                "the session does not hold enough usable speech yet; add samples", reasons=[shortfall.as_dict()]
             )
         key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=False)
         embeddings = [
             Embedding(
                 np.frombuffer(
-                    open_sealed(key, s.sealed, aad=_sample_binding(enrolment, s.id, fingerprint)), dtype="<f4"
+                    key.open(s.sealed, aad=_sample_binding(enrolment, s.id, fingerprint)), dtype="<f4"
                 ).copy(),
                 fingerprint,
             )
             for s in accepted
         ]
-        row = _store_template(session, ctx, actor, enrolment.subject_token, embeddings)
+        row = store_voice_template(session, ctx.keyring, actor.tenant_id, enrolment.subject_token, embeddings)
         _discard_samples(session, enrolment, "completed")
         record_event(
             session,

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from enroll import voice as enrolment
-from service.api.deps import AudioFormat, audio_format, get_ctx, id_path, read_waveform, require
-from service.api.schemas import PURPOSE_LIMITS, REFERENCE_LIMITS, EnrolmentStartIn
 from service.auth import Principal, Role
 from service.context import ServiceContext
+from service.deps import get_ctx, id_path, require
 from service.errors import ServiceError
-from service.voice import identify_voice, verify_voice
+from service.schemas import PURPOSE_LIMITS, REFERENCE_LIMITS
+from service.voice import enrolment
+from service.voice.identification import identify_voice
+from service.voice.schemas import (
+    EnrolmentAbandonedOut,
+    EnrolmentOut,
+    EnrolmentSessionOut,
+    EnrolmentStartIn,
+    EnrolmentWithSamplesOut,
+    IdentificationOut,
+    SampleAddedOut,
+    VerificationOut,
+)
+from service.voice.uploads import AudioFormat, audio_format, read_waveform
+from service.voice.verification import verify_voice
 
 router = APIRouter(prefix="/v1/voice", tags=["voice"])
 ivr = require(Role.IVR)
@@ -26,7 +38,7 @@ def PurposeForm() -> str:  # noqa: N802
     return Form(**PURPOSE_LIMITS)
 
 
-@router.post("/verify")
+@router.post("/verify", response_model=VerificationOut)
 def verify(
     reference: str = ReferenceForm(),
     audio: UploadFile = File(),
@@ -39,7 +51,7 @@ def verify(
     return verify_voice(ctx, actor, reference, purpose, waveform).as_dict()
 
 
-@router.post("/identify")
+@router.post("/identify", response_model=IdentificationOut)
 def identify(
     audio: UploadFile = File(),
     purpose: str = PurposeForm(),
@@ -52,7 +64,7 @@ def identify(
     return identify_voice(ctx, actor, purpose, waveform, top_k or ctx.settings.identify_top_k).as_dict()
 
 
-@router.post("/enrol", status_code=201)
+@router.post("/enrol", status_code=201, response_model=EnrolmentWithSamplesOut)
 def enrol(
     reference: str = ReferenceForm(),
     audio: list[UploadFile] = File(description="one or more recordings of the customer"),
@@ -68,21 +80,21 @@ def enrol(
     return {**result.as_dict(), "samples": reports}
 
 
-@router.post("/enrolments", status_code=201)
+@router.post("/enrolments", status_code=201, response_model=EnrolmentSessionOut)
 def start_enrolment(
     body: EnrolmentStartIn, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
-) -> dict:
+) -> EnrolmentSessionOut:
     session = enrolment.start_session(ctx, actor, body.reference, body.purpose)
-    return {
-        "id": session.id,
-        "status": session.status,
-        "subject_token": session.subject_token,
-        "expires_at": session.expires_at,
-        "required_speech_s": ctx.limits.min_enrol_speech_s,
-    }
+    return EnrolmentSessionOut(
+        id=session.id,
+        status=session.status,
+        subject_token=session.subject_token,
+        expires_at=session.expires_at,
+        required_speech_s=ctx.limits.min_enrol_speech_s,
+    )
 
 
-@router.post("/enrolments/{session_id}/samples", status_code=201)
+@router.post("/enrolments/{session_id}/samples", status_code=201, response_model=SampleAddedOut)
 def add_enrolment_sample(
     session_id: str = id_path(),
     audio: UploadFile = File(),
@@ -94,16 +106,16 @@ def add_enrolment_sample(
     return enrolment.add_sample(ctx, actor, session_id, waveform)
 
 
-@router.post("/enrolments/{session_id}:complete", status_code=201)
+@router.post("/enrolments/{session_id}:complete", status_code=201, response_model=EnrolmentOut)
 def complete_enrolment(
     session_id: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
 ) -> dict:
     return enrolment.complete_session(ctx, actor, session_id).as_dict()
 
 
-@router.post("/enrolments/{session_id}:abandon")
+@router.post("/enrolments/{session_id}:abandon", response_model=EnrolmentAbandonedOut)
 def abandon_enrolment(
     session_id: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
-) -> dict:
+) -> EnrolmentAbandonedOut:
     enrolment.abandon_session(ctx, actor, session_id)
-    return {"id": session_id, "status": "abandoned"}
+    return EnrolmentAbandonedOut(id=session_id, status="abandoned")

@@ -1,0 +1,87 @@
+"""Voice enrolment as pure logic: judge each sample, decide whether the samples make an enrolment,
+and consolidate the accepted ones into one template. No SQL and no HTTP: the service seals and
+stores what this returns, and turns its reasons into errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from biometrics.voice.embedding import AnalysedSample, Embedding
+from biometrics.voice.quality.gates import (
+    QualityLimits,
+    QualityReason,
+    ReasonCode,
+    enrolment_reasons,
+    signal_reasons,
+)
+from biometrics.voice.templates import VoiceTemplate
+
+# How long an enrolment session stays open for more samples.
+SESSION_TTL = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class SampleReport:
+    """One sample as the caller is told about it: accepted, or why not, with its measures."""
+
+    sample: AnalysedSample
+    reasons: list[QualityReason]
+
+    @property
+    def accepted(self) -> bool:
+        return not self.reasons and self.sample.embedding is not None
+
+    def as_dict(self) -> dict:
+        return {
+            "accepted": self.accepted,
+            **self.sample.measures.as_dict(),
+            "reasons": [r.as_dict() for r in self.reasons],
+        }
+
+
+def judge_sample(sample: AnalysedSample, limits: QualityLimits) -> SampleReport:
+    return SampleReport(sample, signal_reasons(sample.measures, limits))
+
+
+@dataclass(frozen=True)
+class EnrolmentPlan:
+    """Samples given at once: each one's report, and what stands against enrolling them (nothing: go)."""
+
+    reports: list[SampleReport]
+    reasons: list[QualityReason]
+
+    @property
+    def usable(self) -> list[AnalysedSample]:
+        return [r.sample for r in self.reports if r.accepted]
+
+    @property
+    def embeddings(self) -> list[Embedding]:
+        return [s.embedding for s in self.usable]
+
+    @property
+    def net_speech_s(self) -> float:
+        return sum(s.measures.net_speech_s for s in self.usable)
+
+
+def plan_enrolment(samples: Sequence[AnalysedSample], limits: QualityLimits) -> EnrolmentPlan:
+    return EnrolmentPlan(
+        reports=[judge_sample(s, limits) for s in samples],
+        reasons=enrolment_reasons([s.measures for s in samples], limits),
+    )
+
+
+def completion_shortfall(usable_speech_s: float, limits: QualityLimits) -> QualityReason | None:
+    """Why a session's accepted samples cannot complete an enrolment yet (None: they can)."""
+    if usable_speech_s < limits.min_enrol_speech_s:
+        return QualityReason(ReasonCode.TOO_SHORT, usable_speech_s, limits.min_enrol_speech_s)
+    return None
+
+
+def consolidate(existing: VoiceTemplate | None, embeddings: Sequence[Embedding]) -> VoiceTemplate:
+    """One template from the captures: a new one, or the existing one with these absorbed."""
+    if existing is None:
+        return VoiceTemplate.from_embeddings(embeddings)
+    return existing.absorb(embeddings)

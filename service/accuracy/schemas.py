@@ -1,0 +1,69 @@
+"""Accuracy-audit and deployment-report bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from service.trail.schemas import ChainOut
+
+
+class AuditIn(BaseModel):
+    dataset: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.-][A-Za-z0-9_./-]*$",
+        description="a folder below BIOIDENT_AUDIT_DATASETS_DIR",
+    )
+    channel: Literal["clean", "telephone"] = "clean"
+    max_impostors: int = Field(default=100_000, ge=1, le=10_000_000)
+
+
+class AuditStartedOut(BaseModel):
+    id: str
+    status: str
+
+
+class AuditStatusOut(BaseModel):
+    id: str
+    status: str = Field(description="queued, running, done or failed")
+    params: dict[str, Any]
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    error: str | None
+    results: dict[str, Any] | None = Field(default=None, description="the report's headline figures, once done")
+
+
+class KeyVersionOut(BaseModel):
+    version: int
+    status: str
+
+
+class KeysOut(BaseModel):
+    active_version: int
+    versions: list[KeyVersionOut]
+    data_keys_by_version: dict[str, int]
+    keyring_id: str | None = Field(description="the keyring the database is bound to")
+    min_wrap_version: int = Field(description="replicas whose keyring is older may not wrap new data keys")
+
+
+class LockoutsOut(BaseModel):
+    subjects_locked_now: int
+    lockout_events: int
+
+
+class ConsentCountsOut(BaseModel):
+    active: int
+    withdrawn: int
+
+
+class DeploymentReportOut(BaseModel):
+    scope: str
+    generated_at: str
+    enrolled_subjects: dict[str, int]
+    consents: dict[str, ConsentCountsOut]
+    lockouts: LockoutsOut
+    keys: KeysOut
+    audit_chain: ChainOut

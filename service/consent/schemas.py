@@ -1,0 +1,114 @@
+"""Consent request and response bodies. References are accepted, never returned."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
+from service.consent.held import TEMPLATE_PROTECTION, Held
+from service.consent.records import ConsentChannel
+from service.modality import Modality
+from service.schemas import Purpose, Reference, Text
+from service.store.models import Consent
+
+
+class ConsentIn(BaseModel):
+    reference: Text = Reference
+    modality: Modality
+    purpose: Text = Purpose
+    notice_version: Text = Field(min_length=1, max_length=64)
+    notice_text: Text | None = Field(default=None, max_length=100_000, description="hashed; not stored")
+    notice_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    channel: ConsentChannel
+    evidence_ref: Text = Field(min_length=1, max_length=200)
+
+
+class ConsentOut(BaseModel):
+    id: str
+    subject_token: str
+    modality: str
+    purpose: str
+    notice_version: str
+    notice_sha256: str
+    channel: str
+    evidence_ref: str
+    recorded_by: str
+    granted_at: dt.datetime
+    withdrawn_at: dt.datetime | None
+    active: bool
+
+    @classmethod
+    def of(cls, c: Consent) -> ConsentOut:
+        return cls(
+            id=c.id, subject_token=c.subject_token, modality=c.modality, purpose=c.purpose,
+            notice_version=c.notice_version, notice_sha256=c.notice_sha256, channel=c.channel,
+            evidence_ref=c.evidence_ref, recorded_by=c.recorded_by, granted_at=c.granted_at,
+            withdrawn_at=c.withdrawn_at, active=c.withdrawn_at is None,
+        )  # fmt: skip
+
+
+class LookupIn(BaseModel):
+    reference: Text = Reference
+
+
+class SubjectRef(BaseModel):
+    subject_token: str
+
+
+class WithdrawalReceiptOut(BaseModel):
+    receipt_id: str
+    subject_token: str
+    consent_id: str
+    modality: str
+    purpose: str
+    withdrawn_at: str
+    destroyed: dict = Field(description="what was destroyed: the data key and, per kind of sealed data, what went")
+    receipt_sha256: str
+
+
+class TemplateHeld(BaseModel):
+    id: str
+    modality: str
+    model: str
+    samples: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    protection: str
+
+
+class EnrolmentSessionHeld(BaseModel):
+    id: str
+    status: str
+    created_at: dt.datetime
+
+
+class HeldOut(BaseModel):
+    subject_token: str
+    created_at: dt.datetime
+    consents: list[ConsentOut]
+    templates: list[TemplateHeld]
+    enrolment_sessions: list[EnrolmentSessionHeld]
+
+    @classmethod
+    def of(cls, held: Held) -> HeldOut:
+        return cls(
+            subject_token=held.subject_token,
+            created_at=held.created_at,
+            consents=[ConsentOut.of(c) for c in held.consents],
+            templates=[
+                TemplateHeld(
+                    id=t.id,
+                    modality=t.modality,
+                    model=t.model_fingerprint,
+                    samples=t.sample_count,
+                    created_at=t.created_at,
+                    updated_at=t.updated_at,
+                    protection=TEMPLATE_PROTECTION,
+                )
+                for t in held.templates
+            ],
+            enrolment_sessions=[
+                EnrolmentSessionHeld(id=s.id, status=s.status, created_at=s.created_at) for s in held.enrolment_sessions
+            ],
+        )

@@ -1,0 +1,1 @@
+"""Voice: enrolment storage, verification (claim, then decide) and identification, and their HTTP routes."""

@@ -1,0 +1,111 @@
+"""Voice identification: which subjects of this tenant, with active voice consent for the purpose,
+score above the threshold against the caller's audio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.embedding import Embedding
+from biometrics.voice.templates import VoiceTemplate
+from service.auth import Principal
+from service.context import ServiceContext
+from service.protected import open_template, unwrap_row
+from service.store.models import Consent, DataKey, Template
+from service.trail.chain import record_event
+from service.voice.templates import VOICE
+
+
+@dataclass(frozen=True)
+class Candidate:
+    subject_token: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Identification:
+    candidates: list[Candidate]  # best first
+    threshold: float
+    method: str
+    net_speech_s: float
+    reasons: list[dict]
+    model: str
+
+    def as_dict(self) -> dict:
+        best = self.candidates[0].score if self.candidates else None
+        return {
+            "decision": "accept" if self.candidates else "reject",
+            "score": best,
+            "threshold": self.threshold,
+            "method": self.method,
+            "llr": None,
+            "net_speech_s": self.net_speech_s,
+            "reasons": self.reasons,
+            "model": self.model,
+            "candidates": [{"subject_token": c.subject_token, "score": c.score} for c in self.candidates],
+        }
+
+
+def _best_matches(
+    ctx: ServiceContext, session: Session, actor: Principal, purpose: str, probe: Embedding, top_k: int
+) -> list[Candidate]:
+    """Subjects of the tenant with active consent for the purpose whose template (from the model in use)
+    scores at or above the threshold, best first."""
+    consenting = select(Consent.subject_token).where(
+        Consent.modality == VOICE, Consent.purpose == purpose, Consent.withdrawn_at.is_(None)
+    )
+    rows = session.execute(
+        select(Template, DataKey)
+        .join(DataKey, (DataKey.subject_token == Template.subject_token) & (DataKey.modality == Template.modality))
+        .where(
+            Template.tenant_id == actor.tenant_id,
+            Template.modality == VOICE,
+            Template.model_fingerprint == ctx.embedder.fingerprint,
+            Template.subject_token.in_(consenting),
+        )
+    )
+    keyring = ctx.keyring
+    subjects, templates = [], []
+    for template_row, key_row in rows:
+        subjects.append(template_row.subject_token)
+        templates.append(VoiceTemplate.from_bytes(open_template(template_row, unwrap_row(keyring, key_row))))
+    scores = ctx.scorer.scores_against([t.as_embedding() for t in templates], probe)
+    candidates = [
+        Candidate(subject, round(float(score), 6))
+        for subject, score in zip(subjects, scores, strict=True)
+        if score >= ctx.scorer.threshold
+    ]
+    return sorted(candidates, key=lambda c: -c.score)[:top_k]
+
+
+def identify_voice(ctx: ServiceContext, actor: Principal, purpose: str, audio: Waveform, top_k: int) -> Identification:
+    """Top-k subjects of this tenant, with active voice consent for the purpose, scoring above threshold."""
+    probe = ctx.verifier.probe(audio)
+    candidates: list[Candidate] = []
+    with ctx.db.session() as session:
+        if probe.embedding is not None and not probe.reasons:
+            candidates = _best_matches(ctx, session, actor, purpose, probe.embedding, top_k)
+        record_event(
+            session,
+            actor,
+            action="voice.identify",
+            outcome="match" if candidates else ("rejected" if probe.reasons else "no_match"),
+            score=candidates[0].score if candidates else None,
+            model_fingerprint=ctx.embedder.fingerprint,
+            details={
+                "purpose": purpose,
+                "candidates": [c.subject_token for c in candidates],
+                "reasons": [str(r.code) for r in probe.reasons],
+            },
+        )
+    return Identification(
+        candidates=candidates,
+        threshold=ctx.scorer.threshold,
+        method=ctx.scorer.method,
+        net_speech_s=round(probe.net_speech_s, 3),
+        reasons=[r.as_dict() for r in probe.reasons],
+        model=ctx.embedder.fingerprint,
+    )

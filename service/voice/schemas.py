@@ -1,0 +1,89 @@
+"""Voice request and response bodies. Decisions carry no template and no reference."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
+from service.schemas import Purpose, Reference, Text
+
+
+class EnrolmentStartIn(BaseModel):
+    reference: Text = Reference
+    purpose: Text = Purpose
+
+
+class QualityReasonOut(BaseModel):
+    code: str = Field(description="NO_SPEECH, TOO_SHORT, TOO_NOISY or CLIPPED")
+    measured: float
+    limit: float
+
+
+class VerificationOut(BaseModel):
+    subject_token: str
+    decision: str = Field(description="accept or reject")
+    score: float | None
+    threshold: float
+    method: str = Field(description="cosine or as-norm")
+    llr: float | None = Field(description="calibrated log-likelihood ratio, with a calibration file")
+    net_speech_s: float
+    reasons: list[QualityReasonOut]
+    model: str
+
+
+class CandidateOut(BaseModel):
+    subject_token: str
+    score: float
+
+
+class IdentificationOut(BaseModel):
+    decision: str = Field(description="accept when at least one candidate passed the threshold")
+    score: float | None = Field(description="the best candidate's score")
+    threshold: float
+    method: str
+    llr: float | None
+    net_speech_s: float
+    reasons: list[QualityReasonOut]
+    model: str
+    candidates: list[CandidateOut] = Field(description="best first")
+
+
+class SampleReportOut(BaseModel):
+    accepted: bool
+    duration_s: float | None
+    net_speech_s: float | None
+    snr_db: float | None
+    clipping_ratio: float | None
+    reasons: list[QualityReasonOut]
+
+
+class EnrolmentOut(BaseModel):
+    subject_token: str
+    template_id: str
+    sample_count: int
+    net_speech_s: float
+    model: str
+
+
+class EnrolmentWithSamplesOut(EnrolmentOut):
+    samples: list[SampleReportOut]
+
+
+class EnrolmentSessionOut(BaseModel):
+    id: str
+    status: str
+    subject_token: str
+    expires_at: dt.datetime
+    required_speech_s: float
+
+
+class SampleAddedOut(SampleReportOut):
+    sample_id: str
+    session_usable_speech_s: float
+    required_speech_s: float
+
+
+class EnrolmentAbandonedOut(BaseModel):
+    id: str
+    status: str

@@ -1,0 +1,65 @@
+"""A subject's voice template row: found, opened under the subject's data key, or consolidated and sealed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from biometrics.voice.embedding import Embedding
+from biometrics.voice.templates import VoiceTemplate
+from enroll.voice import consolidate
+from service.errors import NotFound
+from service.modality import Modality
+from service.protected import data_key, open_template, seal_into
+from service.store.models import Template
+from service.vault import Keyring
+
+VOICE = str(Modality.VOICE)
+
+
+def voice_template_row(session: Session, token: str) -> Template:
+    row = find_voice_template_row(session, token)
+    if row is None:
+        raise NotFound("the subject has no voice enrolment")
+    return row
+
+
+def find_voice_template_row(session: Session, token: str) -> Template | None:
+    return session.execute(
+        select(Template).where(Template.subject_token == token, Template.modality == VOICE)
+    ).scalar_one_or_none()
+
+
+def open_voice_template(session: Session, keyring: Keyring, row: Template) -> VoiceTemplate:
+    key = data_key(session, keyring, row.subject_token, VOICE, create=False)
+    if key is None:  # shredded: the template row is going with it
+        raise NotFound("the subject has no voice enrolment")
+    return VoiceTemplate.from_bytes(open_template(row, key))
+
+
+def store_voice_template(
+    session: Session, keyring: Keyring, tenant_id: str, token: str, embeddings: Sequence[Embedding]
+) -> Template:
+    """Creates the subject's voice template, or absorbs the samples into the one it has; sealed either way."""
+    key = data_key(session, keyring, token, VOICE, create=True)
+    row = find_voice_template_row(session, token)
+    existing = None if row is None else VoiceTemplate.from_bytes(open_template(row, key))
+    template = consolidate(existing, embeddings)
+    if row is None:
+        row = Template(
+            subject_token=token,
+            tenant_id=tenant_id,
+            modality=VOICE,
+            model_fingerprint=template.model_fingerprint,
+            sample_count=template.count,
+            sealed=b"",
+        )
+        session.add(row)
+        session.flush()
+    else:
+        row.sample_count = template.count
+    seal_into(row, key, template.to_bytes())
+    session.flush()
+    return row
