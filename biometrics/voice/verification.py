@@ -15,7 +15,7 @@ from biometrics.scoring.scorer import Scorer, Verdict
 from biometrics.settings import CoreSettings
 from biometrics.voice.audio import RawCodec
 from biometrics.voice.audio.waveform import Waveform
-from biometrics.voice.embedding import AnalysedSample, Embedding, VoiceEmbedder
+from biometrics.voice.embedding import AnalysedSample, Embedding, VoiceEmbedder, require_same_model
 from biometrics.voice.pipeline import Channel, load_waveform
 from biometrics.voice.quality.gates import QualityLimits, QualityReason, verification_reasons
 
@@ -51,6 +51,26 @@ class VoiceVerifier:
         self.scorer = scorer
         self.limits = limits
 
+    @classmethod
+    def from_settings(
+        cls, settings: CoreSettings | None = None, embedder: VoiceEmbedder | None = None
+    ) -> VoiceVerifier:
+        """The verifier ``BIOIDENT_*`` describes: the verified model, the cohort and calibration files if set."""
+        from biometrics.scoring.calibration import Calibration
+        from biometrics.voice.cohort import Cohort
+        from biometrics.voice.embedding import load_voice_embedder
+
+        settings = settings or CoreSettings()
+        cohort = Cohort.load(settings.cohort_file) if settings.cohort_file else None
+        calibration = Calibration.load(settings.calibration_file) if settings.calibration_file else None
+        scorer = Scorer.from_settings(settings, cohort, calibration)
+        embedder = embedder or load_voice_embedder(settings)
+        if cohort is not None:  # scores across models mean nothing
+            require_same_model(cohort.model_fingerprint, embedder.fingerprint)
+        if calibration is not None:
+            calibration.check_compatible(scorer.method, embedder.fingerprint)
+        return cls(embedder, scorer, QualityLimits.from_settings(settings))
+
     def probes(self, audio: Sequence[Waveform]) -> list[Probe]:
         """Each waveform analysed (in one batch) with its verification reasons."""
         return [Probe(s, verification_reasons(s.measures, self.limits)) for s in self.embedder.analyse(audio)]
@@ -70,12 +90,14 @@ class VoiceVerifier:
 
     def verify_files(
         self,
-        reference: Path,
-        probe: Path,
-        settings: CoreSettings,
+        reference: str | Path,
+        probe: str | Path,
+        settings: CoreSettings | None = None,
         channel: Channel = Channel.CLEAN,
         raw_codec: RawCodec | None = None,
         declared_rate: int | None = None,
     ) -> Comparison:
-        ref, test = (load_waveform(p, settings, channel, raw_codec, declared_rate) for p in (reference, probe))
+        """``verify`` on two audio files (WAV/FLAC, or raw audio of ``raw_codec``), through ``channel``."""
+        settings = settings or CoreSettings()
+        ref, test = (load_waveform(Path(p), settings, channel, raw_codec, declared_rate) for p in (reference, probe))
         return self.verify(ref, test)

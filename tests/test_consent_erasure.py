@@ -1,0 +1,88 @@
+"""What a withdrawal destroys: the registry per modality, through the one place that destroys data keys.
+
+No model: the sealed data is made directly, as the voice and (later) fingerprint use cases make it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, select
+
+from service.auth import Principal, Role
+from service.consent.records import ConsentChannel, ConsentTerms, record_consent
+from service.consent.registry import ERASED_ON_WITHDRAWAL
+from service.consent.withdrawal import withdraw_consent
+from service.modality import Modality
+from service.protected import data_key, seal_into
+from service.store.db import Database
+from service.store.models import DataKey, EnrolmentSample, EnrolmentSession, Template, Tenant, utcnow
+from service.vault import Keyring
+
+TOKEN = "sub_" + "c" * 64
+ACTOR = Principal("cli_portal", "bank", Role.PORTAL)
+
+
+def test_every_modality_says_what_its_withdrawal_destroys():
+    assert set(ERASED_ON_WITHDRAWAL) == set(Modality)
+    for entries in ERASED_ON_WITHDRAWAL.values():
+        assert {"templates", "enrolment_sessions"} <= {e.name for e in entries}
+
+
+def _consent(session, modality: Modality):
+    terms = ConsentTerms(modality, "authentication", "v1", "0" * 64, ConsentChannel.PORTAL, "call-1")
+    return record_consent(session, ACTOR, TOKEN, terms)
+
+
+def _sealed_data(session, keyring: Keyring, modality: Modality) -> Template:
+    key = data_key(session, keyring, TOKEN, str(modality), create=True)
+    template = Template(
+        subject_token=TOKEN, tenant_id="bank", modality=str(modality), model_fingerprint="m", sample_count=1, sealed=b""
+    )
+    session.add(template)
+    session.flush()
+    seal_into(template, key, b"template bytes")
+    enrolment = EnrolmentSession(
+        tenant_id="bank",
+        subject_token=TOKEN,
+        modality=str(modality),
+        purpose="authentication",
+        expires_at=utcnow() + dt.timedelta(hours=1),
+    )
+    session.add(enrolment)
+    session.flush()
+    session.add(EnrolmentSample(session_id=enrolment.id, accepted=True, net_speech_s=3.0, report={}))
+    session.flush()
+    return template
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_withdrawing_the_last_consent_shreds_that_modality_and_leaves_the_other(database_url):
+    keyring = Keyring.ephemeral()
+    db = Database(database_url, audit_key=keyring.audit_key())
+    try:
+        with db.session() as session:
+            session.add(Tenant(id="bank", name="bank"))
+            session.flush()
+            voice = _consent(session, Modality.VOICE)
+            _consent(session, Modality.FINGERPRINT)
+            voice_template = _sealed_data(session, keyring, Modality.VOICE)
+            _sealed_data(session, keyring, Modality.FINGERPRINT)
+        with db.session() as session:
+            receipt = withdraw_consent(session, ACTOR, TOKEN, voice.id)
+        assert receipt.destroyed == {
+            "data_key": True,
+            "data_key_kek_version": keyring.active_version,
+            "templates": [voice_template.id],
+            "enrolment_sessions": 1,
+        }
+        with db.session() as session:
+            left = dict(session.execute(select(Template.modality, func.count()).group_by(Template.modality)).all())
+            keys = set(session.execute(select(DataKey.modality)).scalars())
+            sessions = set(session.execute(select(EnrolmentSession.modality)).scalars())
+            samples = session.execute(select(func.count()).select_from(EnrolmentSample)).scalar_one()
+            assert data_key(session, keyring, TOKEN, "voice", create=False) is None
+        assert left == {"fingerprint": 1} and keys == {"fingerprint"} and sessions == {"fingerprint"} and samples == 1
+    finally:
+        db.engine.dispose()
