@@ -14,15 +14,18 @@ from biometrics.errors import BiometricsError
 from biometrics.voice.audio import RawCodec
 
 EXIT_INPUT_ERROR = 2
+EXIT_NO_SPEECH = 1  # compare: a file holds no usable speech, so nothing was decided
 
 
-def _add_audio_options(parser: argparse.ArgumentParser) -> None:
+def _add_audio_options(
+    parser: argparse.ArgumentParser, codec_help: str = "the files are raw audio in this codec"
+) -> None:
     parser.add_argument(
         "--telephone",
         action="store_true",
         help="pass the audio through a simulated 8 kHz G.711 mu-law channel",
     )
-    parser.add_argument("--codec", choices=[c.value for c in RawCodec], help="the files are raw audio in this codec")
+    parser.add_argument("--codec", choices=[c.value for c in RawCodec], help=codec_help)
     parser.add_argument("--rate", type=int, help="declared sample rate (required with --codec)")
 
 
@@ -42,14 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audio_options(embed)
     embed.set_defaults(run=cmd_embed)
 
-    compare = verbs.add_parser("compare", help="verify B against A enrolled alone")
+    compare = verbs.add_parser(
+        "compare",
+        help="verify B against A enrolled alone",
+        description="Exit status: 0 decided (accept or reject), 1 a file holds no usable speech, 2 bad input.",
+    )
     compare.add_argument("a", type=Path, help="enrolment sample")
     compare.add_argument("b", type=Path, help="test sample")
     compare.add_argument("--cohort", type=Path, help="cohort file for AS-Norm (default: BIOIDENT_COHORT_FILE)")
     compare.add_argument("--threshold", type=float, help="decision threshold (default: from settings)")
     compare.add_argument("--calibration", type=Path, help="calibration file (default: BIOIDENT_CALIBRATION_FILE)")
     compare.add_argument("--json", action="store_true")
-    _add_audio_options(compare)
+    _add_audio_options(compare, "the test file (B) is raw audio in this codec")
+    compare.add_argument("--enrol-codec", choices=[c.value for c in RawCodec], help="the enrolment file (A) is raw")
+    compare.add_argument("--enrol-rate", type=int, help="declared sample rate of A (required with --enrol-codec)")
     compare.set_defaults(run=cmd_compare)
 
     cohort = verbs.add_parser("cohort", help="impostor cohorts").add_subparsers(dest="action", required=True)
@@ -89,20 +98,29 @@ def _embedder(settings):  # noqa: ANN001, ANN202
     return load_voice_embedder(settings)
 
 
-def _raw_codec(args: argparse.Namespace) -> RawCodec | None:
-    if args.codec is None:
+def _raw_codec(codec: str | None, rate: int | None, flag: str = "--codec") -> RawCodec | None:
+    if codec is None:
         return None  # WAV/FLAC; a --rate given for them is checked against the header
-    if args.rate is None:
-        raise BiometricsError("--codec needs --rate (the sample rate of the raw audio)")
-    return RawCodec(args.codec)
+    if rate is None:
+        rate_flag = flag.replace("codec", "rate")
+        raise BiometricsError(f"{flag} needs {rate_flag} (the sample rate of the raw audio)")
+    return RawCodec(codec)
 
 
-def _load(args: argparse.Namespace, settings, paths: Sequence[Path]):  # noqa: ANN001, ANN202
+def _load(  # noqa: ANN202
+    args: argparse.Namespace,
+    settings,
+    paths: Sequence[Path],
+    codec: str | None,
+    rate: int | None,
+    flag: str = "--codec",
+):
+    """The files as waveforms, raw in ``codec`` at ``rate`` or WAV/FLAC, through the channel asked for."""
     from biometrics.voice.pipeline import Channel, load_waveform
 
     channel = Channel.TELEPHONE if args.telephone else Channel.CLEAN
-    codec = _raw_codec(args)
-    return [load_waveform(p, settings, channel, raw_codec=codec, declared_rate=args.rate) for p in paths]
+    raw = _raw_codec(codec, rate, flag)
+    return [load_waveform(p, settings, channel, raw_codec=raw, declared_rate=rate) for p in paths]
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
@@ -135,7 +153,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     settings = _settings()
     embedder = _embedder(settings)
-    samples = embedder.analyse(_load(args, settings, args.files))
+    samples = embedder.analyse(_load(args, settings, args.files, args.codec, args.rate))
     limits = QualityLimits.from_settings(settings)
     vectors = {}
     for path, sample in zip(args.files, samples, strict=True):
@@ -192,7 +210,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     verifier = VoiceVerifier(embedder, scorer, QualityLimits.from_settings(settings))
     if args.threshold is not None:
         scorer.threshold = args.threshold
-    compared = verifier.verify(*_load(args, settings, [args.a, args.b]))
+    (enrol_audio,) = _load(args, settings, [args.a], args.enrol_codec, args.enrol_rate, "--enrol-codec")
+    (test_audio,) = _load(args, settings, [args.b], args.codec, args.rate)
+    compared = verifier.verify(enrol_audio, test_audio)
     enrol, test, verdict = compared.reference.sample, compared.probe.sample, compared.verdict
     reasons = [("a", r) for r in compared.reference.reasons] + [("b", r) for r in compared.probe.reasons]
     result = {
@@ -214,7 +234,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{result['decision']}  score {score} ({verdict.method}, threshold {verdict.threshold})")
         for item in result["reasons"]:
             print(f"  {item['sample']}: {item['code']} measured {item['measured']} limit {item['limit']}")
-    return 0
+    return EXIT_NO_SPEECH if enrol.embedding is None or test.embedding is None else 0
 
 
 def cmd_cohort_build(args: argparse.Namespace) -> int:

@@ -34,6 +34,12 @@ class NotAudio(AudioError):
     code = "audio_not_recognised"
 
 
+class ContainerSentAsRaw(NotAudio):
+    """A WAV/FLAC/Ogg file sent as raw telephone audio: its header would be decoded as samples."""
+
+    code = "audio_container_sent_as_raw"
+
+
 class TruncatedAudio(AudioError):
     code = "audio_truncated"
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from service.errors import RateLimited
@@ -42,7 +43,7 @@ def count_request(session: Session, client_id: str, per_minute: int) -> None:
 
 
 def recent_failures(session: Session, subject_token: str, modality: str, window_s: int) -> int:
-    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window_s)
+    since = _window_start(window_s)
     return session.execute(
         select(func.count())
         .select_from(VerificationFailure)
@@ -52,6 +53,40 @@ def recent_failures(session: Session, subject_token: str, modality: str, window_
             VerificationFailure.at >= since,
         )
     ).scalar_one()
+
+
+def _window_start(window_s: int) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window_s)
+
+
+def locked_for_s(session: Session, subject_token: str, modality: str, window_s: int, max_failures: int) -> int | None:
+    """Seconds until a locked-out subject may try again (None: not locked): until enough of its recent
+    failures have left the window for fewer than ``max_failures`` to remain."""
+    failures = list(
+        session.execute(
+            select(VerificationFailure.at)
+            .where(
+                VerificationFailure.subject_token == subject_token,
+                VerificationFailure.modality == modality,
+                VerificationFailure.at >= _window_start(window_s),
+            )
+            .order_by(VerificationFailure.at)
+        ).scalars()
+    )
+    if len(failures) < max_failures:
+        return None
+    lifts_at = failures[len(failures) - max_failures] + dt.timedelta(seconds=window_s)
+    return max(1, math.ceil((lifts_at - dt.datetime.now(dt.UTC)).total_seconds()))
+
+
+def locked_subjects(modality: str, window_s: int, max_failures: int) -> Select:
+    """The tokens of subjects locked out of ``modality`` now, as a subquery for other queries."""
+    return (
+        select(VerificationFailure.subject_token)
+        .where(VerificationFailure.modality == modality, VerificationFailure.at >= _window_start(window_s))
+        .group_by(VerificationFailure.subject_token)
+        .having(func.count() >= max_failures)
+    )
 
 
 def record_failure(session: Session, subject_token: str, modality: str) -> None:

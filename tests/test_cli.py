@@ -21,6 +21,15 @@ SAME_B = TEST_OTHER / "1688" / "1688-142285-0003.flac"
 OTHER = TEST_OTHER / "2033" / "2033-164914-0002.flac"
 
 
+@pytest.fixture(autouse=True)
+def _one_model_per_session(monkeypatch, embedder):
+    """The commands load the model as users run them (tested by ``model info`` through the same loader
+    elsewhere); here each command gets the session's copy, so the suite loads the weights once."""
+    import biometrics.cli
+
+    monkeypatch.setattr(biometrics.cli, "_embedder", lambda settings: embedder)
+
+
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -56,10 +65,42 @@ def test_compare_over_the_telephone_channel_with_an_as_norm_cohort(capsys, telep
 
 
 def test_compare_reports_too_short_speech_as_a_reason(capsys, tmp_path, shared_data):
-    code, out, _ = _run(capsys, "compare", SAME_A, FSDD / "4_theo_0.wav", "--json")
+    import soundfile as sf
+
+    samples, rate = sf.read(SAME_B, dtype="float32")
+    short = tmp_path / "short.wav"
+    sf.write(short, samples[int(1.0 * rate) : int(3.0 * rate)], rate)
+    code, out, _ = _run(capsys, "compare", SAME_A, short, "--json")
     result = json.loads(out)
     assert code == 0 and result["decision"] == "reject"
-    assert [r["code"] for r in result["reasons"] if r["sample"] == "b"] in (["TOO_SHORT"], ["NO_SPEECH"])
+    assert [r["code"] for r in result["reasons"] if r["sample"] == "b"] == ["TOO_SHORT"]
+
+
+def test_compare_exits_non_zero_when_a_file_holds_no_usable_speech(capsys, shared_data):
+    code, out, _ = _run(capsys, "compare", SAME_A, FSDD / "4_theo_0.wav", "--json")
+    result = json.loads(out)
+    assert code == 1 and result["decision"] == "reject"
+    assert [r["code"] for r in result["reasons"] if r["sample"] == "b"] == ["NO_SPEECH"]
+
+
+def test_compare_applies_the_codec_to_the_test_file_only(capsys, tmp_path, shared_data):
+    from biometrics.voice.audio import RawCodec, encode_raw, read_audio_file
+    from biometrics.voice.audio.resample import resample
+
+    speech = read_audio_file(SAME_B)
+    call = tmp_path / "call.ulaw"
+    call.write_bytes(encode_raw(resample(speech.samples, 16_000, 8_000), 8_000, RawCodec.MULAW))
+    code, out, _ = _run(capsys, "compare", SAME_A, call, "--codec", "mulaw", "--rate", "8000", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["decision"] == "accept" and result["reasons"] == []
+    code, out, _ = _run(capsys, "compare", call, SAME_A, "--enrol-codec", "mulaw", "--enrol-rate", "8000", "--json")
+    assert code == 0 and json.loads(out)["decision"] == "accept"
+
+
+def test_a_wav_file_declared_as_raw_telephone_audio_is_an_input_error(capsys, shared_data):
+    wav = FSDD / "4_theo_0.wav"
+    code, out, err = _run(capsys, "compare", SAME_A, wav, "--codec", "mulaw", "--rate", "8000")
+    assert code == 2 and out == "" and "without a codec" in err
 
 
 def test_bad_audio_is_a_clear_error_without_a_traceback(capsys, tmp_path):

@@ -3,6 +3,7 @@ score above the threshold against the caller's audio."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -13,9 +14,11 @@ from biometrics.voice.embedding import Embedding
 from biometrics.voice.templates import VoiceTemplate
 from service.auth import Principal
 from service.context import ServiceContext
+from service.limits import locked_subjects
 from service.protected import open_template, unwrap_row
 from service.store.models import Consent, DataKey, Template
 from service.trail.chain import record_event
+from service.trail.refusals import refusals_audited
 from service.voice.templates import VOICE
 
 
@@ -52,11 +55,12 @@ class Identification:
 def _best_matches(
     ctx: ServiceContext, session: Session, actor: Principal, purpose: str, probe: Embedding, top_k: int
 ) -> list[Candidate]:
-    """Subjects of the tenant with active consent for the purpose whose template (from the model in use)
-    scores at or above the threshold, best first."""
+    """Subjects of the tenant with active consent for the purpose, not locked out, whose template (from
+    the model in use) scores at or above the threshold, best first."""
     consenting = select(Consent.subject_token).where(
         Consent.modality == VOICE, Consent.purpose == purpose, Consent.withdrawn_at.is_(None)
     )
+    locked = locked_subjects(VOICE, ctx.settings.lockout_window_s, ctx.settings.lockout_max_failures)
     rows = session.execute(
         select(Template, DataKey)
         .join(DataKey, (DataKey.subject_token == Template.subject_token) & (DataKey.modality == Template.modality))
@@ -65,6 +69,7 @@ def _best_matches(
             Template.modality == VOICE,
             Template.model_fingerprint == ctx.embedder.fingerprint,
             Template.subject_token.in_(consenting),
+            Template.subject_token.not_in(locked),
         )
     )
     keyring = ctx.keyring
@@ -81,9 +86,13 @@ def _best_matches(
     return sorted(candidates, key=lambda c: -c.score)[:top_k]
 
 
-def identify_voice(ctx: ServiceContext, actor: Principal, purpose: str, audio: Waveform, top_k: int) -> Identification:
-    """Top-k subjects of this tenant, with active voice consent for the purpose, scoring above threshold."""
-    probe = ctx.verifier.probe(audio)
+def identify_voice(
+    ctx: ServiceContext, actor: Principal, purpose: str, audio: Callable[[], Waveform], top_k: int
+) -> Identification:
+    """Top-k subjects of this tenant, with active voice consent for the purpose, scoring above threshold.
+    Unusable audio is refused and audited."""
+    with refusals_audited(ctx, actor, "voice.identify", reference=None, details={"purpose": purpose}):
+        probe = ctx.verifier.probe(audio())
     candidates: list[Candidate] = []
     with ctx.db.session() as session:
         if probe.embedding is not None and not probe.reasons:

@@ -47,8 +47,7 @@ def verify(
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
-    waveform = read_waveform(ctx, audio, encoding)
-    return verify_voice(ctx, actor, reference, purpose, waveform).as_dict()
+    return verify_voice(ctx, actor, reference, purpose, lambda: read_waveform(ctx, audio, encoding)).as_dict()
 
 
 @router.post("/identify", response_model=IdentificationOut)
@@ -60,8 +59,8 @@ def identify(
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
-    waveform = read_waveform(ctx, audio, encoding)
-    return identify_voice(ctx, actor, purpose, waveform, top_k or ctx.settings.identify_top_k).as_dict()
+    top_k = top_k or ctx.settings.identify_top_k
+    return identify_voice(ctx, actor, purpose, lambda: read_waveform(ctx, audio, encoding), top_k).as_dict()
 
 
 @router.post("/enrol", status_code=201, response_model=EnrolmentWithSamplesOut)

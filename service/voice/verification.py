@@ -9,6 +9,7 @@ lockout may have happened meanwhile), opens the template, decides, audits, and c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -19,9 +20,10 @@ from service.auth import Principal
 from service.consent.records import require_consent, subject_in_tenant
 from service.context import ServiceContext
 from service.errors import LockedOut
-from service.limits import recent_failures, record_failure
+from service.limits import locked_for_s, recent_failures, record_failure
 from service.modality import Modality
 from service.trail.chain import record_event
+from service.trail.refusals import refusals_audited
 from service.voice.templates import VOICE, open_voice_template, voice_template_row
 
 
@@ -51,10 +53,12 @@ class VoiceCheck:
 
 
 def _refuse_if_locked(ctx: ServiceContext, session: Session, token: str) -> None:
-    failures = recent_failures(session, token, VOICE, ctx.settings.lockout_window_s)
-    if failures >= ctx.settings.lockout_max_failures:
+    window, most = ctx.settings.lockout_window_s, ctx.settings.lockout_max_failures
+    wait_s = locked_for_s(session, token, VOICE, window, most)
+    if wait_s is not None:
         raise LockedOut(
-            f"{failures} failed verifications in the last {ctx.settings.lockout_window_s} s; try again later"
+            f"{most} or more failed verifications in the last {window} s; try again in {wait_s} s",
+            retry_after_s=wait_s,
         )
 
 
@@ -119,6 +123,10 @@ def _count_failure(ctx: ServiceContext, session: Session, actor: Principal, toke
         )
 
 
-def verify_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose: str, audio: Waveform) -> VoiceCheck:
-    claim = claim_voice(ctx, actor, reference, purpose)
-    return decide_voice(ctx, claim, ctx.verifier.probe(audio))
+def verify_voice(
+    ctx: ServiceContext, actor: Principal, reference: str, purpose: str, audio: Callable[[], Waveform]
+) -> VoiceCheck:
+    """One upload: claim, decode the audio (only for a claim that stands), decide. A refusal is audited."""
+    with refusals_audited(ctx, actor, "voice.verify", reference=reference, details={"purpose": purpose}):
+        claim = claim_voice(ctx, actor, reference, purpose)
+        return decide_voice(ctx, claim, ctx.verifier.probe(audio()))

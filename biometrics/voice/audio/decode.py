@@ -19,6 +19,7 @@ import soundfile as sf
 
 from biometrics.errors import (
     AudioTooLong,
+    ContainerSentAsRaw,
     EmptyAudio,
     NonFiniteSamples,
     NotAudio,
@@ -179,7 +180,14 @@ def _as_raw_codec(codec: RawCodec | str) -> RawCodec:
         raise UnsupportedCodec(f"unknown raw codec; use one of {names}") from None
 
 
+# A file format's own header at the start of "raw" audio: decoding it as samples would give noise.
+_CONTAINER_MAGIC = {b"RIFF": "WAV", b"RF64": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"FORM": "AIFF"}
+
+
 def _decode_raw(data: bytes, codec: RawCodec, declared_rate: int | None, max_seconds: float) -> Waveform:
+    container = _CONTAINER_MAGIC.get(data[:4])
+    if container is not None:
+        raise ContainerSentAsRaw(f"this is a {container} file, not raw {codec} audio: send it without a codec")
     if declared_rate is None:
         raise UnsupportedSampleRate(f"raw {codec} audio has no header: its sample rate must be declared")
     allowed = _RAW_RATES[codec]
