@@ -13,20 +13,12 @@ Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test
     ``concurrent_passes`` forward passes running at once, each on its share of the cores);
 (c) the fp32 matrix-multiply bound: the FLOP/s of square fp32 ``torch.mm`` products divided by the
     model's FLOPs per second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA +
-    embedding norm). The products are timed *paired* with (b): a run of (b) (one turn of the torch
-    thread, as nothing else is queued) is bracketed by square products, for half as long as it takes
-    before it and half as long after it, so (b) and (c) see the host at nearly the same moments, and
-    (b)/(c) is the median over repeats of these paired runs. That time is shared, in alternating slices
-    of at most 0.5 s, by products run one at a time on all cores and products run as many at once as (b)
-    runs passes, each on its share of the cores (as (b) does); the faster of the two is the bound. On a
-    shared host whose speed swings by 20% within seconds (measured: the same 2048 x 2048 product at
-    95-157 GFLOP/s in consecutive 0.15 s blocks), comparing runs timed at different moments measures the
-    host's weather, not our code. The best 0.25 s block of each size is reported as well, as (c peak);
-(d) the BLAS ceiling of (b): every matrix product (b) runs, recorded once with the profiler and replayed
-    alone on operands of the same shapes (output rows 64-byte aligned, as (b) writes them), in both of
-    (c)'s arrangements, the faster counting (timings of products run at once start together). (b) cannot
-    beat (d) without faster GEMMs or fewer FLOPs; (d)/(c peak) is how much of the square-GEMM rate the BLAS
-    reaches on the model's shapes.
+    embedding norm), the products timed *paired* with (b) so both see the host at nearly the same
+    moments, and (b)/(c) the median over repeats of these paired runs; the best 0.25 s block of each
+    size is reported as well, as (c peak) (``benchmarks/gemm_bound.py`` says how and why);
+(d) the BLAS ceiling of (b): every matrix product (b) runs, replayed alone on operands of the same shapes
+    (``benchmarks/blas_replay.py``). (b) cannot beat (d) without faster GEMMs or fewer FLOPs; (d)/(c peak)
+    is how much of the square-GEMM rate the BLAS reaches on the model's shapes.
 
 VAD is skipped in (a) and (b) so both embed identical audio. (a) and (b) alternate over ``--repeats`` rounds
 (best run counts), each round then sweeps the GEMM sizes and makes one paired run, and each timed phase
@@ -39,13 +31,8 @@ This is a benchmark, not a test: it never asserts on time. Results go to a table
 from __future__ import annotations
 
 import argparse
-import functools
 import os
-import platform
-import resource
-import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,62 +40,20 @@ import soundfile as sf
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.blas_replay import record_gemm_shapes, replay_gemms
 from benchmarks.common import RESULTS_DIR, TEST_OTHER, write_results
-from biometrics.torch_thread import run_in_turns, run_on_torch_thread
+from benchmarks.gemm_bound import GEMM_SIZES, gemm_flops_per_s, time_paired
+from benchmarks.host import FOREIGN_LOAD_WARN_CORES, ForeignLoad, cpu_model, peak_rss_mb, wait_until_quiet
+from biometrics.torch_thread import run_on_torch_thread
 from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE
-from biometrics.voice.model.cpu_kernels import aligned_rows
 
 DEFAULT_DATA = TEST_OTHER
 DEFAULT_OUT = RESULTS_DIR / "embedding_speed.json"
 SAMPLE_RATE = MODEL_SAMPLE_RATE
 MIN_S, MAX_S = 3.0, 8.0
 WARMUP_UTTERANCES = 3
-GEMM_SIZES = (1024, 2048, 4096)
-GEMM_SECONDS_PER_SIZE = 1.5
 TARGET_B_OVER_C = 0.9
 TARGET_PEAK_RSS_MB = 1536.0
-FOREIGN_LOAD_WARN_CORES = 0.1
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def busy_cpu_s() -> float:
-    """Non-idle CPU seconds of the whole machine so far (all cores), from /proc/stat."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class ForeignLoad:
-    """CPU time other processes took while a block ran, in cores (0 = the machine was ours alone)."""
-
-    def __enter__(self) -> ForeignLoad:
-        self.busy, self.own, self.wall = busy_cpu_s(), own_cpu_s(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self.wall
-        self.cores = max(0.0, (busy_cpu_s() - self.busy) - (own_cpu_s() - self.own)) / wall
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def crop_utterances(data: Path, count: int, seed: int) -> tuple[list[np.ndarray], list[dict]]:
@@ -150,215 +95,6 @@ def time_batched(embedder, utterances: list[np.ndarray]) -> tuple[float, np.ndar
     return elapsed, np.stack(out)
 
 
-GemmOperands = dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def square_products(n: int, seconds: float, workers: int, operands: GemmOperands) -> float:
-    """FLOP/s of back-to-back fp32 ``n`` x ``n`` products for ``seconds`` (at least one each), ``workers`` at once.
-
-    One worker runs them on the torch thread's cores; more run them concurrently on the torch thread's
-    workers, each on its share of the cores, as (b) runs its forward passes. Call on the torch thread.
-    ``operands`` caches each worker's matrices by (n, worker).
-    """
-    for w in range(workers):
-        if (n, w) not in operands:
-            gen = torch.Generator().manual_seed(3 + w)
-            operands[(n, w)] = (torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen), torch.empty(n, n))
-
-    @torch.inference_mode()  # on each worker's thread: the mode is per thread
-    def products(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
-        torch.mm(a, b, out=c)  # warm-up, untimed
-        count, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds or count == 0:
-            torch.mm(a, b, out=c)
-            count += 1
-        return count * 2 * n**3 / elapsed
-
-    return sum(run_in_turns([functools.partial(products, *operands[(n, w)]) for w in range(workers)], workers))
-
-
-def gemm_flops_per_s(arrangements: tuple[int, ...]) -> dict[int, dict[int, float]]:
-    """Best fp32 square-product rate by size, for each number of products run at once (best 0.25 s block)."""
-    rates: dict[int, dict[int, float]] = {}
-    with torch.inference_mode():
-        for workers in arrangements:
-            rates[workers] = {}
-            for n in GEMM_SIZES:
-                operands: GemmOperands = {}
-                deadline = time.perf_counter() + GEMM_SECONDS_PER_SIZE / len(arrangements)
-                best = 0.0
-                while time.perf_counter() < deadline:
-                    best = max(best, square_products(n, 0.25, workers, operands))
-                rates[workers][n] = best
-                del operands
-    return rates
-
-
-PAIRED_SLICE_S = 0.5
-
-
-def paired_gemm_size(rates: dict[int, float], pass_s: float) -> int:
-    """The fastest size whose one product takes at most a quarter of a forward pass (else the smallest)."""
-    fitting = [n for n, rate in rates.items() if 2 * n**3 / rate <= pass_s / 4]
-    return max(fitting, key=rates.__getitem__) if fitting else min(rates)
-
-
-def time_paired(
-    embedder, utterances: list[np.ndarray], rates: dict[int, dict[int, float]], expected_turn_s: float
-) -> dict:
-    """(b), each turn of forward passes between two spells of square GEMMs (outside its timing).
-
-    With nothing else queued on the torch thread, (b) is one turn. The GEMMs run for half a turn's length
-    before it (half of ``expected_turn_s``, then of the turn before) and for half of its length after it,
-    so they bracket the turn's moments. Their time is shared by the arrangements of ``rates`` (products
-    one at a time on all cores, or several at once as (b) runs its passes) in alternating slices, and
-    the faster arrangement is the bound: comparing (b) with a GEMM arranged otherwise than the best would
-    flatter (b). Wraps the embedder's per-turn method on this instance only, for the length of the run.
-    """
-    turns: list[tuple[float, int, dict[int, float]]] = []
-    sizes_used: set[int] = set()
-    operands: GemmOperands = {}
-    embed_turn = embedder._embed_turn
-    previous_s = [expected_turn_s]
-
-    def gemm_spell(seconds: float) -> dict[int, float]:
-        """FLOP/s by arrangement over ``seconds``, the arrangements alternating in slices of PAIRED_SLICE_S."""
-        slices = max(1, round(seconds / len(rates) / PAIRED_SLICE_S))
-        share = seconds / len(rates) / slices
-        sizes = {
-            workers: paired_gemm_size({size: rate / workers for size, rate in by_size.items()}, share)
-            for workers, by_size in rates.items()
-        }
-        sizes_used.update(sizes.values())
-        sliced: dict[int, list[float]] = {workers: [] for workers in rates}
-        for _ in range(slices):
-            for workers, n in sizes.items():
-                sliced[workers].append(run_on_torch_thread(square_products, n, share, workers, operands))
-        return {workers: float(np.mean(rates_)) for workers, rates_ in sliced.items()}
-
-    def timed_turn(out: list, packs: list[list[int]], utterances: list[np.ndarray]) -> int:
-        before_s = previous_s[0] / 2
-        before = gemm_spell(before_s)
-        start = time.perf_counter()
-        passes = embed_turn(out, packs, utterances)
-        elapsed = previous_s[0] = time.perf_counter() - start
-        after = gemm_spell(elapsed / 2)
-        bracketed = {w: (before[w] * before_s + after[w] * elapsed / 2) / (before_s + elapsed / 2) for w in rates}
-        turns.append((elapsed, passes, bracketed))
-        return passes
-
-    embedder._embed_turn = timed_turn
-    try:
-        with torch.inference_mode():
-            embedder.embed_speech(utterances)
-    finally:
-        del embedder._embed_turn
-    b_s = sum(s for s, _, _ in turns)
-    by_workers = {w: sum(s * m[w] for s, _, m in turns) / b_s for w in rates}
-    return {
-        "b_passes_s": b_s,
-        "gemm_sizes": sorted(sizes_used),
-        # Weighted by time, so the same moments as (b); each turn's bound is its faster arrangement.
-        "gemm_flops_per_s": sum(s * max(m.values()) for s, _, m in turns) / b_s,
-        "gemm_flops_per_s_by_workers": {str(w): rate for w, rate in by_workers.items()},
-        "turns": len(turns),
-        "forward_passes": sum(p for _, p, _ in turns),
-    }
-
-
-GEMM_OPS = ("aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::mm", "aten::bmm")
-MIN_GEMM_DIM = 16  # smaller ones are per-utterance vector products (SE gates, the embedding head), not GEMMs
-
-
-def record_gemm_shapes(embedder, utterances: list[np.ndarray]) -> dict[tuple[int, int, int, int], int]:
-    """(batch, m, k, n) -> calls, for every matrix product one untimed run of (b) makes.
-
-    The run embeds (b)'s packs one pass at a time, on this thread, where the profiler sees them.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with warnings.catch_warnings():  # one profiling cycle: its note about clearing events between cycles is noise
-        warnings.filterwarnings("ignore", message=".*Profiler clears events", category=UserWarning)
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            for pack in embedder.packs(utterances):
-                embedder.encoder.embed([utterances[i] for i in pack])
-    shapes: dict[tuple[int, int, int, int], int] = {}
-    for event in prof.events():
-        if event.name not in GEMM_OPS or len(event.input_shapes) < 2:
-            continue
-        a, b = (
-            (event.input_shapes[0], event.input_shapes[1])
-            if event.name in ("aten::mm", "aten::bmm")
-            else (
-                event.input_shapes[1],
-                event.input_shapes[2],
-            )
-        )
-        batch = a[0] if len(a) == 3 else 1
-        m, k, n = a[-2], a[-1], b[-1]
-        if min(m, k, n) >= MIN_GEMM_DIM:
-            shapes[(batch, m, k, n)] = shapes.get((batch, m, k, n), 0) + 1
-    return shapes
-
-
-def replay_gemms(
-    shapes: dict[tuple[int, int, int, int], int], arrangements: tuple[int, ...], min_s_per_shape: float = 0.02
-) -> tuple[dict[int, float], float]:
-    """Seconds by arrangement, and FLOPs, of all recorded products run alone (best of a few timings per shape).
-
-    As for (c), each arrangement runs the products that many at once, each on its share of the cores.
-    """
-    seconds = {
-        workers: sum(
-            calls * run_on_torch_thread(_best_product_s, batch, m, k, n, workers, min_s_per_shape)
-            for (batch, m, k, n), calls in shapes.items()
-        )
-        for workers in arrangements
-    }
-    return seconds, sum(2.0 * batch * m * k * n * calls for (batch, m, k, n), calls in shapes.items())
-
-
-def _best_product_s(batch: int, m: int, k: int, n: int, workers: int, min_s: float) -> float:
-    """Seconds per [batch, m, k] x [batch, k, n] product, ``workers`` running theirs at the same moments."""
-    runs = {"started": 0, "first_timed_at": 0.0, "stop": False}
-
-    def next_run() -> None:  # once per run, when every worker is ready for it; run 1 is the warm-up
-        runs["started"] += 1
-        if runs["started"] == 2:
-            runs["first_timed_at"] = time.perf_counter()
-        timed = runs["started"] - 2
-        runs["stop"] = timed >= 3 and time.perf_counter() - runs["first_timed_at"] >= min_s
-
-    start_together = threading.Barrier(workers, action=next_run, timeout=60)
-
-    def products(seed: int) -> list[float]:
-        try:
-            return timed_products(seed)
-        except BaseException:
-            start_together.abort()  # the other workers would wait at the barrier for its timeout
-            raise
-
-    @torch.inference_mode()  # on each worker's thread: the mode is per thread
-    def timed_products(seed: int) -> list[float]:
-        gen = torch.Generator().manual_seed(seed)
-        a, b = torch.randn(batch, m, k, generator=gen), torch.randn(batch, k, n, generator=gen)
-        out = aligned_rows(a, batch, m, n)  # output rows 64-byte aligned, as (b)'s convolutions write them
-        timings: list[float] = []
-        while True:
-            start_together.wait()
-            if runs["stop"]:
-                return timings
-            start = time.perf_counter()
-            for i in range(batch):
-                torch.mm(a[i], b[i], out=out[i])
-            if runs["started"] > 1:
-                timings.append(time.perf_counter() - start)
-
-    by_worker = run_in_turns([functools.partial(products, 2 + w) for w in range(workers)], workers)
-    # Each run ends when its slowest product does; the best run counts.
-    return min(max(times) for times in zip(*by_worker, strict=True)) / workers
-
-
 def count_flops(classifier, seconds: float) -> int:
     """FLOPs of the full embedding forward (Fbank, sentence norm, ECAPA, embedding norm) on ``seconds`` of audio."""
     wav = torch.randn(1, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(1)) * 0.1
@@ -366,17 +102,6 @@ def count_flops(classifier, seconds: float) -> int:
     with torch.inference_mode(), counter:
         classifier.encode_batch(wav, normalize=True)
     return int(counter.get_total_flops())
-
-
-def wait_until_quiet(max_wait_s: float, quiet_s: float = 2.0) -> float:
-    """Waits up to ``max_wait_s`` for other processes to leave the CPUs idle; returns the seconds waited."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < max_wait_s:
-        with ForeignLoad() as load:
-            time.sleep(quiet_s)
-        if load.cores <= FOREIGN_LOAD_WARN_CORES / 2:
-            break
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:

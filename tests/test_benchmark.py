@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import embedding_speed, verify_latency
+from benchmarks import embedding_speed, gemm_bound, verify_latency
 from tests.conftest import TEST_OTHER
 
 pytestmark = pytest.mark.model
@@ -72,7 +72,7 @@ def test_the_latency_benchmark_refuses_bad_arguments(capsys):
 
 def test_paired_gemms_use_the_fastest_size_whose_product_fits_a_quarter_of_a_forward_pass():
     rates = {1024: 100e9, 2048: 120e9, 4096: 130e9}  # one product: 0.021 s, 0.143 s, 1.06 s
-    assert embedding_speed.paired_gemm_size(rates, pass_s=0.5) == 1024
-    assert embedding_speed.paired_gemm_size(rates, pass_s=1.0) == 2048
-    assert embedding_speed.paired_gemm_size(rates, pass_s=5.0) == 4096
-    assert embedding_speed.paired_gemm_size(rates, pass_s=0.01) == 1024  # none fits: the smallest
+    assert gemm_bound.paired_gemm_size(rates, pass_s=0.5) == 1024
+    assert gemm_bound.paired_gemm_size(rates, pass_s=1.0) == 2048
+    assert gemm_bound.paired_gemm_size(rates, pass_s=5.0) == 4096
+    assert gemm_bound.paired_gemm_size(rates, pass_s=0.01) == 1024  # none fits: the smallest
