@@ -9,6 +9,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from biometrics.scoring.scorer import Decision, Scorer
 from biometrics.voice.embedding import AnalysedSample, Embedding
 from biometrics.voice.quality.gates import (
     QualityLimits,
@@ -80,8 +81,40 @@ def completion_shortfall(usable_speech_s: float, limits: QualityLimits) -> Quali
     return None
 
 
+@dataclass(frozen=True)
+class Mismatch:
+    """A new sample that does not verify against the template it would be added to."""
+
+    sample: int  # its position among the samples given
+    score: float
+    threshold: float
+
+    def as_dict(self) -> dict:
+        return {
+            "code": "NOT_THE_ENROLLED_VOICE",
+            "sample": self.sample,
+            "measured": round(self.score, 4),
+            "limit": self.threshold,
+        }
+
+
+def samples_not_matching(existing: VoiceTemplate, embeddings: Sequence[Embedding], scorer: Scorer) -> list[Mismatch]:
+    """The samples that would not be accepted as the enrolled voice at the operating point in force.
+
+    Adding samples to a template must not let another voice in (enrolment poisoning): each one has to
+    verify against the template first; anything else is a re-enrolment, which needs fresh consent.
+    """
+    enrolled = existing.as_embedding()
+    mismatches = []
+    for i, embedding in enumerate(embeddings):
+        verdict = scorer.verdict(enrolled, embedding, [])
+        if verdict.decision != Decision.ACCEPT:
+            mismatches.append(Mismatch(i, float(verdict.score), verdict.threshold))
+    return mismatches
+
+
 def consolidate(existing: VoiceTemplate | None, embeddings: Sequence[Embedding]) -> VoiceTemplate:
-    """One template from the captures: a new one, or the existing one with these absorbed."""
+    """One template from the captures: a new one (also when replacing), or the existing one with these absorbed."""
     if existing is None:
         return VoiceTemplate.from_embeddings(embeddings)
     return existing.absorb(embeddings)

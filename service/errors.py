@@ -27,6 +27,10 @@ class ConsentRequired(ServiceError):
     status, code, title = 403, "consent_required", "No active consent"
 
 
+class ReconsentRequired(ServiceError):
+    status, code, title = 403, "reconsent_required", "Fresh consent needed"
+
+
 class NotFound(ServiceError):
     status, code, title = 404, "not_found", "Not found"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.auth import Principal, Role
 from service.context import ServiceContext
-from service.errors import ConsentRequired, Forbidden, NotFound, ServiceError
+from service.errors import ConsentRequired, Forbidden, NotFound, ReconsentRequired, ServiceError
 from service.modality import Modality
 from service.store.models import Consent, Subject
 from service.trail.chain import record_event
@@ -75,6 +76,29 @@ def subject_in_tenant(session: Session, tenant_id: str, token: str) -> Subject:
     if subject is None or subject.tenant_id != tenant_id:
         raise NotFound("no such subject")
     return subject
+
+
+def require_consent_to_enrol(session: Session, tenant_id: str, token: str, modality: Modality, purpose: str) -> Consent:
+    """Consent before an enrolment: a customer with no record here is told to give consent first."""
+    subject = session.get(Subject, token)
+    if subject is None or subject.tenant_id != tenant_id:
+        raise ConsentRequired(
+            f"no {modality} consent is recorded for this customer: record it first (POST /v1/consents)"
+        )
+    return require_consent(session, token, modality, purpose)
+
+
+def require_fresh_consent(
+    session: Session, token: str, modality: Modality, purpose: str, since: dt.datetime
+) -> Consent:
+    """An active consent for the purpose given after ``since``: what replacing an enrolled template needs."""
+    for consent in active_consents(session, token, str(modality)):
+        if consent.purpose == purpose and consent.granted_at > since:
+            return consent
+    raise ReconsentRequired(
+        f"replacing an enrolled {modality} template needs consent recorded after it was last changed: "
+        "record the customer's consent again first"
+    )
 
 
 def ensure_subject(session: Session, tenant_id: str, token: str) -> Subject:

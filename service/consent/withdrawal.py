@@ -12,7 +12,7 @@ from service.auth import Principal
 from service.consent import registry
 from service.consent.records import active_consents, subject_in_tenant
 from service.context import ServiceContext
-from service.errors import NotFound
+from service.errors import Conflict, NotFound
 from service.modality import Modality
 from service.protected import destroy_data_key
 from service.store.models import Consent, utcnow
@@ -47,7 +47,7 @@ def withdraw_consent(session: Session, actor: Principal, token: str, consent_id:
     if consent is None or consent.subject_token != token:
         raise NotFound("no such consent for this subject")
     if consent.withdrawn_at is not None:
-        raise NotFound("this consent was already withdrawn")
+        raise Conflict("this consent was already withdrawn")
     now = utcnow()
     consent.withdrawn_at = now
     session.flush()

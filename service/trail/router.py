@@ -11,12 +11,13 @@ from service.trail.chain import entries_after, verify_chain
 from service.trail.schemas import ChainOut, EntriesOut, EntryOut
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
+MAX_SEQ = 2**63 - 1  # the database's largest integer
 auditor = require(Role.AUDITOR)
 
 
 @router.get("/entries", response_model=EntriesOut)
 def entries(
-    after_seq: int = Query(default=0, ge=0),
+    after_seq: int = Query(default=0, ge=0, le=MAX_SEQ),
     limit: int = Query(default=100, ge=1, le=1000),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(auditor),

@@ -18,17 +18,18 @@ from sqlalchemy.orm import Session
 
 from biometrics.voice.audio.waveform import Waveform
 from biometrics.voice.embedding import Embedding
-from enroll.voice import SESSION_TTL, EnrolmentPlan, completion_shortfall, judge_sample, plan_enrolment
+from enroll.voice import SESSION_TTL, completion_shortfall, judge_sample, plan_enrolment
 from service.auth import Principal
-from service.consent.records import require_consent, subject_in_tenant
+from service.consent.records import require_consent, require_consent_to_enrol, require_fresh_consent
 from service.context import ServiceContext
 from service.errors import Conflict, NotFound, QualityFailed
 from service.modality import Modality
 from service.protected import data_key
-from service.store.models import EnrolmentSample, EnrolmentSession, utcnow
+from service.store.models import EnrolmentSample, EnrolmentSession, Template, utcnow
 from service.trail.chain import record_event
+from service.trail.refusals import refusals_audited
 from service.vault import TemplateBinding
-from service.voice.templates import VOICE, store_voice_template
+from service.voice.templates import VOICE, find_voice_template_row, store_voice_template
 
 
 @dataclass(frozen=True)
@@ -43,46 +44,59 @@ class EnrolmentResult:
         return dict(self.__dict__)
 
 
-def _refuse_on_quality(ctx: ServiceContext, actor: Principal, token: str, plan: EnrolmentPlan) -> None:
-    if not plan.reasons:
-        return
-    with ctx.db.session() as session:
-        record_event(
-            session,
-            actor,
-            action="voice.enrol",
-            outcome="quality_failed",
-            subject_token=token,
-            model_fingerprint=ctx.embedder.fingerprint,
-            details={"reasons": [str(r.code) for r in plan.reasons]},
-        )
-    raise QualityFailed("the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in plan.reasons])
-
-
 def enrol_voice(
-    ctx: ServiceContext, actor: Principal, reference: str, purpose: str, audio: Sequence[Waveform]
+    ctx: ServiceContext,
+    actor: Principal,
+    reference: str,
+    purpose: str,
+    audio: Sequence[Waveform],
+    *,
+    replace: bool = False,
 ) -> tuple[EnrolmentResult, list[dict]]:
-    token = ctx.token(actor.tenant_id, reference)
-    with ctx.db.session() as session:
-        subject_in_tenant(session, actor.tenant_id, token)
-        require_consent(session, token, Modality.VOICE, purpose)
-    plan = plan_enrolment(ctx.embedder.analyse(list(audio)), ctx.limits)
-    _refuse_on_quality(ctx, actor, token, plan)
-    with ctx.db.session() as session:
-        require_consent(session, token, Modality.VOICE, purpose)
-        row = store_voice_template(session, ctx.keyring, actor.tenant_id, token, plan.embeddings)
-        speech = plan.net_speech_s
-        record_event(
-            session,
-            actor,
-            action="voice.enrol",
-            outcome="enrolled",
-            subject_token=token,
-            model_fingerprint=row.model_fingerprint,
-            details={"template_id": row.id, "samples": len(plan.usable), "net_speech_s": round(speech, 2)},
-        )
+    """Enrols from samples given at once. A subject already enrolled gets the samples added only if each
+    one verifies as its voice; ``replace`` makes a new template instead, with fresh consent. A refusal is audited."""
+    with refusals_audited(ctx, actor, "voice.enrol", reference=reference, details={"purpose": purpose}):
+        token = ctx.token(actor.tenant_id, reference)
+        with ctx.db.session() as session:
+            require_consent_to_enrol(session, actor.tenant_id, token, Modality.VOICE, purpose)
+        plan = plan_enrolment(ctx.embedder.analyse(list(audio)), ctx.limits)
+        if plan.reasons:
+            raise QualityFailed(
+                "the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in plan.reasons]
+            )
+        with ctx.db.session() as session:
+            require_consent(session, token, Modality.VOICE, purpose)
+            row, replaced = _store(ctx, session, actor, token, purpose, plan.embeddings, replace)
+            speech = plan.net_speech_s
+            record_event(
+                session,
+                actor,
+                action="voice.reenrol" if replaced else "voice.enrol",
+                outcome="replaced" if replaced else "enrolled",
+                subject_token=token,
+                model_fingerprint=row.model_fingerprint,
+                details={"template_id": row.id, "samples": len(plan.usable), "net_speech_s": round(speech, 2)},
+            )
     result = EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), row.model_fingerprint)
     return result, [r.as_dict() for r in plan.reports]
+
+
+def _store(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Principal,
+    token: str,
+    purpose: str,
+    embeddings: Sequence[Embedding],
+    replace: bool,
+) -> tuple[Template, bool]:
+    """The stored template, and whether it replaced one (which needs consent given since it was made)."""
+    existing = find_voice_template_row(session, token)
+    replacing = replace and existing is not None
+    if replacing:
+        require_fresh_consent(session, token, Modality.VOICE, purpose, since=existing.updated_at)
+    row = store_voice_template(session, ctx.keyring, actor.tenant_id, token, embeddings, ctx.scorer, replace=replacing)
+    return row, replacing
 
 
 # --- sessions ------------------------------------------------------------------------------------
@@ -113,8 +127,7 @@ def _sample_binding(enrolment: EnrolmentSession, sample_id: str, fingerprint: st
 def start_session(ctx: ServiceContext, actor: Principal, reference: str, purpose: str) -> EnrolmentSession:
     token = ctx.token(actor.tenant_id, reference)
     with ctx.db.session() as session:
-        subject_in_tenant(session, actor.tenant_id, token)
-        require_consent(session, token, Modality.VOICE, purpose)
+        require_consent_to_enrol(session, actor.tenant_id, token, Modality.VOICE, purpose)
         enrolment = EnrolmentSession(
             tenant_id=actor.tenant_id,
             subject_token=token,
@@ -169,9 +182,16 @@ def _samples(session: Session, session_id: str) -> list[EnrolmentSample]:
     return list(session.execute(query).scalars())
 
 
-def complete_session(ctx: ServiceContext, actor: Principal, session_id: str) -> EnrolmentResult:
+def complete_session(
+    ctx: ServiceContext, actor: Principal, session_id: str, *, replace: bool = False
+) -> EnrolmentResult:
+    """Makes the template from the session's accepted samples (added to an enrolled voice only if each one
+    verifies as it; ``replace``: a new template, with fresh consent). A refusal is audited."""
     fingerprint = ctx.embedder.fingerprint
-    with ctx.db.session() as session:
+    with (
+        refusals_audited(ctx, actor, "voice.enrol", reference=None, details={"session_id": session_id}),
+        ctx.db.session() as session,
+    ):
         enrolment = _open_session(session, actor, session_id)
         require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
         accepted = [s for s in _samples(session, enrolment.id) if s.accepted]
@@ -196,14 +216,15 @@ def complete_session(ctx: ServiceContext, actor: Principal, session_id: str) -> 
             )
             for s in accepted
         ]
-        row = store_voice_template(session, ctx.keyring, actor.tenant_id, enrolment.subject_token, embeddings)
+        token = enrolment.subject_token
+        row, replaced = _store(ctx, session, actor, token, enrolment.purpose, embeddings, replace)
         _discard_samples(session, enrolment, "completed")
         record_event(
             session,
             actor,
-            action="voice.enrol",
-            outcome="enrolled",
-            subject_token=enrolment.subject_token,
+            action="voice.reenrol" if replaced else "voice.enrol",
+            outcome="replaced" if replaced else "enrolled",
+            subject_token=token,
             model_fingerprint=fingerprint,
             details={
                 "template_id": row.id,
@@ -212,7 +233,7 @@ def complete_session(ctx: ServiceContext, actor: Principal, session_id: str) -> 
                 "net_speech_s": round(speech, 2),
             },
         )
-    return EnrolmentResult(enrolment.subject_token, row.id, row.sample_count, round(speech, 3), fingerprint)
+    return EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), fingerprint)
 
 
 def abandon_session(ctx: ServiceContext, actor: Principal, session_id: str) -> None:

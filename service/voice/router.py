@@ -3,7 +3,7 @@ a WAV/FLAC file, or raw telephone audio with its declared ``codec`` and ``sample
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
 from service.auth import Principal, Role
 from service.context import ServiceContext
@@ -28,6 +28,10 @@ from service.voice.verification import verify_voice
 router = APIRouter(prefix="/v1/voice", tags=["voice"])
 ivr = require(Role.IVR)
 MAX_ENROL_FILES = 10
+REPLACE_HELP = (
+    "replace an enrolled voice instead of adding to it (a re-enrolment: needs consent recorded since the "
+    "template was last changed). Without it, samples are added only if each verifies as the enrolled voice."
+)
 
 
 def ReferenceForm() -> str:  # noqa: N802 - reads like the other FastAPI field markers
@@ -68,6 +72,7 @@ def enrol(
     reference: str = ReferenceForm(),
     audio: list[UploadFile] = File(description="one or more recordings of the customer"),
     purpose: str = PurposeForm(),
+    replace: bool = Form(default=False, description=REPLACE_HELP),
     encoding: AudioFormat = Depends(audio_format),
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
@@ -75,7 +80,7 @@ def enrol(
     if len(audio) > MAX_ENROL_FILES:
         raise ServiceError(f"at most {MAX_ENROL_FILES} recordings per enrolment call")
     waveforms = [read_waveform(ctx, upload, encoding) for upload in audio]
-    result, reports = enrolment.enrol_voice(ctx, actor, reference, purpose, waveforms)
+    result, reports = enrolment.enrol_voice(ctx, actor, reference, purpose, waveforms, replace=replace)
     return {**result.as_dict(), "samples": reports}
 
 
@@ -107,9 +112,12 @@ def add_enrolment_sample(
 
 @router.post("/enrolments/{session_id}:complete", status_code=201, response_model=EnrolmentOut)
 def complete_enrolment(
-    session_id: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
+    session_id: str = id_path(),
+    replace: bool = Query(default=False, description=REPLACE_HELP),
+    ctx: ServiceContext = Depends(get_ctx),
+    actor: Principal = Depends(ivr),
 ) -> dict:
-    return enrolment.complete_session(ctx, actor, session_id).as_dict()
+    return enrolment.complete_session(ctx, actor, session_id, replace=replace).as_dict()
 
 
 @router.post("/enrolments/{session_id}:abandon", response_model=EnrolmentAbandonedOut)

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from biometrics.scoring.scorer import Scorer
 from biometrics.voice.embedding import Embedding
 from biometrics.voice.templates import VoiceTemplate
-from enroll.voice import consolidate
-from service.errors import NotFound
+from enroll.voice import consolidate, samples_not_matching
+from service.errors import Conflict, NotFound
 from service.modality import Modality
 from service.protected import data_key, open_template, seal_into
 from service.store.models import Template
@@ -39,13 +40,35 @@ def open_voice_template(session: Session, keyring: Keyring, row: Template) -> Vo
     return VoiceTemplate.from_bytes(open_template(row, key))
 
 
+class NotTheEnrolledVoice(Conflict):
+    code, title = "not_the_enrolled_voice", "The samples do not match the enrolled voice"
+
+
 def store_voice_template(
-    session: Session, keyring: Keyring, tenant_id: str, token: str, embeddings: Sequence[Embedding]
+    session: Session,
+    keyring: Keyring,
+    tenant_id: str,
+    token: str,
+    embeddings: Sequence[Embedding],
+    scorer: Scorer,
+    *,
+    replace: bool = False,
 ) -> Template:
-    """Creates the subject's voice template, or absorbs the samples into the one it has; sealed either way."""
+    """Creates the subject's voice template, or adds the samples to the one it has, each of which must
+    verify against it at ``scorer``'s operating point (``replace``: a new template from these samples
+    alone; the caller has checked that it may). Sealed either way."""
     key = data_key(session, keyring, token, VOICE, create=True)
     row = find_voice_template_row(session, token)
-    existing = None if row is None else VoiceTemplate.from_bytes(open_template(row, key))
+    existing = None if row is None or replace else VoiceTemplate.from_bytes(open_template(row, key))
+    if existing is not None:
+        mismatches = samples_not_matching(existing, embeddings, scorer)
+        if mismatches:
+            raise NotTheEnrolledVoice(
+                f"{len(mismatches)} of {len(embeddings)} samples do not verify against the enrolled voice; "
+                "nothing was added (replacing a voice is a re-enrolment: record fresh consent, then enrol "
+                "with replace=true)",
+                reasons=[m.as_dict() for m in mismatches],
+            )
     template = consolidate(existing, embeddings)
     if row is None:
         row = Template(
@@ -59,7 +82,7 @@ def store_voice_template(
         session.add(row)
         session.flush()
     else:
-        row.sample_count = template.count
+        row.sample_count, row.model_fingerprint = template.count, template.model_fingerprint
     seal_into(row, key, template.to_bytes())
     session.flush()
     return row
