@@ -29,7 +29,7 @@ from service.store.db import Database
 from service.store.models import AuditEntry
 from service.trail.chain import append, compute_hash
 from tests.conftest import REPO, TEST_OTHER
-from tests.test_service_voice_flow import ENROL, GENUINE, IMPOSTOR, SPEAKER, _audio, _consent, _enrol, _verify
+from tests.voice_helpers import ENROL, GENUINE, IMPOSTOR, SPEAKER, _audio, _consent, _enrol, _verify
 
 pytestmark = pytest.mark.model
 
