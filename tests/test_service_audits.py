@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import TEST_OTHER
-from tests.test_service_operations import _rows
+from tests.operations_fixtures import _rows
 from tests.voice_helpers import _consent, _enrol
 
 pytestmark = pytest.mark.model
