@@ -89,4 +89,5 @@ def telephone_cohort(embedder, core_settings, shared_data):
     return build_cohort(embedder, COHORT_DIR, core_settings, Channel.TELEPHONE, max_speech_s=COHORT_SPEECH_S)
 
 
+from tests.operations_fixtures import bank, clean_service_environment  # noqa: E402, F401  (operating the service)
 from tests.service_fixtures import api, database_url  # noqa: E402, F401  (fixtures for the service tests)

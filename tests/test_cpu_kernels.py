@@ -28,6 +28,7 @@ from biometrics.voice.model.cpu_kernels import (
     speed_up_for_cpu,
 )
 from biometrics.voice.model.packing import reflect_into_gaps
+from tests.model_helpers import randomise_batch_norms
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -65,18 +66,6 @@ def test_gemm_convolution_rows_start_on_cache_line_boundaries():
         out = conv(torch.randn(2, 8, 45))
     assert out.shape == (2, 8, 43)
     assert out.stride(1) % ROW_ALIGN_FLOATS == 0 and out.stride(1) >= 43
-
-
-def randomise_batch_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
-    """Non-trivial statistics, with negative and zero scales (the VoxCeleb checkpoint has both)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.uniform_(-1.0, 1.5, generator=gen)
-                m.weight[0] = 0.0
-                m.bias.uniform_(-0.5, 0.5, generator=gen)
 
 
 @CHANNELS

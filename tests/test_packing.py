@@ -10,7 +10,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
 from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
 from biometrics.voice.model.packing import Segment, pack, packed, reflect_into_gaps
-from tests.test_cpu_kernels import randomise_batch_norms
+from tests.model_helpers import randomise_batch_norms
 
 
 def small_ecapa(seed: int) -> ECAPA_TDNN:

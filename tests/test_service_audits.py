@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tests.conftest import TEST_OTHER
-from tests.test_service_operations import _rows
-from tests.test_service_voice_flow import _consent, _enrol
+from tests.operations_fixtures import _rows
+from tests.voice_helpers import _consent, _enrol
 
 pytestmark = pytest.mark.model
 

@@ -11,7 +11,7 @@ from biometrics.errors import IncompatibleModel
 from biometrics.scoring.calibration import calibrate
 from biometrics.scoring.scorer import Scorer
 from tests.conftest import TEST_OTHER, speaker_of
-from tests.test_service_voice_flow import GENUINE, SPEAKER, _audio, _consent, _enrol
+from tests.voice_helpers import GENUINE, SPEAKER, _audio, _consent, _enrol
 
 pytestmark = pytest.mark.model
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import FSDD, TEST_OTHER
-from tests.test_service_voice_flow import ENROL, GENUINE, IMPOSTOR, SPEAKER, _audio, _consent, _enrol, _verify
+from tests.voice_helpers import ENROL, GENUINE, IMPOSTOR, SPEAKER, _audio, _consent, _enrol, _verify
 
 pytestmark = pytest.mark.model
 

@@ -1,0 +1,111 @@
+"""Standing a deployment up: ``bioident serve`` as an operator starts it (the first admin key printed
+once, answering over HTTP, found again after a restart), and a new SQLite database file is owner-only."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+from tests.operations_fixtures import SERVICE_VARIABLES, _problem
+
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("clean_service_environment")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(data_dir: Path, logs: Path) -> tuple[subprocess.Popen, str, Path, Path]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
+    env["BIOIDENT_DATA_DIR"] = str(data_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = logs / f"{port}.out", logs / f"{port}.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"serve exited with {process.returncode}: {err_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).json() == {"status": "ok"}:
+                return process, base, out_path, err_path
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"serve did not answer /health in 90 s: {err_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def test_bioident_serve_prints_the_first_admin_key_once_and_answers_over_http(tmp_path):
+    data_dir, logs = tmp_path / "data", tmp_path / "logs"
+    process = None
+    try:
+        process, base, out_path, err_path = _serve(data_dir, logs)
+        lines = out_path.read_text().splitlines()
+        assert lines and "first admin API key" in lines[0], lines
+        assert sum("first admin API key" in line for line in lines) == 1, lines
+        admin_key = lines[0].rsplit(":", 1)[1].strip()
+        assert admin_key.startswith("bik.")
+        assert err_path.read_text().count(admin_key) == 0  # shown on stdout only, and not logged
+
+        with httpx.Client(base_url=base, timeout=30) as http:
+            docs = http.get("/docs")
+            assert docs.status_code == 200 and "swagger" in docs.text.lower()
+            spec = http.get("/openapi.json")
+            assert spec.status_code == 200 and "/v1/voice/verify" in spec.json()["paths"]
+            clients = http.get("/v1/clients", headers={"Authorization": f"Bearer {admin_key}"})
+            assert clients.status_code == 200, clients.text
+            assert [(c["role"], c["tenant_id"]) for c in clients.json()] == [("admin", "default")]
+            assert all(c["api_key"] is None for c in clients.json())  # never shown again
+            anonymous = http.get("/v1/clients")
+            _problem(anonymous, 401)
+        assert stat.S_IMODE((data_dir / "keyring.json").stat().st_mode) == 0o600
+        _stop(process)
+
+        # A restart on the same data directory finds the admin: no new key is printed, the old one works.
+        process, base, out_path, _ = _serve(data_dir, logs)
+        assert "first admin API key" not in out_path.read_text()
+        again = httpx.get(f"{base}/v1/clients", headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+        assert again.status_code == 200 and len(again.json()) == 1
+    finally:
+        if process is not None:
+            _stop(process)
+
+
+def test_a_new_sqlite_database_file_is_owner_only(tmp_path):
+    from service.store.db import Database, upgrade
+
+    url = f"sqlite:///{tmp_path / 'fresh' / 'bioident.db'}"
+    Database(url)
+    upgrade(url)
+    assert stat.S_IMODE((tmp_path / "fresh" / "bioident.db").stat().st_mode) == 0o600
