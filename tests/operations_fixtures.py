@@ -118,4 +118,4 @@ def _build_trail(url: str, data_dir: Path) -> None:
 @pytest.fixture
 def bank(api):
     api.tenant("bank")
-    return api, {role: api.client("bank", role) for role in ("ivr", "portal")}
+    return api, {role: api.client("bank", role) for role in ("ivr", "portal", "auditor")}
