@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import Principal, Role, authenticate
 from service.context import ServiceContext
@@ -17,10 +18,15 @@ def get_ctx(request: Request) -> ServiceContext:
     return request.app.state.ctx
 
 
+# Declares the bearer scheme in the OpenAPI; a missing or malformed header is answered by ``authenticate``.
+bearer = HTTPBearer(auto_error=False, description="the API key of a client: Bearer <api key>")
+
+
 def require(*roles: Role) -> Callable[..., Principal]:
     def dependency(
-        ctx: ServiceContext = Depends(get_ctx), authorization: str | None = Header(default=None)
+        ctx: ServiceContext = Depends(get_ctx), credentials: HTTPAuthorizationCredentials | None = Security(bearer)
     ) -> Principal:
+        authorization = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
         with ctx.db.session() as session:
             principal = authenticate(session, authorization)
             count_request(session, principal.client_id, ctx.settings.rate_limit_per_minute)

@@ -6,10 +6,12 @@ Nothing from the request body is echoed: validation problems name fields, never 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from biometrics.errors import AudioError, BiometricsError, IncompatibleModel, ModelError
@@ -20,6 +22,48 @@ log = logging.getLogger("bioident.api")
 
 PROBLEM_BASE = "https://bioident.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``reasons`` for quality and matching refusals, ``errors`` for invalid fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    reasons: list[dict[str, Any]] | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+_WHEN = {
+    400: "Bad request",
+    401: "Missing or invalid API key",
+    403: "Not allowed for this client, or no (fresh) consent",
+    404: "Not found in this client's tenant",
+    409: "Conflicts with what is stored",
+    413: "Request body too large",
+    422: "Invalid request, unusable audio, or a sample that failed the quality gates",
+    423: "Locked out after failed verifications (Retry-After)",
+    429: "Too many requests (Retry-After)",
+    503: "Temporarily unavailable: key management or the model (Retry-After where a retry helps)",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these statuses, each an ``application/problem+json`` body."""
+    return {
+        status: {
+            "description": _WHEN[status],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+# Every operation may answer these: validation, authentication and limits apply to all of them.
+COMMON_PROBLEMS = (400, 401, 403, 404, 409, 413, 422, 423, 429, 503)
 
 
 def problem(

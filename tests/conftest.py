@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,22 @@ LIBRISPEECH = SHARED_DATA / "speech" / "librispeech"
 TEST_OTHER = LIBRISPEECH / "test-other"
 COHORT_DIR = LIBRISPEECH / "cohort"
 FSDD = SHARED_DATA / "speech" / "fsdd" / "recordings"
+
+
+def _drop_speechbrain_aliases() -> None:
+    """SpeechBrain puts lazy aliases of deprecated modules into ``sys.modules`` (``speechbrain.pretrained``
+    and the like) that import their target on any attribute access, ``__file__`` included, and some
+    targets need packages we do not install. Hypothesis (under the API fuzz test) reads ``__file__`` of
+    every loaded module, so the aliases go: nothing of ours imports them."""
+    import speechbrain  # noqa: F401 - registers the aliases now, before we drop them
+    from speechbrain.utils.importutils import LazyModule
+
+    for name, module in list(sys.modules.items()):
+        if isinstance(module, LazyModule):
+            del sys.modules[name]
+
+
+_drop_speechbrain_aliases()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.consent.held import TEMPLATE_PROTECTION, Held
 from service.consent.records import ConsentChannel
@@ -14,6 +14,17 @@ from service.store.models import Consent
 
 
 class ConsentIn(BaseModel):
+    """Exactly one of ``notice_text`` (hashed, not stored) and ``notice_sha256`` says which notice was shown."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["notice_text"], "properties": {"notice_text": {"type": "string"}}},
+                {"required": ["notice_sha256"], "properties": {"notice_sha256": {"type": "string"}}},
+            ]
+        }
+    )
+
     reference: Text = Reference
     modality: Modality
     purpose: Text = Purpose
