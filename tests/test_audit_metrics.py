@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from biometrics.errors import BiometricsError, IncompatibleModel
+from biometrics.evaluation.accuracy_report import AccuracyReport, ReportError
 from biometrics.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_fnmr_at_fmr,
@@ -26,6 +27,7 @@ from biometrics.evaluation.metrics import (
 )
 from biometrics.evaluation.trials import DatasetError, dataset_sha256, trials_from_folders, trials_from_list
 from biometrics.scoring.calibration import Calibration, CalibrationError, calibrate, fit_llr
+from tests.audit_reports import STORED_BEFORE_CALIBRATION
 
 # --- minDCF -----------------------------------------------------------------------------------------
 
@@ -428,3 +430,36 @@ def test_calibrate_cli_without_a_report_is_an_input_error(tmp_path):
     args = _parser().parse_args(["audit", "calibrate", "--report", str(tmp_path / "none")])
     with pytest.raises(CalibrationError):
         args.run(args)
+
+
+# --- the report as a type ---------------------------------------------------------------------------------
+
+
+def test_a_report_stored_by_an_earlier_version_loads_and_writes_out_unchanged():
+    stored = json.loads(json.dumps(STORED_BEFORE_CALIBRATION))
+    report = AccuracyReport.from_dict(stored)
+    assert report.scoring.calibration is None and report.scoring.cohort.file is None
+    assert report.to_dict() == STORED_BEFORE_CALIBRATION  # no "calibration" or cohort "file" key added
+    assert json.dumps(report.to_dict()) == json.dumps(STORED_BEFORE_CALIBRATION)  # keys in the same order
+
+
+def test_a_report_keeps_keys_it_does_not_know():
+    newer = {**STORED_BEFORE_CALIBRATION, "figure_of_the_future": {"a": [1, 2]}}
+    newer["scoring"] = {**newer["scoring"], "calibration": None, "fusion": "none"}
+    assert AccuracyReport.from_dict(newer).to_dict() == newer
+
+
+def test_the_headline_results_are_the_report_figures_without_its_scores():
+    headline = AccuracyReport.from_dict(STORED_BEFORE_CALIBRATION).headline()
+    assert headline == {name: STORED_BEFORE_CALIBRATION[name] for name in AccuracyReport.HEADLINE_FIELDS}
+    assert {"eer", "fnmr_at_fmr", "model_fingerprint"} <= headline.keys() and "scores" not in headline
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"eer": 0.01}, [1, 2], {**STORED_BEFORE_CALIBRATION, "format": 2}, {**STORED_BEFORE_CALIBRATION, "eer": "low"}],
+)
+def test_a_dict_that_is_not_a_report_is_refused(data):
+    with pytest.raises(ReportError) as caught:
+        AccuracyReport.from_dict(data)
+    assert caught.value.code == "audit_report_invalid" and isinstance(caught.value, BiometricsError)
