@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from biometrics.evaluation.accuracy_report import AccuracyReport
+from tests.audit_reports import STORED_BEFORE_CALIBRATION
 from tests.conftest import TEST_OTHER
 from tests.test_service_operations import _rows
 from tests.test_service_voice_flow import _consent, _enrol
@@ -148,7 +150,7 @@ def test_a_job_recorded_as_stopped_stays_failed_when_its_frozen_replica_finishes
         with ctx.db.session() as session:
             session.execute(update(AuditJob).where(AuditJob.id == late_id).values(heartbeat_at=stale))
         assert api.http.get(f"/v1/audits/{late_id}", headers=auditor).json()["status"] == "failed"
-        return {"model_fingerprint": "f", "eer": 0.01}, None
+        return AccuracyReport.from_dict(STORED_BEFORE_CALIBRATION), None
 
     monkeypatch.setattr(audits, "_run_audit", frozen_then_finished)
     audits.run_audit_job(api.ctx, late_id)
