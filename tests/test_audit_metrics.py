@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from biometrics.errors import BiometricsError, IncompatibleModel
+from biometrics.evaluation.accuracy_report import AccuracyReport, ReportError
 from biometrics.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_fnmr_at_fmr,
@@ -26,6 +27,7 @@ from biometrics.evaluation.metrics import (
 )
 from biometrics.evaluation.trials import DatasetError, dataset_sha256, trials_from_folders, trials_from_list
 from biometrics.scoring.calibration import Calibration, CalibrationError, calibrate, fit_llr
+from tests.audit_reports import STORED_BEFORE_CALIBRATION, report_with_scores
 
 # --- minDCF -----------------------------------------------------------------------------------------
 
@@ -113,15 +115,8 @@ def test_bootstrap_interval_surrounds_the_estimate():
 # --- calibration ------------------------------------------------------------------------------------
 
 
-def _report(genuine, impostor, method="cosine") -> dict:
-    return {
-        "scores": {"genuine": list(map(float, genuine)), "impostor": list(map(float, impostor))},
-        "scoring": {"method": method},
-        "model_fingerprint": "ecapa-voxceleb-test",
-        "channel": "clean",
-        "dataset_sha256": "ab" * 32,
-        "created_at": "2025-01-01T00:00:00+00:00",
-    }
+def _report(genuine, impostor, method="cosine") -> AccuracyReport:
+    return report_with_scores(genuine, impostor, method=method, model_fingerprint="ecapa-voxceleb-test")
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +197,7 @@ def test_a_calibration_is_only_for_its_model_and_method(gaussian_scores):
 
 def test_a_report_without_scores_cannot_be_calibrated():
     with pytest.raises(CalibrationError):
-        calibrate({"eer": 0.01}, target_fmr=1e-3)
+        calibrate(_report([], []), target_fmr=1e-3)
 
 
 def test_inverted_scores_cannot_be_calibrated():
@@ -374,16 +369,16 @@ def test_audit_counts_failures_to_enrol_and_acquire_and_scores_the_rest(tone_dat
     embedder = ToneEmbedder()
     report = run_audit(embedder, tone_dataset, CoreSettings(_env_file=None), cache=EmbeddingCache(tmp_path / "c"))
     # 17 files: the silent and the broken one cannot enrol; those two and the 2 s one are not acquired.
-    assert report["failures"]["enrolment"]["reasons"] == {"NO_SPEECH": 1, "audio_not_recognised": 1}
-    assert report["failures"]["acquisition"]["reasons"] == {"NO_SPEECH": 1, "TOO_SHORT": 1, "audio_not_recognised": 1}
-    assert report["counts"]["trials"] == 17 * 16 // 2
-    assert report["genuine_trials"] + report["impostor_trials"] < report["counts"]["trials"]
-    assert report["eer"] == 0.0 and report["fnmr_at_fmr"]["0.001"]["fnmr"] == 0.0
-    assert report["scoring"]["checked_against_scorer"] > 0
+    assert report.failures.enrolment.reasons == {"NO_SPEECH": 1, "audio_not_recognised": 1}
+    assert report.failures.acquisition.reasons == {"NO_SPEECH": 1, "TOO_SHORT": 1, "audio_not_recognised": 1}
+    assert report.counts.trials == 17 * 16 // 2
+    assert report.genuine_trials + report.impostor_trials < report.counts.trials
+    assert report.eer == 0.0 and report.fnmr_at_fmr["0.001"].fnmr == 0.0
+    assert report.scoring.checked_against_scorer > 0
     assert embedder.analysed == 16  # the broken file never reaches the embedder
     again = run_audit(embedder, tone_dataset, CoreSettings(_env_file=None), cache=EmbeddingCache(tmp_path / "c"))
-    assert embedder.analysed == 16 and again["cache"]["hits"] == 17
-    assert again["eer"] == report["eer"] and again["dataset_sha256"] == report["dataset_sha256"]
+    assert embedder.analysed == 16 and again.cache.hits == 17
+    assert again.eer == report.eer and again.dataset_sha256 == report.dataset_sha256
 
 
 def test_audit_cli_writes_reports_and_calibration(tone_dataset, tmp_path, monkeypatch):
@@ -428,3 +423,61 @@ def test_calibrate_cli_without_a_report_is_an_input_error(tmp_path):
     args = _parser().parse_args(["audit", "calibrate", "--report", str(tmp_path / "none")])
     with pytest.raises(CalibrationError):
         args.run(args)
+
+
+@pytest.mark.parametrize("content", ["not json", json.dumps({"eer": 0.01})])
+def test_calibrate_cli_on_a_file_that_is_not_a_report_is_an_input_error(tmp_path, content):
+    (tmp_path / "report.json").write_text(content)
+    args = _parser().parse_args(["audit", "calibrate", "--report", str(tmp_path)])
+    with pytest.raises(CalibrationError, match="is not an audit report"):
+        args.run(args)
+
+
+# --- the report as a type ---------------------------------------------------------------------------------
+
+
+def test_an_audit_report_round_trips_through_its_dict(tone_dataset):
+    from biometrics.evaluation.audit import run_audit
+    from biometrics.settings import CoreSettings
+
+    report = run_audit(ToneEmbedder(), tone_dataset, CoreSettings(_env_file=None))
+    data = report.to_dict()
+    assert AccuracyReport.from_dict(data) == report
+    assert AccuracyReport.from_dict(json.loads(json.dumps(data))).to_dict() == data
+    assert list(data) == list(AccuracyReport.model_fields)  # every part written, in order, nothing else
+    assert data["scoring"]["calibration"] is None and data["cache"] is None
+
+
+def test_a_report_stored_by_an_earlier_version_loads_renders_and_writes_out_unchanged():
+    from biometrics.evaluation.report import render_html
+
+    stored = json.loads(json.dumps(STORED_BEFORE_CALIBRATION))
+    report = AccuracyReport.from_dict(stored)
+    assert report.scoring.calibration is None and report.scoring.cohort.file is None
+    assert report.to_dict() == STORED_BEFORE_CALIBRATION  # no "calibration" or cohort "file" key added
+    assert json.dumps(report.to_dict()) == json.dumps(STORED_BEFORE_CALIBRATION)  # keys in the same order
+    page = render_html(report)
+    assert '<img alt="DET curve" src="data:image/png;base64,' in page
+    assert "20 embeddings, clean channel, file n/a (sha256 n/a)" in page
+
+
+def test_a_report_keeps_keys_it_does_not_know():
+    newer = {**STORED_BEFORE_CALIBRATION, "figure_of_the_future": {"a": [1, 2]}}
+    newer["scoring"] = {**newer["scoring"], "calibration": None, "fusion": "none"}
+    assert AccuracyReport.from_dict(newer).to_dict() == newer
+
+
+def test_the_headline_results_are_the_report_figures_without_its_scores():
+    headline = AccuracyReport.from_dict(STORED_BEFORE_CALIBRATION).headline()
+    assert headline == {name: STORED_BEFORE_CALIBRATION[name] for name in AccuracyReport.HEADLINE_FIELDS}
+    assert {"eer", "fnmr_at_fmr", "model_fingerprint"} <= headline.keys() and "scores" not in headline
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"eer": 0.01}, [1, 2], {**STORED_BEFORE_CALIBRATION, "format": 2}, {**STORED_BEFORE_CALIBRATION, "eer": "low"}],
+)
+def test_a_dict_that_is_not_a_report_is_refused(data):
+    with pytest.raises(ReportError) as caught:
+        AccuracyReport.from_dict(data)
+    assert caught.value.code == "audit_report_invalid" and isinstance(caught.value, BiometricsError)

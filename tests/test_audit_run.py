@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from biometrics.evaluation.accuracy_report import AccuracyReport
 from biometrics.evaluation.audit import run_audit
 from biometrics.evaluation.cache import EmbeddingCache
 from biometrics.evaluation.cli import add_audit_commands
@@ -99,15 +100,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_clean_speech_audit_has_eer_at_most_one_percent(clean_audit):
     report, _, counting = clean_audit
-    assert report["eer"] <= 0.01
-    assert report["channel"] == "clean" and report["scoring"]["method"] == "cosine"
+    assert report.eer <= 0.01
+    assert report.channel == "clean" and report.scoring.method == "cosine"
     assert counting.analysed == 100  # the cache was empty: every file analysed once
-    assert report["cache"]["writes"] == 100
+    assert report.cache.writes == 100
 
 
 def test_telephone_audit_has_eer_at_most_three_percent(telephone_audit):
-    assert telephone_audit["eer"] <= 0.03
-    assert telephone_audit["channel"] == "telephone"
+    assert telephone_audit.eer <= 0.03
+    assert telephone_audit.channel == "telephone"
 
 
 def test_report_json_holds_every_required_figure(clean_audit, embedder):
@@ -131,12 +132,17 @@ def test_report_json_holds_every_required_figure(clean_audit, embedder):
     assert {row["kind"] for row in report["threshold_table"]} == {"fmr", "eer", "configured"}
 
 
+def test_report_json_reads_back_as_the_report_written(clean_audit):
+    report, out, _ = clean_audit
+    assert AccuracyReport.from_dict(json.loads((out / "report.json").read_text())) == report
+
+
 def test_report_html_embeds_the_det_curve_and_how_to_reproduce(clean_audit):
     report, out, _ = clean_audit
     page = (out / "report.html").read_text()
     assert '<img alt="DET curve" src="data:image/png;base64,' in page
     assert "score histograms" in page
-    assert report["dataset_sha256"] in page and "bioident audit run ..." in page
+    assert report.dataset_sha256 in page and "bioident audit run ..." in page
 
 
 def test_a_second_run_with_as_norm_reuses_every_cached_embedding(
@@ -154,7 +160,7 @@ def test_a_second_run_with_as_norm_reuses_every_cached_embedding(
     report = json.loads((out / "report.json").read_text())
     assert report["cache"]["hits"] == 100 and report["cache"]["misses"] == 0
     assert report["scoring"]["method"] == "as-norm" and report["scoring"]["cohort"]["size"] == 30
-    assert report["dataset_sha256"] == clean_audit[0]["dataset_sha256"]
+    assert report["dataset_sha256"] == clean_audit[0].dataset_sha256
     assert report["eer"] <= 0.01
     assert f"--cohort {small_cohort_file}" in report["command"]
 
@@ -164,6 +170,6 @@ def test_calibrate_writes_the_threshold_for_the_target_fmr(clean_audit):
     args = _parser().parse_args(["audit", "calibrate", "--report", str(out), "--target-fmr", "0.001"])
     assert args.run(args) == 0
     calibration = Calibration.load(out / "calibration.json")
-    assert calibration.threshold == pytest.approx(report["fnmr_at_fmr"]["0.001"]["threshold"], abs=1e-5)
-    assert calibration.method == "cosine" and calibration.model_fingerprint == report["model_fingerprint"]
-    assert calibration.llr(max(report["scores"]["genuine"])) > 0 > calibration.llr(min(report["scores"]["impostor"]))
+    assert calibration.threshold == pytest.approx(report.fnmr_at_fmr["0.001"].threshold, abs=1e-5)
+    assert calibration.method == "cosine" and calibration.model_fingerprint == report.model_fingerprint
+    assert calibration.llr(max(report.scores.genuine)) > 0 > calibration.llr(min(report.scores.impostor))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from biometrics.evaluation.accuracy_report import AccuracyReport
+from tests.audit_reports import STORED_BEFORE_CALIBRATION
 from tests.conftest import TEST_OTHER
 from tests.operations_fixtures import _rows
 from tests.voice_helpers import _consent, _enrol
@@ -49,6 +52,36 @@ def test_an_auditor_starts_an_audit_and_fetches_its_report(api, audit_datasets):
     assert api.http.post("/v1/audits", json={"dataset": "callers"}, headers=ivr).status_code == 403
     actions = [e["action"] for e in api.http.get("/v1/audit/entries", headers=auditor).json()["entries"]]
     assert "audit.start" in actions and "audit.finish" in actions
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_report_stored_by_an_earlier_version_is_served_as_it_was_stored(api):
+    from service.store.models import AuditJob
+
+    api.tenant("bank")
+    auditor = api.headers(api.client("bank", "auditor"))
+    with api.ctx.db.session() as session:
+        job = AuditJob(tenant_id="bank", requested_by="cli_x", params={"dataset": "callers"}, status="done")
+        job.report = STORED_BEFORE_CALIBRATION
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    report = api.http.get(f"/v1/audits/{job_id}/report", headers=auditor)
+    assert report.status_code == 200 and report.json() == STORED_BEFORE_CALIBRATION
+    assert json.dumps(report.json()) == json.dumps(STORED_BEFORE_CALIBRATION)  # keys in the same order
+    assert "calibration" not in report.json()["scoring"]  # nothing the earlier version did not write
+    html = api.http.get(f"/v1/audits/{job_id}/report.html", headers=auditor)
+    assert html.status_code == 200 and "data:image/png;base64," in html.text
+
+
+def test_new_jobs_keep_the_headline_results_that_migrated_jobs_were_given():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "service/store/migrations/versions/0006_audit_job_results.py"
+    spec = importlib.util.spec_from_file_location("migration_0006", path)
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    assert AccuracyReport.HEADLINE_FIELDS == migration.RESULT_KEYS
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -148,7 +181,7 @@ def test_a_job_recorded_as_stopped_stays_failed_when_its_frozen_replica_finishes
         with ctx.db.session() as session:
             session.execute(update(AuditJob).where(AuditJob.id == late_id).values(heartbeat_at=stale))
         assert api.http.get(f"/v1/audits/{late_id}", headers=auditor).json()["status"] == "failed"
-        return {"model_fingerprint": "f", "eer": 0.01}, None
+        return AccuracyReport.from_dict(STORED_BEFORE_CALIBRATION), None
 
     monkeypatch.setattr(audits, "_run_audit", frozen_then_finished)
     audits.run_audit_job(api.ctx, late_id)

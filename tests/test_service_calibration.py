@@ -8,8 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from biometrics.errors import IncompatibleModel
+from biometrics.evaluation.accuracy_report import AccuracyReport
 from biometrics.scoring.calibration import calibrate
 from biometrics.scoring.scorer import Scorer
+from tests.audit_reports import report_with_scores
 from tests.conftest import TEST_OTHER, speaker_of
 from tests.voice_helpers import GENUINE, SPEAKER, _audio, _consent, _enrol
 
@@ -17,19 +19,15 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def cosine_report(test_other_files, clean_samples, embedder) -> dict:
-    """The parts of an audit report that calibration reads, from real scores of the test speakers."""
+def cosine_report(test_other_files, clean_samples, embedder) -> AccuracyReport:
+    """An audit report whose scores, which calibration reads, are real scores of the test speakers."""
     genuine, impostor = [], []
     for (fa, sa), (fb, sb) in itertools.combinations(zip(test_other_files, clean_samples, strict=True), 2):
         score = Scorer().score(sa.embedding, sb.embedding)
         (genuine if speaker_of(fa) == speaker_of(fb) else impostor).append(score)
-    return {
-        "scores": {"genuine": genuine, "impostor": impostor},
-        "scoring": {"method": "cosine"},
-        "model_fingerprint": embedder.fingerprint,
-        "channel": "clean",
-        "dataset_sha256": "0" * 64,
-    }
+    return report_with_scores(
+        genuine, impostor, method="cosine", model_fingerprint=embedder.fingerprint, dataset_sha256="0" * 64
+    )
 
 
 def _service(tmp_path, database_url, embedder, calibration_file):
@@ -73,7 +71,7 @@ def test_a_calibration_file_sets_the_threshold_and_adds_llr(cosine_report, embed
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_calibration_from_another_model_is_refused(cosine_report, embedder, tmp_path, database_url):
-    other = calibrate({**cosine_report, "model_fingerprint": "ecapa-voxceleb-another"}, target_fmr=0.01)
+    other = calibrate(cosine_report.model_copy(update={"model_fingerprint": "ecapa-voxceleb-another"}), target_fmr=0.01)
     path = tmp_path / "calibration.json"
     other.save(path)
     with pytest.raises(IncompatibleModel):

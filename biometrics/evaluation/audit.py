@@ -29,6 +29,24 @@ from pathlib import Path
 import numpy as np
 
 from biometrics.errors import AudioError, BiometricsError
+from biometrics.evaluation.accuracy_report import (
+    REPORT_FORMAT,
+    REPORT_KIND,
+    AccuracyReport,
+    BootstrapRecord,
+    CacheRecord,
+    CalibrationRecord,
+    CohortRecord,
+    DatasetRecord,
+    FailedFile,
+    Failures,
+    FailureSummary,
+    FnmrAtFmr,
+    ScoringRecord,
+    ThresholdRow,
+    TrialCounts,
+    TrialScores,
+)
 from biometrics.evaluation.cache import CachedAnalysis, EmbeddingCache, cache_key
 from biometrics.evaluation.metrics import (
     OperatingPoint,
@@ -54,7 +72,6 @@ from biometrics.voice.embedding import VoiceEmbedder, require_same_model
 from biometrics.voice.pipeline import COHORT_BATCH_FILES, Channel, load_waveform
 from biometrics.voice.quality.gates import QualityLimits, signal_reasons, verification_reasons
 
-REPORT_FORMAT = 1
 TARGET_FMRS = (1e-2, 1e-3, 1e-4)
 DCF_P_TARGETS = (1e-2, 1e-3)
 TABLE_FMRS = (1e-1, 1e-2, 1e-3, 1e-4)
@@ -134,17 +151,17 @@ def _failure(analysis: CachedAnalysis, gate: Callable[..., list], limits: Qualit
     return reasons
 
 
-def _failure_summary(role_files: np.ndarray, failures: dict[int, list[str]], files: tuple[str, ...]) -> dict:
+def _failure_summary(role_files: np.ndarray, failures: dict[int, list[str]], files: tuple[str, ...]) -> FailureSummary:
     failed = [i for i in role_files.tolist() if failures.get(i)]
     reasons = Counter(code for i in failed for code in failures[i])
-    return {
-        "rate": len(failed) / len(role_files) if len(role_files) else 0.0,
-        "failed": len(failed),
-        "samples": int(len(role_files)),
-        "reasons": dict(sorted(reasons.items())),
-        "files": [{"file": files[i], "reasons": failures[i]} for i in failed[:_MAX_LISTED_FAILURES]],
-        "files_listed": min(len(failed), _MAX_LISTED_FAILURES),
-    }
+    return FailureSummary(
+        rate=len(failed) / len(role_files) if len(role_files) else 0.0,
+        failed=len(failed),
+        samples=int(len(role_files)),
+        reasons=dict(sorted(reasons.items())),
+        files=[FailedFile(file=files[i], reasons=failures[i]) for i in failed[:_MAX_LISTED_FAILURES]],
+        files_listed=min(len(failed), _MAX_LISTED_FAILURES),
+    )
 
 
 # --- scores -----------------------------------------------------------------------------------------
@@ -193,26 +210,26 @@ def _spot_check(scorer: Scorer, embeddings: list, enrol: np.ndarray, test: np.nd
 
 def _operating_row(
     label: str, kind: str, point: OperatingPoint, n_gen: int, n_imp: int, excluded_gen: int, excluded_imp: int
-) -> dict:
+) -> ThresholdRow:
     scored_gen, scored_imp = n_gen - excluded_gen, n_imp - excluded_imp
-    return {
-        "label": label,
-        "kind": kind,
-        "threshold": point.threshold,
-        "fmr": point.fmr,
-        "fnmr": point.fnmr,
+    return ThresholdRow(
+        label=label,
+        kind=kind,
+        threshold=point.threshold,
+        fmr=point.fmr,
+        fnmr=point.fnmr,
         # over all trials: a genuine trial excluded by FTE/FTA is a rejection, an excluded impostor is too
-        "generalised_far": point.fmr * scored_imp / n_imp,
-        "generalised_frr": (excluded_gen + point.fnmr * scored_gen) / n_gen,
-    }
+        generalised_far=point.fmr * scored_imp / n_imp,
+        generalised_frr=(excluded_gen + point.fnmr * scored_gen) / n_gen,
+    )
 
 
-def _cache_record(cache: EmbeddingCache | None, before: dict | None) -> dict | None:
+def _cache_record(cache: EmbeddingCache | None, before: dict | None) -> CacheRecord | None:
     """This run's cache use: files found in the cache (their embedder call was skipped), computed, written."""
     if cache is None or before is None:
         return None
     after = cache.stats()
-    return {"directory": after["directory"], **{k: after[k] - before[k] for k in ("hits", "misses", "writes")}}
+    return CacheRecord(directory=after["directory"], **{k: after[k] - before[k] for k in ("hits", "misses", "writes")})
 
 
 def _settings_record(settings: CoreSettings) -> dict:
@@ -230,31 +247,30 @@ def _settings_record(settings: CoreSettings) -> dict:
     return {name: getattr(settings, name) for name in names}
 
 
-def _calibration_record(calibration: Calibration, path: Path | None) -> dict:
-    record = {
-        "threshold": calibration.threshold,
-        "target_fmr": calibration.target_fmr,
-        "channel": calibration.channel,
-        "dataset_sha256": calibration.source.get("dataset_sha256"),
-    }
-    if path is not None:
-        record["file"] = str(path)
-        record["file_sha256"] = file_sha256(path)
-    return record
+def _file_record(path: Path | None) -> dict:
+    """The file a cohort or calibration came from, and its hash: nothing when it was given as an object."""
+    return {} if path is None else {"file": str(path), "file_sha256": file_sha256(path)}
 
 
-def _cohort_record(cohort: Cohort, path: Path | None) -> dict:
-    record = {
-        "model_fingerprint": cohort.model_fingerprint,
-        "channel": cohort.channel,
-        "size": int(len(cohort.embeddings)),
-        "source_sha256": cohort.meta.get("source_sha256"),
-        "created_at": cohort.meta.get("created_at"),
-    }
-    if path is not None:
-        record["file"] = str(path)
-        record["file_sha256"] = file_sha256(path)
-    return record
+def _calibration_record(calibration: Calibration, path: Path | None) -> CalibrationRecord:
+    return CalibrationRecord(
+        threshold=calibration.threshold,
+        target_fmr=calibration.target_fmr,
+        channel=calibration.channel,
+        dataset_sha256=calibration.source.get("dataset_sha256"),
+        **_file_record(path),
+    )
+
+
+def _cohort_record(cohort: Cohort, path: Path | None) -> CohortRecord:
+    return CohortRecord(
+        model_fingerprint=cohort.model_fingerprint,
+        channel=cohort.channel,
+        size=int(len(cohort.embeddings)),
+        source_sha256=cohort.meta.get("source_sha256"),
+        created_at=cohort.meta.get("created_at"),
+        **_file_record(path),
+    )
 
 
 def run_audit(
@@ -272,8 +288,8 @@ def run_audit(
     seed: int = 0,
     command: str | None = None,
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
-) -> dict:
-    """Error rates of the production pipeline on ``dataset``; returns the report as a JSON-ready dict.
+) -> AccuracyReport:
+    """Error rates of the production pipeline on ``dataset``, as a report (``to_dict()`` is its JSON form).
 
     ``trials`` is a trial-list file (or ready ``Trials``); without it every same-subject pair and
     every different-subject pair (at most ``max_impostors``, sampled with ``seed``) of the subject
@@ -344,21 +360,21 @@ def run_audit(
 
     n_gen, n_imp = trials.n_genuine, trials.n_impostor
     excluded_gen, excluded_imp = n_gen - len(genuine), n_imp - len(impostor)
-    fnmr_at = {}
+    fnmr_at: dict[str, FnmrAtFmr] = {}
     for target in TARGET_FMRS:
         point = operating_point_at_fmr(genuine, impostor, target)
         ci = bootstrap_ci(genuine, impostor, target, n_resamples=bootstrap_resamples, seed=seed)
-        fnmr_at[rate_key(target)] = {
-            "fnmr": point.fnmr,
-            "threshold": point.threshold,
-            "fmr": point.fmr,
-            "ci95": [ci.low, ci.high],
-            "bootstrap": {"resamples": ci.resamples, "seed": ci.seed, "confidence": ci.confidence},
+        fnmr_at[rate_key(target)] = FnmrAtFmr(
+            fnmr=point.fnmr,
+            threshold=point.threshold,
+            fmr=point.fmr,
+            ci95=[ci.low, ci.high],
+            bootstrap=BootstrapRecord(resamples=ci.resamples, seed=ci.seed, confidence=ci.confidence),
             # fewer impostor trials than 1/target: only "no impostor accepted" can be shown
-            "resolvable": len(impostor) * target >= 1,
-        }
+            resolvable=len(impostor) * target >= 1,
+        )
 
-    def row(label: str, kind: str, point: OperatingPoint) -> dict:
+    def row(label: str, kind: str, point: OperatingPoint) -> ThresholdRow:
         return _operating_row(label, kind, point, n_gen, n_imp, excluded_gen, excluded_imp)
 
     table = [row(f"FMR <= {rate_key(t)}", "fmr", operating_point_at_fmr(genuine, impostor, t)) for t in TABLE_FMRS]
@@ -366,33 +382,33 @@ def run_audit(
     table.append(
         row("configured threshold", "configured", operating_point_at_threshold(genuine, impostor, scorer.threshold))
     )
-    table.sort(key=lambda row: row["threshold"])
+    table.sort(key=lambda row: row.threshold)
 
     if len(impostor) < 1 / min(TARGET_FMRS):
         warnings.append(
             f"{len(impostor)} impostor trials cannot resolve FMR below {1 / len(impostor):.2g}; "
             "lower targets show the zero-false-match threshold"
         )
-    return {
-        "format": REPORT_FORMAT,
-        "kind": "bioident-accuracy-audit",
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "modality": "voice",
-        "model_fingerprint": embedder.fingerprint,
-        "channel": str(channel),
-        "dataset_sha256": dataset_sha256(trials.files, hashes),
-        "dataset": {"path": str(dataset), "files": len(trials.files), "trials": trials.source},
-        "scoring": {
-            "method": scorer.method,
-            "configured_threshold": scorer.threshold,
-            "top_k": scorer.top_k if cohort is not None else None,
-            "cohort": _cohort_record(cohort, cohort_path) if cohort is not None else None,
-            "calibration": _calibration_record(calibration, calibration_path) if calibration is not None else None,
-            "checked_against_scorer": checked,
-        },
-        "settings": _settings_record(settings),
-        "protocol": {
+    return AccuracyReport(
+        format=REPORT_FORMAT,
+        kind=REPORT_KIND,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        command=command,
+        modality="voice",
+        model_fingerprint=embedder.fingerprint,
+        channel=str(channel),
+        dataset_sha256=dataset_sha256(trials.files, hashes),
+        dataset=DatasetRecord(path=str(dataset), files=len(trials.files), trials=trials.source),
+        scoring=ScoringRecord(
+            method=scorer.method,
+            configured_threshold=scorer.threshold,
+            top_k=scorer.top_k if cohort is not None else None,
+            cohort=_cohort_record(cohort, cohort_path) if cohort is not None else None,
+            calibration=_calibration_record(calibration, calibration_path) if calibration is not None else None,
+            checked_against_scorer=checked,
+        ),
+        settings=_settings_record(settings),
+        protocol={
             "enrolment": "one sample per trial; it fails to enrol (FTE) when it cannot be decoded, has signal "
             "reasons (NO_SPEECH, TOO_NOISY, CLIPPED) or yields no embedding",
             "test": "it fails to acquire (FTA) when it cannot be decoded or the verification gates refuse it "
@@ -400,30 +416,27 @@ def run_audit(
             "scored_trials": "trials whose enrolment sample enrols and whose test sample is acquired",
             "enrol_samples_below_min_enrol_speech": short_of_enrolment,
         },
-        "genuine_trials": int(len(genuine)),
-        "impostor_trials": int(len(impostor)),
-        "counts": {
-            "files": len(trials.files),
-            "trials": int(len(trials.genuine)),
-            "genuine_trials": n_gen,
-            "impostor_trials": n_imp,
-            "scored_genuine_trials": int(len(genuine)),
-            "scored_impostor_trials": int(len(impostor)),
-            "excluded_genuine_trials": excluded_gen,
-            "excluded_impostor_trials": excluded_imp,
-        },
-        "fte": fte["rate"],
-        "fta": fta["rate"],
-        "failures": {"enrolment": fte, "acquisition": fta},
-        "eer": equal_error_rate(genuine, impostor),
-        "min_dcf": {rate_key(p): min_dcf(genuine, impostor, p) for p in DCF_P_TARGETS},
-        "fnmr_at_fmr": fnmr_at,
-        "threshold_table": table,
-        "scores": {
-            "genuine": np.round(genuine, 6).tolist(),
-            "impostor": np.round(impostor, 6).tolist(),
-        },
-        "cache": _cache_record(cache, cache_before),
-        "warnings": warnings,
-        "elapsed_s": round(time.monotonic() - started, 2),
-    }
+        genuine_trials=int(len(genuine)),
+        impostor_trials=int(len(impostor)),
+        counts=TrialCounts(
+            files=len(trials.files),
+            trials=int(len(trials.genuine)),
+            genuine_trials=n_gen,
+            impostor_trials=n_imp,
+            scored_genuine_trials=int(len(genuine)),
+            scored_impostor_trials=int(len(impostor)),
+            excluded_genuine_trials=excluded_gen,
+            excluded_impostor_trials=excluded_imp,
+        ),
+        fte=fte.rate,
+        fta=fta.rate,
+        failures=Failures(enrolment=fte, acquisition=fta),
+        eer=equal_error_rate(genuine, impostor),
+        min_dcf={rate_key(p): min_dcf(genuine, impostor, p) for p in DCF_P_TARGETS},
+        fnmr_at_fmr=fnmr_at,
+        threshold_table=table,
+        scores=TrialScores(genuine=np.round(genuine, 6).tolist(), impostor=np.round(impostor, 6).tolist()),
+        cache=_cache_record(cache, cache_before),
+        warnings=warnings,
+        elapsed_s=round(time.monotonic() - started, 2),
+    )

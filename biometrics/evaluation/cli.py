@@ -10,8 +10,12 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from biometrics.errors import BiometricsError
+
+if TYPE_CHECKING:
+    from biometrics.evaluation.accuracy_report import AccuracyReport
 
 DEFAULT_TARGET_FMR = 1e-3
 CALIBRATION_FILE = "calibration.json"
@@ -136,32 +140,33 @@ def cmd_audit_run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     json_path, html_path = write_report(report, args.out)
-    for warning in report["warnings"]:
+    for warning in report.warnings:
         print(f"bioident: warning: {warning}", file=sys.stderr)
     _print_summary(report)
     print(f"report: {json_path} and {html_path}")
     return 0
 
 
-def _print_summary(report: dict) -> None:
-    counts = report["counts"]
+def _print_summary(report: AccuracyReport) -> None:
+    counts = report.counts
     print(
-        f"{report['scoring']['method']} scores, {report['channel']} channel, "
-        f"{counts['scored_genuine_trials']} genuine / {counts['scored_impostor_trials']} impostor trials"
+        f"{report.scoring.method} scores, {report.channel} channel, "
+        f"{counts.scored_genuine_trials} genuine / {counts.scored_impostor_trials} impostor trials"
     )
-    print(f"EER {100 * report['eer']:.2f}%   FTE {100 * report['fte']:.2f}%   FTA {100 * report['fta']:.2f}%")
-    for p, value in report["min_dcf"].items():
+    print(f"EER {100 * report.eer:.2f}%   FTE {100 * report.fte:.2f}%   FTA {100 * report.fta:.2f}%")
+    for p, value in report.min_dcf.items():
         print(f"minDCF(p_target={p})  {value:.4f}")
     print(f"{'target FMR':>10}  {'threshold':>10}  {'FNMR':>7}  95% CI")
-    for target, v in report["fnmr_at_fmr"].items():
-        mark = "" if v["resolvable"] else "  (too few impostor trials to resolve)"
+    for target, v in report.fnmr_at_fmr.items():
+        mark = "" if v.resolvable else "  (too few impostor trials to resolve)"
         print(
-            f"{target:>10}  {v['threshold']:>10.4f}  {100 * v['fnmr']:>6.2f}%  "
-            f"{100 * v['ci95'][0]:.2f}-{100 * v['ci95'][1]:.2f}%{mark}"
+            f"{target:>10}  {v.threshold:>10.4f}  {100 * v.fnmr:>6.2f}%  "
+            f"{100 * v.ci95[0]:.2f}-{100 * v.ci95[1]:.2f}%{mark}"
         )
 
 
 def cmd_audit_calibrate(args: argparse.Namespace) -> int:
+    from biometrics.evaluation.accuracy_report import ReportError
     from biometrics.evaluation.report import REPORT_JSON, load_report
     from biometrics.scoring.calibration import CalibrationError, calibrate
 
@@ -170,7 +175,7 @@ def cmd_audit_calibrate(args: argparse.Namespace) -> int:
         report = load_report(report_path)
     except FileNotFoundError:
         raise CalibrationError(f"audit report {report_path} not found") from None
-    except ValueError as exc:
+    except (ValueError, ReportError) as exc:
         raise CalibrationError(f"{report_path} is not an audit report: {exc}") from None
     calibration = calibrate(report, args.target_fmr, prior=args.prior, report_path=report_path)
     out = args.out or report_path.parent / CALIBRATION_FILE

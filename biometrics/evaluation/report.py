@@ -1,4 +1,5 @@
-"""An audit report on disk: ``report.json`` (everything) and ``report.html`` (one self-contained page).
+"""An audit report on disk: ``report.json`` (everything, ``AccuracyReport.to_dict()``) and ``report.html``
+(one self-contained page).
 
 The page embeds its figures as base64 PNG (a DET curve on normal-deviate axes, and the genuine and
 impostor score histograms), the metrics, the threshold table and how to reproduce the run.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biometrics.evaluation.accuracy_report import AccuracyReport
 from biometrics.evaluation.metrics import det_points, probit
 
 REPORT_JSON = "report.json"
@@ -23,22 +25,25 @@ _DET_TICKS = (1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.2, 0.4)
 _DET_FLOOR = 5e-5
 
 
-def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
+def write_report(report: AccuracyReport, out_dir: Path) -> tuple[Path, Path]:
     """Writes ``out_dir/report.json`` and ``out_dir/report.html``; returns both paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out_dir / REPORT_JSON, out_dir / REPORT_HTML
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     html_path.write_text(render_html(report), encoding="utf-8")
     return json_path, html_path
 
 
-def load_report(path: Path) -> dict:
-    """The report at ``path``: a report.json file, or the audit output folder holding one."""
+def load_report(path: Path) -> AccuracyReport:
+    """The report at ``path``: a report.json file, or the audit output folder holding one.
+
+    Raises ``ValueError`` when the file is not JSON and ``ReportError`` when it is not a report.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / REPORT_JSON
-    return json.loads(path.read_text(encoding="utf-8"))
+    return AccuracyReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -121,77 +126,77 @@ def _pct(x: float) -> str:
     return f"{100 * x:.3g}%"
 
 
+def _or_na(value: str | None) -> str:
+    return "n/a" if value is None else value
+
+
 def _rows(rows: list[list[str]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(report: dict) -> str:
-    genuine = np.asarray(report["scores"]["genuine"], dtype=np.float64)
-    impostor = np.asarray(report["scores"]["impostor"], dtype=np.float64)
-    table = report["threshold_table"]
-    marks = {f"{r['label']}": (r["fmr"], r["fnmr"]) for r in table if r["kind"] in ("eer", "configured")}
+def render_html(report: AccuracyReport) -> str:
+    genuine, impostor = report.scores.arrays()
+    table = report.threshold_table
+    marks = {f"{r.label}": (r.fmr, r.fnmr) for r in table if r.kind in ("eer", "configured")}
     det = det_plot_png(genuine, impostor, marks)
-    lines = {r["label"]: r["threshold"] for r in table if r["kind"] == "configured" or r["label"] == "FMR <= 0.001"}
-    hist = histogram_png(genuine, impostor, lines, report["scoring"]["method"])
+    lines = {r.label: r.threshold for r in table if r.kind == "configured" or r.label == "FMR <= 0.001"}
+    hist = histogram_png(genuine, impostor, lines, report.scoring.method)
 
-    counts = report["counts"]
+    counts = report.counts
     metrics = [
-        ["EER", _pct(report["eer"])],
-        *[[f"minDCF (p_target {p})", f"{v:.4f}"] for p, v in report["min_dcf"].items()],
+        ["EER", _pct(report.eer)],
+        *[[f"minDCF (p_target {p})", f"{v:.4f}"] for p, v in report.min_dcf.items()],
         *[
             [
                 f"FNMR @ FMR {t}",
-                f"{_pct(v['fnmr'])} (95% CI {_pct(v['ci95'][0])} - {_pct(v['ci95'][1])})"
-                + ("" if v["resolvable"] else " *"),
+                f"{_pct(v.fnmr)} (95% CI {_pct(v.ci95[0])} - {_pct(v.ci95[1])})" + ("" if v.resolvable else " *"),
             ]
-            for t, v in report["fnmr_at_fmr"].items()
+            for t, v in report.fnmr_at_fmr.items()
         ],
-        ["FTE (failure to enrol)", f"{_pct(report['fte'])} of {report['failures']['enrolment']['samples']} samples"],
-        ["FTA (failure to acquire)", f"{_pct(report['fta'])} of {report['failures']['acquisition']['samples']}"],
-        ["genuine trials scored", f"{counts['scored_genuine_trials']} of {counts['genuine_trials']}"],
-        ["impostor trials scored", f"{counts['scored_impostor_trials']} of {counts['impostor_trials']}"],
+        ["FTE (failure to enrol)", f"{_pct(report.fte)} of {report.failures.enrolment.samples} samples"],
+        ["FTA (failure to acquire)", f"{_pct(report.fta)} of {report.failures.acquisition.samples}"],
+        ["genuine trials scored", f"{counts.scored_genuine_trials} of {counts.genuine_trials}"],
+        ["impostor trials scored", f"{counts.scored_impostor_trials} of {counts.impostor_trials}"],
     ]
     thresholds = [
         [
-            r["label"],
-            f"{r['threshold']:.4f}",
-            _pct(r["fmr"]),
-            _pct(r["fnmr"]),
-            _pct(r["generalised_far"]),
-            _pct(r["generalised_frr"]),
+            r.label,
+            f"{r.threshold:.4f}",
+            _pct(r.fmr),
+            _pct(r.fnmr),
+            _pct(r.generalised_far),
+            _pct(r.generalised_frr),
         ]
         for r in table
     ]
-    scoring = report["scoring"]
-    cohort = scoring.get("cohort")
+    scoring = report.scoring
+    cohort = scoring.cohort
     cohort_text = (
         "none (plain cosine)"
         if cohort is None
-        else f"{cohort['size']} embeddings, {cohort['channel']} channel, file {cohort.get('file', 'n/a')} "
-        f"(sha256 {cohort.get('file_sha256', 'n/a')})"
+        else f"{cohort.size} embeddings, {cohort.channel} channel, file {_or_na(cohort.file)} "
+        f"(sha256 {_or_na(cohort.file_sha256)})"
     )
     about = [
-        ["model fingerprint", report["model_fingerprint"]],
-        ["channel", report["channel"]],
-        ["scoring", f"{scoring['method']}, configured threshold {scoring['configured_threshold']}"],
+        ["model fingerprint", report.model_fingerprint],
+        ["channel", report.channel],
+        ["scoring", f"{scoring.method}, configured threshold {scoring.configured_threshold}"],
         ["cohort", cohort_text],
-        ["dataset", f"{report['dataset']['path']} ({counts['files']} files)"],
-        ["dataset sha256", report["dataset_sha256"]],
-        ["trials", json.dumps(report["dataset"]["trials"])],
-        ["created", report["created_at"]],
+        ["dataset", f"{report.dataset.path} ({counts.files} files)"],
+        ["dataset sha256", report.dataset_sha256],
+        ["trials", json.dumps(report.dataset.trials)],
+        ["created", report.created_at],
     ]
-    settings = " ".join(f"BIOIDENT_{k.upper()}={v}" for k, v in report["settings"].items())
-    warnings = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in report.get("warnings", []))
+    settings = " ".join(f"BIOIDENT_{k.upper()}={v}" for k, v in report.settings.items())
+    warnings = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in report.warnings)
     note = (
         "<p>* fewer impostor trials than 1/target: this shows the threshold that accepts no impostor at all.</p>"
-        if any(not v["resolvable"] for v in report["fnmr_at_fmr"].values())
+        if any(not v.resolvable for v in report.fnmr_at_fmr.values())
         else ""
     )
-    protocol = "".join(
-        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in report["protocol"].items()
-    )
+    protocol = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in report.protocol.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>bioident accuracy audit</title>
 <style>{_STYLE}</style></head><body>
@@ -212,9 +217,9 @@ trials, a trial excluded by a failure to enrol or acquire counting as a rejectio
 <h2>Protocol</h2>
 <ul>{protocol}</ul>
 <h2>How to reproduce</h2>
-<p>With the same model (fingerprint <code>{html.escape(report["model_fingerprint"])}</code>) and a dataset whose
-sha256 is <code>{html.escape(report["dataset_sha256"])}</code>, run:</p>
-<pre>{html.escape(report.get("command") or "(run through the Python API)")}</pre>
+<p>With the same model (fingerprint <code>{html.escape(report.model_fingerprint)}</code>) and a dataset whose
+sha256 is <code>{html.escape(report.dataset_sha256)}</code>, run:</p>
+<pre>{html.escape(report.command or "(run through the Python API)")}</pre>
 <p>with these settings in the environment:</p>
 <pre>{html.escape(settings)}</pre>
 </body></html>

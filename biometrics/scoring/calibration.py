@@ -14,11 +14,15 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from biometrics.errors import BiometricsError, IncompatibleModel
 from biometrics.evaluation.metrics import operating_point_at_fmr
+
+if TYPE_CHECKING:
+    from biometrics.evaluation.accuracy_report import AccuracyReport
 
 CALIBRATION_FORMAT = 1
 CALIBRATION_KIND = "bioident-calibration"
@@ -166,18 +170,12 @@ def fit_llr(genuine: np.ndarray, impostor: np.ndarray, prior: float = 0.5) -> tu
 
 
 def calibrate(
-    report: dict, target_fmr: float, *, prior: float = 0.5, report_path: Path | str | None = None
+    report: AccuracyReport, target_fmr: float, *, prior: float = 0.5, report_path: Path | str | None = None
 ) -> Calibration:
     """Calibration of an audit report's scores, with the raw threshold that meets ``target_fmr`` on them."""
     if not 0 < target_fmr < 1:
         raise CalibrationError("the target FMR must lie strictly between 0 and 1")
-    try:
-        genuine = np.asarray(report["scores"]["genuine"], dtype=np.float64)
-        impostor = np.asarray(report["scores"]["impostor"], dtype=np.float64)
-        method = report["scoring"]["method"]
-        fingerprint, channel, dataset = report["model_fingerprint"], report["channel"], report["dataset_sha256"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CalibrationError(f"not an audit report with scores: {exc!r}") from None
+    genuine, impostor = report.scores.arrays()
     if len(genuine) == 0 or len(impostor) == 0:
         raise CalibrationError("the report has no genuine or no impostor scores")
     a, b = fit_llr(genuine, impostor, prior)
@@ -189,13 +187,13 @@ def calibrate(
         b=b,
         threshold=point.threshold,
         target_fmr=float(target_fmr),
-        method=method,
-        model_fingerprint=fingerprint,
-        channel=channel,
+        method=report.scoring.method,
+        model_fingerprint=report.model_fingerprint,
+        channel=report.channel,
         source={
-            "dataset_sha256": dataset,
+            "dataset_sha256": report.dataset_sha256,
             "report": None if report_path is None else str(report_path),
-            "report_created_at": report.get("created_at"),
+            "report_created_at": report.created_at,
             "genuine_trials": int(len(genuine)),
             "impostor_trials": int(len(impostor)),
             "prior": prior,

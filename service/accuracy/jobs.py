@@ -11,6 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from biometrics.errors import BiometricsError
+from biometrics.evaluation.accuracy_report import AccuracyReport
 from biometrics.evaluation.audit import run_audit
 from biometrics.torch_thread import background
 from service.auth import Principal
@@ -108,31 +109,15 @@ def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
             # the job failed, telling the auditor to start it again. That record and its trail entry stand.
             log.warning("audit job %s finished but is %s: its result is discarded", job_id, job and job.status)
             return
-        job.status, job.report, job.error = ("failed", None, error[:500]) if error else ("done", report, None)
-        job.results = None if report is None else headline_results(report)
+        if report is None:
+            job.status, job.report, job.results, job.error = "failed", None, None, error[:500]
+        else:  # a status poll reads the headline results, not the whole report
+            job.status, job.report, job.results, job.error = "done", report.to_dict(), report.headline(), None
         job.finished_at = utcnow()
         _record_finish(session, job, actor, report)
 
 
-RESULT_KEYS = (
-    "eer",
-    "min_dcf",
-    "fnmr_at_fmr",
-    "fte",
-    "fta",
-    "genuine_trials",
-    "impostor_trials",
-    "model_fingerprint",
-    "dataset_sha256",
-)
-
-
-def headline_results(report: dict) -> dict:
-    """What a status poll shows of a finished audit's report."""
-    return {key: report.get(key) for key in RESULT_KEYS}
-
-
-def _run_audit(ctx: ServiceContext, params: dict) -> tuple[dict | None, str | None]:
+def _run_audit(ctx: ServiceContext, params: dict) -> tuple[AccuracyReport | None, str | None]:
     report, error = None, None
     try:
         report = run_audit(
@@ -152,15 +137,15 @@ def _run_audit(ctx: ServiceContext, params: dict) -> tuple[dict | None, str | No
     return report, error
 
 
-def _record_finish(session: Session, job: AuditJob, actor: str, report: dict | None) -> None:
+def _record_finish(session: Session, job: AuditJob, actor: str, report: AccuracyReport | None) -> None:
     append(
         session,
         actor=actor,
         action="audit.finish",
         outcome=job.status,
         tenant_id=job.tenant_id,
-        model_fingerprint=None if report is None else report["model_fingerprint"],
-        details={"job_id": job.id, "eer": None if report is None else report["eer"]},
+        model_fingerprint=None if report is None else report.model_fingerprint,
+        details={"job_id": job.id, "eer": None if report is None else report.eer},
     )
 
 
@@ -188,9 +173,10 @@ def job_status(ctx: ServiceContext, actor: Principal, job_id: str) -> AuditJob:
         return job_in_tenant(session, actor, job_id)
 
 
-def finished_report(ctx: ServiceContext, actor: Principal, job_id: str) -> dict:
+def finished_report(ctx: ServiceContext, actor: Principal, job_id: str) -> AccuracyReport:
+    """A finished job's report, read back from what was stored (by this version or an earlier one)."""
     with ctx.db.session() as session:
         job = job_in_tenant(session, actor, job_id)
         if job.report is None:
             raise Conflict(f"the audit is {job.status}; the report exists once it is done")
-        return job.report
+        return AccuracyReport.from_dict(job.report)

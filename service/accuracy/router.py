@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, BackgroundTasks, Depends
 from fastapi.responses import HTMLResponse
 
+from biometrics.evaluation.accuracy_report import AccuracyReport
 from biometrics.evaluation.report import render_html
 from service.accuracy.deployment import deployment_report
 from service.accuracy.jobs import finished_report, job_status, run_audit_job, start_audit
@@ -44,10 +43,10 @@ def status(
     )
 
 
-@router.get("/audits/{job_id}/report", response_model=dict[str, Any])
+@router.get("/audits/{job_id}/report", response_model=AccuracyReport)
 def report_json(
     job_id: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(auditor)
-) -> dict:
+) -> AccuracyReport:
     return finished_report(ctx, actor, job_id)
 
 
