@@ -187,29 +187,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from biometrics.scoring.calibration import Calibration
-    from biometrics.scoring.scorer import Scorer
+    from biometrics.scoring.operating_points import ChannelScoring
     from biometrics.voice.cohort import Cohort
     from biometrics.voice.quality.gates import QualityLimits
     from biometrics.voice.verification import VoiceVerifier
 
     settings = _settings()
-    cohort_path = args.cohort or settings.cohort_file
-    cohort = Cohort.load(cohort_path) if cohort_path is not None else None
     channel = "telephone" if args.telephone else "clean"
-    if cohort is not None and cohort.channel != channel:
-        print(
-            f"bioident: warning: cohort was built for the {cohort.channel} channel, audio is {channel}",
-            file=sys.stderr,
-        )
-    calibration_path = args.calibration or settings.calibration_file
-    calibration = Calibration.load(calibration_path) if calibration_path is not None else None
-    scorer = Scorer.from_settings(settings, cohort, calibration)
+    cohort = Cohort.load(args.cohort) if args.cohort is not None else None
+    calibration = Calibration.load(args.calibration) if args.calibration is not None else None
     embedder = _embedder(settings)
-    if calibration is not None:
-        calibration.check_compatible(scorer.method, embedder.fingerprint, channel)
-    verifier = VoiceVerifier(embedder, scorer, QualityLimits.from_settings(settings))
-    if args.threshold is not None:
-        scorer.threshold = args.threshold
+    scoring = ChannelScoring.for_model(settings, embedder.fingerprint, cohort=cohort, calibration=calibration)
+    if args.threshold is not None:  # the threshold of the method in force, for every pair of channels
+        override = "cosine_threshold" if scoring.method == "cosine" else "asnorm_threshold"
+        settings = settings.model_copy(update={override: args.threshold})
+        scoring = ChannelScoring.for_model(settings, embedder.fingerprint, cohort=cohort, calibration=calibration)
+    verifier = VoiceVerifier(embedder, scoring, QualityLimits.from_settings(settings))
     (enrol_audio,) = _load(args, settings, [args.a], args.enrol_codec, args.enrol_rate, "--enrol-codec")
     (test_audio,) = _load(args, settings, [args.b], args.codec, args.rate)
     compared = verifier.verify(enrol_audio, test_audio)
@@ -226,6 +219,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "reasons": [{"sample": side, **r.as_dict()} for side, r in reasons],
         "model_fingerprint": embedder.fingerprint,
         "channel": channel,
+        "channels": verdict.channels,
     }
     if args.json:
         print(json.dumps(result, indent=2))

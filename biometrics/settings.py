@@ -6,6 +6,7 @@ The service's settings object extends this one, so there is a single place per p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,16 +32,21 @@ class CoreSettings(BaseSettings):
     max_clipping_ratio: float = Field(0.01, ge=0, le=1)
     vad_threshold: float = Field(0.5, gt=0, lt=1)
 
-    # Scoring.
+    # Scoring. By default raw cosine, with a threshold per pair of channels set by target_fmr on the packaged
+    # cohorts; "as-norm" normalises scores against them (biometrics/scoring/operating_points.py says why
+    # cosine is the default). A cohort file of one's own turns AS-Norm on, as before.
+    scoring: Literal["cosine", "as-norm"] = "cosine"
     cohort_file: Path | None = None
     # From `bioident audit calibrate`: sets the threshold and adds calibrated log-likelihood ratios.
     calibration_file: Path | None = None
     asnorm_top_k: int = Field(100, ge=2)
-    # Threshold on raw cosine, used when no cohort is configured (SpeechBrain's own default).
-    cosine_threshold: float = 0.25
-    # Threshold on AS-Norm scores: impostor scores are about N(0, 1) after AS-Norm, so this is
-    # in impostor standard deviations (3.0 ~ 1 false accept in 1000 under a Gaussian tail).
-    asnorm_threshold: float = 3.0
+    # The service decides at the threshold that meets this false-match rate on each pair of channels
+    # (biometrics/scoring/operating_points.py); 1e-3 is the order NIST SP 800-63B asks of biometrics.
+    target_fmr: float = Field(1e-3, gt=0, lt=1)
+    # Explicit overrides, for every pair of channels: a raw-cosine threshold (scores by cosine, no
+    # normalisation), or an AS-Norm threshold (in impostor standard deviations). Unset: by target_fmr.
+    cosine_threshold: float | None = None
+    asnorm_threshold: float | None = None
 
     # Embedding batches: the most feature frames embedded at once, shared by the concurrent forward
     # passes (a single longer utterance still goes alone). Packing keeps the GEMMs wide: on 3-8 s

@@ -9,8 +9,11 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from biometrics.scoring.scorer import Decision, Scorer
-from biometrics.voice.embedding import AnalysedSample, Embedding
+from biometrics.scoring.operating_points import ChannelScoring
+from biometrics.scoring.scorer import Decision
+from biometrics.voice.audio.waveform import AudioChannel
+from biometrics.voice.embedding import AnalysedSample
+from biometrics.voice.pipeline import EnrolmentSample
 from biometrics.voice.quality.gates import (
     QualityLimits,
     QualityReason,
@@ -18,7 +21,7 @@ from biometrics.voice.quality.gates import (
     enrolment_reasons,
     signal_reasons,
 )
-from biometrics.voice.templates import VoiceTemplate
+from biometrics.voice.templates import Capture, VoiceTemplate
 
 # How long an enrolment session stays open for more samples.
 SESSION_TTL = dt.timedelta(hours=1)
@@ -51,6 +54,7 @@ def judge_sample(sample: AnalysedSample, limits: QualityLimits) -> SampleReport:
 class EnrolmentPlan:
     """Samples given at once: each one's report, and what stands against enrolling them (nothing: go)."""
 
+    samples: list[EnrolmentSample]
     reports: list[SampleReport]
     reasons: list[QualityReason]
 
@@ -59,18 +63,19 @@ class EnrolmentPlan:
         return [r.sample for r in self.reports if r.accepted]
 
     @property
-    def embeddings(self) -> list[Embedding]:
-        return [s.embedding for s in self.usable]
+    def captures(self) -> list[Capture]:
+        return [s.capture() for s, r in zip(self.samples, self.reports, strict=True) if r.accepted]
 
     @property
     def net_speech_s(self) -> float:
         return sum(s.measures.net_speech_s for s in self.usable)
 
 
-def plan_enrolment(samples: Sequence[AnalysedSample], limits: QualityLimits) -> EnrolmentPlan:
+def plan_enrolment(samples: Sequence[EnrolmentSample], limits: QualityLimits) -> EnrolmentPlan:
     return EnrolmentPlan(
-        reports=[judge_sample(s, limits) for s in samples],
-        reasons=enrolment_reasons([s.measures for s in samples], limits),
+        samples=list(samples),
+        reports=[judge_sample(s.sample, limits) for s in samples],
+        reasons=enrolment_reasons([s.sample.measures for s in samples], limits),
     )
 
 
@@ -98,23 +103,27 @@ class Mismatch:
         }
 
 
-def samples_not_matching(existing: VoiceTemplate, embeddings: Sequence[Embedding], scorer: Scorer) -> list[Mismatch]:
-    """The samples that would not be accepted as the enrolled voice at the operating point in force.
+def samples_not_matching(
+    existing: VoiceTemplate, captures: Sequence[Capture], scoring: ChannelScoring
+) -> list[Mismatch]:
+    """The captures that would not be accepted as the enrolled voice at the operating point in force.
 
     Adding samples to a template must not let another voice in (enrolment poisoning): each one has to
-    verify against the template first; anything else is a re-enrolment, which needs fresh consent.
+    verify against the template first, as a caller in its channel would; anything else is a
+    re-enrolment, which needs fresh consent.
     """
-    enrolled = existing.as_embedding()
     mismatches = []
-    for i, embedding in enumerate(embeddings):
-        verdict = scorer.verdict(enrolled, embedding, [])
+    for i, capture in enumerate(captures):
+        probe_channel = capture.channel or AudioChannel.WIDEBAND
+        enrolled, channel = existing.for_probe(probe_channel)
+        verdict = scoring.scorer(channel, probe_channel).verdict(enrolled, capture.embedding, [])
         if verdict.decision != Decision.ACCEPT:
             mismatches.append(Mismatch(i, float(verdict.score), verdict.threshold))
     return mismatches
 
 
-def consolidate(existing: VoiceTemplate | None, embeddings: Sequence[Embedding]) -> VoiceTemplate:
+def consolidate(existing: VoiceTemplate | None, captures: Sequence[Capture]) -> VoiceTemplate:
     """One template from the captures: a new one (also when replacing), or the existing one with these absorbed."""
     if existing is None:
-        return VoiceTemplate.from_embeddings(embeddings)
-    return existing.absorb(embeddings)
+        return VoiceTemplate.from_captures(captures)
+    return existing.absorb_captures(captures)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from biometrics.scoring.calibration import Calibration
-from biometrics.scoring.scorer import Scorer
-from biometrics.voice.cohort import Cohort
-from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder, require_same_model
+from biometrics.scoring.operating_points import ChannelScoring
+from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder
 from biometrics.voice.quality.gates import QualityLimits
 from biometrics.voice.verification import VoiceVerifier
 from service.deployment_keyring import load_keyring, require_same_keyring
@@ -35,13 +33,11 @@ class ServiceContext:
         self._keyring_stamp = self._keyring_file_stamp()
         self._keyring_lock = threading.Lock()
         self.limits = QualityLimits.from_settings(settings)
-        cohort = Cohort.load(settings.cohort_file) if settings.cohort_file else None
-        calibration = Calibration.load(settings.calibration_file) if settings.calibration_file else None
-        self.scorer = Scorer.from_settings(settings, cohort, calibration)
         self._embedder = embedder
-        if embedder is not None:
-            self._check_model(embedder)
+        self._scoring: ChannelScoring | None = None
         self._embedder_lock = threading.Lock()
+        if embedder is not None:
+            self._scoring = self._scoring_for(embedder)
 
     def _keyring_file_stamp(self) -> tuple[int, int] | None:
         if self.settings.keyring:
@@ -77,21 +73,25 @@ class ServiceContext:
     def embedder(self) -> VoiceEmbedder:
         with self._embedder_lock:
             if self._embedder is None:
-                self._embedder = load_voice_embedder(self.settings)
-                self._check_model(self._embedder)
+                embedder = load_voice_embedder(self.settings)
+                self._scoring = self._scoring_for(embedder)
+                self._embedder = embedder
             return self._embedder
+
+    @property
+    def scoring(self) -> ChannelScoring:
+        """The operating point of each pair of channels, for the model in use (loaded with it)."""
+        self.embedder  # noqa: B018 - the scoring is built with the model it belongs to
+        return self._scoring
+
+    def _scoring_for(self, embedder: VoiceEmbedder) -> ChannelScoring:
+        """Cohorts and calibration must come from the model in use: scores across models mean nothing."""
+        return ChannelScoring.for_model(self.settings, embedder.fingerprint)
 
     @property
     def verifier(self) -> VoiceVerifier:
         """The library's verification sequence (analyse, quality reasons, verdict) on this service's model."""
-        return VoiceVerifier(self.embedder, self.scorer, self.limits)
-
-    def _check_model(self, embedder: VoiceEmbedder) -> None:
-        """Cohort and calibration must come from the model in use: scores across models mean nothing."""
-        if self.scorer.cohort is not None:
-            require_same_model(self.scorer.cohort.model_fingerprint, embedder.fingerprint)
-        if self.scorer.calibration is not None:
-            self.scorer.calibration.check_compatible(self.scorer.method, embedder.fingerprint)
+        return VoiceVerifier(self.embedder, self.scoring, self.limits)
 
     def token(self, tenant_id: str, reference: str) -> str:
         return subject_token(self.keyring.pepper, tenant_id, reference)

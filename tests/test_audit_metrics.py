@@ -395,7 +395,7 @@ def test_audit_cli_writes_reports_and_calibration(tone_dataset, tmp_path, monkey
 
     out = tmp_path / "out"
     report = audit_run(out)
-    assert report["command"].startswith("bioident audit run --dataset") and "--no-cohort" in report["command"]
+    assert report["command"].startswith("bioident audit run --dataset") and "--cohort" not in report["command"]
     assert '<img alt="DET curve" src="data:image/png;base64,' in (out / "report.html").read_text()
     args = _parser().parse_args(["audit", "calibrate", "--report", str(out), "--target-fmr", "0.01"])
     assert args.run(args) == 0

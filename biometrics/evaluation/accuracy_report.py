@@ -136,6 +136,39 @@ class TrialScores(_ReportPart):
         return np.asarray(self.genuine, dtype=np.float64), np.asarray(self.impostor, dtype=np.float64)
 
 
+class OperatingPointRecord(_ReportPart):
+    """The service's own operating point for the audit's pair of channels, and what it did on this data."""
+
+    channels: str  # enrolment/probe
+    method: str
+    threshold: float
+    source: str  # "cohort" (at target_fmr), "calibration" or "override"
+    target_fmr: float | None
+    cohort_impostor_trials: int | None  # behind a cohort-set threshold
+    fmr: float
+    fmr_ci95: list[float]  # exact binomial (Clopper-Pearson) over the audit's scored trials
+    fnmr: float
+    fnmr_ci95: list[float]
+    resolvable_fmr: float  # 1 / the audit's impostor trials: no smaller FMR can be shown by them
+
+
+class MixedScoring(_ReportPart):
+    channels: str  # the pair scored
+    eer: float
+    fnmr_at_fmr_0_001: float
+    default_threshold: float  # the service's for that pair
+    fmr_at_default: float
+    fnmr_at_default: float
+
+
+class MixedRecord(_ReportPart):
+    """A mixed audit (wideband enrolments, telephone callers): the service's direct scoring beside the
+    alternative of scoring callers against the enrolment's audio passed through a phone line."""
+
+    direct: MixedScoring  # callers against the wideband enrolment (what the service does)
+    telephone_twin: MixedScoring  # callers against the enrolment's telephone twin
+
+
 class CacheRecord(_ReportPart):
     directory: str
     hits: int
@@ -185,6 +218,8 @@ class AccuracyReport(_ReportPart):
     cache: CacheRecord | None
     warnings: list[str]
     elapsed_s: float
+    operating_point: OperatingPointRecord | None = None  # absent from reports made before the service had one
+    mixed: MixedRecord | None = None  # a mixed audit's comparison of channel matching with direct scoring
 
     def to_dict(self) -> dict:
         """The report as a JSON-ready dict: the form of report.json and of the service's stored reports."""

@@ -42,6 +42,9 @@ from biometrics.evaluation.accuracy_report import (
     Failures,
     FailureSummary,
     FnmrAtFmr,
+    MixedRecord,
+    MixedScoring,
+    OperatingPointRecord,
     ScoringRecord,
     ThresholdRow,
     TrialCounts,
@@ -65,14 +68,18 @@ from biometrics.evaluation.trials import (
     load_trials,
 )
 from biometrics.scoring.calibration import Calibration
+from biometrics.scoring.operating_points import CALIBRATION_PAIR, ChannelScoring
+from biometrics.scoring.operating_points import OperatingPoint as ServiceOperatingPoint
 from biometrics.scoring.scorer import STATS_BLOCK, Scorer, top_k_stats
 from biometrics.settings import CoreSettings
+from biometrics.voice.audio.waveform import AudioChannel
 from biometrics.voice.cohort import Cohort, ProgressFn
 from biometrics.voice.embedding import VoiceEmbedder, require_same_model
 from biometrics.voice.pipeline import COHORT_BATCH_FILES, Channel, load_waveform
 from biometrics.voice.quality.gates import QualityLimits, signal_reasons, verification_reasons
 
 TARGET_FMRS = (1e-2, 1e-3, 1e-4)
+MIXED = "mixed"  # the audit "channel" of wideband enrolments verified over the telephone
 DCF_P_TARGETS = (1e-2, 1e-3)
 TABLE_FMRS = (1e-1, 1e-2, 1e-3, 1e-4)
 BOOTSTRAP_RESAMPLES = 1000
@@ -185,14 +192,45 @@ def trial_scores(scorer: Scorer, vectors: np.ndarray, enrol: np.ndarray, test: n
         raw[start : start + _PAIR_CHUNK] = np.einsum("ij,ij->i", unit[e], unit[t])
     if scorer.cohort is None:
         return raw
-    cohort = scorer.cohort.embeddings.astype(np.float64)
-    k = min(scorer.top_k, len(cohort))
-    mean = np.empty(len(unit))
-    std = np.empty(len(unit))
-    for start in range(0, len(unit), STATS_BLOCK):  # in blocks: a row of scores per vector against the cohort
+    mean_e, std_e = _cohort_stats(unit, scorer.cohort, scorer.top_k)
+    mean_t, std_t = _cohort_stats(unit, scorer.test_cohort, scorer.top_k)
+    return 0.5 * ((raw - mean_e[enrol]) / std_e[enrol] + (raw - mean_t[test]) / std_t[test])
+
+
+def _cohort_stats(unit: np.ndarray, cohort: Cohort, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """AS-Norm statistics of every vector against ``cohort``, in blocks (a row of cohort scores per vector)."""
+    embeddings = cohort.embeddings.astype(np.float64)
+    k = min(top_k, len(embeddings))
+    mean, std = np.empty(len(unit)), np.empty(len(unit))
+    for start in range(0, len(unit), STATS_BLOCK):
         block = slice(start, start + STATS_BLOCK)
-        mean[block], std[block] = top_k_stats(unit[block], cohort, k)
-    return 0.5 * ((raw - mean[enrol]) / std[enrol] + (raw - mean[test]) / std[test])
+        mean[block], std[block] = top_k_stats(unit[block], embeddings, k)
+    return mean, std
+
+
+def _scores(scorer: Scorer, embeddings: list, enrol: np.ndarray, test: np.ndarray) -> np.ndarray:
+    dim = next(e.vector.shape[0] for e in embeddings if e is not None)
+    vectors = np.stack([e.vector if e is not None else np.ones(dim, np.float32) for e in embeddings])
+    return trial_scores(scorer, vectors, enrol, test)
+
+
+def _mixed_record(
+    direct: np.ndarray, twin: np.ndarray, genuine: np.ndarray, direct_scorer: Scorer, twin_scorer: Scorer
+) -> MixedRecord:
+    """The service's scores of telephone callers against wideband enrolments (direct), beside those against
+    the enrolments' telephone twins (channel matching), each at FMR 0.001 and at its pair's default."""
+    at = {}
+    for name, scores, scorer in (("direct", direct, direct_scorer), ("telephone_twin", twin, twin_scorer)):
+        gen, imp = scores[genuine], scores[~genuine]
+        at[name] = MixedScoring(
+            channels=str(scorer.channels),
+            eer=equal_error_rate(gen, imp),
+            fnmr_at_fmr_0_001=operating_point_at_fmr(gen, imp, 1e-3).fnmr,
+            default_threshold=scorer.threshold,
+            fmr_at_default=float(np.mean(imp >= scorer.threshold)),
+            fnmr_at_default=float(np.mean(gen < scorer.threshold)),
+        )
+    return MixedRecord(direct=at["direct"], telephone_twin=at["telephone_twin"])
 
 
 def _spot_check(scorer: Scorer, embeddings: list, enrol: np.ndarray, test: np.ndarray, scores: np.ndarray) -> int:
@@ -284,6 +322,7 @@ def run_audit(
     progress: ProgressFn | None = None,
     *,
     calibration: Calibration | Path | None = None,
+    cosine: bool = False,
     max_impostors: int = DEFAULT_MAX_IMPOSTORS,
     seed: int = 0,
     command: str | None = None,
@@ -293,12 +332,18 @@ def run_audit(
 
     ``trials`` is a trial-list file (or ready ``Trials``); without it every same-subject pair and
     every different-subject pair (at most ``max_impostors``, sampled with ``seed``) of the subject
-    folders is a trial. ``cohort`` (object or file) turns on AS-Norm, exactly as in production; the
-    deployment's ``calibration`` (object or file) sets the threshold of the "configured" row, as it
-    sets the service's, when it fits the audit's scores.
+    folders is a trial. Scores are the service's for the audit's pair of channels: AS-Norm over the
+    deployment's cohorts (``cohort``, object or file, else ``BIOIDENT_COHORT_FILE``, else the packaged
+    ones; ``cosine``: raw cosine), and the "configured" row and ``operating_point`` are at the service's
+    threshold for that pair (the deployment's ``calibration``, object or file, when it fits the audit's
+    scores; else the one set by the target FMR).
     """
     started = time.monotonic()
-    channel = Channel(channel)
+    mixed = str(channel) == MIXED
+    # mixed: wideband enrolments, callers on the phone (each side through its own channel)
+    enrol_channel = Channel.CLEAN if mixed else Channel(channel)
+    test_channel = Channel.TELEPHONE if mixed else enrol_channel
+    channel = MIXED if mixed else enrol_channel
     dataset = Path(dataset)
     warnings: list[str] = []
     cohort_path = None
@@ -314,11 +359,12 @@ def run_audit(
     paths = [trials.path(i) for i in range(len(trials.files))]
     hashes = [file_sha256(p) for p in paths]
     cache_before = cache.stats() if cache is not None else None
-    analyses = analyse_dataset(embedder, paths, hashes, settings, channel, cache, progress)
+    analyses = analyse_dataset(embedder, paths, hashes, settings, enrol_channel, cache, progress)
+    heard = analyses if not mixed else analyse_dataset(embedder, paths, hashes, settings, test_channel, cache, progress)
 
     limits = QualityLimits.from_settings(settings)
     enrol_failures = {i: r for i, a in enumerate(analyses) if (r := _failure(a, signal_reasons, limits))}
-    test_failures = {i: r for i, a in enumerate(analyses) if (r := _failure(a, verification_reasons, limits))}
+    test_failures = {i: r for i, a in enumerate(heard) if (r := _failure(a, verification_reasons, limits))}
     enrol_files, test_files = np.unique(trials.enrol), np.unique(trials.test)
     fte = _failure_summary(enrol_files, enrol_failures, trials.files)
     fta = _failure_summary(test_files, test_failures, trials.files)
@@ -336,26 +382,44 @@ def run_audit(
     if genuine_mask.all() or not genuine_mask.any():
         raise AuditError("no genuine or no impostor trial is left once failures to enrol and acquire are removed")
 
-    scorer, calibration_path = Scorer.from_settings(settings, cohort), None
+    calibration_path = None
     if isinstance(calibration, Path):
         calibration_path, calibration = calibration, Calibration.load(calibration)
+    # The service's own scoring: the deployment's cohorts (or the one given), calibration and target FMR.
+    no_calibration = settings.model_copy(update={"calibration_file": None})
+    if cohort is None and settings.cohort_file is None and not _has_packaged_cohorts(embedder.fingerprint):
+        # A model the packaged cohorts were not made with: measure it anyway, by raw cosine.
+        warnings.append("no cohort was made with this model: raw cosine scores, at BIOIDENT_COSINE_THRESHOLD")
+        no_calibration = no_calibration.model_copy(
+            update={"cosine_threshold": settings.cosine_threshold or Scorer().threshold}
+        )
+    scoring = ChannelScoring.for_model(no_calibration, embedder.fingerprint, cohort=cohort, cosine=cosine)
     if calibration is not None:
         try:
-            calibration.check_compatible(scorer.method, embedder.fingerprint)
+            scoring = ChannelScoring.for_model(
+                no_calibration, embedder.fingerprint, cohort=cohort, calibration=calibration, cosine=cosine
+            )
         except BiometricsError as exc:
             warnings.append(f"the configured calibration is not used: {exc.message}")
             calibration = None
         else:
-            scorer = Scorer.from_settings(settings, cohort, calibration)
             if calibration.channel != str(channel):
                 warnings.append(
                     f"the calibration was made on the {calibration.channel} channel; the audit is on {channel}"
                 )
-    embeddings = [a.sample.embedding if a.sample is not None else None for a in analyses]
-    dim = next(e.vector.shape[0] for e in embeddings if e is not None)
-    vectors = np.stack([e.vector if e is not None else np.ones(dim, np.float32) for e in embeddings])
-    scores = trial_scores(scorer, vectors, enrol, test)
-    checked = _spot_check(scorer, embeddings, enrol, test, scores)
+    pair = CALIBRATION_PAIR[str(channel)]
+    scorer = scoring.scorer(*pair)
+    # The enrolment side's embeddings, then the test side's: a trial is (enrol, n + test).
+    n = len(analyses)
+    embeddings = [a.sample.embedding if a.sample is not None else None for a in (*analyses, *heard)]
+    scores = _scores(scorer, embeddings, enrol, test + n)
+    checked = _spot_check(scorer, embeddings, enrol, test + n, scores)
+    mixed_record = None
+    if mixed:  # the alternative measured against it: callers scored against the enrolment's telephone twin
+        twin = scoring.scorer(AudioChannel.TELEPHONE, AudioChannel.TELEPHONE)
+        twins = [a.sample.embedding if a.sample is not None else None for a in (*heard, *heard)]
+        twin_scores = _scores(twin, twins, enrol, test + n)
+        mixed_record = _mixed_record(scores, twin_scores, trials.genuine[scored], scorer, twin)
     genuine, impostor = scores[genuine_mask], scores[~genuine_mask]
 
     n_gen, n_imp = trials.n_genuine, trials.n_impostor
@@ -384,6 +448,7 @@ def run_audit(
     )
     table.sort(key=lambda row: row.threshold)
 
+    operating_point = _operating_point_record(scoring.points[pair], genuine, impostor)
     if len(impostor) < 1 / min(TARGET_FMRS):
         warnings.append(
             f"{len(impostor)} impostor trials cannot resolve FMR below {1 / len(impostor):.2g}; "
@@ -402,8 +467,9 @@ def run_audit(
         scoring=ScoringRecord(
             method=scorer.method,
             configured_threshold=scorer.threshold,
-            top_k=scorer.top_k if cohort is not None else None,
-            cohort=_cohort_record(cohort, cohort_path) if cohort is not None else None,
+            top_k=scorer.top_k if scorer.cohort is not None else None,
+            # the enrolment side's cohort; the packaged ones (no file) unless one was given
+            cohort=_cohort_record(scorer.cohort, cohort_path) if scorer.cohort is not None else None,
             calibration=_calibration_record(calibration, calibration_path) if calibration is not None else None,
             checked_against_scorer=checked,
         ),
@@ -439,4 +505,42 @@ def run_audit(
         cache=_cache_record(cache, cache_before),
         warnings=warnings,
         elapsed_s=round(time.monotonic() - started, 2),
+        operating_point=operating_point,
+        mixed=mixed_record,
+    )
+
+
+def _has_packaged_cohorts(model_fingerprint: str) -> bool:
+    from biometrics.voice import default_cohorts
+
+    return default_cohorts.manifest()["model_fingerprint"] == model_fingerprint
+
+
+def _binomial_ci(errors: int, trials: int, confidence: float = 0.95) -> list[float]:
+    """Exact (Clopper-Pearson) interval of an error rate; trials are taken as independent."""
+    from scipy.stats import beta
+
+    alpha = 1 - confidence
+    low = 0.0 if errors == 0 else float(beta.ppf(alpha / 2, errors, trials - errors + 1))
+    high = 1.0 if errors == trials else float(beta.ppf(1 - alpha / 2, errors + 1, trials - errors))
+    return [low, high]
+
+
+def _operating_point_record(
+    point: ServiceOperatingPoint, genuine: np.ndarray, impostor: np.ndarray
+) -> OperatingPointRecord:
+    false_matches = int(np.count_nonzero(impostor >= point.threshold))
+    false_non_matches = int(np.count_nonzero(genuine < point.threshold))
+    return OperatingPointRecord(
+        channels=point.channels,
+        method=point.method,
+        threshold=point.threshold,
+        source=point.source,
+        target_fmr=point.target_fmr,
+        cohort_impostor_trials=point.impostor_trials,
+        fmr=false_matches / len(impostor),
+        fmr_ci95=_binomial_ci(false_matches, len(impostor)),
+        fnmr=false_non_matches / len(genuine),
+        fnmr_ci95=_binomial_ci(false_non_matches, len(genuine)),
+        resolvable_fmr=1 / len(impostor),
     )

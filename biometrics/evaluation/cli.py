@@ -33,11 +33,18 @@ def add_audit_commands(audit: argparse._SubParsersAction) -> None:
     run.add_argument("--dataset", type=Path, required=True, help="folder with one sub-folder per subject")
     run.add_argument("--out", type=Path, required=True, help="folder for report.json and report.html")
     run.add_argument("--trials", type=Path, help="trial list: 'label enrol test' lines, paths relative to --dataset")
-    run.add_argument("--channel", choices=["clean", "telephone"], default="clean")
+    run.add_argument(
+        "--channel",
+        choices=["clean", "telephone", "mixed"],
+        default="clean",
+        help="mixed: wideband enrolments, telephone probes (channel matching against direct scoring)",
+    )
     run.add_argument("--modality", choices=["voice"], default="voice")
     scoring = run.add_mutually_exclusive_group()
-    scoring.add_argument("--cohort", type=Path, help="cohort file for AS-Norm (default: BIOIDENT_COHORT_FILE)")
-    scoring.add_argument("--no-cohort", action="store_true", help="score with plain cosine even if a cohort is set")
+    scoring.add_argument(
+        "--cohort", type=Path, help="cohort file for AS-Norm (default: BIOIDENT_COHORT_FILE, else the packaged ones)"
+    )
+    scoring.add_argument("--no-cohort", action="store_true", help="score with plain cosine (no normalisation)")
     cache = run.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: ~/.cache/bioident/embeddings)")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
@@ -79,7 +86,10 @@ def canonical_command(args: argparse.Namespace, cohort: Path | None) -> str:
     if args.trials is not None:
         words += ["--trials", str(args.trials)]
     words += ["--channel", args.channel, "--modality", args.modality]
-    words += ["--cohort", str(cohort)] if cohort is not None else ["--no-cohort"]
+    if cohort is not None:
+        words += ["--cohort", str(cohort)]
+    elif args.no_cohort:
+        words += ["--no-cohort"]
     if args.trials is None:
         words += ["--max-impostors", str(args.max_impostors)]
     words += ["--seed", str(args.seed)]
@@ -133,6 +143,7 @@ def cmd_audit_run(args: argparse.Namespace) -> int:
             cache=cache,
             progress=progress,
             calibration=settings.calibration_file,
+            cosine=args.no_cohort,
             max_impostors=args.max_impostors,
             seed=args.seed,
             command=canonical_command(args, cohort),

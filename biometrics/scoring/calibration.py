@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 CALIBRATION_FORMAT = 1
 CALIBRATION_KIND = "bioident-calibration"
 METHODS = ("cosine", "as-norm")
-CHANNELS = ("clean", "telephone")
+CHANNELS = ("clean", "telephone", "mixed")
 _RIDGE = 1e-4  # keeps the slope finite when the audit scores are perfectly separated
 
 

@@ -41,12 +41,17 @@ def top_k_stats(vectors: np.ndarray, cohort: np.ndarray, k: int) -> tuple[np.nda
     return top.mean(axis=-1), np.maximum(top.std(axis=-1), 1e-6)
 
 
-def asnorm_score(enrol: Embedding, test: Embedding, cohort: Cohort, top_k: int) -> float:
+def asnorm_score(
+    enrol: Embedding, test: Embedding, cohort: Cohort, top_k: int, test_cohort: Cohort | None = None
+) -> float:
+    """AS-Norm; each side's statistics come from the cohort of its own channel (``test_cohort`` for the
+    test side when the channels differ)."""
     raw = cosine_score(enrol, test)
+    test_cohort = test_cohort or cohort
     require_same_model(enrol.model_fingerprint, cohort.model_fingerprint)
-    k = min(top_k, len(cohort.embeddings))
-    mu_e, sd_e = top_k_stats(enrol.vector, cohort.embeddings, k)
-    mu_t, sd_t = top_k_stats(test.vector, cohort.embeddings, k)
+    require_same_model(test.model_fingerprint, test_cohort.model_fingerprint)
+    mu_e, sd_e = top_k_stats(enrol.vector, cohort.embeddings, min(top_k, len(cohort.embeddings)))
+    mu_t, sd_t = top_k_stats(test.vector, test_cohort.embeddings, min(top_k, len(test_cohort.embeddings)))
     return float(0.5 * ((raw - mu_e) / sd_e + (raw - mu_t) / sd_t))
 
 
@@ -58,6 +63,7 @@ class Verdict:
     method: str  # "cosine" or "as-norm"
     reasons: list[QualityReason]
     llr: float | None = None  # calibrated log-likelihood ratio, when a calibration is loaded
+    channels: str | None = None  # the channel pair scored, "enrolment/probe" (e.g. "telephone/telephone")
 
 
 class Scorer:
@@ -71,12 +77,18 @@ class Scorer:
         self,
         cohort: Cohort | None = None,
         *,
+        test_cohort: Cohort | None = None,
         top_k: int = 100,
         cosine_threshold: float = 0.25,
         asnorm_threshold: float = 3.0,
         calibration: Calibration | None = None,
+        channels: str | None = None,
     ) -> None:
+        """``cohort`` normalises the enrolment side, ``test_cohort`` (default: the same) the test side;
+        ``channels`` names the pair of channels this scorer is for, carried into its verdicts."""
         self.cohort = cohort
+        self.test_cohort = test_cohort if test_cohort is not None else cohort
+        self.channels = channels
         self.top_k = top_k
         self.method = "as-norm" if cohort is not None else "cosine"
         self.threshold = asnorm_threshold if cohort is not None else cosine_threshold
@@ -90,18 +102,18 @@ class Scorer:
     def from_settings(
         cls, settings: CoreSettings, cohort: Cohort | None = None, calibration: Calibration | None = None
     ) -> Scorer:
+        thresholds = {"cosine_threshold": settings.cosine_threshold, "asnorm_threshold": settings.asnorm_threshold}
         return cls(
             cohort,
             top_k=settings.asnorm_top_k,
-            cosine_threshold=settings.cosine_threshold,
-            asnorm_threshold=settings.asnorm_threshold,
             calibration=calibration,
+            **{name: value for name, value in thresholds.items() if value is not None},
         )
 
     def score(self, enrol: Embedding, test: Embedding) -> float:
         if self.cohort is None:
             return cosine_score(enrol, test)
-        return asnorm_score(enrol, test, self.cohort, self.top_k)
+        return asnorm_score(enrol, test, self.cohort, self.top_k, self.test_cohort)
 
     def scores_against(self, enrols: Sequence[Embedding], test: Embedding) -> np.ndarray:
         """``score(e, test)`` for every template ``e`` (1:N), with the test side's cohort statistics taken once."""
@@ -113,9 +125,11 @@ class Scorer:
         raw = (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)) @ (test.vector / np.linalg.norm(test.vector))
         if self.cohort is None:
             return raw
-        require_same_model(test.model_fingerprint, self.cohort.model_fingerprint)
+        require_same_model(test.model_fingerprint, self.test_cohort.model_fingerprint)
+        mu_t, sd_t = top_k_stats(
+            test.vector, self.test_cohort.embeddings, min(self.top_k, len(self.test_cohort.embeddings))
+        )
         k = min(self.top_k, len(self.cohort.embeddings))
-        mu_t, sd_t = top_k_stats(test.vector, self.cohort.embeddings, k)
         scores = np.empty(len(enrols))
         for start in range(0, len(enrols), STATS_BLOCK):  # a row of cohort scores per template, in blocks
             block = slice(start, start + STATS_BLOCK)
@@ -134,4 +148,5 @@ class Scorer:
             method=self.method,
             reasons=list(reasons),
             llr=None if self.calibration is None or score is None else self.calibration.llr(score),
+            channels=self.channels,
         )

@@ -4,6 +4,7 @@ file or bytes -> waveform -> optional channel simulation -> quality measures + e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import numpy as np
 from biometrics.errors import AudioError, CohortError
 from biometrics.settings import CoreSettings
 from biometrics.voice.audio import RawCodec, read_audio_file, simulate_telephone_channel
-from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.audio.waveform import AudioChannel, Waveform
 from biometrics.voice.cohort import Cohort, ProgressFn, audio_files, new_cohort_meta
 from biometrics.voice.embedding import AnalysedSample, VoiceEmbedder
+from biometrics.voice.templates import Capture
 
 COHORT_BATCH_FILES = 16
 
@@ -47,6 +49,23 @@ def analyse_files(
     embedder: VoiceEmbedder, paths: Sequence[Path], settings: CoreSettings, channel: Channel = Channel.CLEAN
 ) -> list[AnalysedSample]:
     return embedder.analyse([load_waveform(p, settings, channel) for p in paths])
+
+
+@dataclass(frozen=True)
+class EnrolmentSample:
+    """A sample given to enrol, analysed as it arrived, and the channel it came through."""
+
+    sample: AnalysedSample
+    channel: AudioChannel
+
+    def capture(self) -> Capture:
+        if self.sample.embedding is None:
+            raise ValueError("a sample without an embedding cannot be enrolled")
+        return Capture(self.sample.embedding, self.channel)
+
+
+def analyse_for_enrolment(embedder: VoiceEmbedder, waveforms: Sequence[Waveform]) -> list[EnrolmentSample]:
+    return [EnrolmentSample(a, w.channel) for a, w in zip(embedder.analyse(waveforms), waveforms, strict=True)]
 
 
 def build_cohort(

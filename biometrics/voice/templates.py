@@ -1,4 +1,9 @@
-"""Voice enrolment templates: the renormalised mean of unit-length embeddings."""
+"""Voice enrolment templates: per channel, the renormalised mean of the unit-length embeddings heard in it.
+
+Samples of different channels are never averaged together: a template keeps a mean per channel it was
+enrolled in (format 2), so that a probe is scored against a known channel, at that pair's threshold.
+Format 1 (templates made before channels were recorded) holds one mean of unknown channel, and still loads.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from biometrics.errors import BiometricsError
+from biometrics.voice.audio.waveform import AudioChannel
 from biometrics.voice.embedding import Embedding, require_same_model
 
-_MAGIC = b"BIVT1"
+_MAGIC_V1 = b"BIVT1"
+_MAGIC_V2 = b"BIVT2"
+UNKNOWN = "unknown"  # the slot of a format-1 template (or of embeddings given without a channel)
 
 
 class TemplateFormatError(BiometricsError):
@@ -20,52 +28,115 @@ class TemplateFormatError(BiometricsError):
 
 
 @dataclass(frozen=True)
+class Capture:
+    """One enrolment sample's embedding and the channel it came through (None: not known)."""
+
+    embedding: Embedding
+    channel: AudioChannel | None
+
+    @property
+    def slot(self) -> str:
+        return UNKNOWN if self.channel is None else str(self.channel)
+
+
+@dataclass(frozen=True)
 class VoiceTemplate:
-    mean: np.ndarray  # float64 mean of the unit embeddings absorbed so far
-    count: int
+    means: dict[str, np.ndarray]  # slot -> float64 mean of the unit embeddings absorbed in it
+    counts: dict[str, int]  # slot -> embeddings absorbed in it
+    count: int  # captures enrolled
     model_fingerprint: str
 
     @property
+    def primary(self) -> str:
+        return next(
+            slot for slot in (str(AudioChannel.WIDEBAND), str(AudioChannel.TELEPHONE), UNKNOWN) if slot in self.means
+        )
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.means[self.primary]
+
+    @property
     def vector(self) -> np.ndarray:
-        return (self.mean / np.linalg.norm(self.mean)).astype(np.float32)
+        return _unit(self.mean)
+
+    def as_embedding(self, slot: str | None = None) -> Embedding:
+        return Embedding(_unit(self.means[slot or self.primary]), self.model_fingerprint)
+
+    def for_probe(self, probe: AudioChannel) -> tuple[Embedding, AudioChannel | None]:
+        """The embedding a probe heard in ``probe`` is scored against, and its channel (None: unknown).
+
+        The wideband mean whenever there is one, a caller on the phone included: scored directly, a
+        wideband enrolment told telephone callers apart better than its audio passed through a simulated
+        phone line (``audit run --channel mixed`` measures both; benchmarks/RESULTS.md has the figures).
+        """
+        for channel in (AudioChannel.WIDEBAND, AudioChannel.TELEPHONE):
+            if str(channel) in self.means:
+                return self.as_embedding(str(channel)), channel
+        return self.as_embedding(UNKNOWN), None
 
     @classmethod
-    def from_embeddings(cls, embeddings: Sequence[Embedding]) -> VoiceTemplate:
-        if not embeddings:
-            raise ValueError("a template needs at least one embedding")
-        first = embeddings[0].model_fingerprint
-        for e in embeddings[1:]:
-            require_same_model(first, e.model_fingerprint)
-        mean = np.mean([e.vector.astype(np.float64) for e in embeddings], axis=0)
-        return cls(mean=mean, count=len(embeddings), model_fingerprint=first)
+    def from_captures(cls, captures: Sequence[Capture]) -> VoiceTemplate:
+        if not captures:
+            raise ValueError("a template needs at least one capture")
+        empty = cls({}, {}, 0, captures[0].embedding.model_fingerprint)
+        return empty.absorb_captures(captures)
 
-    def absorb(self, embeddings: Sequence[Embedding]) -> VoiceTemplate:
-        """A new template that also holds these samples (the running mean stays exact)."""
-        for e in embeddings:
-            require_same_model(self.model_fingerprint, e.model_fingerprint)
-        total = self.mean * self.count + sum(e.vector.astype(np.float64) for e in embeddings)
-        count = self.count + len(embeddings)
-        return VoiceTemplate(mean=total / count, count=count, model_fingerprint=self.model_fingerprint)
+    def absorb_captures(self, captures: Sequence[Capture]) -> VoiceTemplate:
+        """A new template that also holds these captures (each slot's running mean stays exact)."""
+        means = {slot: mean * self.counts[slot] for slot, mean in self.means.items()}
+        counts = dict(self.counts)
+        for capture in captures:
+            require_same_model(self.model_fingerprint, capture.embedding.model_fingerprint)
+            means[capture.slot] = means.get(capture.slot, 0.0) + capture.embedding.vector.astype(np.float64)
+            counts[capture.slot] = counts.get(capture.slot, 0) + 1
+        return VoiceTemplate(
+            means={slot: total / counts[slot] for slot, total in means.items()},
+            counts=counts,
+            count=self.count + len(captures),
+            model_fingerprint=self.model_fingerprint,
+        )
 
-    def as_embedding(self) -> Embedding:
-        return Embedding(self.vector, self.model_fingerprint)
+    @classmethod
+    def from_embeddings(cls, embeddings: Sequence[Embedding], channel: AudioChannel | None = None) -> VoiceTemplate:
+        return cls.from_captures([Capture(e, channel) for e in embeddings])
+
+    def absorb(self, embeddings: Sequence[Embedding], channel: AudioChannel | None = None) -> VoiceTemplate:
+        return self.absorb_captures([Capture(e, channel) for e in embeddings])
 
     def to_bytes(self) -> bytes:
-        header = json.dumps({"fingerprint": self.model_fingerprint, "count": self.count, "dim": len(self.mean)})
-        head = header.encode()
-        return _MAGIC + struct.pack("<I", len(head)) + head + self.mean.astype("<f8").tobytes()
+        slots = list(self.means)
+        header = {
+            "fingerprint": self.model_fingerprint,
+            "count": self.count,
+            "dim": len(self.mean),
+            "slots": [{"channel": slot, "count": self.counts[slot]} for slot in slots],
+        }
+        head = json.dumps(header).encode()
+        body = b"".join(self.means[slot].astype("<f8").tobytes() for slot in slots)
+        return _MAGIC_V2 + struct.pack("<I", len(head)) + head + body
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VoiceTemplate:
         try:
-            if not data.startswith(_MAGIC):
+            magic = data[: len(_MAGIC_V2)]
+            if magic not in (_MAGIC_V1, _MAGIC_V2):
                 raise ValueError
-            (n,) = struct.unpack_from("<I", data, len(_MAGIC))
-            start = len(_MAGIC) + 4
+            (n,) = struct.unpack_from("<I", data, len(magic))
+            start = len(magic) + 4
             header = json.loads(data[start : start + n])
-            mean = np.frombuffer(data[start + n :], dtype="<f8").astype(np.float64)
-            if len(mean) != header["dim"] or header["count"] < 1:
+            values = np.frombuffer(data[start + n :], dtype="<f8").astype(np.float64)
+            count, dim = int(header["count"]), int(header["dim"])
+            slots = (
+                [(UNKNOWN, count)] if magic == _MAGIC_V1 else [(s["channel"], int(s["count"])) for s in header["slots"]]
+            )
+            if count < 1 or dim < 1 or len(values) != dim * len(slots) or any(c < 1 for _, c in slots):
                 raise ValueError
-            return cls(mean=mean, count=int(header["count"]), model_fingerprint=str(header["fingerprint"]))
+            means = {slot: values[i * dim : (i + 1) * dim] for i, (slot, _) in enumerate(slots)}
+            return cls(means, dict(slots), count, str(header["fingerprint"]))
         except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
             raise TemplateFormatError("not a voice template") from exc
+
+
+def _unit(mean: np.ndarray) -> np.ndarray:
+    return (mean / np.linalg.norm(mean)).astype(np.float32)

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from biometrics.scoring.scorer import Scorer, Verdict
+from biometrics.scoring.operating_points import ChannelScoring
+from biometrics.scoring.scorer import Verdict
 from biometrics.settings import CoreSettings
 from biometrics.voice.audio import RawCodec
-from biometrics.voice.audio.waveform import Waveform
-from biometrics.voice.embedding import AnalysedSample, Embedding, VoiceEmbedder, require_same_model
-from biometrics.voice.pipeline import Channel, load_waveform
+from biometrics.voice.audio.waveform import AudioChannel, Waveform
+from biometrics.voice.embedding import AnalysedSample, Embedding, VoiceEmbedder
+from biometrics.voice.pipeline import Channel, analyse_for_enrolment, load_waveform
 from biometrics.voice.quality.gates import QualityLimits, QualityReason, verification_reasons
+from biometrics.voice.templates import VoiceTemplate
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Probe:
 
     sample: AnalysedSample
     reasons: list[QualityReason]
+    channel: AudioChannel = AudioChannel.WIDEBAND
 
     @property
     def embedding(self) -> Embedding | None:
@@ -46,47 +49,56 @@ class Comparison:
 
 
 class VoiceVerifier:
-    def __init__(self, embedder: VoiceEmbedder, scorer: Scorer, limits: QualityLimits) -> None:
+    """Scores by the operating point of the pair of channels (the template's, the probe's): a caller on the
+    phone is scored against the template's telephone-matched mean, at the telephone threshold."""
+
+    def __init__(self, embedder: VoiceEmbedder, scoring: ChannelScoring, limits: QualityLimits) -> None:
         self.embedder = embedder
-        self.scorer = scorer
+        self.scoring = scoring
         self.limits = limits
 
     @classmethod
     def from_settings(
         cls, settings: CoreSettings | None = None, embedder: VoiceEmbedder | None = None
     ) -> VoiceVerifier:
-        """The verifier ``BIOIDENT_*`` describes: the verified model, the cohort and calibration files if set."""
-        from biometrics.scoring.calibration import Calibration
-        from biometrics.voice.cohort import Cohort
+        """The verifier ``BIOIDENT_*`` describes: the verified model, the cohorts, the calibration, the target FMR."""
         from biometrics.voice.embedding import load_voice_embedder
 
         settings = settings or CoreSettings()
-        cohort = Cohort.load(settings.cohort_file) if settings.cohort_file else None
-        calibration = Calibration.load(settings.calibration_file) if settings.calibration_file else None
-        scorer = Scorer.from_settings(settings, cohort, calibration)
         embedder = embedder or load_voice_embedder(settings)
-        if cohort is not None:  # scores across models mean nothing
-            require_same_model(cohort.model_fingerprint, embedder.fingerprint)
-        if calibration is not None:
-            calibration.check_compatible(scorer.method, embedder.fingerprint)
-        return cls(embedder, scorer, QualityLimits.from_settings(settings))
+        scoring = ChannelScoring.for_model(settings, embedder.fingerprint)
+        return cls(embedder, scoring, QualityLimits.from_settings(settings))
 
     def probes(self, audio: Sequence[Waveform]) -> list[Probe]:
         """Each waveform analysed (in one batch) with its verification reasons."""
-        return [Probe(s, verification_reasons(s.measures, self.limits)) for s in self.embedder.analyse(audio)]
+        analysed = self.embedder.analyse(audio)
+        return [
+            Probe(s, verification_reasons(s.measures, self.limits), w.channel)
+            for s, w in zip(analysed, audio, strict=True)
+        ]
 
     def probe(self, audio: Waveform) -> Probe:
         (probe,) = self.probes([audio])
         return probe
 
-    def decide(self, enrolment: Embedding | None, probe: Probe, more_reasons: Sequence[QualityReason] = ()) -> Verdict:
-        """Accepts only when no quality reason stands and the score reaches the threshold."""
-        return self.scorer.verdict(enrolment, probe.embedding, [*more_reasons, *probe.reasons])
+    def decide(
+        self, template: VoiceTemplate | None, probe: Probe, more_reasons: Sequence[QualityReason] = ()
+    ) -> Verdict:
+        """Accepts only when no quality reason stands and the score reaches the pair's threshold."""
+        reasons = [*more_reasons, *probe.reasons]
+        if template is None:
+            return self.scoring.scorer(probe.channel, probe.channel).verdict(None, probe.embedding, reasons)
+        enrolled, channel = template.for_probe(probe.channel)
+        return self.scoring.scorer(channel, probe.channel).verdict(enrolled, probe.embedding, reasons)
 
     def verify(self, reference: Waveform, probe: Waveform) -> Comparison:
-        """``probe`` against ``reference`` enrolled alone; a quality reason on either side rejects."""
-        ref, test = self.probes([reference, probe])
-        return Comparison(ref, test, self.decide(ref.embedding, test, ref.reasons))
+        """``probe`` against ``reference`` enrolled alone, at the threshold of their pair of channels;
+        a quality reason on either side rejects."""
+        enrolment, *_ = analyse_for_enrolment(self.embedder, [reference])
+        ref = Probe(enrolment.sample, verification_reasons(enrolment.sample.measures, self.limits), enrolment.channel)
+        test = self.probe(probe)
+        template = VoiceTemplate.from_captures([enrolment.capture()]) if ref.embedding is not None else None
+        return Comparison(ref, test, self.decide(template, test, ref.reasons))
 
     def verify_files(
         self,

@@ -7,6 +7,9 @@ import datetime as dt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from biometrics.errors import BiometricsError
+from biometrics.scoring.operating_points import ChannelScoring
+from biometrics.voice import default_cohorts
 from service.settings import ServiceSettings
 from service.store.models import (
     KEYRING_STATE_ID,
@@ -26,8 +29,24 @@ def _count(session: Session, query) -> int:  # noqa: ANN001
     return int(session.execute(query).scalar_one())
 
 
+def operating_points(settings: ServiceSettings, scoring: ChannelScoring | None = None) -> dict:
+    """The operating point in force for each pair of channels and where it came from (default cohort at the
+    target FMR, calibration file, or an override). Without a running service's ``scoring``, it is worked out
+    from the settings for the model the packaged cohorts were made with (the one the service refuses others for)."""
+    try:
+        if scoring is None:
+            scoring = ChannelScoring.for_model(settings, default_cohorts.manifest()["model_fingerprint"])
+    except BiometricsError as exc:
+        return {"error": exc.message}
+    return {"target_fmr": settings.target_fmr, "by_channels": scoring.summary()}
+
+
 def deployment_report(
-    session: Session, keyring: Keyring, settings: ServiceSettings, tenant_id: str | None = None
+    session: Session,
+    keyring: Keyring,
+    settings: ServiceSettings,
+    tenant_id: str | None = None,
+    scoring: ChannelScoring | None = None,
 ) -> dict:
     """Enrolled subjects per modality, consents, lockouts, key versions in use and the audit chain's state."""
 
@@ -90,4 +109,5 @@ def deployment_report(
             "min_wrap_version": state.min_wrap_version,
         },
         "audit_chain": chain.as_dict(),
+        "operating_points": operating_points(settings, scoring),
     }

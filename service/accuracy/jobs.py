@@ -125,8 +125,7 @@ def _run_audit(ctx: ServiceContext, params: dict) -> tuple[AccuracyReport | None
             dataset_path(ctx, params["dataset"]),
             ctx.settings,
             params["channel"],
-            cohort=ctx.scorer.cohort,
-            calibration=ctx.scorer.calibration,
+            calibration=ctx.scoring.calibration,  # the cohorts and target FMR come from the settings, as the service's
             max_impostors=params["max_impostors"],
             command=f"POST /v1/audits dataset={params['dataset']} channel={params['channel']}",
         )

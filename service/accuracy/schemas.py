@@ -17,7 +17,7 @@ class AuditIn(BaseModel):
         pattern=r"^[A-Za-z0-9_.-][A-Za-z0-9_./-]*$",
         description="a folder below BIOIDENT_AUDIT_DATASETS_DIR",
     )
-    channel: Literal["clean", "telephone"] = "clean"
+    channel: Literal["clean", "telephone", "mixed"] = "clean"
     max_impostors: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
@@ -67,3 +67,7 @@ class DeploymentReportOut(BaseModel):
     lockouts: LockoutsOut
     keys: KeysOut
     audit_chain: ChainOut
+    operating_points: dict[str, Any] = Field(
+        description="per pair of channels (enrolment/probe): method, threshold, and its source (cohort at the "
+        "target FMR, calibration file, override), or an error when the configured scoring cannot be built"
+    )

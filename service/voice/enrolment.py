@@ -16,8 +16,10 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.audio.waveform import AudioChannel, Waveform
 from biometrics.voice.embedding import Embedding
+from biometrics.voice.pipeline import analyse_for_enrolment
+from biometrics.voice.templates import Capture
 from enroll.voice import SESSION_TTL, completion_shortfall, judge_sample, plan_enrolment
 from service.auth import Principal
 from service.consent.records import require_consent, require_consent_to_enrol, require_fresh_consent
@@ -59,14 +61,14 @@ def enrol_voice(
         token = ctx.token(actor.tenant_id, reference)
         with ctx.db.session() as session:
             require_consent_to_enrol(session, actor.tenant_id, token, Modality.VOICE, purpose)
-        plan = plan_enrolment(ctx.embedder.analyse(list(audio)), ctx.limits)
+        plan = plan_enrolment(analyse_for_enrolment(ctx.embedder, list(audio)), ctx.limits)
         if plan.reasons:
             raise QualityFailed(
                 "the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in plan.reasons]
             )
         with ctx.db.session() as session:
             require_consent(session, token, Modality.VOICE, purpose)
-            row, replaced = _store(ctx, session, actor, token, purpose, plan.embeddings, replace)
+            row, replaced = _store(ctx, session, actor, token, purpose, plan.captures, replace)
             speech = plan.net_speech_s
             record_event(
                 session,
@@ -87,7 +89,7 @@ def _store(
     actor: Principal,
     token: str,
     purpose: str,
-    embeddings: Sequence[Embedding],
+    captures: Sequence[Capture],
     replace: bool,
 ) -> tuple[Template, bool]:
     """The stored template, and whether it replaced one (which needs consent given since it was made)."""
@@ -95,7 +97,7 @@ def _store(
     replacing = replace and existing is not None
     if replacing:
         require_fresh_consent(session, token, Modality.VOICE, purpose, since=existing.updated_at)
-    row = store_voice_template(session, ctx.keyring, actor.tenant_id, token, embeddings, ctx.scorer, replace=replacing)
+    row = store_voice_template(session, ctx.keyring, actor.tenant_id, token, captures, ctx.scoring, replace=replacing)
     return row, replacing
 
 
@@ -152,7 +154,8 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
     with ctx.db.session() as session:
         enrolment = _open_session(session, actor, session_id)
         require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
-    (sample,) = ctx.embedder.analyse([audio])
+    (analysed,) = analyse_for_enrolment(ctx.embedder, [audio])
+    sample = analysed.sample
     report = judge_sample(sample, ctx.limits).as_dict()
     with ctx.db.session() as session:
         enrolment = _open_session(session, actor, session_id)
@@ -160,14 +163,14 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
             session_id=enrolment.id,
             accepted=report["accepted"],
             net_speech_s=sample.measures.net_speech_s,
-            report={**report, "model": ctx.embedder.fingerprint},
+            report={**report, "model": ctx.embedder.fingerprint, "channel": str(analysed.channel)},
         )
         session.add(row)
         session.flush()
         if report["accepted"]:
             key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=True)
-            vector = sample.embedding.vector.astype("<f4").tobytes()
-            row.sealed = key.seal(vector, aad=_sample_binding(enrolment, row.id, sample.embedding.model_fingerprint))
+            binding = _sample_binding(enrolment, row.id, sample.embedding.model_fingerprint)
+            row.sealed = key.seal(sample.embedding.vector.astype("<f4").tobytes(), aad=binding)
         usable = sum(s.net_speech_s for s in _samples(session, enrolment.id) if s.accepted)
     return {
         "sample_id": row.id,
@@ -175,6 +178,12 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
         "session_usable_speech_s": round(usable, 3),
         "required_speech_s": ctx.limits.min_enrol_speech_s,
     }
+
+
+def _capture_of(plaintext: bytes, report: dict, fingerprint: str) -> Capture:
+    return Capture(
+        Embedding(np.frombuffer(plaintext, dtype="<f4").copy(), fingerprint), AudioChannel(report["channel"])
+    )
 
 
 def _samples(session: Session, session_id: str) -> list[EnrolmentSample]:
@@ -207,17 +216,12 @@ def complete_session(
                 "the session does not hold enough usable speech yet; add samples", reasons=[shortfall.as_dict()]
             )
         key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=False)
-        embeddings = [
-            Embedding(
-                np.frombuffer(
-                    key.open(s.sealed, aad=_sample_binding(enrolment, s.id, fingerprint)), dtype="<f4"
-                ).copy(),
-                fingerprint,
-            )
+        captures = [
+            _capture_of(key.open(s.sealed, aad=_sample_binding(enrolment, s.id, fingerprint)), s.report, fingerprint)
             for s in accepted
         ]
         token = enrolment.subject_token
-        row, replaced = _store(ctx, session, actor, token, enrolment.purpose, embeddings, replace)
+        row, replaced = _store(ctx, session, actor, token, enrolment.purpose, captures, replace)
         _discard_samples(session, enrolment, "completed")
         record_event(
             session,
@@ -229,7 +233,7 @@ def complete_session(
             details={
                 "template_id": row.id,
                 "session_id": enrolment.id,
-                "samples": len(embeddings),
+                "samples": len(captures),
                 "net_speech_s": round(speech, 2),
             },
         )

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.audio.waveform import AudioChannel, Waveform
 from biometrics.voice.embedding import Embedding
 from biometrics.voice.templates import VoiceTemplate
+from biometrics.voice.verification import Probe
 from service.auth import Principal
 from service.context import ServiceContext
 from service.limits import locked_subjects
@@ -36,6 +37,7 @@ class Identification:
     net_speech_s: float
     reasons: list[dict]
     model: str
+    channels: str | None = None  # the pair whose threshold is shown: the caller's channel on both sides
 
     def as_dict(self) -> dict:
         best = self.candidates[0].score if self.candidates else None
@@ -48,12 +50,13 @@ class Identification:
             "net_speech_s": self.net_speech_s,
             "reasons": self.reasons,
             "model": self.model,
+            "channels": self.channels,
             "candidates": [{"subject_token": c.subject_token, "score": c.score} for c in self.candidates],
         }
 
 
 def _best_matches(
-    ctx: ServiceContext, session: Session, actor: Principal, purpose: str, probe: Embedding, top_k: int
+    ctx: ServiceContext, session: Session, actor: Principal, purpose: str, probe: Probe, top_k: int
 ) -> list[Candidate]:
     """Subjects of the tenant with active consent for the purpose, not locked out, whose template (from
     the model in use) scores at or above the threshold, best first."""
@@ -73,16 +76,20 @@ def _best_matches(
         )
     )
     keyring = ctx.keyring
-    subjects, templates = [], []
+    by_pair: dict[AudioChannel | None, list[tuple[str, Embedding]]] = {}  # the templates' channels for this probe
     for template_row, key_row in rows:
-        subjects.append(template_row.subject_token)
-        templates.append(VoiceTemplate.from_bytes(open_template(template_row, unwrap_row(keyring, key_row))))
-    scores = ctx.scorer.scores_against([t.as_embedding() for t in templates], probe)
-    candidates = [
-        Candidate(subject, round(float(score), 6))
-        for subject, score in zip(subjects, scores, strict=True)
-        if score >= ctx.scorer.threshold
-    ]
+        template = VoiceTemplate.from_bytes(open_template(template_row, unwrap_row(keyring, key_row)))
+        enrolled, channel = template.for_probe(probe.channel)
+        by_pair.setdefault(channel, []).append((template_row.subject_token, enrolled))
+    candidates = []
+    for channel, enrolled in by_pair.items():
+        scorer = ctx.scoring.scorer(channel, probe.channel)
+        scores = scorer.scores_against([e for _, e in enrolled], probe.embedding)
+        candidates += [
+            Candidate(subject, round(float(score), 6))
+            for (subject, _), score in zip(enrolled, scores, strict=True)
+            if score >= scorer.threshold
+        ]
     return sorted(candidates, key=lambda c: -c.score)[:top_k]
 
 
@@ -96,7 +103,7 @@ def identify_voice(
     candidates: list[Candidate] = []
     with ctx.db.session() as session:
         if probe.embedding is not None and not probe.reasons:
-            candidates = _best_matches(ctx, session, actor, purpose, probe.embedding, top_k)
+            candidates = _best_matches(ctx, session, actor, purpose, probe, top_k)
         record_event(
             session,
             actor,
@@ -110,10 +117,12 @@ def identify_voice(
                 "reasons": [str(r.code) for r in probe.reasons],
             },
         )
+    same_channel = ctx.scoring.scorer(probe.channel, probe.channel)
     return Identification(
         candidates=candidates,
-        threshold=ctx.scorer.threshold,
-        method=ctx.scorer.method,
+        threshold=same_channel.threshold,
+        method=same_channel.method,
+        channels=same_channel.channels,
         net_speech_s=round(probe.net_speech_s, 3),
         reasons=[r.as_dict() for r in probe.reasons],
         model=ctx.embedder.fingerprint,

@@ -30,6 +30,7 @@ class VerificationOut(BaseModel):
     net_speech_s: float
     reasons: list[QualityReasonOut]
     model: str
+    channels: str | None = Field(description="the pair of channels scored: the template's and the caller's")
 
 
 class CandidateOut(BaseModel):
@@ -46,6 +47,7 @@ class IdentificationOut(BaseModel):
     net_speech_s: float
     reasons: list[QualityReasonOut]
     model: str
+    channels: str | None = Field(description="the pair whose threshold is shown (the caller's channel, both sides)")
     candidates: list[CandidateOut] = Field(description="best first")
 
 

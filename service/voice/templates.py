@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from biometrics.scoring.scorer import Scorer
-from biometrics.voice.embedding import Embedding
-from biometrics.voice.templates import VoiceTemplate
+from biometrics.scoring.operating_points import ChannelScoring
+from biometrics.voice.templates import Capture, VoiceTemplate
 from enroll.voice import consolidate, samples_not_matching
 from service.errors import Conflict, NotFound
 from service.modality import Modality
@@ -49,27 +48,27 @@ def store_voice_template(
     keyring: Keyring,
     tenant_id: str,
     token: str,
-    embeddings: Sequence[Embedding],
-    scorer: Scorer,
+    captures: Sequence[Capture],
+    scoring: ChannelScoring,
     *,
     replace: bool = False,
 ) -> Template:
-    """Creates the subject's voice template, or adds the samples to the one it has, each of which must
-    verify against it at ``scorer``'s operating point (``replace``: a new template from these samples
+    """Creates the subject's voice template, or adds the captures to the one it has, each of which must
+    verify against it at the operating point in force (``replace``: a new template from these captures
     alone; the caller has checked that it may). Sealed either way."""
     key = data_key(session, keyring, token, VOICE, create=True)
     row = find_voice_template_row(session, token)
     existing = None if row is None or replace else VoiceTemplate.from_bytes(open_template(row, key))
     if existing is not None:
-        mismatches = samples_not_matching(existing, embeddings, scorer)
+        mismatches = samples_not_matching(existing, captures, scoring)
         if mismatches:
             raise NotTheEnrolledVoice(
-                f"{len(mismatches)} of {len(embeddings)} samples do not verify against the enrolled voice; "
+                f"{len(mismatches)} of {len(captures)} samples do not verify against the enrolled voice; "
                 "nothing was added (replacing a voice is a re-enrolment: record fresh consent, then enrol "
                 "with replace=true)",
                 reasons=[m.as_dict() for m in mismatches],
             )
-    template = consolidate(existing, embeddings)
+    template = consolidate(existing, captures)
     if row is None:
         row = Template(
             subject_token=token,

@@ -47,6 +47,7 @@ class VoiceCheck:
     net_speech_s: float
     reasons: list[dict]
     model: str
+    channels: str | None = None  # the pair of channels scored: the template's, the caller's
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -78,7 +79,7 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
         require_consent(session, token, Modality.VOICE, claim.purpose)  # again: it may have been withdrawn meanwhile
         _refuse_if_locked(ctx, session, token)
         template = open_voice_template(session, ctx.keyring, voice_template_row(session, token))
-        verdict = ctx.verifier.decide(template.as_embedding(), probe)
+        verdict = ctx.verifier.decide(template, probe)
         record_event(
             session,
             actor,
@@ -91,6 +92,7 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
                 "purpose": claim.purpose,
                 "threshold": verdict.threshold,
                 "method": verdict.method,
+                "channels": verdict.channels,
                 "reasons": [str(r.code) for r in probe.reasons],
             },
         )
@@ -106,6 +108,7 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
         net_speech_s=round(probe.net_speech_s, 3),
         reasons=[r.as_dict() for r in probe.reasons],
         model=ctx.embedder.fingerprint,
+        channels=verdict.channels,
     )
 
 

@@ -10,13 +10,14 @@ from biometrics.voice.audio.decode import (
 )
 from biometrics.voice.audio.resample import is_practical_rate, resample
 from biometrics.voice.audio.telephone import TELEPHONE_SAMPLE_RATE, encode_raw, simulate_telephone_channel
-from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE, Waveform
+from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE, AudioChannel, Waveform
 
 __all__ = [
     "DEFAULT_MAX_SECONDS",
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
     "MODEL_SAMPLE_RATE",
+    "AudioChannel",
     "TELEPHONE_SAMPLE_RATE",
     "RawCodec",
     "Waveform",

@@ -64,6 +64,7 @@ _RAW_RATES = {RawCodec.MULAW: (8_000,), RawCodec.ALAW: (8_000,), RawCodec.PCM16:
 # G.711 cannot reach 1.0: libsndfile decodes the loudest mu-law code to 32124/32768 and the
 # loudest A-law code to 32256/32768, so clipping is measured against those peaks.
 _FULL_SCALE = {"ULAW": 32124 / 32768, "ALAW": 32256 / 32768}
+_G711_SUBTYPES = frozenset({"ULAW", "ALAW"})  # coded for a phone line, whatever the sample rate
 _CLIP_FRACTION = 0.99
 
 _BLOCK_FRAMES = 1 << 16
@@ -119,7 +120,8 @@ def _decode_container(data: bytes, declared_rate: int | None, max_seconds: float
             _check_duration(f.frames, rate, max_seconds)
         _check_has_audio(f, data)
         samples, clipping = _read_mono(f, _FULL_SCALE.get(f.subtype, 1.0), max_seconds, f.format)
-    return _to_waveform(samples, rate, clipping)
+        g711 = f.subtype in _G711_SUBTYPES
+    return _to_waveform(samples, rate, clipping, g711)
 
 
 def _sniff_container(data: bytes) -> str | None:
@@ -201,7 +203,7 @@ def _decode_raw(data: bytes, codec: RawCodec, declared_rate: int | None, max_sec
     subtype = codec.soundfile_subtype
     with _open_raw(data, subtype, declared_rate) as f:
         samples, clipping = _read_mono(f, _FULL_SCALE.get(subtype, 1.0), max_seconds, f"raw {codec}")
-    return _to_waveform(samples, declared_rate, clipping)
+    return _to_waveform(samples, declared_rate, clipping, subtype in _G711_SUBTYPES)
 
 
 def _open_raw(data: bytes, subtype: str, rate: int) -> sf.SoundFile:
@@ -270,10 +272,11 @@ def _blocks(f: sf.SoundFile, label: str) -> Iterator[np.ndarray]:
         yield block
 
 
-def _to_waveform(samples: np.ndarray, rate: int, clipping_ratio: float) -> Waveform:
+def _to_waveform(samples: np.ndarray, rate: int, clipping_ratio: float, g711: bool) -> Waveform:
     return Waveform(
         samples=resample(samples, rate, MODEL_SAMPLE_RATE),
         sample_rate=MODEL_SAMPLE_RATE,
         source_rate=rate,
         clipping_ratio=clipping_ratio,
+        g711=g711,
     )
