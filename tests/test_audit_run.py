@@ -111,6 +111,32 @@ def test_telephone_audit_has_eer_at_most_three_percent(telephone_audit):
     assert telephone_audit.channel == "telephone"
 
 
+def test_the_audit_reports_the_services_own_operating_point_with_intervals(clean_audit, telephone_audit):
+    for report, channels in ((clean_audit[0], "wideband/wideband"), (telephone_audit, "telephone/telephone")):
+        point = report.operating_point
+        assert point.channels == channels and point.source == "cohort" and point.target_fmr == 0.001
+        assert point.threshold == report.scoring.configured_threshold
+        assert (
+            point.fmr_ci95[0] <= point.fmr <= point.fmr_ci95[1]
+            and point.fnmr_ci95[0] <= point.fnmr <= point.fnmr_ci95[1]
+        )
+        assert point.resolvable_fmr == 1 / report.impostor_trials and point.cohort_impostor_trials == 251 * 250
+
+
+def test_a_mixed_audit_scores_callers_against_wideband_enrolments(
+    clean_audit, telephone_audit, embedder, core_settings, cache_dir, tmp_path
+):
+    report, counting = _audit(embedder, core_settings, cache_dir, tmp_path, "mixed")
+    assert counting.analysed == 0  # both channels' analyses come from the cache the other audits filled
+    assert report.channel == "mixed" and report.operating_point.channels == "wideband/telephone"
+    assert (report.mixed.direct.channels, report.mixed.telephone_twin.channels) == (
+        "wideband/telephone",
+        "telephone/telephone",
+    )
+    assert report.mixed.direct.eer == report.eer
+    assert AccuracyReport.from_dict(json.loads((tmp_path / "report.json").read_text())) == report
+
+
 def test_report_json_holds_every_required_figure(clean_audit, embedder):
     report = json.loads((clean_audit[1] / "report.json").read_text())
     assert not REQUIRED_KEYS - set(report)
