@@ -68,16 +68,9 @@ def enrol_voice(
             )
         with ctx.db.session() as session:
             require_consent(session, token, Modality.VOICE, purpose)
-            row, replaced = _store(ctx, session, actor, token, purpose, plan.captures, replace)
             speech = plan.net_speech_s
-            record_event(
-                session,
-                actor,
-                action="voice.reenrol" if replaced else "voice.enrol",
-                outcome="replaced" if replaced else "enrolled",
-                subject_token=token,
-                model_fingerprint=row.model_fingerprint,
-                details={"template_id": row.id, "samples": len(plan.usable), "net_speech_s": round(speech, 2)},
+            row = _store(
+                ctx, session, actor, token, purpose, plan.captures, replace, {"net_speech_s": round(speech, 2)}
             )
     result = EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), row.model_fingerprint)
     return result, [r.as_dict() for r in plan.reports]
@@ -91,14 +84,24 @@ def _store(
     purpose: str,
     captures: Sequence[Capture],
     replace: bool,
-) -> tuple[Template, bool]:
-    """The stored template, and whether it replaced one (which needs consent given since it was made)."""
+    details: dict,
+) -> Template:
+    """Stores the template (replacing one needs consent given since it was last changed) and audits it."""
     existing = find_voice_template_row(session, token)
     replacing = replace and existing is not None
     if replacing:
         require_fresh_consent(session, token, Modality.VOICE, purpose, since=existing.updated_at)
     row = store_voice_template(session, ctx.keyring, actor.tenant_id, token, captures, ctx.scoring, replace=replacing)
-    return row, replacing
+    record_event(
+        session,
+        actor,
+        action="voice.reenrol" if replacing else "voice.enrol",
+        outcome="replaced" if replacing else "enrolled",
+        subject_token=token,
+        model_fingerprint=row.model_fingerprint,
+        details={"template_id": row.id, "samples": len(captures), **details},
+    )
+    return row
 
 
 # --- sessions ------------------------------------------------------------------------------------
@@ -221,22 +224,9 @@ def complete_session(
             for s in accepted
         ]
         token = enrolment.subject_token
-        row, replaced = _store(ctx, session, actor, token, enrolment.purpose, captures, replace)
+        details = {"session_id": enrolment.id, "net_speech_s": round(speech, 2)}
+        row = _store(ctx, session, actor, token, enrolment.purpose, captures, replace, details)
         _discard_samples(session, enrolment, "completed")
-        record_event(
-            session,
-            actor,
-            action="voice.reenrol" if replaced else "voice.enrol",
-            outcome="replaced" if replaced else "enrolled",
-            subject_token=token,
-            model_fingerprint=fingerprint,
-            details={
-                "template_id": row.id,
-                "session_id": enrolment.id,
-                "samples": len(captures),
-                "net_speech_s": round(speech, 2),
-            },
-        )
     return EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), fingerprint)
 
 
