@@ -52,7 +52,7 @@ def rotate_under_fence(session: Session, fence: KeyringState, keyring: Keyring, 
     if keyring.read_only:
         version = keyring.active_version
         # Nothing to rotate to: the fence is already there, or the secret store holds no older version.
-        if fence.min_wrap_version >= version or not any(info.version < version for info in keyring.versions()):
+        if not secret_store_has_newer(keyring, fence):
             raise Conflict(
                 f"BIOIDENT_KEYRING has no version newer than {version}, which the deployment "
                 "already uses; add one in the secret store and redeploy first"
@@ -61,6 +61,13 @@ def rotate_under_fence(session: Session, fence: KeyringState, keyring: Keyring, 
         version = keyring.add_version()
     count = rewrap_all(session, keyring)
     return Rotation(version, count, None if backups is None else backups.rewrap(keyring))
+
+
+def secret_store_has_newer(keyring: Keyring, fence: KeyringState) -> bool:
+    """Whether a keyring from a secret store holds a version to re-wrap under: newer than the one in use, with
+    an older one to move away from."""
+    version = keyring.active_version
+    return fence.min_wrap_version < version and any(info.version < version for info in keyring.versions())
 
 
 def retire_key(

@@ -30,7 +30,7 @@ from service.erasure.destruction import replay_ledger
 from service.erasure.ledger import DestructionLedger
 from service.erasure.sections import BackupKeys
 from service.errors import Conflict
-from service.keys import Rotation, retire_key, rotate_under_fence
+from service.keys import Rotation, retire_key, rotate_under_fence, secret_store_has_newer
 from service.protected import lock_fence
 from service.settings import ServiceSettings
 from service.store.db import Database
@@ -68,7 +68,7 @@ def rotation_due(keyring: Keyring, state: ErasureState, settings: ServiceSetting
 
 def shred_reason(keyring: Keyring, state: ErasureState, fence: KeyringState, settings: ServiceSettings) -> str | None:
     """``rotation_due``, and for a keyring from a secret store: it holds a version newer than the one in use."""
-    if keyring.read_only and keyring.active_version > fence.min_wrap_version:
+    if keyring.read_only and secret_store_has_newer(keyring, fence):
         return f"BIOIDENT_KEYRING holds key version {keyring.active_version}, newer than the one in use"
     return rotation_due(keyring, state, settings, utcnow())
 

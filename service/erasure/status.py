@@ -13,6 +13,7 @@ from service.erasure.shred import (
     secret_store_action,
     shred_reason,
 )
+from service.keys import secret_store_has_newer
 from service.settings import ServiceSettings
 from service.store.models import ERASURE_STATE_ID, KEYRING_STATE_ID, ErasureState, KeyringState, utcnow
 from service.vault import Keyring
@@ -39,7 +40,7 @@ def erasure_status(session: Session, keyring: Keyring, settings: ServiceSettings
         problems.append(f"the ledger has {ledger_lines} lines, withdrawals appended {state.ledger_lines}: cut?")
     action = None
     if keyring.read_only:
-        if reason is not None and keyring.active_version <= fence.min_wrap_version:
+        if reason is not None and not secret_store_has_newer(keyring, fence):
             action = SECRET_STORE_ROTATION
         elif below := [v for v in older if v < fence.min_wrap_version]:
             action = secret_store_action(below)
