@@ -83,6 +83,10 @@ def _check_restored(api, url, keys, gone, kept) -> None:
         assert gone not in _identified(http, api, keys["ivr"])
         live = _verify(api_on_restored, keys["ivr"], TEST_OTHER / OTHER_SPEAKER / OTHER_GENUINE, reference="ACC-2002")
         assert live.status_code == 200 and live.json()["decision"] == "accept", live.text
+        # A failure is recorded after the restored ones (their ids carry on).
+        failed = _verify(api_on_restored, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE, reference="ACC-2002")
+        assert failed.status_code == 200 and failed.json()["decision"] == "reject", failed.text
+    assert _rows(url, "SELECT count(*) FROM verification_failures WHERE subject_token = :t", t=kept) == [(2,)]
     assert _rows(url, "SELECT count(*) FROM templates WHERE subject_token = :t", t=gone) == [(0,)]
     assert _rows(url, "SELECT count(*) FROM data_keys WHERE subject_token = :t", t=gone) == [(0,)]
     assert _rows(url, "SELECT count(*) FROM consents WHERE subject_token = :t AND withdrawn_at IS NULL", t=gone) == [
@@ -113,6 +117,8 @@ def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
         url, "SELECT id, model_fingerprint, sealed FROM templates WHERE subject_token = :t", t=gone
     )
 
+    impostor = _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE, reference="ACC-2002")
+    assert impostor.json()["decision"] == "reject", impostor.text  # a failed verification, backed up too
     backup = tmp_path / "backup"
     code, out, err = cli("backup", backup)
     assert code == 0 and "backup bkp_" in out, err
@@ -128,8 +134,19 @@ def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
         f"/v1/subjects/{gone}/consents/{consent['id']}:withdraw", headers=api.headers(keys["portal"])
     )
     assert withdrawn.status_code == 200 and withdrawn.json()["destroyed"]["data_key"] is True, withdrawn.text
-    ledger = (data_dir / "destruction-ledger.jsonl").read_text().splitlines()
+    ledger_file = data_dir / "destruction-ledger.jsonl"
+    ledger = ledger_file.read_text().splitlines()
     assert len(ledger) == 1 and json.loads(ledger[0])["subject_token"] == gone
+
+    # A backup made after the withdrawal knows the ledger had a line: a host that lost it restores nothing.
+    code, out, err = cli("backup", tmp_path / "later")
+    assert code == 0, err
+    ledger_file.rename(tmp_path / "ledger-elsewhere")
+    refused = empty_databases()
+    code, out, err = cli("restore", tmp_path / "later", on=refused)
+    assert code == 2 and "has 0 lines, but this database's withdrawals appended 1" in err, (out, err)
+    assert _rows(refused, "SELECT count(*) FROM subjects") == [(0,)]  # nothing was restored
+    (tmp_path / "ledger-elsewhere").rename(ledger_file)
 
     # Within the shredding period: the restore brings the key back from the section, and the ledger
     # destroys it again (with the templates and the consent) before anything can serve.

@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Table, create_engine, delete, func, insert, s
 from sqlalchemy.orm import Session
 from sqlalchemy.types import Integer, LargeBinary
 
-from service.erasure.destruction import Replay, replay_ledger
+from service.erasure.destruction import Replay, replay_in
 from service.erasure.errors import BackupError
 from service.erasure.ledger import DestructionLedger
 from service.erasure.sections import BackupKeys, Section, SectionKey
@@ -152,9 +152,10 @@ def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, so
         fence = lock_fence(session, exclusive=True)  # replicas with a keyring older than ours may not wrap
         fence.min_wrap_version = max(fence.min_wrap_version, keyring.active_version)
         _continue_sequences(session)
+        session.flush()
         subjects = session.execute(select(func.count()).select_from(Subject)).scalar_one()
-    replay = replay_ledger(db, ledger, adopt=True)  # the database is older than the ledger: it takes its count
-    with db.session() as session:
+        # In the same transaction: a database the ledger cannot be replayed over is not restored at all.
+        replay = replay_in(session, ledger, adopt=True)  # older than the ledger: it takes the ledger's count
         append(
             session,
             actor="operator",

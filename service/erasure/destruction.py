@@ -56,25 +56,32 @@ class Replay:
     completed: tuple[tuple[str, str], ...]  # (subject token, modality) destroyed again, in ledger order
 
 
-def replay_ledger(db: Database, ledger: DestructionLedger, *, adopt: bool = False) -> Replay:
+def replay_ledger(db: Database, ledger: DestructionLedger, *, adopt: bool = False, skip: int = 0) -> Replay:
     """Destroys again what the ledger says was destroyed and the database still holds.
 
-    ``LedgerError`` for a line that does not verify, and for a ledger with fewer lines than this database's
-    withdrawals appended to it (cut, lost, or another file), unless ``adopt`` (a restore: the database is
-    older than the ledger) makes the database take the ledger's count.
+    ``LedgerError`` for a line that does not verify, and for a ledger with fewer lines than the database's
+    withdrawals appended to it (cut, lost, or another file). ``adopt`` (a restore: the database is older
+    than the ledger) makes the database take the ledger's count. ``skip``: lines a replay by this process
+    found done already (the database is not swapped under a running process: only a restore does that).
     """
-    destructions = ledger.read()
     with db.session() as session:
-        state = session.get(ErasureState, ERASURE_STATE_ID)
-        if len(destructions) < state.ledger_lines and not adopt:
-            raise LedgerError(
-                f"the destruction ledger at {ledger.path} has {len(destructions)} lines, but this database's "
-                f"withdrawals appended {state.ledger_lines}: it was cut or replaced. Point BIOIDENT_LEDGER_FILE "
-                "at the deployment's ledger; nothing serves without it"
-            )
-        if adopt:
-            state.ledger_lines = len(destructions)
-        completed = [(d.subject_token, d.modality) for d in _still_held(session, destructions) if _complete(session, d)]
+        return replay_in(session, ledger, adopt=adopt, skip=skip)
+
+
+def replay_in(session: Session, ledger: DestructionLedger, *, adopt: bool = False, skip: int = 0) -> Replay:
+    """``replay_ledger`` in the caller's transaction (a restore loads and replays in one)."""
+    destructions = ledger.read()
+    state = session.get(ErasureState, ERASURE_STATE_ID)
+    if len(destructions) < state.ledger_lines:
+        raise LedgerError(
+            f"the destruction ledger at {ledger.path} has {len(destructions)} lines, but this database's "
+            f"withdrawals appended {state.ledger_lines}: it was cut or replaced. Point BIOIDENT_LEDGER_FILE "
+            "at the deployment's ledger; nothing serves without it"
+        )
+    if adopt:
+        state.ledger_lines = len(destructions)
+    held = _still_held(session, destructions[skip:])
+    completed = [(d.subject_token, d.modality) for d in held if _complete(session, d)]
     return Replay(len(destructions), tuple(completed))
 
 

@@ -186,6 +186,7 @@ class ShreddingSchedule:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shredding-schedule", daemon=True)
         self._told: str | None = None
+        self._replayed = 0  # ledger lines this process found done (the start replayed them all)
 
     def start(self) -> ShreddingSchedule:
         self._thread.start()
@@ -197,7 +198,8 @@ class ShreddingSchedule:
 
     def run_once(self) -> Shred:
         ledger = DestructionLedger.of(self.settings, load_keyring(self.settings))
-        replay = replay_ledger(self.db, ledger)
+        replay = replay_ledger(self.db, ledger, skip=self._replayed)
+        self._replayed = replay.ledger_lines
         if replay.completed:
             log.warning("destroyed again from the destruction ledger: %d subject modalities", len(replay.completed))
         outcome = shred(self.db, self.settings, actor=SCHEDULE_ACTOR)
