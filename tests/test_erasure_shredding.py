@@ -223,6 +223,33 @@ def test_replicas_on_one_database_rotate_once_per_period(database_url, tmp_path)
     assert _rows(database_url, "SELECT kek_version FROM data_keys") == [(2,)]
 
 
+def test_the_schedule_inside_serve_completes_and_shreds_by_itself(database_url, tmp_path):
+    import time
+
+    from service.erasure.shred import ShreddingSchedule
+    from service.vault import Keyring, KeyStatus
+
+    ctx = _deployment(database_url, tmp_path, shredding_period_s=3600)
+    _enrolled(ctx, STAYS)
+    _withdraw(ctx, _enrolled(ctx))  # within the period: nothing rotates yet
+    assert Keyring.load(tmp_path / "keyring.json").active_version == 1
+    # The keyring is older than the period now (as it will be an hour later).
+    document = json.loads((tmp_path / "keyring.json").read_text())
+    document["keks"][0]["created_at"] = "2020-01-01T00:00:00+00:00"
+    (tmp_path / "keyring.json").write_text(json.dumps(document))
+    schedule = ShreddingSchedule(ctx.db, ctx.settings, interval_s=0.05).start()
+    try:
+        deadline = time.monotonic() + 20
+        while Keyring.load(tmp_path / "keyring.json").versions()[0].status is not KeyStatus.RETIRED:
+            assert time.monotonic() < deadline, "the schedule did not shred"
+            time.sleep(0.05)
+    finally:
+        schedule.stop()
+    assert _rows(database_url, "SELECT kek_version FROM data_keys") == [(2,)]
+    reasons = _rows(database_url, "SELECT details FROM audit_entries WHERE action = 'keys.shred'")
+    assert len(reasons) == 1 and "the shredding period is 3600 s" in str(reasons), reasons
+
+
 def test_with_keys_in_a_secret_store_the_operator_is_told_what_to_rotate_and_destroy(
     database_url, tmp_path, monkeypatch, capsys
 ):
