@@ -162,15 +162,20 @@ def cmd_keys_shred(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(*parts) -> dict:  # noqa: ANN002
+    """The reports ``parts`` (each ``part(session, keyring, settings) -> dict``) merged, from one session."""
+    settings = _settings()
+    db, keyring = _open_store(settings)
+    with db.session() as session:
+        return {key: value for part in parts for key, value in part(session, keyring, settings).items()}
+
+
 def cmd_erasure_status(args: argparse.Namespace) -> int:
     import json
 
     from service.erasure.status import erasure_status
 
-    settings = _settings()
-    db, keyring = _open_store(settings)
-    with db.session() as session:
-        status = erasure_status(session, keyring, settings)
+    status = _report(erasure_status)
     print(json.dumps(status, indent=2))
     return 1 if status["problems"] else 0
 
@@ -262,14 +267,9 @@ def cmd_audit_deployment(args: argparse.Namespace) -> int:
     import json
 
     from service.accuracy.deployment import deployment_report
-
-    settings = _settings()
-    db, keyring = _open_store(settings)
     from service.erasure.status import erasure_status
 
-    with db.session() as session:
-        report = deployment_report(session, keyring, settings)
-        report["erasure"] = erasure_status(session, keyring, settings)
+    report = _report(deployment_report, lambda *store: {"erasure": erasure_status(*store)})
     print(json.dumps(report, indent=2))
     return 0 if report["audit_chain"]["ok"] else 1
 

@@ -77,7 +77,7 @@ def _no_model(monkeypatch) -> list:
     import service.context
 
     served = []
-    monkeypatch.setattr(service.context, "load_voice_embedder", lambda settings: object())
+    monkeypatch.setattr(service.context.ServiceContext, "embedder", property(lambda ctx: None))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
     return served
 
