@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from pathlib import Path
 from service.erasure.errors import BackupError
 from service.erasure.ledger import DestructionLedger
 from service.settings import ServiceSettings
-from service.vault import Keyring, KeyVersionUnavailable, WrappedKey, data_key_context, rewrap
+from service.vault import Keyring, VaultError, WrappedKey, data_key_context, rewrap
 from service.vault.keyring import write_private_file
+
+log = logging.getLogger("bioident.erasure")
 
 SECTION_FORMAT = "bioident-backup-keys/1"
 BACKUP_ID = re.compile(r"bkp_[0-9a-f]{32}")
@@ -73,6 +76,7 @@ class SectionsRewrapped:
     rewrapped: int  # keys now under the active version
     dropped: int  # keys of destroyed subjects, taken out
     lost: int  # keys under a version retired already (a section that missed a rotation): unreadable anyway
+    unreadable: int = 0  # damaged section files, left as they are
 
 
 class BackupKeys:
@@ -127,13 +131,25 @@ class BackupKeys:
         except (ValueError, KeyError, TypeError):
             raise BackupError(f"{path} is not the key section of backup {backup_id}") from None
 
+    def sections(self) -> tuple[list[Section], list[str]]:
+        """The readable sections, and what is wrong with the others: a damaged section holds up no rotation
+        (erasure goes first); its backup cannot be restored anyway."""
+        readable, problems = [], []
+        for backup_id in self.backup_ids():
+            try:
+                readable.append(self.read(backup_id))
+            except BackupError as exc:
+                problems.append(exc.detail)
+        return readable, problems
+
     def rewrap(self, keyring: Keyring) -> SectionsRewrapped:
         """Every section under the keyring's active version, without the keys the ledger names."""
         destroyed = self._destroyed()
         rewrapped = dropped = lost = 0
-        ids = self.backup_ids()
-        for backup_id in ids:
-            section = self.read(backup_id)
+        sections, problems = self.sections()
+        for problem in problems:
+            log.warning("backup key section left as it is: %s", problem)
+        for section in sections:
             keys = []
             for key in section.keys:
                 if key.key_id in destroyed:
@@ -143,18 +159,18 @@ class BackupKeys:
                     context = data_key_context(key.subject_token, key.modality)
                     try:
                         fresh = rewrap(keyring, WrappedKey(key.kek_version, key.wrapped), context=context)
-                    except KeyVersionUnavailable:
+                    except VaultError:  # under a retired version already, or altered: opens for nobody
                         lost += 1
                         continue
                     key = SectionKey(key.key_id, key.subject_token, key.modality, fresh.kek_version, fresh.blob)
                     rewrapped += 1
                 keys.append(key)
-            self.write(Section(backup_id, section.keyring_id, tuple(keys)))
-        return SectionsRewrapped(len(ids), rewrapped, dropped, lost)
+            self.write(Section(section.backup_id, section.keyring_id, tuple(keys)))
+        return SectionsRewrapped(len(sections), rewrapped, dropped, lost, len(problems))
 
     def versions_in_use(self) -> Counter[int]:
         """How many section keys each key version wraps (a version in use must not be retired)."""
-        return Counter(key.kek_version for backup_id in self.backup_ids() for key in self.read(backup_id).keys)
+        return Counter(key.kek_version for section in self.sections()[0] for key in section.keys)
 
     def _destroyed(self) -> set[str]:
         return {destruction.key_id for destruction in self.ledger.read()}

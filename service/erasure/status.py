@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlalchemy.orm import Session
 
 from service.erasure.errors import ErasureError
@@ -29,13 +31,13 @@ def erasure_status(session: Session, keyring: Keyring, settings: ServiceSettings
     reason = shred_reason(keyring, state, fence, settings)
     ledger = DestructionLedger.of(settings, keyring)
     backups = BackupKeys.of(settings, ledger)
-    ledger_lines, problems = None, []
+    sections, problems = backups.sections()
+    by_version = Counter(key.kek_version for section in sections for key in section.keys)
+    ledger_lines = None
     try:
         ledger_lines = len(ledger.read())
-        by_version = {str(v): n for v, n in sorted(backups.versions_in_use().items())}
     except ErasureError as exc:
         problems.append(exc.detail)
-        by_version = None
     if ledger_lines is not None and ledger_lines < state.ledger_lines:
         problems.append(f"the ledger has {ledger_lines} lines, withdrawals appended {state.ledger_lines}: cut?")
     action = None
@@ -63,8 +65,8 @@ def erasure_status(session: Session, keyring: Keyring, settings: ServiceSettings
         },
         "backups": {
             "key_sections": str(backups.directory),
-            "backups": len(backups.backup_ids()),
-            "data_keys_by_version": by_version,
+            "backups": len(sections),
+            "data_keys_by_version": {str(v): n for v, n in sorted(by_version.items())},
         },
         "problems": problems,
         "operator_action": action,
