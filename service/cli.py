@@ -1,4 +1,5 @@
-"""``bioident`` with the service verbs added to the core's: serve, db, keys, audit, clients."""
+"""``bioident`` with the service verbs added to the core's: serve, db, keys, erasure, backup, restore, audit,
+clients."""
 
 from __future__ import annotations
 
@@ -48,27 +49,55 @@ def _open_store(settings, *, create_keyring: bool = False):  # noqa: ANN001, ANN
     return db, keyring
 
 
+def _backup_keys(settings, keyring):  # noqa: ANN001, ANN202
+    """The backups' key sections, cleaned of what the destruction ledger names."""
+    from service.erasure.ledger import DestructionLedger
+    from service.erasure.sections import BackupKeys
+
+    return BackupKeys.of(settings, DestructionLedger.of(settings, keyring))
+
+
+def _replay_ledger(settings, db, keyring) -> None:  # noqa: ANN001
+    """Before serving: what the destruction ledger says is destroyed is destroyed in this database too."""
+    from service.erasure.destruction import replay_ledger
+    from service.erasure.ledger import DestructionLedger
+
+    replay = replay_ledger(db, DestructionLedger.of(settings, keyring))
+    if replay.completed:
+        print(
+            f"destruction ledger: {len(replay.completed)} withdrawals this database did not show were completed",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.admin.bootstrap import bootstrap_admin
     from service.app import create_app
     from service.context import ServiceContext
+    from service.erasure.shred import ShreddingSchedule
 
     settings = _settings()
     db, keyring = _open_store(settings, create_keyring=True)
+    _replay_ledger(settings, db, keyring)
     ctx = ServiceContext(settings, database=db, keyring=keyring)
     key = bootstrap_admin(ctx.db)
     if key is not None:
         print(f"first admin API key (shown once, store it now): {key}", flush=True)
     ctx.embedder  # noqa: B018 - load and verify the model before taking traffic
-    uvicorn.run(
-        create_app(ctx),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_level="info",
-        access_log=False,
-    )
+    schedule = ShreddingSchedule(db, settings).start()
+    try:
+        uvicorn.run(
+            create_app(ctx),
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            log_level="info",
+            access_log=False,
+        )
+    finally:
+        schedule.stop()
     return 0
 
 
@@ -81,18 +110,98 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from service.keys import rotate_keys
 
-    rotation = rotate_keys(*_open_store(_settings()))
-    print(f"key-encryption key version {rotation.active_version} is active; {rotation.rewrapped} data keys re-wrapped")
+    settings = _settings()
+    db, keyring = _open_store(settings)
+    rotation = rotate_keys(db, keyring, _backup_keys(settings, keyring))
+    print(
+        f"key-encryption key version {rotation.active_version} is active; {rotation.rewrapped} data keys re-wrapped"
+        + _backup_keys_line(rotation.backups)
+    )
     return 0
+
+
+def _backup_keys_line(sections) -> str:  # noqa: ANN001
+    if sections is None or not sections.sections:
+        return ""
+    return (
+        f"; {sections.sections} backups' key sections re-wrapped ({sections.rewrapped} keys), "
+        f"{sections.dropped} destroyed keys dropped from them"
+    )
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
     from service.keys import retire_key
 
-    if retire_key(*_open_store(_settings()), args.version):
+    settings = _settings()
+    db, keyring = _open_store(settings)
+    if retire_key(db, keyring, args.version, _backup_keys(settings, keyring)):
         print(f"key-encryption key version {args.version} retired")
     else:
         print(f"no data key is wrapped by version {args.version}: destroy it in the secret store and redeploy")
+    return 0
+
+
+def cmd_keys_shred(args: argparse.Namespace) -> int:
+    from service.erasure.shred import shred
+
+    settings = _settings()
+    db, _ = _open_store(settings)
+    outcome = shred(db, settings, now=args.now)
+    if outcome.rotation is not None:
+        print(
+            f"key-encryption key version {outcome.active_version} is active ({outcome.reason}); "
+            f"{outcome.rotation.rewrapped} data keys re-wrapped" + _backup_keys_line(outcome.rotation.backups)
+        )
+    if outcome.retired:
+        print(f"key-encryption key versions {', '.join(map(str, outcome.retired))} retired: their material is gone")
+    if outcome.operator_action:
+        print(f"bioident: erasure needs the operator: {outcome.operator_action}", file=sys.stderr)
+        return 1
+    if outcome.rotation is None and not outcome.retired:
+        print(f"nothing to shred: key version {outcome.active_version} is within its shredding period")
+    return 0
+
+
+def _report(*parts) -> dict:  # noqa: ANN002
+    """The reports ``parts`` (each ``part(session, keyring, settings) -> dict``) merged, from one session."""
+    settings = _settings()
+    db, keyring = _open_store(settings)
+    with db.session() as session:
+        return {key: value for part in parts for key, value in part(session, keyring, settings).items()}
+
+
+def cmd_erasure_status(args: argparse.Namespace) -> int:
+    import json
+
+    from service.erasure.status import erasure_status
+
+    status = _report(erasure_status)
+    print(json.dumps(status, indent=2))
+    return 1 if status["problems"] else 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from service.erasure.backup import make_backup
+
+    settings = _settings()
+    made = make_backup(*_open_store(settings), settings, args.out)
+    print(
+        f"backup {made.backup_id} written to {args.out}: {made.subjects} subjects; the {made.data_keys} data keys "
+        f"are in its key section in {settings.resolved_backup_keys_dir}, not in the backup"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from service.erasure.backup import restore_backup
+
+    settings = _settings()
+    restored = restore_backup(*_open_store(settings), settings, args.source)
+    print(
+        f"restored backup {restored.backup_id} (made {restored.created_at}): {restored.subjects} subjects, "
+        f"{restored.data_keys} data keys; {len(restored.replay.completed)} withdrawals re-destroyed "
+        f"from the destruction ledger ({restored.replay.ledger_lines} lines)"
+    )
     return 0
 
 
@@ -158,11 +267,9 @@ def cmd_audit_deployment(args: argparse.Namespace) -> int:
     import json
 
     from service.accuracy.deployment import deployment_report
+    from service.erasure.status import erasure_status
 
-    settings = _settings()
-    db, keyring = _open_store(settings)
-    with db.session() as session:
-        report = deployment_report(session, keyring, settings)
+    report = _report(deployment_report, lambda *store: {"erasure": erasure_status(*store)})
     print(json.dumps(report, indent=2))
     return 0 if report["audit_chain"]["ok"] else 1
 
@@ -196,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     retire = keys.add_parser("retire", help="destroy an old key version no data key uses")
     retire.add_argument("version", type=int)
     retire.set_defaults(run=cmd_keys_retire)
+    shred = keys.add_parser(
+        "shred", help="when the shredding period is up: a new key version, data keys re-wrapped, older ones destroyed"
+    )
+    shred.add_argument("--now", action="store_true", help="rotate and retire now, whatever the period says")
+    shred.set_defaults(run=cmd_keys_shred)
+
+    erasure = verbs.add_parser("erasure", help="what withdrawals destroyed and what may still be readable")
+    erasure.add_subparsers(dest="action", required=True).add_parser(
+        "status", help="the shredding epoch, the destruction ledger, the backups' key sections (JSON)"
+    ).set_defaults(run=cmd_erasure_status)
+    backup = verbs.add_parser("backup", help="a consistent copy of the database; its data keys stay beside the ledger")
+    backup.add_argument("out", type=Path, help="a new (or empty) directory")
+    backup.set_defaults(run=cmd_backup)
+    restore = verbs.add_parser("restore", help="load a backup into an empty database, then replay the ledger")
+    restore.add_argument("source", type=Path, help="a directory written by 'bioident backup'")
+    restore.set_defaults(run=cmd_restore)
 
     audit = verbs.add_parser("audit", help="accuracy audits and the audit trail").add_subparsers(
         dest="action", required=True

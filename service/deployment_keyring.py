@@ -26,10 +26,10 @@ def load_keyring(settings: ServiceSettings, db: Database | None = None, *, creat
     With ``create``, a missing file is created while ``db`` holds nothing made with a keyring.
     """
     if settings.keyring:
-        keyring, created, origin = Keyring.from_document(settings.keyring), None, "BIOIDENT_KEYRING"
+        keyring, created = Keyring.from_document(settings.keyring), None
     else:
         keyring, created = _from_file(settings.resolved_keyring_file, db if create else None)
-        origin = str(settings.resolved_keyring_file)
+    origin = keyring_origin(settings)
     if db is not None:
         try:
             bind_keyring(db, keyring, origin)
@@ -38,6 +38,11 @@ def load_keyring(settings: ServiceSettings, db: Database | None = None, *, creat
                 created.unlink(missing_ok=True)
             raise
     return keyring
+
+
+def keyring_origin(settings: ServiceSettings) -> str:
+    """Where the deployment's keyring comes from, as messages name it."""
+    return "BIOIDENT_KEYRING" if settings.keyring else str(settings.resolved_keyring_file)
 
 
 def _from_file(path: Path, create_for: Database | None) -> tuple[Keyring, Path | None]:

@@ -1,8 +1,13 @@
 """Key-encryption key rotation and retirement: the fence that keeps replicas from wrapping under old keys.
 
 ``rotate_keys`` raises the deployment's fence to the keyring's active version and re-wraps every data
-key under it (templates stay sealed as they are); ``retire_key`` destroys an old version once no data
-key needs it, or, for a keyring held in a secret store, says it is safe to destroy there.
+key under it (templates stay sealed as they are), and the key sections of backups too; ``retire_key``
+destroys an old version once no data key and no backup's key section needs it, or, for a keyring held
+in a secret store, says it is safe to destroy there.
+
+Everything that changes the keyring file does it holding the fence row exclusively, and the keyring
+reads its file again before changing it, so rotations on several hosts sharing one keyring file (the
+operator's and the shredding schedule's, ``service.erasure.shred``) never undo each other.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from service.erasure.sections import BackupKeys, SectionsRewrapped
 from service.errors import Conflict
 from service.protected import lock_fence, rewrap_all
 from service.store.db import Database
-from service.store.models import DataKey
+from service.store.models import DataKey, KeyringState
 from service.trail.chain import append
 from service.vault import Keyring
 
@@ -23,33 +30,49 @@ from service.vault import Keyring
 class Rotation:
     active_version: int
     rewrapped: int
+    backups: SectionsRewrapped | None = None
 
 
-def rotate_keys(db: Database, keyring: Keyring) -> Rotation:
-    # A keyring from BIOIDENT_KEYRING gets its new version in the secret store; this re-wraps under it.
-    version = keyring.active_version if keyring.read_only else keyring.add_version()
+def rotate_keys(db: Database, keyring: Keyring, backups: BackupKeys | None = None) -> Rotation:
     with db.session() as session:
-        # Nothing to rotate to: the fence is already there, or the secret store holds no older version.
-        if keyring.read_only and (
-            lock_fence(session, exclusive=True).min_wrap_version >= version
-            or not any(info.version < version for info in keyring.versions())
-        ):
-            raise Conflict(
-                f"BIOIDENT_KEYRING has no version newer than {version}, which the deployment "
-                "already uses; add one in the secret store and redeploy first"
-            )
-        count = rewrap_all(session, keyring)
+        rotation = rotate_under_fence(session, lock_fence(session, exclusive=True), keyring, backups)
         append(
             session,
             actor="operator",
             action="keys.rotate",
             outcome="rotated",
-            details={"active_version": version, "data_keys_rewrapped": count},
+            details={"active_version": rotation.active_version, "data_keys_rewrapped": rotation.rewrapped},
         )
-    return Rotation(version, count)
+    return rotation
 
 
-def retire_key(db: Database, keyring: Keyring, version: int) -> bool:
+def rotate_under_fence(session: Session, fence: KeyringState, keyring: Keyring, backups: BackupKeys | None) -> Rotation:
+    """With the fence row held exclusively: a new version (a keyring from BIOIDENT_KEYRING gets its new
+    version in the secret store), every data key and every backup's key section re-wrapped under it."""
+    if keyring.read_only:
+        version = keyring.active_version
+        # Nothing to rotate to: the fence is already there, or the secret store holds no older version.
+        if not secret_store_has_newer(keyring, fence):
+            raise Conflict(
+                f"BIOIDENT_KEYRING has no version newer than {version}, which the deployment "
+                "already uses; add one in the secret store and redeploy first"
+            )
+    else:
+        version = keyring.add_version()
+    count = rewrap_all(session, keyring)
+    return Rotation(version, count, None if backups is None else backups.rewrap(keyring))
+
+
+def secret_store_has_newer(keyring: Keyring, fence: KeyringState) -> bool:
+    """Whether a keyring from a secret store holds a version to re-wrap under: newer than the one in use, with
+    an older one to move away from."""
+    version = keyring.active_version
+    return fence.min_wrap_version < version and any(info.version < version for info in keyring.versions())
+
+
+def retire_key(
+    db: Database, keyring: Keyring, version: int, backups: BackupKeys | None = None, *, actor: str = "operator"
+) -> bool:
     """Retires ``version``; False when its material lives in the secret store, where it may now be destroyed."""
     with db.session() as session:
         fence = lock_fence(session, exclusive=True)  # no data key is being wrapped while we count and retire
@@ -60,6 +83,12 @@ def retire_key(db: Database, keyring: Keyring, version: int) -> bool:
             raise Conflict(
                 f"{in_use} data keys are still wrapped by version {version}; run 'bioident keys rotate' first"
             )
+        in_backups = 0 if backups is None else backups.versions_in_use()[version]
+        if in_backups:
+            raise Conflict(
+                f"{in_backups} data keys of backups are still wrapped by version {version}; "
+                "run 'bioident keys rotate' first"
+            )
         if keyring.read_only:  # its material lives in the secret store: say it is safe to destroy there
             known = {info.version for info in keyring.versions()}
             if version not in known or version >= fence.min_wrap_version:
@@ -68,8 +97,8 @@ def retire_key(db: Database, keyring: Keyring, version: int) -> bool:
                     + ("not in BIOIDENT_KEYRING" if version not in known else "still one replicas may wrap under")
                     + f"; only versions below {fence.min_wrap_version} (after 'bioident keys rotate') can go"
                 )
-            append(session, actor="operator", action="keys.retire", outcome="cleared", details={"version": version})
+            append(session, actor=actor, action="keys.retire", outcome="cleared", details={"version": version})
             return False
-        keyring.retire(version)
-        append(session, actor="operator", action="keys.retire", outcome="retired", details={"version": version})
+        if keyring.retire(version):
+            append(session, actor=actor, action="keys.retire", outcome="retired", details={"version": version})
     return True

@@ -61,16 +61,21 @@ def _data_key_row(session: Session, subject_token: str, modality: str) -> DataKe
 
 @dataclass(frozen=True)
 class DestroyedKey:
+    key_id: str
     kek_version: int
 
 
 def destroy_data_key(session: Session, subject_token: str, modality: str) -> DestroyedKey | None:
     """Crypto-shreds the subject's data for ``modality``: once its data key is gone, nothing sealed under
-    it can be opened again, whoever holds the keyring. None when the subject had no such key."""
+    it can be opened again. None when the subject had no such key.
+
+    Copies of the wrapped key outside this row (PostgreSQL's dead rows and WAL, backups) open with the
+    key version it was wrapped under until that version is retired: the destruction ledger and the
+    shredding schedule (``service.erasure``) see to those."""
     row = _data_key_row(session, subject_token, modality)
     if row is None:
         return None
-    destroyed = DestroyedKey(row.kek_version)
+    destroyed = DestroyedKey(row.key_id, row.kek_version)
     session.delete(row)
     session.flush()
     return destroyed

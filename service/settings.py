@@ -38,3 +38,20 @@ class ServiceSettings(CoreSettings):
     @property
     def resolved_keyring_file(self) -> Path:
         return self.keyring_file or self.data_dir / "keyring.json"
+
+    # Erasure (docs/erasure.md). Key-encryption key versions older than this many seconds are replaced
+    # and destroyed, so residue of a destroyed data key (PostgreSQL's dead rows and WAL) is unreadable
+    # within one period; 0: right after each withdrawal.
+    shredding_period_s: int = Field(86400, ge=0)
+    # The destruction ledger (signed JSON lines, outside the database: where its writers and backups do
+    # not reach) and the key sections of backups made with 'bioident backup'. Default: in data_dir.
+    ledger_file: Path | None = None
+    backup_keys_dir: Path | None = None
+
+    @property
+    def resolved_ledger_file(self) -> Path:
+        return self.ledger_file or self.data_dir / "destruction-ledger.jsonl"
+
+    @property
+    def resolved_backup_keys_dir(self) -> Path:
+        return self.backup_keys_dir or self.data_dir / "backup-keys"

@@ -12,6 +12,9 @@ from service.auth import Principal
 from service.consent import registry
 from service.consent.records import active_consents, subject_in_tenant
 from service.context import ServiceContext
+from service.erasure.destruction import record_destruction
+from service.erasure.ledger import DestructionLedger
+from service.erasure.shred import shred_after_withdrawal
 from service.errors import Conflict, NotFound
 from service.modality import Modality
 from service.protected import destroy_data_key
@@ -35,13 +38,21 @@ class WithdrawalReceipt:
 
 
 def withdraw(ctx: ServiceContext, actor: Principal, token: str, consent_id: str) -> WithdrawalReceipt:
+    ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
     with ctx.db.session() as session:
-        return withdraw_consent(session, actor, token, consent_id)
+        receipt = withdraw_consent(session, actor, token, consent_id, ledger=ledger)
+    if receipt.destroyed["data_key"] and ctx.settings.shredding_period_s == 0:
+        shred_after_withdrawal(ctx.db, ctx.settings)  # a period of 0: residue goes right now
+    return receipt
 
 
-def withdraw_consent(session: Session, actor: Principal, token: str, consent_id: str) -> WithdrawalReceipt:
+def withdraw_consent(
+    session: Session, actor: Principal, token: str, consent_id: str, *, ledger: DestructionLedger | None = None
+) -> WithdrawalReceipt:
     """Withdraws one consent. When no consent for that modality remains, the subject's data key for it
-    is destroyed and its sealed data (``service.consent.registry``) deleted, in this same transaction."""
+    is destroyed and its sealed data (``service.consent.registry``) deleted, in this same transaction,
+    and the destruction is written to the deployment's ``ledger`` (synced) before the transaction commits.
+    Only a caller with no deployment (a test, a library user) passes no ledger."""
     subject_in_tenant(session, actor.tenant_id, token)
     consent = session.get(Consent, consent_id)
     if consent is None or consent.subject_token != token:
@@ -51,7 +62,7 @@ def withdraw_consent(session: Session, actor: Principal, token: str, consent_id:
     now = utcnow()
     consent.withdrawn_at = now
     session.flush()
-    destroyed = _shred(session, token, Modality(consent.modality))
+    destroyed = _shred(session, token, Modality(consent.modality), ledger)
     body = {
         "receipt_id": f"rcp_{consent.id.removeprefix('con_')}",
         "subject_token": token,
@@ -79,10 +90,12 @@ def withdraw_consent(session: Session, actor: Principal, token: str, consent_id:
     return WithdrawalReceipt(**body, receipt_sha256=digest)
 
 
-def _shred(session: Session, token: str, modality: Modality) -> dict:
+def _shred(session: Session, token: str, modality: Modality, ledger: DestructionLedger | None) -> dict:
     """What was destroyed: nothing while another consent for the modality stands."""
     if active_consents(session, token, str(modality)):
         return {"data_key": False, "data_key_kek_version": None, **registry.nothing_erased(modality)}
     erased = registry.erase(session, token, modality)
     key = destroy_data_key(session, token, str(modality))
+    if key is not None:
+        record_destruction(session, ledger, token, str(modality), key)
     return {"data_key": key is not None, "data_key_kek_version": None if key is None else key.kek_version, **erased}

@@ -97,11 +97,17 @@ class Consent(Base):
 
 
 class DataKey(Base):
-    """A subject's data key for one modality, wrapped by a key-encryption key version."""
+    """A subject's data key for one modality, wrapped by a key-encryption key version.
+
+    ``key_id`` names this key for its whole life (re-wrapping keeps it): the destruction ledger and
+    the backups' key sections refer to a key by it, so a key made after a withdrawal (fresh consent,
+    new enrolment) is never taken for the one the withdrawal destroyed.
+    """
 
     __tablename__ = "data_keys"
     __table_args__ = (UniqueConstraint("subject_token", "modality"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(40), unique=True, index=True, default=lambda: new_id("dk"))
     subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"), index=True)
     modality: Mapped[str] = mapped_column(String(20))
     kek_version: Mapped[int] = mapped_column(Integer)
@@ -128,6 +134,25 @@ class KeyringState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     keyring_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     min_wrap_version: Mapped[int] = mapped_column(Integer)
+
+
+ERASURE_STATE_ID = 1  # the one row of erasure_state
+
+
+class ErasureState(Base):
+    """One row: what the shredding schedule needs to know across replicas (``service.erasure``).
+
+    ``ledger_lines`` counts the destruction-ledger lines that committed withdrawals appended: a ledger
+    holding fewer lines was cut or replaced, and no replica serves on it. ``destroyed_since_shred``
+    counts data keys destroyed since the last shred, whose residue (PostgreSQL's dead rows and WAL)
+    is readable until the key version it was wrapped under is retired.
+    """
+
+    __tablename__ = "erasure_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ledger_lines: Mapped[int] = mapped_column(Integer)
+    destroyed_since_shred: Mapped[int] = mapped_column(Integer)
+    last_shred_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class Template(Base):

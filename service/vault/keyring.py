@@ -14,6 +14,11 @@ Retiring destroys the version's material in the file and in this object, which c
 still wrapped under it. Python cannot promise that old copies are wiped from memory, and the
 filesystem or backups may keep old copies of the file: retire is only as strong as their handling.
 The pepper is never rotated: every subject token depends on it.
+
+The file is the truth: ``add_version`` and ``retire`` read it again before changing it, so an object
+loaded before another process rotated never writes back versions that were retired since, nor drops
+one added since. Callers that may run on several hosts at once hold the database's key-version fence
+while they change the file (``service.keys``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import os
 import secrets
@@ -52,6 +58,7 @@ ENV_VARIABLE = "BIOIDENT_KEYRING"
 KEY_BYTES = 32
 _FORMAT = "bioident-keyring/1"
 _AUDIT_KEY_LABEL = b"bioident/audit-chain-hmac/1"
+_LEDGER_KEY_LABEL = b"bioident/destruction-ledger-hmac/1"
 _IDENTITY_LABEL = b"bioident/keyring-id/1"
 
 
@@ -156,7 +163,14 @@ class Keyring:
 
         HKDF with its own label, so it reveals nothing about the pepper or the subject tokens.
         """
-        return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_AUDIT_KEY_LABEL).derive(self._pepper)
+        return self._derive(_AUDIT_KEY_LABEL)
+
+    def ledger_key(self) -> bytes:
+        """The HMAC key that signs the destruction ledger's lines (its own label: unrelated to the audit key)."""
+        return self._derive(_LEDGER_KEY_LABEL)
+
+    def _derive(self, label: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=label).derive(self._pepper)
 
     def identity(self) -> str:
         """A public id of this keyring (32 hex digits), derived from the pepper: it reveals nothing of it."""
@@ -179,6 +193,7 @@ class Keyring:
         """Create a new active KEK (the previous one stays for unwrapping) and save; return its version."""
         with self._lock:
             self._ensure_writable()
+            self._read_file_again()
             version = max(self._keks) + 1
             keks = {
                 v: replace(k, info=replace(k.info, status=KeyStatus.DECRYPT_ONLY))
@@ -190,19 +205,23 @@ class Keyring:
             self._commit(keks)
             return version
 
-    def retire(self, version: int) -> None:
-        """Destroy a non-active version's material and save; anything still wrapped under it is lost."""
+    def retire(self, version: int) -> bool:
+        """Destroy a non-active version's material and save; anything still wrapped under it is lost.
+
+        False when the version was retired already (nothing changed)."""
         with self._lock:
             self._ensure_writable()
+            self._read_file_again()
             kek = self._keks.get(version)
             if kek is None:
                 raise KeyVersionUnavailable(version)
             if kek.info.status is KeyStatus.ACTIVE:
                 raise ActiveKeyRetirement(f"version {version} is active; add a new version before retiring it")
             if kek.info.status is KeyStatus.RETIRED:
-                return
+                return False
             info = replace(kek.info, status=KeyStatus.RETIRED, retired_at=_now())
             self._commit({**self._keks, version: _Kek(info)})
+            return True
 
     # --- wrapping: AES-256-GCM under a key-encryption key ------------------------------------
 
@@ -229,6 +248,18 @@ class Keyring:
                 f"this keyring comes from {ENV_VARIABLE} and is read-only here; rotate keys in your "
                 "secret store and redeploy"
             )
+
+    def _read_file_again(self) -> None:
+        """The versions as the file holds them now (another process may have rotated since we loaded it)."""
+        if self._path is None:
+            return
+        try:
+            pepper, keks = _parse(_read_private(self._path), f"keyring file {self._path}")
+        except FileNotFoundError:
+            raise KeyringMissing(f"no keyring at {self._path} any more; not writing a new one there") from None
+        if not hmac.compare_digest(pepper, self._pepper):
+            raise KeyringInvalid(f"keyring file {self._path} now holds another keyring; not changing it")
+        self._keks = keks
 
     def _commit(self, keks: dict[int, _Kek]) -> None:
         if self._path is not None:
@@ -363,6 +394,11 @@ def _read_private(path: Path) -> bytes:
         return file.read()
 
 
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, mode 0600, synced (for the other files that hold key material)."""
+    _write_private(path, data, exclusive=False)
+
+
 def _write_private(path: Path, data: bytes, *, exclusive: bool) -> None:
     """Write ``data`` to ``path`` atomically with mode 0600; ``exclusive`` fails if ``path`` exists.
 
@@ -383,10 +419,10 @@ def _write_private(path: Path, data: bytes, *, exclusive: bool) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:

@@ -1,0 +1,322 @@
+"""Backups that keep erasures: ``bioident backup OUT`` and ``bioident restore IN``.
+
+A backup is a directory that holds the database without its data keys:
+
+- ``manifest.json``: backup id, when, the schema revision, the keyring's id, the key versions its data
+  keys were under, the body's SHA-256;
+- ``database.sqlite`` (SQLite: a copy made with SQLite's backup API, data keys deleted, vacuumed) or
+  ``tables.jsonl`` (PostgreSQL: every table's rows, one JSON line each, read in one snapshot).
+
+Its data keys go to its key section beside the ledger (``service.erasure.sections``), which every
+rotation re-wraps and cleans of destroyed subjects. So the backup directory itself may go anywhere: the
+templates in it open only with a section key, and only while that key's version exists. The keyring is
+never copied into a backup.
+
+``restore`` loads a backup into an empty database, puts the live subjects' data keys back from the
+section, and replays the destruction ledger before anything can serve on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Table, create_engine, delete, func, insert, select, text
+from sqlalchemy.orm import Session
+from sqlalchemy.types import Integer, LargeBinary
+
+from service.erasure.destruction import Replay, replay_in
+from service.erasure.errors import BackupError
+from service.erasure.ledger import DestructionLedger
+from service.erasure.sections import BackupKeys, Section, SectionKey
+from service.protected import lock_fence
+from service.settings import ServiceSettings
+from service.store.db import Database, alembic_config
+from service.store.models import AuditHead, Base, DataKey, ErasureState, KeyringState, Subject, Timestamp, utcnow
+from service.trail.chain import append
+from service.vault import Keyring, KeyringMismatch, KeyStatus
+from service.vault.keyring import write_private_file
+
+BACKUP_FORMAT = "bioident-backup/1"
+MANIFEST = "manifest.json"
+SQLITE_BODY = "database.sqlite"
+ROWS_BODY = "tables.jsonl"
+_SINGLE_ROWS = (KeyringState.__table__, AuditHead.__table__, ErasureState.__table__)  # made by the migrations
+_BATCH = 500
+
+
+@dataclass(frozen=True)
+class BackupMade:
+    backup_id: str
+    created_at: str
+    subjects: int
+    data_keys: int
+
+
+@dataclass(frozen=True)
+class Restored:
+    backup_id: str
+    created_at: str
+    subjects: int
+    data_keys: int
+    replay: Replay
+
+
+def make_backup(db: Database, keyring: Keyring, settings: ServiceSettings, out: Path) -> BackupMade:
+    """Writes a consistent copy of the database (without data keys) to ``out`` and its key section beside the ledger."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BackupError(f"{out} exists and is not an empty directory")
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    backups = BackupKeys.of(settings, DestructionLedger.of(settings, keyring))
+    backup_id, created_at = f"bkp_{uuid.uuid4().hex}", utcnow().isoformat(timespec="seconds")
+    sqlite = db.engine.dialect.name == "sqlite"
+    body = out / (SQLITE_BODY if sqlite else ROWS_BODY)
+    try:
+        with db.session() as session:
+            if not sqlite:  # one snapshot for every table and the data keys
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            # Held until the end: no rotation (or retirement) runs between reading the data keys and
+            # storing them in the section, under the versions they are wrapped by now.
+            lock_fence(session, exclusive=False)
+            section = backups.write(Section(backup_id, keyring.identity(), tuple(_data_keys(session))))
+            if sqlite:  # SQLite: the session holds the write lock, so the copy is consistent
+                _copy_sqlite(Path(db.engine.url.database), body)
+            else:
+                _dump_rows(session, body)
+            subjects = session.execute(select(func.count()).select_from(Subject)).scalar_one()
+            revision = MigrationContext.configure(session.connection()).get_current_revision()
+    except BaseException:
+        backups.path(backup_id).unlink(missing_ok=True)
+        body.unlink(missing_ok=True)
+        raise
+    manifest = {
+        "format": BACKUP_FORMAT,
+        "backup_id": backup_id,
+        "created_at": created_at,
+        "database": db.engine.dialect.name,
+        "schema_revision": revision,
+        "keyring_id": keyring.identity(),
+        "kek_versions_in_use": sorted({key.kek_version for key in section.keys}),
+        "subjects": subjects,
+        "data_keys": len(section.keys),
+        "body": body.name,
+        "body_sha256": _sha256(body),
+    }
+    write_private_file(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return BackupMade(backup_id, created_at, subjects, len(section.keys))
+
+
+def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, source: Path) -> Restored:
+    """Loads a backup into an empty database, its live data keys from its section, then replays the ledger."""
+    manifest = _manifest(source)
+    body = source / manifest["body"]
+    if manifest["keyring_id"] != keyring.identity():
+        raise KeyringMismatch(
+            f"backup {manifest['backup_id']} was made with keyring {manifest['keyring_id'][:12]}, not with this "
+            f"one ({keyring.identity()[:12]}): point BIOIDENT_KEYRING_FILE or BIOIDENT_KEYRING at that deployment's"
+        )
+    head = ScriptDirectory.from_config(alembic_config(db.url)).get_current_head()
+    if manifest["schema_revision"] != head:
+        raise BackupError(
+            f"backup {manifest['backup_id']} is at schema revision {manifest['schema_revision']}, this release at "
+            f"{head}: restore it with the release that made it, then upgrade"
+        )
+    ledger = DestructionLedger.of(settings, keyring)
+    section = BackupKeys.of(settings, ledger).read(manifest["backup_id"])
+    usable = {info.version for info in keyring.versions() if info.status is not KeyStatus.RETIRED}
+    if stale := [key for key in section.keys if key.kek_version not in usable]:
+        raise BackupError(
+            f"{len(stale)} data keys in the key section of backup {section.backup_id} are under key versions this "
+            "keyring no longer holds: the section missed a rotation, and those subjects cannot be restored"
+        )
+    with db.session() as session:
+        _require_empty(session)
+        for table in _SINGLE_ROWS:
+            session.execute(delete(table))
+        for table, rows in _batches(_backup_rows(body)):
+            session.execute(insert(table), rows)
+        keys = [{**key.to_row(), "created_at": utcnow()} for key in section.keys]  # restored now
+        for start in range(0, len(keys), _BATCH):
+            session.execute(insert(DataKey.__table__), keys[start : start + _BATCH])
+        fence = lock_fence(session, exclusive=True)  # replicas with a keyring older than ours may not wrap
+        fence.min_wrap_version = max(fence.min_wrap_version, keyring.active_version)
+        _continue_sequences(session)
+        session.flush()
+        subjects = session.execute(select(func.count()).select_from(Subject)).scalar_one()
+        # In the same transaction: a database the ledger cannot be replayed over is not restored at all.
+        replay = replay_in(session, ledger, adopt=True)  # older than the ledger: it takes the ledger's count
+        append(
+            session,
+            actor="operator",
+            action="backup.restore",
+            outcome="restored",
+            details={
+                "backup_id": manifest["backup_id"],
+                "backup_created_at": manifest["created_at"],
+                "data_keys": len(section.keys),
+                "destroyed_again": len(replay.completed),
+            },
+        )
+    return Restored(manifest["backup_id"], manifest["created_at"], subjects, len(section.keys), replay)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _data_keys(session: Session) -> Iterator[SectionKey]:
+    for row in session.execute(select(DataKey)).scalars():
+        yield SectionKey(row.key_id, row.subject_token, row.modality, row.kek_version, row.wrapped)
+
+
+def _copy_sqlite(database: Path, body: Path) -> None:
+    os.close(os.open(body, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+    source = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    with closing(source), closing(sqlite3.connect(body)) as copy:
+        source.backup(copy)
+        # The copy must not hold the wrapped data keys, not even in free pages.
+        copy.execute("PRAGMA secure_delete=ON")
+        copy.execute("DELETE FROM data_keys")
+        copy.commit()
+        copy.execute("VACUUM")
+
+
+def _dump_rows(session: Session, body: Path) -> None:
+    fd = os.open(body, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    with open(fd, "w", encoding="utf-8") as out:
+        for table in _tables():
+            for row in session.execute(select(table)).mappings():
+                values = {c.name: _to_json(c.type, row[c.name]) for c in table.columns}
+                out.write(json.dumps({"table": table.name, "row": values}, sort_keys=True) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _to_json(kind: object, value: object) -> object:
+    if value is None:
+        return None
+    if isinstance(kind, LargeBinary):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(kind, Timestamp):
+        return value.isoformat()
+    return value
+
+
+def _from_json(kind: object, value: object) -> object:
+    if value is None:
+        return None
+    if isinstance(kind, LargeBinary):
+        return base64.b64decode(value, validate=True)
+    if isinstance(kind, Timestamp):
+        return dt.datetime.fromisoformat(value)
+    return value
+
+
+def _tables() -> list[Table]:
+    """Every table but the data keys, parents before children."""
+    return [t for t in Base.metadata.sorted_tables if t.name != DataKey.__tablename__]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def _manifest(source: Path) -> dict:
+    try:
+        manifest = json.loads((source / MANIFEST).read_bytes())
+        if manifest.get("format") != BACKUP_FORMAT or manifest.get("body") not in (SQLITE_BODY, ROWS_BODY):
+            raise ValueError
+    except FileNotFoundError:
+        raise BackupError(f"{source} holds no {MANIFEST}: not a backup made with 'bioident backup'") from None
+    except (ValueError, AttributeError):
+        raise BackupError(f"{source / MANIFEST} is not a bioident backup manifest") from None
+    body = source / manifest["body"]
+    if not body.is_file() or _sha256(body) != manifest.get("body_sha256"):
+        raise BackupError(f"{body} is missing or is not the file its manifest describes (SHA-256 differs)")
+    return manifest
+
+
+def _backup_rows(body: Path) -> Iterator[tuple[Table, dict]]:
+    if body.name == SQLITE_BODY:
+        engine = create_engine(f"sqlite:///file:{body}?mode=ro&uri=true")
+        try:
+            with engine.connect() as connection:
+                yield from _rows_of(connection)
+        finally:
+            engine.dispose()
+        return
+    tables = {t.name: t for t in _tables()}
+    with body.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                table = tables[record["table"]]
+                yield table, {c.name: _from_json(c.type, record["row"][c.name]) for c in table.columns}
+            except (ValueError, KeyError, TypeError):
+                raise BackupError(f"{body} line {number} is not a row of this release's tables") from None
+
+
+def _rows_of(connection: Connection) -> Iterator[tuple[Table, dict]]:
+    for table in _tables():
+        for row in connection.execute(select(table)).mappings():
+            yield table, dict(row)
+
+
+def _batches(rows: Iterator[tuple[Table, dict]]) -> Iterator[tuple[Table, list[dict]]]:
+    table, batch = None, []
+    for row_table, row in rows:
+        if batch and (row_table is not table or len(batch) >= _BATCH):
+            yield table, batch
+            batch = []
+        table = row_table
+        batch.append(row)
+    if batch:
+        yield table, batch
+
+
+def _require_empty(session: Session) -> None:
+    held = {
+        table.name: n
+        for table in Base.metadata.sorted_tables
+        if table not in _SINGLE_ROWS and (n := session.execute(select(func.count()).select_from(table)).scalar_one())
+    }
+    if held:
+        listed = ", ".join(f"{n} {name}" for name, n in held.items())
+        raise BackupError(
+            f"the database is not empty ({listed}): a backup is restored only into an empty database "
+            "(a new one; 'bioident db upgrade' prepares it)"
+        )
+
+
+def _continue_sequences(session: Session) -> None:
+    """PostgreSQL: the id sequences carry on after the restored rows' ids."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for table in Base.metadata.sorted_tables:
+        columns = list(table.primary_key.columns)
+        if len(columns) != 1 or not isinstance(columns[0].type, Integer) or columns[0].autoincrement is False:
+            continue
+        column = columns[0]
+        session.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column.name}'), "
+                f"COALESCE((SELECT MAX({column.name}) FROM {table.name}), 0) + 1, false)"
+            )
+        )

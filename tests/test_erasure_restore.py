@@ -1,0 +1,188 @@
+"""A restored backup does not bring a withdrawn customer back (issue 16): ``bioident backup``, a withdrawal,
+``bioident restore`` into an empty database, on SQLite and PostgreSQL, with the real model.
+
+Within the shredding period the backup's key section still holds the withdrawn customer's data key; the
+restore puts it back and the destruction ledger destroys it again before anything serves. After the
+shred step, no copy of that key opens with the keyring any more, while every live customer of the same
+backup is still restored and verified.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from tests.conftest import TEST_OTHER
+from tests.operations_fixtures import _cli, _rows
+from tests.service_fixtures import POSTGRES_ADMIN_URL
+from tests.voice_helpers import GENUINE, SPEAKER, _audio, _consent, _enrol, _verify
+
+pytestmark = [pytest.mark.model, pytest.mark.usefixtures("clean_service_environment")]
+
+OTHER_SPEAKER = "2033"
+OTHER_ENROL = ["2033-164914-0000.flac", "2033-164914-0001.flac", "2033-164914-0003.flac"]
+OTHER_GENUINE = "2033-164914-0009.flac"
+
+
+@pytest.fixture
+def empty_databases(database_url, tmp_path):
+    """New, empty databases on the same kind of server as ``database_url``, dropped afterwards."""
+    made = []
+
+    def new() -> str:
+        name = f"bioident_restore_{uuid.uuid4().hex[:12]}"
+        if database_url.startswith("sqlite"):
+            return f"sqlite:///{tmp_path / f'{name}.db'}"
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        made.append(name)
+        return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield new
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in made:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _enrol_other(api, ivr_key, reference):
+    files = [_audio(TEST_OTHER / OTHER_SPEAKER / name) for name in OTHER_ENROL]
+    return api.http.post("/v1/voice/enrol", data={"reference": reference}, files=files, headers=api.headers(ivr_key))
+
+
+def _serve(api, url):
+    """A service started on ``url`` with the deployment's keyring (and the session's model)."""
+    from service.app import create_app
+    from service.context import ServiceContext
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(_env_file=None, data_dir=api.data_dir, database_url=url)
+    return TestClient(create_app(ServiceContext(settings, embedder=api.ctx.embedder)), raise_server_exceptions=False)
+
+
+def _identified(http, api, ivr_key) -> list[str]:
+    probe = [_audio(TEST_OTHER / SPEAKER / GENUINE)]
+    found = http.post("/v1/voice/identify", files=probe, headers=api.headers(ivr_key))
+    assert found.status_code == 200, found.text
+    return [c["subject_token"] for c in found.json()["candidates"]]
+
+
+def _check_restored(api, url, keys, gone, kept) -> None:
+    with _serve(api, url) as http:
+        api_on_restored = type(api)(http=http, ctx=None, admin_key=api.admin_key, data_dir=api.data_dir)
+        refused = _verify(api_on_restored, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE)
+        assert refused.status_code == 403 and refused.json()["type"].endswith("/consent_required"), refused.text
+        assert gone not in _identified(http, api, keys["ivr"])
+        live = _verify(api_on_restored, keys["ivr"], TEST_OTHER / OTHER_SPEAKER / OTHER_GENUINE, reference="ACC-2002")
+        assert live.status_code == 200 and live.json()["decision"] == "accept", live.text
+        # A failure is recorded after the restored ones (their ids carry on).
+        failed = _verify(api_on_restored, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE, reference="ACC-2002")
+        assert failed.status_code == 200 and failed.json()["decision"] == "reject", failed.text
+    assert _rows(url, "SELECT count(*) FROM verification_failures WHERE subject_token = :t", t=kept) == [(2,)]
+    assert _rows(url, "SELECT count(*) FROM templates WHERE subject_token = :t", t=gone) == [(0,)]
+    assert _rows(url, "SELECT count(*) FROM data_keys WHERE subject_token = :t", t=gone) == [(0,)]
+    assert _rows(url, "SELECT count(*) FROM consents WHERE subject_token = :t AND withdrawn_at IS NULL", t=gone) == [
+        (0,)
+    ]
+    assert _rows(url, "SELECT count(*) FROM data_keys WHERE subject_token = :t", t=kept) == [(1,)]
+
+
+def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
+    bank, empty_databases, monkeypatch, capsys, tmp_path
+):
+    from service.vault import Keyring, KeyVersionUnavailable, TemplateBinding, WrappedKey, unwrap_data_key
+    from service.vault.envelope import data_key_context
+
+    api, keys = bank
+    url, data_dir = api.ctx.db.url, api.data_dir
+
+    def cli(*argv, on=url):
+        return _cli(monkeypatch, capsys, data_dir, *argv, url=on)
+
+    consent = _consent(api, keys["portal"])
+    gone = consent["subject_token"]
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    kept = _consent(api, keys["portal"], reference="ACC-2002")["subject_token"]
+    assert _enrol_other(api, keys["ivr"], "ACC-2002").status_code == 201
+    [(version, wrapped)] = _rows(url, "SELECT kek_version, wrapped FROM data_keys WHERE subject_token = :t", t=gone)
+    [(template_id, fingerprint, sealed)] = _rows(
+        url, "SELECT id, model_fingerprint, sealed FROM templates WHERE subject_token = :t", t=gone
+    )
+
+    impostor = _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE, reference="ACC-2002")
+    assert impostor.json()["decision"] == "reject", impostor.text  # a failed verification, backed up too
+    backup = tmp_path / "backup"
+    code, out, err = cli("backup", backup)
+    assert code == 0 and "backup bkp_" in out, err
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert manifest["subjects"] == 2 and manifest["data_keys"] == 2 and manifest["kek_versions_in_use"] == [1]
+    body = (backup / manifest["body"]).read_bytes()
+    assert sealed in body or base64.b64encode(sealed) in body  # the templates are in the backup...
+    assert wrapped not in body and base64.b64encode(wrapped) not in body  # ...their data keys are not
+    assert not any("keyring" in p.name for p in backup.iterdir())
+    section = data_dir / "backup-keys" / f"{manifest['backup_id']}.json"
+
+    withdrawn = api.http.post(
+        f"/v1/subjects/{gone}/consents/{consent['id']}:withdraw", headers=api.headers(keys["portal"])
+    )
+    assert withdrawn.status_code == 200 and withdrawn.json()["destroyed"]["data_key"] is True, withdrawn.text
+    ledger_file = data_dir / "destruction-ledger.jsonl"
+    ledger = ledger_file.read_text().splitlines()
+    assert len(ledger) == 1 and json.loads(ledger[0])["subject_token"] == gone
+
+    # A backup made after the withdrawal knows the ledger had a line: a host that lost it restores nothing.
+    code, out, err = cli("backup", tmp_path / "later")
+    assert code == 0, err
+    ledger_file.rename(tmp_path / "ledger-elsewhere")
+    refused = empty_databases()
+    code, out, err = cli("restore", tmp_path / "later", on=refused)
+    assert code == 2 and "has 0 lines, but this database's withdrawals appended 1" in err, (out, err)
+    assert _rows(refused, "SELECT count(*) FROM subjects") == [(0,)]  # nothing was restored
+    (tmp_path / "ledger-elsewhere").rename(ledger_file)
+
+    # Within the shredding period: the restore brings the key back from the section, and the ledger
+    # destroys it again (with the templates and the consent) before anything can serve.
+    within = empty_databases()
+    code, out, err = cli("restore", backup, on=within)
+    assert code == 0 and "2 subjects, 2 data keys; 1 withdrawals re-destroyed" in out, (out, err)
+    _check_restored(api, within, keys, gone, kept)
+    entries = "SELECT action, subject_token FROM audit_entries WHERE action IN ('erasure.replay', 'backup.restore')"
+    assert _rows(within, f"{entries} ORDER BY seq") == [("erasure.replay", gone), ("backup.restore", None)]
+    code, out, err = cli("restore", backup, on=within)  # only into an empty database
+    assert code == 2 and "not empty" in err, (out, err)
+    keyring = Keyring.load(data_dir / "keyring.json")
+    context = data_key_context(gone, "voice")
+    assert unwrap_data_key(keyring, WrappedKey(version, wrapped), context=context)  # the period has not passed
+
+    # The shred step: a new key version, the live keys (and the backup's section) re-wrapped, the
+    # withdrawn customer's key dropped from the section, and version 1 destroyed.
+    code, out, err = cli("keys", "shred", "--now")
+    assert code == 0 and "version 2 is active" in out and "1 destroyed keys dropped" in out, (out, err)
+    assert "versions 1 retired" in out, out
+    keyring = Keyring.load(data_dir / "keyring.json")
+    with pytest.raises(KeyVersionUnavailable):
+        unwrap_data_key(keyring, WrappedKey(version, wrapped), context=context)
+    in_section = json.loads(section.read_text())["keys"]
+    assert [(k["subject_token"], k["kek_version"]) for k in in_section] == [(kept, 2)]
+    # No copy of the withdrawn customer's data key opens now: so neither does the template in the backup.
+    binding = TemplateBinding(gone, "voice", template_id, fingerprint)
+    for candidate in [WrappedKey(version, wrapped)] + [
+        WrappedKey(k["kek_version"], base64.b64decode(k["wrapped"])) for k in in_section
+    ]:
+        with pytest.raises(Exception) as refused:
+            unwrap_data_key(keyring, candidate, context=context).open(sealed, aad=binding)
+        assert type(refused.value).__name__ in ("KeyVersionUnavailable", "DecryptionError")
+
+    # The same backup, restored after the rotation: every live customer comes back, the withdrawn one not.
+    after = empty_databases()
+    code, out, err = cli("restore", backup, on=after)
+    assert code == 0 and "2 subjects, 1 data keys; 1 withdrawals re-destroyed" in out, (out, err)
+    _check_restored(api, after, keys, gone, kept)
