@@ -17,6 +17,7 @@ import soundfile as sf
 
 from biometrics.errors import BiometricsError, IncompatibleModel
 from biometrics.evaluation.accuracy_report import AccuracyReport, ReportError
+from biometrics.evaluation.calibration_fit import calibrate, fit_llr
 from biometrics.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_fnmr_at_fmr,
@@ -26,7 +27,7 @@ from biometrics.evaluation.metrics import (
     operating_point_at_fmr,
 )
 from biometrics.evaluation.trials import DatasetError, dataset_sha256, trials_from_folders, trials_from_list
-from biometrics.scoring.calibration import Calibration, CalibrationError, calibrate, fit_llr
+from biometrics.scoring.calibration import Calibration, CalibrationError
 from tests.audit_reports import STORED_BEFORE_CALIBRATION, report_with_scores
 
 # --- minDCF -----------------------------------------------------------------------------------------

@@ -38,6 +38,18 @@ def test_no_package_imports_one_above_it(package):
     assert wrong_way_arrows(package) == []
 
 
+@pytest.mark.parametrize("runtime", ["biometrics/voice", "biometrics/scoring"])
+def test_what_runs_in_the_service_imports_nothing_of_the_audits(runtime):
+    """``biometrics/evaluation/`` is for accuracy audits only: scoring at run time never depends on it."""
+    found = [
+        f"{path.relative_to(REPO)}:{line} imports {module}"
+        for path in sorted((REPO / runtime).rglob("*.py"))
+        for line, module in imported_modules(path)
+        if module.startswith("biometrics.evaluation")
+    ]
+    assert found == []
+
+
 def test_the_check_sees_a_lazy_import_the_wrong_way(tmp_path, monkeypatch):
     (tmp_path / "biometrics").mkdir()
     lazy = "import numpy\n\ndef f():\n    from service.context import ServiceContext\n"

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from biometrics.errors import IncompatibleModel
 from biometrics.evaluation.accuracy_report import AccuracyReport
-from biometrics.scoring.calibration import calibrate
+from biometrics.evaluation.calibration_fit import calibrate
 from biometrics.scoring.scorer import Scorer
 from tests.audit_reports import report_with_scores
 from tests.conftest import TEST_OTHER, speaker_of

@@ -178,8 +178,9 @@ def _print_summary(report: AccuracyReport) -> None:
 
 def cmd_audit_calibrate(args: argparse.Namespace) -> int:
     from biometrics.evaluation.accuracy_report import ReportError
+    from biometrics.evaluation.calibration_fit import calibrate
     from biometrics.evaluation.report import REPORT_JSON, load_report
-    from biometrics.scoring.calibration import CalibrationError, calibrate
+    from biometrics.scoring.calibration import CalibrationError
 
     report_path = args.report / REPORT_JSON if args.report.is_dir() else args.report
     try:
