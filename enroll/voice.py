@@ -95,12 +95,8 @@ class Mismatch:
     threshold: float
 
     def as_dict(self) -> dict:
-        return {
-            "code": "NOT_THE_ENROLLED_VOICE",
-            "sample": self.sample,
-            "measured": round(self.score, 4),
-            "limit": self.threshold,
-        }
+        # No score: an enrolment call must not be an oracle for how close a voice came.
+        return {"code": "NOT_THE_ENROLLED_VOICE", "sample": self.sample}
 
 
 def samples_not_matching(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from biometrics.voice.audio import RawCodec, encode_raw, read_audio_file, resample
 from service.auth import authenticate
 from service.errors import ConsentRequired
 from service.voice.verification import claim_voice, decide_voice
@@ -44,6 +45,7 @@ def test_another_voice_cannot_be_added_to_an_enrolment(bank):
     body = poisoned.json()
     assert body["type"].endswith("/not_the_enrolled_voice") and len(body["reasons"]) == len(OTHER_VOICE)
     assert {r["code"] for r in body["reasons"]} == {"NOT_THE_ENROLLED_VOICE"}
+    assert all("measured" not in r for r in body["reasons"])  # no oracle for how close the voice came
     assert _template(api, keys["portal"], enrolled["subject_token"]) == before  # nothing changed
     assert _verify(api, keys["ivr"], OTHER_VOICE[0]).json()["decision"] == "reject"
     added = _add(api, keys["ivr"], MORE_OF_THE_VOICE)
@@ -52,6 +54,27 @@ def test_another_voice_cannot_be_added_to_an_enrolment(bank):
     refused = [e for e in _trail(api, keys["auditor"]) if e["outcome"] == "refused"]
     assert [(e["action"], e["details"]["reason"]) for e in refused] == [("voice.enrol", "not_the_enrolled_voice")]
     assert refused[0]["subject_token"] == enrolled["subject_token"]
+
+
+def test_samples_of_another_channel_are_a_re_enrolment_and_failed_additions_count_towards_the_lockout(bank):
+    api, keys = bank
+    _consent(api, keys["portal"])
+    token = _enrol(api, keys["ivr"]).json()["subject_token"]
+    before = _template(api, keys["portal"], token)
+    calls = [
+        ("audio", (p.name, encode_raw(resample(read_audio_file(p).samples, 16_000, 8_000), 8_000, RawCodec.MULAW), "x"))
+        for p in MORE_OF_THE_VOICE
+    ]
+    data = {"reference": "ACC-1001", "codec": "mulaw", "sample_rate": "8000"}
+    phone = api.http.post("/v1/voice/enrol", data=data, files=calls, headers=api.headers(keys["ivr"]))
+    assert phone.status_code == 409 and phone.json()["reasons"] == [
+        {"code": "CHANNEL_NOT_ENROLLED", "channel": "telephone"}
+    ]
+    assert _template(api, keys["portal"], token) == before
+    api.ctx.settings.lockout_max_failures = 1
+    assert _add(api, keys["ivr"], OTHER_VOICE).status_code == 409  # a failed addition is a failed attempt
+    assert _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE).status_code == 423
+    assert _add(api, keys["ivr"], MORE_OF_THE_VOICE).status_code == 423  # and adding is refused while locked
 
 
 def test_replacing_a_voice_is_a_re_enrolment_that_needs_fresh_consent(bank):

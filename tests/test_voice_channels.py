@@ -132,6 +132,26 @@ def test_a_telephone_impostor_above_the_old_raw_cosine_threshold_is_rejected(emb
     assert genuine.decision == "accept" and genuine.channels == "wideband/telephone"
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"count": Infinity, "dim": 1, "slots": [], "fingerprint": "f"}',
+        b'{"count": 1, "dim": 1, "slots": [], "fingerprint": "f"}',
+        b'{"count": 1, "dim": 1, "slots": [{"channel": "radio", "count": 1}], "fingerprint": "f"}',
+        b'{"count": 1, "dim": 1, "slots": [{"channel": "wideband", "count": 1}, {"channel": "wideband", "count": 1}],'
+        b' "fingerprint": "f"}',
+        b"[" * 5000 + b"]" * 5000,
+        b"[1, 2]",
+    ],
+)
+def test_a_damaged_template_is_a_template_error_not_a_crash(header):
+    from biometrics.voice.templates import TemplateFormatError
+
+    data = b"BIVT2" + struct.pack("<I", len(header)) + header + np.ones(2).astype("<f8").tobytes()
+    with pytest.raises(TemplateFormatError):
+        VoiceTemplate.from_bytes(data)
+
+
 def _format_1(mean: np.ndarray, count: int, fingerprint: str) -> bytes:
     """A template as it was written before channels were recorded: one mean."""
     head = json.dumps({"fingerprint": fingerprint, "count": count, "dim": len(mean)}).encode()

@@ -21,6 +21,7 @@ from biometrics.voice.embedding import Embedding, require_same_model
 _MAGIC_V1 = b"BIVT1"
 _MAGIC_V2 = b"BIVT2"
 UNKNOWN = "unknown"  # the slot of a format-1 template (or of embeddings given without a channel)
+SLOTS = frozenset({*map(str, AudioChannel), UNKNOWN})
 
 
 class TemplateFormatError(BiometricsError):
@@ -130,11 +131,21 @@ class VoiceTemplate:
             slots = (
                 [(UNKNOWN, count)] if magic == _MAGIC_V1 else [(s["channel"], int(s["count"])) for s in header["slots"]]
             )
-            if count < 1 or dim < 1 or len(values) != dim * len(slots) or any(c < 1 for _, c in slots):
+            names = [slot for slot, _ in slots]
+            if (
+                not slots
+                or len(set(names)) != len(names)
+                or not set(names) <= SLOTS
+                or count < 1
+                or dim < 1
+                or len(values) != dim * len(slots)
+                or any(c < 1 for _, c in slots)
+                or not np.isfinite(values).all()
+            ):
                 raise ValueError
             means = {slot: values[i * dim : (i + 1) * dim] for i, (slot, _) in enumerate(slots)}
             return cls(means, dict(slots), count, str(header["fingerprint"]))
-        except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError, struct.error) as exc:
             raise TemplateFormatError("not a voice template") from exc
 
 

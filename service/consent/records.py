@@ -78,6 +78,12 @@ def subject_in_tenant(session: Session, tenant_id: str, token: str) -> Subject:
     return subject
 
 
+def lock_subject(session: Session, token: str) -> None:
+    """Holds the subject's row until the transaction ends (PostgreSQL; SQLite writes one at a time anyway), so
+    that a withdrawal and an enrolment, or two verifications counting failures, never interleave."""
+    session.execute(select(Subject).where(Subject.token == token).with_for_update()).scalar_one_or_none()
+
+
 def require_consent_to_enrol(session: Session, tenant_id: str, token: str, modality: Modality, purpose: str) -> Consent:
     """Consent before an enrolment: a customer with no record here is told to give consent first."""
     subject = session.get(Subject, token)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.auth import Principal
 from service.consent import registry
-from service.consent.records import active_consents, subject_in_tenant
+from service.consent.records import active_consents, lock_subject, subject_in_tenant
 from service.context import ServiceContext
 from service.erasure.destruction import record_destruction
 from service.erasure.ledger import DestructionLedger
@@ -54,6 +54,7 @@ def withdraw_consent(
     and the destruction is written to the deployment's ``ledger`` (synced) before the transaction commits.
     Only a caller with no deployment (a test, a library user) passes no ledger."""
     subject_in_tenant(session, actor.tenant_id, token)
+    lock_subject(session, token)  # no enrolment of this subject commits between our check and our shred
     consent = session.get(Consent, consent_id)
     if consent is None or consent.subject_token != token:
         raise NotFound("no such consent for this subject")

@@ -101,13 +101,12 @@ def _still_held(session: Session, destructions: list[Destruction]) -> list[Destr
                 select(DataKey.subject_token, DataKey.modality, DataKey.key_id).where(DataKey.subject_token.in_(chunk))
             )
         }
-        sealed = {
-            tuple(pair)
-            for model in (Template, EnrolmentSession)
-            for pair in session.execute(
-                select(model.subject_token, model.modality).where(model.subject_token.in_(chunk)).distinct()
-            )
-        }
+        sealed: dict[tuple[str, str], list] = defaultdict(list)  # when each piece of sealed data was made
+        for model in (Template, EnrolmentSession):
+            for t, m, created_at in session.execute(
+                select(model.subject_token, model.modality, model.created_at).where(model.subject_token.in_(chunk))
+            ):
+                sealed[(t, m)].append(created_at)
         consents: dict[tuple[str, str], list] = defaultdict(list)
         for t, m, granted_at in session.execute(
             select(Consent.subject_token, Consent.modality, Consent.granted_at).where(
@@ -121,7 +120,8 @@ def _still_held(session: Session, destructions: list[Destruction]) -> list[Destr
                 key = keys.get(pair)
                 if (
                     key == d.key_id
-                    or (key is None and pair in sealed)
+                    # data made after the destruction (a new session after fresh consent) is not this one's
+                    or (key is None and any(made <= d.destroyed_at for made in sealed[pair]))
                     or any(granted <= d.destroyed_at for granted in consents[pair])
                 ):
                     held.append(d)

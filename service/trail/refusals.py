@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from biometrics.errors import AudioError, IncompatibleModel
 from service.auth import Principal
@@ -30,27 +31,42 @@ def _refusal(exc: Exception) -> tuple[str, int] | None:
     return None
 
 
+@dataclass
+class Attempt:
+    """Whose attempt it is, once the use case knows (a session id names its subject only when opened)."""
+
+    subject_token: str | None = None
+
+
 @contextmanager
 def refusals_audited(
     ctx: ServiceContext, actor: Principal, action: str, *, reference: str | None, details: dict
-) -> Iterator[None]:
+) -> Iterator[Attempt]:
     """Runs an attempt; if it is refused, appends ``action`` with outcome ``refused`` and re-raises."""
+    attempt = Attempt()
     try:
-        yield
+        yield attempt
     except Exception as exc:
         refusal = _refusal(exc)
         if refusal is not None:
-            _record(ctx, actor, action, reference, details, *refusal)
+            _record(ctx, actor, action, reference, attempt, details, *refusal)
         raise
 
 
 def _record(
-    ctx: ServiceContext, actor: Principal, action: str, reference: str | None, details: dict, reason: str, status: int
+    ctx: ServiceContext,
+    actor: Principal,
+    action: str,
+    reference: str | None,
+    attempt: Attempt,
+    details: dict,
+    reason: str,
+    status: int,
 ) -> None:
     with ctx.db.session() as session:
         token = None
-        if reference is not None:
-            candidate = ctx.token(actor.tenant_id, reference)
+        if attempt.subject_token is not None or reference is not None:
+            candidate = attempt.subject_token or ctx.token(actor.tenant_id, reference)
             subject = session.get(Subject, candidate)
             token = candidate if subject is not None and subject.tenant_id == actor.tenant_id else None
         record_event(

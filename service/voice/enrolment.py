@@ -9,7 +9,8 @@ sample behind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,16 +23,17 @@ from biometrics.voice.pipeline import analyse_for_enrolment
 from biometrics.voice.templates import Capture
 from enroll.voice import SESSION_TTL, completion_shortfall, judge_sample, plan_enrolment
 from service.auth import Principal
-from service.consent.records import require_consent, require_consent_to_enrol, require_fresh_consent
+from service.consent.records import lock_subject, require_consent, require_consent_to_enrol, require_fresh_consent
 from service.context import ServiceContext
 from service.errors import Conflict, NotFound, QualityFailed
 from service.modality import Modality
 from service.protected import data_key
 from service.store.models import EnrolmentSample, EnrolmentSession, Template, utcnow
 from service.trail.chain import record_event
-from service.trail.refusals import refusals_audited
+from service.trail.refusals import Attempt, refusals_audited
 from service.vault import TemplateBinding
-from service.voice.templates import VOICE, find_voice_template_row, store_voice_template
+from service.voice.templates import VOICE, NotTheEnrolledVoice, find_voice_template_row, store_voice_template
+from service.voice.verification import count_failure, refuse_if_locked
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,18 @@ def enrol_voice(
 ) -> tuple[EnrolmentResult, list[dict]]:
     """Enrols from samples given at once. A subject already enrolled gets the samples added only if each
     one verifies as its voice; ``replace`` makes a new template instead, with fresh consent. A refusal is audited."""
-    with refusals_audited(ctx, actor, "voice.enrol", reference=reference, details={"purpose": purpose}):
+    with refusals_audited(ctx, actor, "voice.enrol", reference=reference, details={"purpose": purpose}) as attempt:
         token = ctx.token(actor.tenant_id, reference)
         with ctx.db.session() as session:
             require_consent_to_enrol(session, actor.tenant_id, token, Modality.VOICE, purpose)
+        attempt.subject_token = token
         plan = plan_enrolment(analyse_for_enrolment(ctx.embedder, list(audio)), ctx.limits)
         if plan.reasons:
             raise QualityFailed(
                 "the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in plan.reasons]
             )
-        with ctx.db.session() as session:
+        with _failures_counted(ctx, actor, attempt), ctx.db.session() as session:
+            lock_subject(session, token)
             require_consent(session, token, Modality.VOICE, purpose)
             speech = plan.net_speech_s
             row = _store(
@@ -86,11 +90,14 @@ def _store(
     replace: bool,
     details: dict,
 ) -> Template:
-    """Stores the template (replacing one needs consent given since it was last changed) and audits it."""
+    """Stores the template (replacing one needs consent given since it was last changed; adding to one is a
+    verification of each sample, refused while the subject is locked out) and audits it."""
     existing = find_voice_template_row(session, token)
     replacing = replace and existing is not None
     if replacing:
         require_fresh_consent(session, token, Modality.VOICE, purpose, since=existing.updated_at)
+    elif existing is not None:
+        refuse_if_locked(ctx, session, token)
     row = store_voice_template(session, ctx.keyring, actor.tenant_id, token, captures, ctx.scoring, replace=replacing)
     record_event(
         session,
@@ -102,6 +109,19 @@ def _store(
         details={"template_id": row.id, "samples": len(captures), **details},
     )
     return row
+
+
+@contextmanager
+def _failures_counted(ctx: ServiceContext, actor: Principal, attempt: Attempt) -> Iterator[None]:
+    """Samples refused as not the enrolled voice count as a failed verification (in a transaction of their
+    own: the refused one is rolled back), so adding samples is no way around the lockout."""
+    try:
+        yield
+    except NotTheEnrolledVoice:
+        with ctx.db.session() as session:
+            lock_subject(session, attempt.subject_token)
+            count_failure(ctx, session, actor, attempt.subject_token)
+        raise
 
 
 # --- sessions ------------------------------------------------------------------------------------
@@ -162,6 +182,8 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
     report = judge_sample(sample, ctx.limits).as_dict()
     with ctx.db.session() as session:
         enrolment = _open_session(session, actor, session_id)
+        lock_subject(session, enrolment.subject_token)
+        require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)  # again: it may be gone
         row = EnrolmentSample(
             session_id=enrolment.id,
             accepted=report["accepted"],
@@ -201,10 +223,13 @@ def complete_session(
     verifies as it; ``replace``: a new template, with fresh consent). A refusal is audited."""
     fingerprint = ctx.embedder.fingerprint
     with (
-        refusals_audited(ctx, actor, "voice.enrol", reference=None, details={"session_id": session_id}),
+        refusals_audited(ctx, actor, "voice.enrol", reference=None, details={"session_id": session_id}) as attempt,
+        _failures_counted(ctx, actor, attempt),
         ctx.db.session() as session,
     ):
         enrolment = _open_session(session, actor, session_id)
+        attempt.subject_token = enrolment.subject_token
+        lock_subject(session, enrolment.subject_token)
         require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
         accepted = [s for s in _samples(session, enrolment.id) if s.accepted]
         # Samples sealed before this change carry no model; they can only be from the running one.

@@ -81,16 +81,16 @@ def _best_matches(
         template = VoiceTemplate.from_bytes(open_template(template_row, unwrap_row(keyring, key_row)))
         enrolled, channel = template.for_probe(probe.channel)
         by_pair.setdefault(channel, []).append((template_row.subject_token, enrolled))
-    candidates = []
+    ranked = []  # (margin over its pair's threshold, candidate): scores of different pairs are not comparable
     for channel, enrolled in by_pair.items():
         scorer = ctx.scoring.scorer(channel, probe.channel)
         scores = scorer.scores_against([e for _, e in enrolled], probe.embedding)
-        candidates += [
-            Candidate(subject, round(float(score), 6))
+        ranked += [
+            (float(score) - scorer.threshold, Candidate(subject, round(float(score), 6)))
             for (subject, _), score in zip(enrolled, scores, strict=True)
             if score >= scorer.threshold
         ]
-    return sorted(candidates, key=lambda c: -c.score)[:top_k]
+    return [candidate for _, candidate in sorted(ranked, key=lambda r: -r[0])[:top_k]]
 
 
 def identify_voice(

@@ -43,6 +43,10 @@ class NotTheEnrolledVoice(Conflict):
     code, title = "not_the_enrolled_voice", "The samples do not match the enrolled voice"
 
 
+class ChannelNotEnrolled(Conflict):
+    code, title = "channel_not_enrolled", "The samples are of a channel the voice is not enrolled in"
+
+
 def store_voice_template(
     session: Session,
     keyring: Keyring,
@@ -60,6 +64,14 @@ def store_voice_template(
     row = find_voice_template_row(session, token)
     existing = None if row is None or replace else VoiceTemplate.from_bytes(open_template(row, key))
     if existing is not None:
+        new = sorted({c.slot for c in captures} - set(existing.means))
+        if new:  # a mean made of these samples alone would be what later callers are scored against
+            raise ChannelNotEnrolled(
+                f"the voice is enrolled from {', '.join(sorted(existing.means))} audio and these samples are "
+                f"{', '.join(new)}: nothing was added; enrolling another channel is a re-enrolment (record fresh "
+                "consent, then enrol with replace=true)",
+                reasons=[{"code": "CHANNEL_NOT_ENROLLED", "channel": slot} for slot in new],
+            )
         mismatches = samples_not_matching(existing, captures, scoring)
         if mismatches:
             raise NotTheEnrolledVoice(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from biometrics.voice.audio.waveform import Waveform
 from biometrics.voice.verification import Probe
 from service.auth import Principal
-from service.consent.records import require_consent, subject_in_tenant
+from service.consent.records import lock_subject, require_consent, subject_in_tenant
 from service.context import ServiceContext
 from service.errors import LockedOut
 from service.limits import locked_for_s, recent_failures, record_failure
@@ -53,7 +53,7 @@ class VoiceCheck:
         return dict(self.__dict__)
 
 
-def _refuse_if_locked(ctx: ServiceContext, session: Session, token: str) -> None:
+def refuse_if_locked(ctx: ServiceContext, session: Session, token: str) -> None:
     window, most = ctx.settings.lockout_window_s, ctx.settings.lockout_max_failures
     wait_s = locked_for_s(session, token, VOICE, window, most)
     if wait_s is not None:
@@ -68,7 +68,7 @@ def claim_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose: 
     with ctx.db.session() as session:
         subject_in_tenant(session, actor.tenant_id, token)
         require_consent(session, token, Modality.VOICE, purpose)
-        _refuse_if_locked(ctx, session, token)
+        refuse_if_locked(ctx, session, token)
         voice_template_row(session, token)
     return VoiceClaim(actor, token, purpose)
 
@@ -76,8 +76,9 @@ def claim_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose: 
 def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceCheck:
     actor, token = claim.actor, claim.subject_token
     with ctx.db.session() as session:
+        lock_subject(session, token)  # concurrent attempts count their failures one after another
         require_consent(session, token, Modality.VOICE, claim.purpose)  # again: it may have been withdrawn meanwhile
-        _refuse_if_locked(ctx, session, token)
+        refuse_if_locked(ctx, session, token)
         template = open_voice_template(session, ctx.keyring, voice_template_row(session, token))
         verdict = ctx.verifier.decide(template, probe)
         record_event(
@@ -97,7 +98,7 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
             },
         )
         if verdict.decision == "reject" and not probe.reasons:
-            _count_failure(ctx, session, actor, token)
+            count_failure(ctx, session, actor, token)
     return VoiceCheck(
         subject_token=token,
         decision=str(verdict.decision),
@@ -112,7 +113,8 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
     )
 
 
-def _count_failure(ctx: ServiceContext, session: Session, actor: Principal, token: str) -> None:
+def count_failure(ctx: ServiceContext, session: Session, actor: Principal, token: str) -> None:
+    """One more failed attempt; the one that reaches the limit is audited as the lockout."""
     record_failure(session, token, VOICE)
     failures = recent_failures(session, token, VOICE, ctx.settings.lockout_window_s)
     if failures == ctx.settings.lockout_max_failures:
