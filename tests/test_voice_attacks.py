@@ -173,3 +173,17 @@ def _waveform(path):
     from biometrics.voice.audio import read_audio_file
 
     return read_audio_file(path)
+
+
+def test_an_enrolment_with_unusable_audio_is_refused_and_audited(bank):
+    api, keys = bank
+    token = _consent(api, keys["portal"])["subject_token"]
+    garbage = [("audio", ("take.wav", b"not audio at all", "audio/wav"))]
+    refused = api.http.post(
+        "/v1/voice/enrol", data={"reference": "ACC-1001"}, files=garbage, headers=api.headers(keys["ivr"])
+    )
+    assert refused.status_code == 422
+    entries = [e for e in _trail(api, keys["auditor"]) if e["outcome"] == "refused"]
+    assert [(e["action"], e["subject_token"], e["details"]["reason"]) for e in entries] == [
+        ("voice.enrol", token, "audio_not_recognised")
+    ]

@@ -15,7 +15,6 @@ from enum import StrEnum
 import numpy as np
 
 from biometrics.scoring.calibration import Calibration, CalibrationError
-from biometrics.settings import CoreSettings
 from biometrics.voice.cohort import Cohort
 from biometrics.voice.embedding import Embedding, require_same_model
 from biometrics.voice.quality.gates import QualityReason
@@ -97,18 +96,6 @@ class Scorer:
             if calibration.method != self.method:
                 raise CalibrationError(f"calibration is for {calibration.method} scores, the scorer uses {self.method}")
             self.threshold = calibration.threshold
-
-    @classmethod
-    def from_settings(
-        cls, settings: CoreSettings, cohort: Cohort | None = None, calibration: Calibration | None = None
-    ) -> Scorer:
-        thresholds = {"cosine_threshold": settings.cosine_threshold, "asnorm_threshold": settings.asnorm_threshold}
-        return cls(
-            cohort,
-            top_k=settings.asnorm_top_k,
-            calibration=calibration,
-            **{name: value for name, value in thresholds.items() if value is not None},
-        )
 
     def score(self, enrol: Embedding, test: Embedding) -> float:
         if self.cohort is None:

@@ -9,7 +9,7 @@ sample behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -53,7 +53,7 @@ def enrol_voice(
     actor: Principal,
     reference: str,
     purpose: str,
-    audio: Sequence[Waveform],
+    audio: Callable[[], Sequence[Waveform]],
     *,
     replace: bool = False,
 ) -> tuple[EnrolmentResult, list[dict]]:
@@ -64,7 +64,7 @@ def enrol_voice(
         with ctx.db.session() as session:
             require_consent_to_enrol(session, actor.tenant_id, token, Modality.VOICE, purpose)
         attempt.subject_token = token
-        plan = plan_enrolment(analyse_for_enrolment(ctx.embedder, list(audio)), ctx.limits)
+        plan = plan_enrolment(analyse_for_enrolment(ctx.embedder, list(audio())), ctx.limits)  # unusable audio: audited
         if plan.reasons:
             raise QualityFailed(
                 "the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in plan.reasons]
