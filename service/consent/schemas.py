@@ -76,6 +76,7 @@ class WithdrawalReceiptOut(BaseModel):
     withdrawn_at: str
     destroyed: dict = Field(description="what was destroyed: the data key and, per kind of sealed data, what went")
     receipt_sha256: str
+    signed_receipt_id: str = Field(description="the signed receipt stored for the customer (JWS, EdDSA)")
 
 
 class TemplateHeld(BaseModel):

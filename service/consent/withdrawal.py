@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.auth import Principal
 from service.consent import registry
+from service.consent.receipts import ReceiptKind, issue_receipt, service_entry
 from service.consent.records import active_consents, lock_subject, subject_in_tenant
 from service.context import ServiceContext
 from service.erasure.destruction import record_destruction
@@ -32,6 +33,7 @@ class WithdrawalReceipt:
     withdrawn_at: str
     destroyed: dict = field(default_factory=dict)
     receipt_sha256: str = ""
+    signed_receipt_id: str = ""  # the stored, signed receipt (``service.consent.receipts``)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +90,16 @@ def withdraw_consent(
             "templates_deleted": len(destroyed["templates"]),
         },
     )
-    return WithdrawalReceipt(**body, receipt_sha256=digest)
+    signed = issue_receipt(
+        session,
+        kind=ReceiptKind.WITHDRAW,
+        subject_token=token,
+        tenant_id=actor.tenant_id,
+        channel=str(actor.role),
+        services=[service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version)],
+        event={"consent_id": consent.id, "state": "withdrawn", "destroyed": destroyed, "receipt_sha256": digest},
+    )
+    return WithdrawalReceipt(**body, receipt_sha256=digest, signed_receipt_id=signed.id)
 
 
 def _shred(session: Session, token: str, modality: Modality, ledger: DestructionLedger | None) -> dict:
