@@ -15,7 +15,7 @@ from service.consent.receipts import ReceiptKind, issue_receipt, service_entry
 from service.context import ServiceContext
 from service.errors import ConsentRequired, Forbidden, NotFound, OptedOut, ReconsentRequired, ServiceError
 from service.modality import Modality
-from service.store.models import Consent, Subject, utcnow
+from service.store.models import Consent, Receipt, Subject, utcnow
 from service.trail.chain import record_event
 
 # Clients that record consent at the point of capture record it for their own modality only.
@@ -153,6 +153,13 @@ def ensure_subject(session: Session, tenant_id: str, token: str) -> Subject:
 
 def record_consent(session: Session, actor: Principal, token: str, terms: ConsentTerms) -> Consent:
     """Stores, audits and gives a signed receipt for a consent (whoever records it: a client or the portal)."""
+    return record_consent_with_receipt(session, actor, token, terms)[0]
+
+
+def record_consent_with_receipt(
+    session: Session, actor: Principal, token: str, terms: ConsentTerms
+) -> tuple[Consent, Receipt]:
+    """``record_consent``, and the signed receipt it stored."""
     ensure_subject(session, actor.tenant_id, token)
     consent = Consent(
         subject_token=token,
@@ -181,7 +188,7 @@ def record_consent(session: Session, actor: Principal, token: str, terms: Consen
         },
     )
     note_activity(session, token)
-    issue_receipt(
+    receipt = issue_receipt(
         session,
         kind=ReceiptKind.GRANT,
         subject_token=token,
@@ -195,7 +202,7 @@ def record_consent(session: Session, actor: Principal, token: str, terms: Consen
             "recorded_by": consent.recorded_by,
         },
     )
-    return consent
+    return consent, receipt
 
 
 def active_consents(session: Session, token: str, modality: str | None = None) -> list[Consent]:

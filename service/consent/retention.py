@@ -24,15 +24,11 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.auth import Principal, Role
-from service.consent import registry
-from service.consent.receipts import ReceiptKind, issue_receipt, service_entry
-from service.consent.records import active_consents, lock_subject
-from service.consent.withdrawal import withdraw_consent
-from service.erasure.destruction import record_destruction
+from service.consent.receipts import ReceiptKind, issue_receipt
+from service.consent.records import lock_subject
+from service.consent.withdrawal import withdraw_everything
 from service.erasure.ledger import DestructionLedger
 from service.erasure.shred import shred_after_withdrawal
-from service.modality import Modality
-from service.protected import destroy_data_key
 from service.settings import ServiceSettings
 from service.store.db import Database
 from service.store.models import Consent, DataKey, EnrolmentSession, Subject, Template, utcnow
@@ -96,23 +92,10 @@ def purge_subject(
         return None  # active again, or purged already (by another replica)
     actor = Principal(RETENTION_ACTOR, subject.tenant_id, Role.PORTAL)
     last_active = (subject.last_active_at or subject.created_at).isoformat(timespec="seconds")
-    closed, withdrawals, destroyed, services = [], [], {}, []
-    for consent in sorted(active_consents(session, token), key=lambda c: c.granted_at):
-        receipt = withdraw_consent(session, actor, token, consent.id, ledger=ledger)
-        closed.append(consent.id)
-        withdrawals.append(receipt.signed_receipt_id)
-        services.append(service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version))
-        if receipt.destroyed["data_key"]:
-            destroyed[consent.modality] = receipt.destroyed
-    for modality in Modality:  # sealed data no consent covered any more (should be none): destroyed too
-        if str(modality) in destroyed:
-            continue
-        erased = registry.erase(session, token, modality)
-        key = destroy_data_key(session, token, str(modality))
-        if key is not None:
-            record_destruction(session, ledger, token, str(modality), key)
-        if key is not None or any(erased.values()):
-            destroyed[str(modality)] = {"data_key": key is not None, **erased}
+    done = withdraw_everything(session, actor, token, ledger=ledger)
+    closed, withdrawals, destroyed, services = (
+        done.consents_closed, done.withdrawal_receipts, done.destroyed, done.services
+    )
     details = {"last_active_at": last_active, "retention_days": days, "consents_closed": closed,
                "data_keys_destroyed": sorted(m for m, d in destroyed.items() if d.get("data_key"))}  # fmt: skip
     record_event(session, actor, action="retention.purge", outcome="purged", subject_token=token, details=details)
