@@ -1,0 +1,161 @@
+"""The customer portal over HTTP, on SQLite and PostgreSQL: one-time links, sessions, CSRF, languages,
+consent choices with signed receipts, never-enrol, the export. (The browser stories: test_portal_browser.py.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import text
+
+from service.consent.receipts import InvalidReceipt, verify_receipt
+from tests.operations_fixtures import _execute, _problem, _rows
+from tests.portal_fixtures import browser, consent, field, portal_link, sign_in
+
+
+def test_a_link_opens_the_portal_once_and_gives_a_strict_session_cookie(bank_portal):
+    api, keys = bank_portal
+    consent(api, keys["portal"], "ACC-1")
+    link = portal_link(api, keys["portal"], "ACC-1")
+    customer = browser(api)
+    first = sign_in(customer, link)
+    assert first.status_code == 200 and "Your biometric data" in first.text
+    cookie = next(h for h in first.history[0].headers.get_list("set-cookie") if h.startswith("bioident_portal="))
+    assert all(flag in cookie.lower() for flag in ("httponly", "secure", "samesite=strict", "path=/portal"))
+    assert first.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "script-src" not in first.headers["content-security-policy"] and "<script" not in first.text
+    assert first.headers["cache-control"] == "no-store" and first.headers["referrer-policy"] == "no-referrer"
+
+    again = browser(api).get(link)  # someone else, or the same customer, opens it a second time
+    assert again.status_code == 410 and "already used" in again.text and "Your consents" not in again.text
+
+
+def test_an_expired_or_forged_link_gets_a_clear_page_and_no_data(bank_portal):
+    api, keys = bank_portal
+    consent(api, keys["portal"], "ACC-2")
+    link = portal_link(api, keys["portal"], "ACC-2")
+    link_id = link.rsplit("/", 1)[1].split(".")[0]
+    _execute(api.ctx.settings.resolved_database_url,
+             (text("UPDATE portal_links SET expires_at = :t WHERE id = :id"),
+              {"t": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1), "id": link_id}))  # fmt: skip
+    customer = browser(api)
+    expired = customer.get(link)
+    assert expired.status_code == 410 and "expired" in expired.text
+    assert customer.post(link, data={"pre": "x"}).status_code in (403, 410)
+
+    forged = link[:-4] + ("0000" if not link.endswith("0000") else "1111")  # another signature
+    page = browser(api).get(forged)
+    assert page.status_code == 404 and "not valid" in page.text
+    assert browser(api).get("/portal/").status_code == 401  # no cookie, no data
+
+
+def test_the_exchange_is_refused_without_the_link_pages_token(bank_portal):
+    api, keys = bank_portal
+    consent(api, keys["portal"], "ACC-3")
+    link = portal_link(api, keys["portal"], "ACC-3")
+    customer = browser(api)
+    customer.get(link)
+    refused = customer.post(link, data={})
+    assert refused.status_code == 403
+    assert sign_in(customer, link).status_code == 200  # the link was not used up by the refused post
+
+
+def test_link_exchanges_are_rate_limited_per_address(bank_portal):
+    api, keys = bank_portal
+    consent(api, keys["portal"], "ACC-4")
+    api.ctx.settings.portal_exchange_per_minute = 3
+    customer = browser(api)
+    statuses = [customer.get("/portal/l/pln_" + "0" * 32 + f".9999999999.{i:064x}").status_code for i in range(4)]
+    assert statuses[:3] == [404, 404, 404] and statuses[3] == 429
+
+
+def test_forms_without_their_csrf_token_are_refused_and_change_nothing(bank_portal):
+    api, keys = bank_portal
+    given = consent(api, keys["portal"], "ACC-5")
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-5"))
+    for data in ({}, {"csrf": "0" * 64}):
+        assert customer.post(f"/portal/consents/{given['id']}/withdraw", data=data).status_code == 403
+        assert customer.post("/portal/erase", data={**data, "confirm": "yes"}).status_code == 403
+        assert customer.post("/portal/never-enrol", data={**data, "choice": "set"}).status_code == 403
+    consents = api.http.get(f"/v1/subjects/{given['subject_token']}/consents", headers=api.headers(keys["portal"]))
+    assert consents.json()[0]["active"] is True
+    withdrawn = customer.post(f"/portal/consents/{given['id']}/withdraw", data={"csrf": field(home.text, "csrf")})
+    assert withdrawn.status_code == 200 and "Consent withdrawn" in withdrawn.text
+
+
+def test_each_language_renders_its_own_strings(bank_portal):
+    api, keys = bank_portal
+    consent(api, keys["portal"], "ACC-6")
+    customer = browser(api)
+    sign_in(customer, portal_link(api, keys["portal"], "ACC-6"))
+    headings = {"en": "Your consents", "ru": "Ваши согласия", "uk": "Ваші згоди", "be": "Вашы згоды"}
+    for lang, heading in headings.items():
+        page = customer.get("/portal/", headers={"Accept-Language": f"{lang},en;q=0.5"})
+        assert f'<html lang="{lang}">' in page.text and heading in page.text
+        assert all(other not in page.text for other in headings.values() if other != heading)
+    switched = customer.get("/portal/?lang=uk", headers={"Accept-Language": "ru"})
+    assert "Ваші згоди" in switched.text
+    assert "Ваші згоди" in customer.get("/portal/", headers={"Accept-Language": "ru"}).text  # the switch is kept
+
+
+def test_receipts_are_stored_signed_and_verify_with_the_published_key(bank_portal):
+    api, keys = bank_portal
+    given = consent(api, keys["portal"], "ACC-7")
+    withdrawn = api.http.post(f"/v1/subjects/{given['subject_token']}/consents/{given['id']}:withdraw",
+                              headers=api.headers(keys["portal"])).json()  # fmt: skip
+    jwk = api.http.get("/v1/receipts/keys").json()["keys"][0]
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-7"))
+    listing = customer.get("/portal/receipts")
+    assert "Consent given" in listing.text and "Consent withdrawn" in listing.text
+    document = customer.get(f"/portal/receipts/{withdrawn['signed_receipt_id']}/download").json()
+    receipt = verify_receipt(document["jws"], jwk)
+    assert receipt == document["receipt"]
+    assert receipt["piiPrincipalId"] == given["subject_token"] and receipt["event"]["type"] == "consent.withdraw"
+    assert receipt["event"]["consent_id"] == given["id"] and receipt["services"][0]["purposes"][0]["purpose"]
+    assert receipt["event"]["receipt_sha256"] == withdrawn["receipt_sha256"]
+    header, payload, signature = document["jws"].split(".")
+    tampered = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB")
+    try:
+        verify_receipt(f"{header}.{tampered}.{signature}", jwk)
+        raise AssertionError("a tampered receipt verified")
+    except InvalidReceipt:
+        pass
+    assert "Your receipts" in home.text
+
+
+def test_the_portal_client_sets_never_enrol_and_only_the_customer_lifts_it(bank_portal):
+    api, keys = bank_portal
+    portal, ivr = api.headers(keys["portal"]), api.headers(keys["ivr"])
+    flagged = api.http.post("/v1/subjects:never-enrol", json={"reference": "ACC-8"}, headers=portal)
+    assert flagged.status_code == 200, flagged.text
+    consent(api, keys["portal"], "ACC-8")
+    files = [("audio", ("a.wav", b"RIFF....", "audio/wav"))]
+    refused = api.http.post("/v1/voice/enrol", data={"reference": "ACC-8"}, files=files, headers=ivr)
+    assert _problem(refused, 403)["type"].endswith("/opted_out")
+    session = api.http.post("/v1/voice/enrolments", json={"reference": "ACC-8"}, headers=api.headers(keys["ivr"]))
+    assert _problem(session, 403)["type"].endswith("/opted_out")
+
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-8"))
+    assert "nobody can enrol" in home.text
+    lifted = customer.post("/portal/never-enrol", data={"csrf": field(home.text, "csrf"), "choice": "lift"})
+    assert lifted.status_code == 200 and "nobody can enrol" not in lifted.text
+    allowed = api.http.post("/v1/voice/enrolments", json={"reference": "ACC-8"}, headers=api.headers(keys["ivr"]))
+    assert allowed.status_code == 201, allowed.text
+    query = "SELECT outcome FROM audit_entries WHERE action = 'subject.never_enrol' ORDER BY seq"
+    actions = [row[0] for row in _rows(api.ctx.settings.resolved_database_url, query)]
+    assert actions == ["set", "lifted"]
+
+
+def test_erase_everything_destroys_every_modality_and_gives_a_receipt(bank_portal):
+    api, keys = bank_portal
+    voice = consent(api, keys["portal"], "ACC-9")
+    consent(api, keys["portal"], "ACC-9", modality="fingerprint")
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-9"))
+    assert customer.post("/portal/erase", data={"csrf": field(home.text, "csrf")}).status_code == 400  # unconfirmed
+    erased = customer.post("/portal/erase", data={"csrf": field(home.text, "csrf"), "confirm": "yes"})
+    assert erased.status_code == 200 and "Everything erased" in erased.text
+    consents = api.http.get(f"/v1/subjects/{voice['subject_token']}/consents", headers=api.headers(keys["portal"]))
+    assert [c["active"] for c in consents.json()] == [False, False]
