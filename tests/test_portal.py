@@ -159,3 +159,41 @@ def test_erase_everything_destroys_every_modality_and_gives_a_receipt(bank_porta
     assert erased.status_code == 200 and "Everything erased" in erased.text
     consents = api.http.get(f"/v1/subjects/{voice['subject_token']}/consents", headers=api.headers(keys["portal"]))
     assert [c["active"] for c in consents.json()] == [False, False]
+
+
+def test_a_customer_gives_consent_in_their_language_and_gets_its_receipt(bank_portal):
+    import hashlib
+
+    from service.portal.i18n import gettext
+    from service.portal.views import NOTICES
+
+    api, keys = bank_portal
+    first = consent(api, keys["portal"], "ACC-10")
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-10"))
+    form = {"csrf": field(home.text, "csrf"), "modality": "fingerprint", "purpose": "authentication"}
+    assert customer.post("/portal/consents", data=form).status_code == 400  # the notice not confirmed
+    not_offered = {**form, "notice_read": "yes", "purpose": "marketing"}
+    assert customer.post("/portal/consents", data=not_offered).status_code == 400
+    given = customer.post("/portal/consents?lang=ru", data={**form, "notice_read": "yes"})
+    assert given.status_code == 200 and "Согласие дано" in given.text
+    consents = api.http.get(f"/v1/subjects/{first['subject_token']}/consents", headers=api.headers(keys["portal"]))
+    fingerprint = [c for c in consents.json() if c["modality"] == "fingerprint"]
+    assert len(fingerprint) == 1 and fingerprint[0]["channel"] == "portal"
+    assert fingerprint[0]["recorded_by"] == "customer"
+    shown = gettext("ru", NOTICES["fingerprint"])  # the notice as the customer read it, in Russian
+    assert shown != NOTICES["fingerprint"]
+    assert fingerprint[0]["notice_sha256"] == hashlib.sha256(shown.encode()).hexdigest()
+
+
+def test_signing_out_ends_the_session(bank_portal):
+    api, keys = bank_portal
+    consent(api, keys["portal"], "ACC-11")
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-11"))
+    cookie = customer.cookies.get("bioident_portal")
+    signed_out = customer.post("/portal/sign-out", data={"csrf": field(home.text, "csrf")})
+    assert signed_out.status_code == 200 and "You are signed out" in signed_out.text
+    replayed = browser(api)
+    replayed.cookies.set("bioident_portal", cookie, domain="testserver", path="/portal")
+    assert replayed.get("/portal/").status_code == 401  # the old cookie opens nothing

@@ -160,3 +160,22 @@ def test_a_purged_customer_is_enrolled_again_only_after_fresh_consent(database_u
     with ctx.db.session() as session:
         assert require_consent_to_enrol(session, "bank", STALE, Modality.VOICE, "authentication").notice_version == "v2"
     assert purge_inactive(ctx.db, ctx.settings, ctx.keyring) == []  # fresh consent is fresh activity
+
+
+def test_the_schedule_inside_serve_purges_by_itself(database_url, tmp_path):
+    import time
+
+    from service.consent.retention import RetentionSchedule, purge_inactive
+
+    ctx = _deployment(database_url, tmp_path / "data")
+    _enrolled(ctx, STALE)
+    _last_active(database_url, STALE, days_ago=4000)
+    schedule = RetentionSchedule(lambda: purge_inactive(ctx.db, ctx.settings, ctx.keyring), interval_s=3600).start()
+    try:
+        deadline = time.monotonic() + 60
+        while _count(database_url, "SELECT COUNT(*) FROM audit_entries WHERE action = 'retention.purge'") == 0:
+            assert time.monotonic() < deadline, "the schedule did not purge"
+            time.sleep(0.1)
+    finally:
+        schedule.stop()
+    assert _count(database_url, "SELECT COUNT(*) FROM data_keys WHERE subject_token = :s", s=STALE) == 0
