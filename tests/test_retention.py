@@ -179,3 +179,29 @@ def test_the_schedule_inside_serve_purges_by_itself(database_url, tmp_path):
     finally:
         schedule.stop()
     assert _count(database_url, "SELECT COUNT(*) FROM data_keys WHERE subject_token = :s", s=STALE) == 0
+
+
+def test_an_upgraded_deployment_counts_retention_from_the_trail_not_from_the_upgrade(database_url):
+    from alembic import command
+
+    from service.store.db import alembic_config, upgrade
+
+    command.downgrade(alembic_config(database_url), "0007")
+    old, verified, recent = (dt.datetime(2020, 1, 1, tzinfo=dt.UTC), dt.datetime(2022, 6, 1, tzinfo=dt.UTC),
+                             dt.datetime(2026, 11, 1, tzinfo=dt.UTC))  # fmt: skip
+    entry = ("INSERT INTO audit_entries (seq, at, actor, action, subject_token, outcome, details, prev_hash,"
+             " entry_hash) VALUES (:seq, :at, 'cli', :action, :s, :outcome, '{}', 'x', 'y')")  # fmt: skip
+    _execute(
+        database_url,
+        text("INSERT INTO tenants (id, name, created_at) VALUES ('bank', 'bank', CURRENT_TIMESTAMP)"),
+        *[(text("INSERT INTO subjects (token, tenant_id, created_at) VALUES (:s, 'bank', :at)"), {"s": s, "at": old})
+          for s in (STALE, RECENT)],
+        (text(entry), {"seq": 1, "at": verified, "action": "consent.grant", "s": STALE, "outcome": "granted"}),
+        (text(entry), {"seq": 2, "at": recent, "action": "voice.verify", "s": RECENT, "outcome": "accept"}),
+        (text(entry), {"seq": 3, "at": recent, "action": "voice.verify", "s": STALE, "outcome": "reject"}),
+    )  # fmt: skip
+    upgrade(database_url)
+    rows = dict(_rows(database_url, "SELECT token, last_active_at FROM subjects"))
+    as_utc = {k: (v if isinstance(v, dt.datetime) else dt.datetime.fromisoformat(v)) for k, v in rows.items()}
+    assert as_utc[STALE].replace(tzinfo=dt.UTC) == verified  # a rejected verification is no interaction
+    assert as_utc[RECENT].replace(tzinfo=dt.UTC) == recent

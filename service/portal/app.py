@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.context import ServiceContext
 from service.errors import ServiceError
 from service.portal.i18n import HERE, LANGUAGES, negotiate
-from service.portal.router import BASE, router
+from service.portal.router import BASE, page, router
 
 log = logging.getLogger("bioident.portal")
 
@@ -64,8 +64,6 @@ def create_portal_app(ctx: ServiceContext) -> FastAPI:
         return response
 
     def error_page(request: Request, status: int, code: str, retry_after_s: int | None = None) -> HTMLResponse:
-        from service.portal.router import page
-
         if not hasattr(request.state, "lang"):
             request.state.lang = "en"
         response = page(request, "message.html", status=status, title_key=code if code in _KNOWN else "failed")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
 
 from service.consent.receipts import receipts_of
 from service.consent.records import (
@@ -218,7 +219,8 @@ def grant(
         raise ServiceError("choose what to consent to and confirm that you read the notice")
     notice = gettext(_lang(request), NOTICES[modality])
     with ctx.db.session() as session:
-        known = {c.purpose for c in session.query(Consent).filter(Consent.subject_token == customer.subject_token)}
+        query = select(Consent.purpose).where(Consent.subject_token == customer.subject_token)
+        known = set(session.execute(query).scalars())
         if purpose not in {*ctx.settings.portal_purposes, *known}:
             raise ServiceError("choose one of the purposes offered")
         terms = ConsentTerms(
