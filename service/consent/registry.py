@@ -26,7 +26,8 @@ class Erasable:
     name: str  # its key in the receipt's ``destroyed``
     erase: Callable[[Session, str, str], object]
     nothing: Callable[[], object]  # what the receipt shows when nothing was destroyed
-    held: Callable[[Session, str, str], int]  # how many the subject holds now (the portal shows it)
+    # How many the subject holds now (the portal shows it; a kind without it is not shown there).
+    held: Callable[[Session, str, str], int] | None = None
 
 
 def _erase_templates(session: Session, token: str, modality: str) -> list[str]:
@@ -86,4 +87,5 @@ def nothing_erased(modality: Modality) -> dict[str, object]:
 
 def held(session: Session, token: str, modality: Modality) -> dict[str, int]:
     """How many of each registered kind of sealed data the subject holds for ``modality`` (never its contents)."""
-    return {entry.name: entry.held(session, token, str(modality)) for entry in ERASED_ON_WITHDRAWAL[modality]}
+    entries = ERASED_ON_WITHDRAWAL[modality]
+    return {entry.name: entry.held(session, token, str(modality)) for entry in entries if entry.held is not None}
