@@ -197,3 +197,27 @@ def test_signing_out_ends_the_session(bank_portal):
     replayed = browser(api)
     replayed.cookies.set("bioident_portal", cookie, domain="testserver", path="/portal")
     assert replayed.get("/portal/").status_code == 401  # the old cookie opens nothing
+
+
+def test_the_language_follows_accept_language_with_its_weights():
+    from service.portal.i18n import negotiate
+
+    assert negotiate("uk-UA,uk;q=0.9,ru;q=0.8,en;q=0.5") == "uk"
+    assert negotiate("de-DE, ru;q=0.3, be;q=0.7") == "be"
+    assert negotiate("fr, de") == "en" and negotiate(None) == "en" and negotiate("ru;q=0, en;q=0.1") == "en"
+
+
+def test_a_catalogue_not_compiled_by_setup_is_compiled_in_memory(tmp_path, monkeypatch):
+    import shutil
+
+    from service.portal import i18n
+
+    folder = tmp_path / "be" / "LC_MESSAGES"
+    folder.mkdir(parents=True)
+    shutil.copy(i18n.TRANSLATIONS / "be" / "LC_MESSAGES" / "messages.po", folder / "messages.po")
+    monkeypatch.setattr(i18n, "TRANSLATIONS", tmp_path)
+    i18n.translations.cache_clear()
+    try:
+        assert i18n.translations("be").gettext("Your consents") == "Вашы згоды"
+    finally:
+        i18n.translations.cache_clear()
