@@ -79,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.consent.retention import RetentionSchedule, purge_inactive
     from service.context import ServiceContext
     from service.erasure.shred import ShreddingSchedule
+    from service.portal.links import prune as prune_portal
 
     settings = _settings()
     db, keyring = _open_store(settings, create_keyring=True)
@@ -89,8 +90,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"first admin API key (shown once, store it now): {key}", flush=True)
     ctx.embedder  # noqa: B018 - load and verify the model before taking traffic
     schedule = ShreddingSchedule(db, settings).start()
-    interval_s = settings.retention_check_interval_s
-    retention = RetentionSchedule(lambda: purge_inactive(db, settings, ctx.keyring), interval_s).start()
+    def housekeeping() -> list:
+        prune_portal(db)  # expired portal links and sessions
+        return purge_inactive(db, settings, ctx.keyring)
+
+    retention = RetentionSchedule(housekeeping, settings.retention_check_interval_s).start()
     try:
         uvicorn.run(
             create_app(ctx),
@@ -211,10 +215,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_retention_run(args: argparse.Namespace) -> int:
     from service.consent.retention import purge_inactive
+    from service.portal.links import prune as prune_portal
 
     settings = _settings()
     db, keyring = _open_store(settings)
     purged = purge_inactive(db, settings, keyring, dry_run=args.dry_run)
+    if not args.dry_run:
+        prune_portal(db)
     verb = "due for purging" if args.dry_run else "purged"
     for purge in purged:
         if args.dry_run:

@@ -221,3 +221,22 @@ def test_a_catalogue_not_compiled_by_setup_is_compiled_in_memory(tmp_path, monke
         assert i18n.translations("be").gettext("Your consents") == "Вашы згоды"
     finally:
         i18n.translations.cache_clear()
+
+
+def test_links_and_sessions_that_ended_long_ago_are_pruned(bank_portal):
+    from service.portal.links import prune
+
+    api, keys = bank_portal
+    consent(api, keys["portal"], "ACC-12")
+    customer = browser(api)
+    sign_in(customer, portal_link(api, keys["portal"], "ACC-12"))
+    fresh = portal_link(api, keys["portal"], "ACC-12")
+    url = api.ctx.settings.resolved_database_url
+    two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    _execute(url, (text("UPDATE portal_sessions SET expires_at = :t"), {"t": two_days_ago}),
+             (text("UPDATE portal_links SET expires_at = :t WHERE id <> :id"),
+              {"t": two_days_ago, "id": fresh.rsplit("/", 1)[1].split(".")[0]}))  # fmt: skip
+    assert prune(api.ctx.db) == 2
+    assert _rows(url, "SELECT COUNT(*) FROM portal_sessions") == [(0,)]
+    assert _rows(url, "SELECT COUNT(*) FROM portal_links") == [(1,)]
+    assert sign_in(browser(api), fresh).status_code == 200  # the link still valid is kept

@@ -114,7 +114,7 @@ def service_entry(modality: str, purpose: str, *, notice_version: str | None = N
     }
     if notice_version is not None:
         entry["noticeVersion"] = notice_version
-    return {"service": f"{modality} recognition", "purposes": [entry]}
+    return {"service": f"{modality} recognition", "modality": modality, "purposes": [entry]}
 
 
 def issue_receipt(

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from service.auth import Principal, Role
 from service.consent.records import subject_in_tenant
 from service.context import ServiceContext
 from service.errors import ServiceError
 from service.limits import count_request
+from service.store.db import Database
 from service.store.models import PortalLink, PortalSession, utcnow
 from service.trail.chain import record_event
 
@@ -192,3 +193,12 @@ def csrf_token(ctx: ServiceContext, customer: Customer) -> str:
 def check_csrf(ctx: ServiceContext, customer: Customer, given: str | None) -> None:
     if not given or not hmac.compare_digest(given, csrf_token(ctx, customer)):
         raise CsrfRefused("the form was sent without its security token: open the page again and resend it")
+
+
+def prune(db: Database, *, keep: dt.timedelta = dt.timedelta(days=1)) -> int:
+    """Deletes links and sessions that ended more than ``keep`` ago (their use is in the audit trail)."""
+    before = utcnow() - keep
+    with db.session() as session:
+        sessions = session.execute(delete(PortalSession).where(PortalSession.expires_at < before)).rowcount
+        links = session.execute(delete(PortalLink).where(PortalLink.expires_at < before)).rowcount
+    return sessions + links
