@@ -133,8 +133,24 @@ def browser(chromium):
     chromium.delete_all_cookies()
 
 
+UNLABELLED = """
+return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea, button, a'))
+  .filter(e => {
+    const label = e.id && document.querySelector('label[for="' + e.id + '"]');
+    return !(label && label.textContent.trim()) && !e.getAttribute('aria-label') && !e.textContent.trim();
+  }).map(e => e.outerHTML);
+"""
+
+
 def shot(driver, name: str) -> None:
-    """A full-page screenshot at the phone's width, for a reviewer to look at."""
+    """A full-page screenshot at the phone's width, for a reviewer to look at; and the page's basic
+    accessibility: its language, one h1, a name for every control, nothing wider than the phone."""
+    from selenium.webdriver.common.by import By
+
+    assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") in ("en", "ru", "uk", "be")
+    assert len(driver.find_elements(By.TAG_NAME, "h1")) == 1
+    assert driver.execute_script(UNLABELLED) == []
+    assert fits_a_phone(driver)
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(PHONE[0], max(PHONE[1], min(height + 120, 6000)))
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
@@ -326,3 +342,24 @@ def test_a_customer_inactive_past_retention_finds_their_data_purged(deployment, 
     navigates(browser, browser.find_element(By.LINK_TEXT, "How long we keep your data and how we destroy it").click)
     assert h1(browser) == "Retention and destruction policy" and "3 years" in browser.page_source
     shot(browser, "14-retention-policy")
+
+
+def test_a_customer_erases_everything_and_signs_out(deployment, browser):
+    from selenium.webdriver.common.by import By
+
+    given = deployment.consent("ACC-8")
+    sign_in(browser, deployment.link("ACC-8"))
+    erase = browser.find_element(By.CSS_SELECTOR, "form[action='/portal/erase']")
+    erase.find_element(By.CSS_SELECTOR, "label[for=erase-confirm]").click()  # the label ticks its box
+    navigates(browser, erase.find_element(By.CSS_SELECTOR, "button").click)
+    assert "Everything erased" in h1(browser)
+    shot(browser, "15-erasure-receipt")
+    consents = deployment.http.get(f"/v1/subjects/{given['subject_token']}/consents", headers=deployment.keys["portal"])
+    assert [c["active"] for c in consents.json()] == [False]
+
+    navigates(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/portal/sign-out'] button").click)
+    assert h1(browser) == "You are signed out"
+    shot(browser, "16-signed-out")
+    browser.get(deployment.base + "/portal/")
+    assert h1(browser) == "You are not signed in" and "Your consents" not in browser.page_source
+    shot(browser, "17-not-signed-in")
