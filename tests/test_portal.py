@@ -240,3 +240,33 @@ def test_links_and_sessions_that_ended_long_ago_are_pruned(bank_portal):
     assert _rows(url, "SELECT COUNT(*) FROM portal_sessions") == [(0,)]
     assert _rows(url, "SELECT COUNT(*) FROM portal_links") == [(1,)]
     assert sign_in(browser(api), fresh).status_code == 200  # the link still valid is kept
+
+
+def test_a_link_opened_on_two_replicas_at_once_opens_one_session(bank_portal):
+    import threading
+
+    from service.context import ServiceContext
+    from service.portal.links import LinkUsed, exchange_link
+
+    api, keys = bank_portal
+    consent(api, keys["portal"], "ACC-13")
+    signed = portal_link(api, keys["portal"], "ACC-13").rsplit("/", 1)[1]
+    replicas = [ServiceContext(api.ctx.settings, keyring=api.ctx.keyring) for _ in range(4)]
+    barrier, outcomes = threading.Barrier(len(replicas)), []
+
+    def open_link(ctx) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(("session", exchange_link(ctx, signed)))
+        except LinkUsed:
+            outcomes.append(("used", None))
+
+    threads = [threading.Thread(target=open_link, args=(r,)) for r in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for replica in replicas:
+        replica.db.engine.dispose()
+    assert sorted(kind for kind, _ in outcomes) == ["session", "used", "used", "used"]
+    assert _rows(api.ctx.settings.resolved_database_url, "SELECT COUNT(*) FROM portal_sessions") == [(1,)]
