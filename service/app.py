@@ -11,6 +11,8 @@ from service.admin import router as admin
 from service.consent import router as consent
 from service.context import ServiceContext
 from service.middleware import BodySizeLimit
+from service.portal import api as portal_api
+from service.portal.app import create_portal_app
 from service.problems import COMMON_PROBLEMS, Problem, install_problem_handlers, problem_responses
 from service.trail import router as trail
 from service.voice import router as voice
@@ -29,12 +31,15 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app)
-    for module in (admin, consent, voice, trail, accuracy):
+    for module in (admin, consent, portal_api, voice, trail, accuracy):
         app.include_router(module.router, responses=problem_responses(*COMMON_PROBLEMS))
 
     @app.get("/health", tags=["health"], response_model=Health)
     def health() -> Health:
         return Health(status="ok")
+
+    # The customers' pages: their own trust boundary (links, cookies, CSRF), not part of the API's schema.
+    app.mount("/portal", create_portal_app(ctx))
 
     app.add_middleware(BodySizeLimit, max_bytes=ctx.settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)

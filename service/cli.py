@@ -76,8 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.admin.bootstrap import bootstrap_admin
     from service.app import create_app
+    from service.consent.retention import RetentionSchedule, purge_inactive
     from service.context import ServiceContext
     from service.erasure.shred import ShreddingSchedule
+    from service.portal.links import prune as prune_portal
 
     settings = _settings()
     db, keyring = _open_store(settings, create_keyring=True)
@@ -88,6 +90,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"first admin API key (shown once, store it now): {key}", flush=True)
     ctx.embedder  # noqa: B018 - load and verify the model before taking traffic
     schedule = ShreddingSchedule(db, settings).start()
+    def housekeeping() -> list:
+        prune_portal(db)  # expired portal links and sessions
+        return purge_inactive(db, settings, ctx.keyring)
+
+    retention = RetentionSchedule(housekeeping, settings.retention_check_interval_s).start()
     try:
         uvicorn.run(
             create_app(ctx),
@@ -97,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log=False,
         )
     finally:
+        retention.stop()
         schedule.stop()
     return 0
 
@@ -202,6 +210,27 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"{restored.data_keys} data keys; {len(restored.replay.completed)} withdrawals re-destroyed "
         f"from the destruction ledger ({restored.replay.ledger_lines} lines)"
     )
+    return 0
+
+
+def cmd_retention_run(args: argparse.Namespace) -> int:
+    from service.consent.retention import purge_inactive
+    from service.portal.links import prune as prune_portal
+
+    settings = _settings()
+    db, keyring = _open_store(settings)
+    purged = purge_inactive(db, settings, keyring, dry_run=args.dry_run)
+    if not args.dry_run:
+        prune_portal(db)
+    verb = "due for purging" if args.dry_run else "purged"
+    for purge in purged:
+        if args.dry_run:
+            print(f"{purge.subject_token}\tdue")
+        else:
+            modalities = ", ".join(sorted(purge.destroyed)) or "no biometric data"
+            closed = f"{len(purge.consents_closed)} consents closed"
+            print(f"{purge.subject_token}\t{closed}\t{modalities}\treceipt {purge.receipt_id}")
+    print(f"{len(purged)} subjects {verb} (no interaction for {settings.retention_days} days)")
     return 0
 
 
@@ -337,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(
         "anchor", help="print the signed head as one JSON line, to keep where the database's writers cannot"
     ).set_defaults(run=cmd_audit_anchor)
+
+    retention = verbs.add_parser("retention", help="purge subjects inactive for the retention period")
+    run = retention.add_subparsers(dest="action", required=True).add_parser(
+        "run", help="purge every subject with no interaction for BIOIDENT_RETENTION_DAYS (audited, with receipts)"
+    )
+    run.add_argument("--dry-run", action="store_true", help="only list who is due")
+    run.set_defaults(run=cmd_retention_run)
 
     clients = verbs.add_parser("clients", help="API clients").add_subparsers(dest="action", required=True)
     create = clients.add_parser("create", help="create a client and print its API key once")

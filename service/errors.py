@@ -31,6 +31,10 @@ class ReconsentRequired(ServiceError):
     status, code, title = 403, "reconsent_required", "Fresh consent needed"
 
 
+class OptedOut(ServiceError):
+    status, code, title = 403, "opted_out", "The customer asked never to be enrolled"
+
+
 class NotFound(ServiceError):
     status, code, title = 404, "not_found", "Not found"
 

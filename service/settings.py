@@ -55,3 +55,19 @@ class ServiceSettings(CoreSettings):
     @property
     def resolved_backup_keys_dir(self) -> Path:
         return self.backup_keys_dir or self.data_dir / "backup-keys"
+
+    # Retention (docs/retention-policy.md): a subject with no interaction (consent given, successful
+    # verification) for this many days is purged; 'bioident serve' looks every retention_check_interval_s.
+    retention_days: int = Field(1095, ge=1)
+    retention_check_interval_s: int = Field(3600, ge=10)
+
+    # The customer portal (/portal). portal_url: the portal's public address as customers reach it (links
+    # point there); default: this service's own address as the portal client called it.
+    portal_url: str | None = None
+    portal_link_ttl_s: int = Field(900, ge=30, le=86400)
+    portal_session_ttl_s: int = Field(1800, ge=60, le=86400)
+    portal_exchange_per_minute: int = Field(10, ge=1)  # link exchanges per client address per minute
+    # Session cookies are Secure (sent over HTTPS only); false only for local use over plain HTTP.
+    portal_secure_cookies: bool = True
+    # The purposes a customer may give consent for in the portal (besides those they already gave).
+    portal_purposes: tuple[str, ...] = ("authentication",)

@@ -11,10 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.auth import Principal, Role
+from service.consent.receipts import ReceiptKind, issue_receipt, service_entry
 from service.context import ServiceContext
-from service.errors import ConsentRequired, Forbidden, NotFound, ReconsentRequired, ServiceError
+from service.errors import ConsentRequired, Forbidden, NotFound, OptedOut, ReconsentRequired, ServiceError
 from service.modality import Modality
-from service.store.models import Consent, Subject
+from service.store.models import Consent, Receipt, Subject, utcnow
 from service.trail.chain import record_event
 
 # Clients that record consent at the point of capture record it for their own modality only.
@@ -85,13 +86,47 @@ def lock_subject(session: Session, token: str) -> None:
 
 
 def require_consent_to_enrol(session: Session, tenant_id: str, token: str, modality: Modality, purpose: str) -> Consent:
-    """Consent before an enrolment: a customer with no record here is told to give consent first."""
+    """Consent before an enrolment of any modality: a customer with no record here is told to give consent
+    first, and a customer who asked never to be enrolled is refused whatever consent stands."""
     subject = session.get(Subject, token)
     if subject is None or subject.tenant_id != tenant_id:
         raise ConsentRequired(
             f"no {modality} consent is recorded for this customer: record it first (POST /v1/consents)"
         )
+    refuse_if_opted_out(session, token)
     return require_consent(session, token, modality, purpose)
+
+
+def refuse_if_opted_out(session: Session, token: str) -> None:
+    """Every enrolment (start, and storing a template) calls this: "never enrol me" holds until the customer
+    lifts it in the portal."""
+    subject = session.get(Subject, token)
+    if subject is not None and subject.never_enrol_at is not None:
+        raise OptedOut("the customer asked never to be enrolled; only they can lift that, in the portal")
+
+
+def set_never_enrol(session: Session, actor: Principal, token: str, *, never: bool) -> Subject:
+    """Sets (the customer or the portal client) or lifts (the customer, in the portal) "never enrol me"."""
+    subject = ensure_subject(session, actor.tenant_id, token)
+    if subject.tenant_id != actor.tenant_id:
+        raise NotFound("no such subject")
+    if never and subject.never_enrol_at is None:
+        subject.never_enrol_at = utcnow()
+    elif not never:
+        subject.never_enrol_at = None
+    session.flush()
+    record_event(
+        session, actor, action="subject.never_enrol", outcome="set" if never else "lifted", subject_token=token
+    )
+    return subject
+
+
+def note_activity(session: Session, token: str) -> None:
+    """The customer interacted (gave consent, was verified): retention counts from now."""
+    subject = session.get(Subject, token)
+    if subject is not None:
+        subject.last_active_at = utcnow()
+        session.flush()
 
 
 def require_fresh_consent(
@@ -117,6 +152,14 @@ def ensure_subject(session: Session, tenant_id: str, token: str) -> Subject:
 
 
 def record_consent(session: Session, actor: Principal, token: str, terms: ConsentTerms) -> Consent:
+    """Stores, audits and gives a signed receipt for a consent (whoever records it: a client or the portal)."""
+    return record_consent_with_receipt(session, actor, token, terms)[0]
+
+
+def record_consent_with_receipt(
+    session: Session, actor: Principal, token: str, terms: ConsentTerms
+) -> tuple[Consent, Receipt]:
+    """``record_consent``, and the signed receipt it stored."""
     ensure_subject(session, actor.tenant_id, token)
     consent = Consent(
         subject_token=token,
@@ -144,7 +187,22 @@ def record_consent(session: Session, actor: Principal, token: str, terms: Consen
             "channel": consent.channel,
         },
     )
-    return consent
+    note_activity(session, token)
+    receipt = issue_receipt(
+        session,
+        kind=ReceiptKind.GRANT,
+        subject_token=token,
+        tenant_id=actor.tenant_id,
+        channel=consent.channel,
+        services=[service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version)],
+        event={
+            "consent_id": consent.id,
+            "state": "given",
+            "notice_sha256": consent.notice_sha256,
+            "recorded_by": consent.recorded_by,
+        },
+    )
+    return consent, receipt
 
 
 def active_consents(session: Session, token: str, modality: str | None = None) -> list[Consent]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from service.modality import Modality
@@ -26,6 +26,8 @@ class Erasable:
     name: str  # its key in the receipt's ``destroyed``
     erase: Callable[[Session, str, str], object]
     nothing: Callable[[], object]  # what the receipt shows when nothing was destroyed
+    # How many the subject holds now (the portal shows it; a kind without it is not shown there).
+    held: Callable[[Session, str, str], int] | None = None
 
 
 def _erase_templates(session: Session, token: str, modality: str) -> list[str]:
@@ -51,8 +53,20 @@ def _erase_enrolment_sessions(session: Session, token: str, modality: str) -> in
     return len(ids)
 
 
-TEMPLATES = Erasable("templates", _erase_templates, list)
-ENROLMENT_SESSIONS = Erasable("enrolment_sessions", _erase_enrolment_sessions, int)
+def _count(model: type, *conditions: object) -> Callable[[Session, str, str], int]:
+    def held(session: Session, token: str, modality: str) -> int:
+        query = select(func.count()).select_from(model).where(
+            model.subject_token == token, model.modality == modality, *conditions
+        )
+        return session.execute(query).scalar_one()
+
+    return held
+
+
+TEMPLATES = Erasable("templates", _erase_templates, list, _count(Template))
+ENROLMENT_SESSIONS = Erasable(
+    "enrolment_sessions", _erase_enrolment_sessions, int, _count(EnrolmentSession, EnrolmentSession.status == "open")
+)
 
 ERASED_ON_WITHDRAWAL: dict[Modality, tuple[Erasable, ...]] = {
     Modality.VOICE: (TEMPLATES, ENROLMENT_SESSIONS),
@@ -69,3 +83,9 @@ def erase(session: Session, token: str, modality: Modality) -> dict[str, object]
 
 def nothing_erased(modality: Modality) -> dict[str, object]:
     return {entry.name: entry.nothing() for entry in ERASED_ON_WITHDRAWAL[modality]}
+
+
+def held(session: Session, token: str, modality: Modality) -> dict[str, int]:
+    """How many of each registered kind of sealed data the subject holds for ``modality`` (never its contents)."""
+    entries = ERASED_ON_WITHDRAWAL[modality]
+    return {entry.name: entry.held(session, token, str(modality)) for entry in entries if entry.held is not None}

@@ -6,8 +6,25 @@ from fastapi import APIRouter, Depends
 
 from service.auth import Principal, Role
 from service.consent.held import what_is_held
-from service.consent.records import ConsentTerms, consents_of, grant_consent, lookup_subject, notice_digest
-from service.consent.schemas import ConsentIn, ConsentOut, HeldOut, LookupIn, SubjectRef, WithdrawalReceiptOut
+from service.consent.receipts import SigningKey
+from service.consent.records import (
+    ConsentTerms,
+    consents_of,
+    grant_consent,
+    lookup_subject,
+    notice_digest,
+    set_never_enrol,
+)
+from service.consent.schemas import (
+    ConsentIn,
+    ConsentOut,
+    HeldOut,
+    LookupIn,
+    NeverEnrolOut,
+    ReceiptKeys,
+    SubjectRef,
+    WithdrawalReceiptOut,
+)
 from service.consent.withdrawal import withdraw
 from service.context import ServiceContext
 from service.deps import get_ctx, id_path, require
@@ -56,3 +73,21 @@ def withdraw_one(
 def held(token: str = id_path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(portal)) -> HeldOut:
     """Everything held about a subject, as the customer may see it: never template contents."""
     return HeldOut.of(what_is_held(ctx, actor, token))
+
+
+@router.post("/subjects:never-enrol", response_model=NeverEnrolOut)
+def never_enrol(
+    body: LookupIn, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(portal)
+) -> NeverEnrolOut:
+    """The customer asked never to be enrolled: every enrolment of any modality is refused (403 ``opted_out``)
+    until the customer lifts it in the portal. A customer with no record here gets one, holding only the flag."""
+    token = ctx.token(actor.tenant_id, body.reference)
+    with ctx.db.session() as session:
+        subject = set_never_enrol(session, actor, token, never=True)
+        return NeverEnrolOut(subject_token=token, never_enrol_since=subject.never_enrol_at)
+
+
+@router.get("/receipts/keys", response_model=ReceiptKeys)
+def receipt_keys(ctx: ServiceContext = Depends(get_ctx)) -> ReceiptKeys:
+    """The public keys that verify this deployment's consent receipts (a JWK set; no API key needed)."""
+    return ReceiptKeys(keys=[SigningKey.from_audit_key(ctx.db.audit_key).jwk()])

@@ -67,6 +67,17 @@ class SubjectRef(BaseModel):
     subject_token: str
 
 
+class NeverEnrolOut(BaseModel):
+    subject_token: str
+    never_enrol_since: dt.datetime
+
+
+class ReceiptKeys(BaseModel):
+    """A JSON Web Key set (RFC 7517) of Ed25519 keys (RFC 8037): receipts are compact JWS signed with them."""
+
+    keys: list[dict]
+
+
 class WithdrawalReceiptOut(BaseModel):
     receipt_id: str
     subject_token: str
@@ -76,6 +87,7 @@ class WithdrawalReceiptOut(BaseModel):
     withdrawn_at: str
     destroyed: dict = Field(description="what was destroyed: the data key and, per kind of sealed data, what went")
     receipt_sha256: str
+    signed_receipt_id: str = Field(description="the signed receipt stored for the customer (JWS, EdDSA)")
 
 
 class TemplateHeld(BaseModel):

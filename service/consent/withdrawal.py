@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.auth import Principal
 from service.consent import registry
+from service.consent.receipts import ReceiptKind, issue_receipt, service_entry
 from service.consent.records import active_consents, lock_subject, subject_in_tenant
 from service.context import ServiceContext
 from service.erasure.destruction import record_destruction
@@ -32,6 +33,7 @@ class WithdrawalReceipt:
     withdrawn_at: str
     destroyed: dict = field(default_factory=dict)
     receipt_sha256: str = ""
+    signed_receipt_id: str = ""  # the stored, signed receipt (``service.consent.receipts``)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +90,16 @@ def withdraw_consent(
             "templates_deleted": len(destroyed["templates"]),
         },
     )
-    return WithdrawalReceipt(**body, receipt_sha256=digest)
+    signed = issue_receipt(
+        session,
+        kind=ReceiptKind.WITHDRAW,
+        subject_token=token,
+        tenant_id=actor.tenant_id,
+        channel=str(actor.role),
+        services=[service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version)],
+        event={"consent_id": consent.id, "state": "withdrawn", "destroyed": destroyed, "receipt_sha256": digest},
+    )
+    return WithdrawalReceipt(**body, receipt_sha256=digest, signed_receipt_id=signed.id)
 
 
 def _shred(session: Session, token: str, modality: Modality, ledger: DestructionLedger | None) -> dict:
@@ -100,3 +111,67 @@ def _shred(session: Session, token: str, modality: Modality, ledger: Destruction
     if key is not None:
         record_destruction(session, ledger, token, str(modality), key)
     return {"data_key": key is not None, "data_key_kek_version": None if key is None else key.kek_version, **erased}
+
+
+@dataclass(frozen=True)
+class Everything:
+    """What closing every consent of a subject did (an erasure on request, a retention purge)."""
+
+    consents_closed: list[str]
+    withdrawal_receipts: list[str]
+    destroyed: dict  # per modality: what went
+    services: list[dict]  # the receipts' Kantara ``services`` entries of the consents closed
+
+
+def withdraw_everything(
+    session: Session, actor: Principal, token: str, *, ledger: DestructionLedger | None
+) -> Everything:
+    """Withdraws every active consent (each as ``withdraw_consent`` does, with its own receipt), then destroys
+    any sealed data no consent covered any more, in the caller's transaction."""
+    lock_subject(session, token)
+    closed, receipts, destroyed, services = [], [], {}, []
+    for consent in sorted(active_consents(session, token), key=lambda c: c.granted_at):
+        receipt = withdraw_consent(session, actor, token, consent.id, ledger=ledger)
+        closed.append(consent.id)
+        receipts.append(receipt.signed_receipt_id)
+        services.append(service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version))
+        if receipt.destroyed["data_key"]:
+            destroyed[consent.modality] = receipt.destroyed
+    for modality in Modality:
+        if str(modality) in destroyed:
+            continue
+        shredded = _shred(session, token, modality, ledger)
+        if shredded["data_key"] or any(v for k, v in shredded.items() if k not in ("data_key", "data_key_kek_version")):
+            destroyed[str(modality)] = shredded
+    return Everything(closed, receipts, destroyed, services)
+
+
+def erase_subject(ctx: ServiceContext, actor: Principal, token: str) -> str:
+    """The customer's "erase everything": every consent withdrawn, every modality's data crypto-shredded,
+    audited (``subject.erase``) with a signed receipt; the id of that receipt. Consent records and receipts
+    stay: they hold no biometric data and prove what the customer chose (docs/retention-policy.md)."""
+    ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
+    with ctx.db.session() as session:
+        subject_in_tenant(session, actor.tenant_id, token)
+        done = withdraw_everything(session, actor, token, ledger=ledger)
+        record_event(
+            session,
+            actor,
+            action="subject.erase",
+            outcome="erased",
+            subject_token=token,
+            details={"consents_closed": done.consents_closed, "modalities_destroyed": sorted(done.destroyed)},
+        )
+        receipt = issue_receipt(
+            session,
+            kind=ReceiptKind.ERASURE,
+            subject_token=token,
+            tenant_id=actor.tenant_id,
+            channel=str(actor.role),
+            services=done.services,
+            event={"state": "erased", "consents_closed": done.consents_closed,
+                   "withdrawal_receipts": done.withdrawal_receipts, "destroyed": done.destroyed},  # fmt: skip
+        )
+    if done.destroyed and ctx.settings.shredding_period_s == 0:
+        shred_after_withdrawal(ctx.db, ctx.settings)
+    return receipt.id

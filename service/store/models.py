@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -73,12 +74,18 @@ class Client(Base):
 
 
 class Subject(Base):
-    """A customer, known only by the keyed HMAC of tenant + their reference."""
+    """A customer, known only by the keyed HMAC of tenant + their reference.
+
+    ``last_active_at`` is the customer's last interaction that retention counts from (a consent given,
+    a successful verification); ``never_enrol_at`` is set while the customer asked never to be enrolled.
+    """
 
     __tablename__ = "subjects"
     token: Mapped[str] = mapped_column(String(80), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    last_active_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True, index=True)
+    never_enrol_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class Consent(Base):
@@ -261,3 +268,45 @@ class AuditJob(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
     # Written every few seconds by the replica running the job; a stale one means that replica stopped.
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class Receipt(Base):
+    """A signed, machine-readable receipt given to a customer (consent given or withdrawn, a retention
+    purge, an erasure), kept so the customer can download it again. ``jws`` is the compact JWS (EdDSA)
+    the deployment signed; its payload is the receipt itself."""
+
+    __tablename__ = "receipts"
+    __table_args__ = (Index("ix_receipts_subject_at", "subject_token", "created_at"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("rct"))
+    subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # consent.grant, consent.withdraw, retention.purge, erasure
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    jws: Mapped[str] = mapped_column(Text)
+
+
+class PortalLink(Base):
+    """A one-time portal link: usable once (``used_at``), until ``expires_at``. The link itself is signed
+    with a key derived from the keyring, so someone who reads this table cannot make or use a link."""
+
+    __tablename__ = "portal_links"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("pln"))
+    subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    used_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class PortalSession(Base):
+    """A customer's portal session; the cookie holds its secret, this row only the secret's SHA-256."""
+
+    __tablename__ = "portal_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the cookie's secret
+    subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    link_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)

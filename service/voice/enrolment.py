@@ -23,7 +23,13 @@ from biometrics.voice.pipeline import analyse_for_enrolment
 from biometrics.voice.templates import Capture
 from enroll.voice import SESSION_TTL, completion_shortfall, judge_sample, plan_enrolment
 from service.auth import Principal
-from service.consent.records import lock_subject, require_consent, require_consent_to_enrol, require_fresh_consent
+from service.consent.records import (
+    lock_subject,
+    refuse_if_opted_out,
+    require_consent,
+    require_consent_to_enrol,
+    require_fresh_consent,
+)
 from service.context import ServiceContext
 from service.errors import Conflict, NotFound, QualityFailed
 from service.modality import Modality
@@ -92,6 +98,7 @@ def _store(
 ) -> Template:
     """Stores the template (replacing one needs consent given since it was last changed; adding to one is a
     verification of each sample, refused while the subject is locked out) and audits it."""
+    refuse_if_opted_out(session, token)  # it may have been set since the enrolment began
     existing = find_voice_template_row(session, token)
     replacing = replace and existing is not None
     if replacing:

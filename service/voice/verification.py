@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from biometrics.voice.audio.waveform import Waveform
 from biometrics.voice.verification import Probe
 from service.auth import Principal
-from service.consent.records import lock_subject, require_consent, subject_in_tenant
+from service.consent.records import lock_subject, note_activity, require_consent, subject_in_tenant
 from service.context import ServiceContext
 from service.errors import LockedOut
 from service.limits import locked_for_s, recent_failures, record_failure
@@ -99,6 +99,8 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
         )
         if verdict.decision == "reject" and not probe.reasons:
             count_failure(ctx, session, actor, token)
+        elif verdict.decision == "accept":
+            note_activity(session, token)  # retention counts from the last successful verification
     return VoiceCheck(
         subject_token=token,
         decision=str(verdict.decision),
