@@ -174,3 +174,23 @@ def test_bad_watchlist_requests_are_problems_and_store_nothing(watch, database_u
     assert api.http.delete("/v1/watchlist/entries/no-such", headers=fraud).status_code == 422
     assert api.http.delete("/v1/watchlist/entries/wle_0", headers=fraud).status_code == 404
     assert _rows(database_url, "SELECT count(*) FROM watchlist_entries") == [(0,)]
+
+
+def test_a_damaged_watchlist_entry_is_left_out_and_calls_are_still_answered(watch, database_url):
+    from sqlalchemy import create_engine, text
+
+    api, keys = watch
+    _consent(api, keys["portal"])
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    entry = _add_entry(api, keys["fraud"]).json()["id"]
+    ((sealed,),) = _rows(database_url, "SELECT sealed FROM watchlist_entries WHERE id = :id", id=entry)
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE watchlist_entries SET sealed = :s WHERE id = :id"), {"s": tampered, "id": entry})
+    finally:
+        engine.dispose()
+    answered = _verify(api, keys["ivr"], FRAUDSTER_CALL)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["watchlist"] == {"hit": False, "entry": None, "score": None}

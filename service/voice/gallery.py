@@ -16,6 +16,7 @@ shortlist of the best raw cosines, re-scored exactly by the pair's scorer.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ from biometrics.scoring.gallery import Gallery
 from biometrics.scoring.operating_points import ChannelScoring
 from biometrics.voice.audio.waveform import AudioChannel
 from biometrics.voice.embedding import Embedding
-from biometrics.voice.templates import VoiceTemplate
+from biometrics.voice.templates import TemplateFormatError, VoiceTemplate
+from service.vault.errors import DecryptionError
+
+log = logging.getLogger("bioident.gallery")
 
 # Rows stamped this long before the newest one seen are looked at again (not re-opened when unchanged):
 # a transaction that stamped its row earlier but committed after our last look is still picked up.
@@ -95,11 +99,21 @@ class TemplateGallery:
                 tenant = self._tenants[tenant_id] = _TenantGallery(fingerprint)
         with tenant.lock:
             since = None if tenant.newest is None else tenant.newest - LATE_COMMIT_MARGIN
+            newest = tenant.newest  # moved on only when every row was looked at (a keyring fault stops the loop)
             for row in self._load(session, tenant_id, fingerprint, since):
                 if tenant.stamps.get(row.key) != row.stamp:
-                    tenant.put(row.key, row.stamp, row.open())
-                if tenant.newest is None or row.stamp > tenant.newest:
-                    tenant.newest = row.stamp
+                    try:
+                        template = row.open()
+                    except (TemplateFormatError, DecryptionError) as exc:  # damaged or tampered, not a keyring fault
+                        # One damaged row must not stop every query of the tenant: it is left out (and
+                        # looked at again while it is recent). Its key is a pseudonymous token, never data.
+                        log.warning("gallery: %s could not be opened (%s); left out", row.key, type(exc).__name__)
+                        tenant.forget(row.key)
+                        continue
+                    tenant.put(row.key, row.stamp, template)
+                if newest is None or row.stamp > newest:
+                    newest = row.stamp
+            tenant.newest = newest
 
     def forget(self, tenant_id: str, key: str) -> None:
         """Takes ``key`` out (withdrawn, removed, or found gone by a re-check)."""
