@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
 from tests.conftest import TEST_OTHER
 from tests.voice_helpers import GENUINE, SPEAKER, _audio, _consent, _enrol, _verify
@@ -14,18 +13,6 @@ pytestmark = pytest.mark.model
 OTHER = TEST_OTHER / "3005"
 OTHER_ENROL = ["3005-163389-0000.flac", "3005-163389-0003.flac", "3005-163389-0006.flac"]
 OTHER_PROBE = OTHER / "3005-163389-0009.flac"
-
-
-@pytest.fixture
-def replica(api, embedder):
-    """A second service process on the same database and keyring, with its own in-memory gallery."""
-    from service.app import create_app
-    from service.context import ServiceContext
-
-    ctx = ServiceContext(api.ctx.settings, embedder=embedder)
-    with TestClient(create_app(ctx), raise_server_exceptions=False) as http:
-        yield http, ctx
-    ctx.db.engine.dispose()
 
 
 def _identify(http, key, path):

@@ -194,3 +194,21 @@ def test_a_damaged_watchlist_entry_is_left_out_and_calls_are_still_answered(watc
     answered = _verify(api, keys["ivr"], FRAUDSTER_CALL)
     assert answered.status_code == 200, answered.text
     assert answered.json()["watchlist"] == {"hit": False, "entry": None, "score": None}
+
+
+def test_an_entry_removed_on_another_replica_is_never_hit_from_a_stale_gallery(watch, replica):
+    from service.watchlist.screening import watchlist_gallery
+
+    api, keys = watch
+    other_http, _ = replica
+    _consent(api, keys["portal"])
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    entry = _add_entry(api, keys["fraud"]).json()["id"]
+    assert _verify(api, keys["ivr"], FRAUDSTER_CALL).json()["watchlist"]["hit"] is True
+    assert watchlist_gallery(api.ctx).size("bank") == 1
+
+    removed = other_http.delete(f"/v1/watchlist/entries/{entry}", headers=api.headers(keys["fraud"]))
+    assert removed.status_code == 200, removed.text
+    assert watchlist_gallery(api.ctx).size("bank") == 1  # this replica's copy is stale, as a cache may be
+    assert _verify(api, keys["ivr"], FRAUDSTER_CALL).json()["watchlist"]["hit"] is False  # re-checked
+    assert watchlist_gallery(api.ctx).size("bank") == 0
