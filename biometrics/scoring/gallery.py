@@ -138,7 +138,7 @@ class Gallery(Generic[K]):
             if n == 0:
                 return []
             scores = self._matrix[:n] @ q
-            best = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+            best = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
             best = best[np.lexsort((best, -scores[best]))]
             if min_score is not None:
                 best = best[scores[best] >= min_score]
