@@ -16,6 +16,7 @@ from service.portal.app import create_portal_app
 from service.problems import COMMON_PROBLEMS, Problem, install_problem_handlers, problem_responses
 from service.trail import router as trail
 from service.voice import router as voice
+from service.watchlist import router as watchlist
 
 
 class Health(BaseModel):
@@ -31,7 +32,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app)
-    for module in (admin, consent, portal_api, voice, trail, accuracy):
+    for module in (admin, consent, portal_api, voice, watchlist, trail, accuracy):
         app.include_router(module.router, responses=problem_responses(*COMMON_PROBLEMS))
 
     @app.get("/health", tags=["health"], response_model=Health)

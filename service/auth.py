@@ -22,6 +22,7 @@ class Role(StrEnum):
     PORTAL = "portal"  # consent on behalf of a customer
     AUDITOR = "auditor"  # audit trail and audits
     ADMIN = "admin"  # clients and keys
+    FRAUD = "fraud"  # the fraudster watchlist
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if key is not None:
         print(f"first admin API key (shown once, store it now): {key}", flush=True)
     ctx.embedder  # noqa: B018 - load and verify the model before taking traffic
+    from service.galleries import warm_galleries
+
+    print(f"1:N galleries warmed: {warm_galleries(ctx)} templates in memory", flush=True)
     schedule = ShreddingSchedule(db, settings).start()
     def housekeeping() -> list:
         prune_portal(db)  # expired portal links and sessions

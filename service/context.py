@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from biometrics.scoring.operating_points import ChannelScoring
 from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder
@@ -36,6 +38,8 @@ class ServiceContext:
         self._embedder = embedder
         self._scoring: ChannelScoring | None = None
         self._embedder_lock = threading.Lock()
+        self._cached: dict[str, Any] = {}
+        self._cached_lock = threading.Lock()
         if embedder is not None:
             self._scoring = self._scoring_for(embedder)
 
@@ -92,6 +96,13 @@ class ServiceContext:
     def verifier(self) -> VoiceVerifier:
         """The library's verification sequence (analyse, quality reasons, verdict) on this service's model."""
         return VoiceVerifier(self.embedder, self.scoring, self.limits)
+
+    def cached(self, name: str, make: Callable[[], Any]) -> Any:
+        """One object per process for ``name`` (an in-memory gallery, the watchlist's scoring), made once."""
+        with self._cached_lock:
+            if name not in self._cached:
+                self._cached[name] = make()
+            return self._cached[name]
 
     def token(self, tenant_id: str, reference: str) -> str:
         return subject_token(self.keyring.pepper, tenant_id, reference)

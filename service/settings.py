@@ -25,6 +25,12 @@ class ServiceSettings(CoreSettings):
     rate_limit_per_minute: int = Field(600, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     identify_top_k: int = Field(5, ge=1, le=100)
+    # Fraudster watchlist: every voice verification and enrolment is scored against the tenant's entries.
+    # A hit is a score at or above the threshold set, per pair of channels, at this false-match rate on the
+    # packaged cohorts' impostor scores (stricter than verification's: each call meets every entry), or
+    # at watchlist_threshold (in the scoring method's units) for every pair.
+    watchlist_target_fmr: float = Field(1e-4, gt=0, lt=1)
+    watchlist_threshold: float | None = None
     # Accuracy audits started through the API read datasets from folders below this directory only.
     audit_datasets_dir: Path | None = None
     # Audit entries are signed (HMAC under the keyring's audit key). A trail begun by a release that did

@@ -80,3 +80,16 @@ def api(database_url, embedder, tmp_path) -> Iterator[Api]:
     with TestClient(create_app(ctx), raise_server_exceptions=False) as http:
         yield Api(http=http, ctx=ctx, admin_key=admin_key, data_dir=tmp_path)
     ctx.db.engine.dispose()
+
+
+@pytest.fixture
+def replica(api, embedder):
+    """A second service process on the same database and keyring as ``api``, with its own in-memory state
+    (galleries): an HTTP client on it and its context."""
+    from service.app import create_app
+    from service.context import ServiceContext
+
+    ctx = ServiceContext(api.ctx.settings, embedder=embedder)
+    with TestClient(create_app(ctx), raise_server_exceptions=False) as http:
+        yield http, ctx
+    ctx.db.engine.dispose()

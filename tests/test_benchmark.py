@@ -76,3 +76,24 @@ def test_paired_gemms_use_the_fastest_size_whose_product_fits_a_quarter_of_a_for
     assert gemm_bound.paired_gemm_size(rates, pass_s=1.0) == 2048
     assert gemm_bound.paired_gemm_size(rates, pass_s=5.0) == 4096
     assert gemm_bound.paired_gemm_size(rates, pass_s=0.01) == 1024  # none fits: the smallest
+
+
+def test_the_identify_scale_benchmark_reports_every_figure(tmp_path, capsys):
+    from benchmarks import identify_scale
+
+    data = tmp_path / "speakers"  # two real speakers keep the model work small
+    data.mkdir()
+    for speaker in ("1688", "2033"):
+        (data / speaker).symlink_to(TEST_OTHER / speaker, target_is_directory=True)
+    out = tmp_path / "scale.json"
+    results = identify_scale.main(["--sizes", "0", "3000", "--wait-idle", "0", "--out", str(out), "--data", str(data)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    real, scaled = results["runs"]
+    assert real["voiceprints"] == real["real_enrolled"] == 2 + 251 and scaled["voiceprints"] == 3000
+    for run in (real, scaled):
+        assert run["queries"] == 14 and 0 <= run["rank1"] <= run["in_top_k"] <= 1
+        assert run["ms_per_query_p50"] > 0 and run["gallery_matrix_mb"] > 0
+    assert real["rank1"] >= 0.9  # held-out utterances of the two speakers, among the cohort's 251
+    assert results["genuine_score_mean"] > results["real_impostor_score_mean"]
+    assert results["target"]["met"] is None  # no 1,000,000 run here
+    assert "| 3,000 |" in capsys.readouterr().out

@@ -71,13 +71,16 @@ def _held(url: str, token: str = TOKEN) -> tuple:
 
 
 def _no_model(monkeypatch) -> list:
-    """``bioident serve`` up to where it would take traffic: no model is loaded, no server started."""
+    """``bioident serve`` up to where it would take traffic: no model is loaded (so no 1:N gallery is
+    warmed), no server started."""
     import uvicorn
 
     import service.context
+    import service.galleries
 
     served = []
     monkeypatch.setattr(service.context.ServiceContext, "embedder", property(lambda ctx: None))
+    monkeypatch.setattr(service.galleries, "warm_galleries", lambda ctx: 0)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
     return served
 

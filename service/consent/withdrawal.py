@@ -21,6 +21,7 @@ from service.modality import Modality
 from service.protected import destroy_data_key
 from service.store.models import Consent, utcnow
 from service.trail.chain import record_event
+from service.voice.identification import voice_gallery
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ def withdraw(ctx: ServiceContext, actor: Principal, token: str, consent_id: str)
     ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
     with ctx.db.session() as session:
         receipt = withdraw_consent(session, actor, token, consent_id, ledger=ledger)
+    if receipt.destroyed["data_key"] and receipt.modality == Modality.VOICE:
+        voice_gallery(ctx).forget(actor.tenant_id, token)  # other replicas' galleries: re-checked per query
     if receipt.destroyed["data_key"] and ctx.settings.shredding_period_s == 0:
         shred_after_withdrawal(ctx.db, ctx.settings)  # a period of 0: residue goes right now
     return receipt

@@ -310,3 +310,22 @@ class PortalSession(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(Timestamp)
     ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+class WatchlistEntry(Base):
+    """A known fraudster's voice on a tenant's watchlist: a voice template sealed under a data key of its own.
+
+    No customer consent applies: the entry records its legal basis and the case it belongs to instead.
+    ``id`` is also the entry's subject token (a subject row of its own, never a customer's), so its data
+    key lives with every other data key: rotated, backed up, destroyed and ledgered the same way.
+    """
+
+    __tablename__ = "watchlist_entries"
+    id: Mapped[str] = mapped_column(ForeignKey("subjects.token"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    case_reference: Mapped[str] = mapped_column(String(200))
+    legal_basis: Mapped[str] = mapped_column(String(2000))
+    added_by: Mapped[str] = mapped_column(String(64))
+    model_fingerprint: Mapped[str] = mapped_column(String(80))
+    sample_count: Mapped[int] = mapped_column(Integer)
+    net_speech_s: Mapped[float] = mapped_column(Float)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)

@@ -40,6 +40,7 @@ from service.trail.refusals import Attempt, refusals_audited
 from service.vault import TemplateBinding
 from service.voice.templates import VOICE, NotTheEnrolledVoice, find_voice_template_row, store_voice_template
 from service.voice.verification import count_failure, refuse_if_locked
+from service.watchlist.screening import refuse_watchlisted, watchlist_refusals_audited
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,14 @@ def enrol_voice(
             raise QualityFailed(
                 "the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in plan.reasons]
             )
-        with _failures_counted(ctx, actor, attempt), ctx.db.session() as session:
+        with (
+            watchlist_refusals_audited(ctx, actor, "voice.enrol"),
+            _failures_counted(ctx, actor, attempt),
+            ctx.db.session() as session,
+        ):
             lock_subject(session, token)
             require_consent(session, token, Modality.VOICE, purpose)
+            refuse_watchlisted(ctx, session, actor, plan.captures, token)
             speech = plan.net_speech_s
             row = _store(
                 ctx, session, actor, token, purpose, plan.captures, replace, {"net_speech_s": round(speech, 2)}
@@ -231,6 +237,7 @@ def complete_session(
     fingerprint = ctx.embedder.fingerprint
     with (
         refusals_audited(ctx, actor, "voice.enrol", reference=None, details={"session_id": session_id}) as attempt,
+        watchlist_refusals_audited(ctx, actor, "voice.enrol"),
         _failures_counted(ctx, actor, attempt),
         ctx.db.session() as session,
     ):
@@ -256,6 +263,7 @@ def complete_session(
             for s in accepted
         ]
         token = enrolment.subject_token
+        refuse_watchlisted(ctx, session, actor, captures, token)
         details = {"session_id": enrolment.id, "net_speech_s": round(speech, 2)}
         row = _store(ctx, session, actor, token, enrolment.purpose, captures, replace, details)
         _discard_samples(session, enrolment, "completed")

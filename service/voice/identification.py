@@ -1,16 +1,17 @@
 """Voice identification: which subjects of this tenant, with active voice consent for the purpose,
-score above the threshold against the caller's audio."""
+score above the threshold against the caller's audio. Scored against the in-memory gallery of the
+tenant's opened templates (``service.voice.gallery``); every candidate is re-checked in the database."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from biometrics.voice.audio.waveform import AudioChannel, Waveform
-from biometrics.voice.embedding import Embedding
+from biometrics.voice.audio.waveform import Waveform
 from biometrics.voice.templates import VoiceTemplate
 from biometrics.voice.verification import Probe
 from service.auth import Principal
@@ -20,6 +21,7 @@ from service.protected import open_template, unwrap_row
 from service.store.models import Consent, DataKey, Template
 from service.trail.chain import record_event
 from service.trail.refusals import refusals_audited
+from service.voice.gallery import StoredTemplate, TemplateGallery
 from service.voice.templates import VOICE
 
 
@@ -55,42 +57,75 @@ class Identification:
         }
 
 
-def _best_matches(
-    ctx: ServiceContext, session: Session, actor: Principal, purpose: str, probe: Probe, top_k: int
-) -> list[Candidate]:
-    """Subjects of the tenant with active consent for the purpose, not locked out, whose template (from
-    the model in use) scores at or above the threshold, best first."""
+def _load_templates(
+    session: Session, keyring_of: ServiceContext, tenant_id: str, fingerprint: str, since: dt.datetime | None
+) -> Iterable[StoredTemplate]:
+    query = (
+        select(Template, DataKey)
+        .join(DataKey, (DataKey.subject_token == Template.subject_token) & (DataKey.modality == Template.modality))
+        .where(Template.tenant_id == tenant_id, Template.modality == VOICE, Template.model_fingerprint == fingerprint)
+    )
+    if since is not None:
+        query = query.where(Template.updated_at >= since)
+    for row, key_row in session.execute(query):
+
+        def opened(row: Template = row, key_row: DataKey = key_row) -> VoiceTemplate:
+            return VoiceTemplate.from_bytes(open_template(row, unwrap_row(keyring_of.keyring, key_row)))
+
+        yield StoredTemplate(row.subject_token, row.updated_at, opened)
+
+
+def voice_gallery(ctx: ServiceContext) -> TemplateGallery:
+    """The customers' voice templates of every tenant, opened, in memory (``service.voice.gallery``)."""
+    return ctx.cached(
+        "voice.gallery", lambda: TemplateGallery(lambda s, t, f, since: _load_templates(s, ctx, t, f, since))
+    )
+
+
+def _eligible(
+    ctx: ServiceContext, session: Session, tenant_id: str, purpose: str, tokens: list[str]
+) -> tuple[set[str], set[str]]:
+    """Of ``tokens``: those that may be returned now (template and data key present, consent for the purpose
+    active, not locked out), and those that hold no template any more (to be forgotten by the gallery)."""
+    present = (
+        select(Template.subject_token)
+        .join(DataKey, (DataKey.subject_token == Template.subject_token) & (DataKey.modality == Template.modality))
+        .where(
+            Template.tenant_id == tenant_id,
+            Template.modality == VOICE,
+            Template.model_fingerprint == ctx.embedder.fingerprint,
+            Template.subject_token.in_(tokens),
+        )
+    )
+    held = set(session.execute(present).scalars())
     consenting = select(Consent.subject_token).where(
         Consent.modality == VOICE, Consent.purpose == purpose, Consent.withdrawn_at.is_(None)
     )
     locked = locked_subjects(VOICE, ctx.settings.lockout_window_s, ctx.settings.lockout_max_failures)
-    rows = session.execute(
-        select(Template, DataKey)
-        .join(DataKey, (DataKey.subject_token == Template.subject_token) & (DataKey.modality == Template.modality))
-        .where(
-            Template.tenant_id == actor.tenant_id,
-            Template.modality == VOICE,
-            Template.model_fingerprint == ctx.embedder.fingerprint,
-            Template.subject_token.in_(consenting),
-            Template.subject_token.not_in(locked),
-        )
-    )
-    keyring = ctx.keyring
-    by_pair: dict[AudioChannel | None, list[tuple[str, Embedding]]] = {}  # the templates' channels for this probe
-    for template_row, key_row in rows:
-        template = VoiceTemplate.from_bytes(open_template(template_row, unwrap_row(keyring, key_row)))
-        enrolled, channel = template.for_probe(probe.channel)
-        by_pair.setdefault(channel, []).append((template_row.subject_token, enrolled))
-    ranked = []  # (margin over its pair's threshold, candidate): scores of different pairs are not comparable
-    for channel, enrolled in by_pair.items():
-        scorer = ctx.scoring.scorer(channel, probe.channel)
-        scores = scorer.scores_against([e for _, e in enrolled], probe.embedding)
-        ranked += [
-            (float(score) - scorer.threshold, Candidate(subject, round(float(score), 6)))
-            for (subject, _), score in zip(enrolled, scores, strict=True)
-            if score >= scorer.threshold
-        ]
-    return [candidate for _, candidate in sorted(ranked, key=lambda r: -r[0])[:top_k]]
+    eligible = session.execute(
+        present.where(Template.subject_token.in_(consenting), Template.subject_token.not_in(locked))
+    ).scalars()
+    return set(eligible), set(tokens) - held
+
+
+def _best_matches(
+    ctx: ServiceContext, session: Session, actor: Principal, purpose: str, probe: Probe, top_k: int
+) -> list[Candidate]:
+    """Subjects of the tenant with active consent for the purpose, not locked out, whose template (from
+    the model in use) scores at or above its pair's threshold, best margin first. Scored in the in-memory
+    gallery, every candidate re-checked here before it is returned."""
+    gallery = voice_gallery(ctx)
+    gallery.sync(session, actor.tenant_id, ctx.embedder.fingerprint)
+    limit = top_k
+    while True:
+        ranked = gallery.rank(actor.tenant_id, probe.embedding, probe.channel, ctx.scoring, limit)
+        eligible, gone = _eligible(ctx, session, actor.tenant_id, purpose, [r.key for r in ranked])
+        for token in gone:  # withdrawn (or replaced by nothing) through another replica
+            gallery.forget(actor.tenant_id, token)
+        chosen = [Candidate(r.key, round(r.score, 6)) for r in ranked if r.key in eligible]
+        if len(chosen) >= top_k or len(ranked) < limit:
+            return chosen[:top_k]
+        limit *= 4  # candidates were refused: look further down
 
 
 def identify_voice(

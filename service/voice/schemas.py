@@ -20,6 +20,14 @@ class QualityReasonOut(BaseModel):
     limit: float
 
 
+class WatchlistScreeningOut(BaseModel):
+    """What screening the call against the tenant's fraudster watchlist found."""
+
+    hit: bool
+    entry: str | None = Field(description="the watchlist entry hit")
+    score: float | None = Field(description="its score, at or above the watchlist threshold")
+
+
 class VerificationOut(BaseModel):
     subject_token: str
     decision: str = Field(description="accept or reject")
@@ -31,6 +39,9 @@ class VerificationOut(BaseModel):
     reasons: list[QualityReasonOut]
     model: str
     channels: str | None = Field(description="the pair of channels scored: the template's and the caller's")
+    watchlist: WatchlistScreeningOut | None = Field(
+        default=None, description="the call screened against the fraudster watchlist (null: no usable speech)"
+    )
 
 
 class CandidateOut(BaseModel):

@@ -25,6 +25,7 @@ from service.modality import Modality
 from service.trail.chain import record_event
 from service.trail.refusals import refusals_audited
 from service.voice.templates import VOICE, open_voice_template, voice_template_row
+from service.watchlist.screening import NO_HIT, Screening, screen_voice
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,10 @@ class VoiceCheck:
     reasons: list[dict]
     model: str
     channels: str | None = None  # the pair of channels scored: the template's, the caller's
+    watchlist: Screening | None = None  # None: not screened (no usable speech)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "watchlist": None if self.watchlist is None else self.watchlist.as_dict()}
 
 
 def refuse_if_locked(ctx: ServiceContext, session: Session, token: str) -> None:
@@ -81,6 +83,11 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
         refuse_if_locked(ctx, session, token)
         template = open_voice_template(session, ctx.keyring, voice_template_row(session, token))
         verdict = ctx.verifier.decide(template, probe)
+        screening = NO_HIT
+        if probe.embedding is not None and not probe.reasons:  # too little speech scores nothing reliably
+            screening = screen_voice(
+                ctx, session, actor, [(probe.embedding, probe.channel)], action="voice.verify", subject_token=token
+            )
         record_event(
             session,
             actor,
@@ -95,6 +102,7 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
                 "method": verdict.method,
                 "channels": verdict.channels,
                 "reasons": [str(r.code) for r in probe.reasons],
+                "watchlist_hit": screening.hit,
             },
         )
         if verdict.decision == "reject" and not probe.reasons:
@@ -112,6 +120,7 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
         reasons=[r.as_dict() for r in probe.reasons],
         model=ctx.embedder.fingerprint,
         channels=verdict.channels,
+        watchlist=screening if probe.embedding is not None and not probe.reasons else None,
     )
 
 
