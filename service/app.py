@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
@@ -14,14 +17,34 @@ from service.middleware import BodySizeLimit
 from service.problems import COMMON_PROBLEMS, Problem, install_problem_handlers, problem_responses
 from service.trail import router as trail
 from service.voice import router as voice
+from service.voice.streams import router as streams
+from service.voice.streams.audiosocket import start_audiosocket
 
 
 class Health(BaseModel):
     status: str
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The AudioSocket listener, when ``BIOIDENT_AUDIOSOCKET`` names HOST:PORT, runs on the app's loop."""
+    ctx: ServiceContext = app.state.ctx
+    server = None
+    if ctx.settings.audiosocket:
+        host, _, port = ctx.settings.audiosocket.rpartition(":")
+        server = await start_audiosocket(ctx, host or "127.0.0.1", int(port))
+        app.state.audiosocket_port = server.sockets[0].getsockname()[1]
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
 def create_app(ctx: ServiceContext) -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="bioident",
         version="0.1.0",
         description="Biometric customer identification by voice, with the customer in control. Errors are "
@@ -29,7 +52,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app)
-    for module in (admin, consent, voice, trail, accuracy):
+    for module in (admin, consent, voice, streams, trail, accuracy):
         app.include_router(module.router, responses=problem_responses(*COMMON_PROBLEMS))
 
     @app.get("/health", tags=["health"], response_model=Health)

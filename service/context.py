@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 from biometrics.scoring.operating_points import ChannelScoring
+from biometrics.voice.batching import BatchingEmbedder
 from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder
 from biometrics.voice.quality.gates import QualityLimits
 from biometrics.voice.verification import VoiceVerifier
@@ -36,6 +38,8 @@ class ServiceContext:
         self._embedder = embedder
         self._scoring: ChannelScoring | None = None
         self._embedder_lock = threading.Lock()
+        self._batching: BatchingEmbedder | None = None
+        self.on_batch: Callable[[int, float], None] | None = None  # set by service.metrics
         if embedder is not None:
             self._scoring = self._scoring_for(embedder)
 
@@ -89,9 +93,25 @@ class ServiceContext:
         return ChannelScoring.for_model(self.settings, embedder.fingerprint)
 
     @property
+    def batching(self) -> BatchingEmbedder:
+        """The model seen through the micro-batcher: concurrent analyses share batches, and past
+        ``BIOIDENT_EMBED_QUEUE_MAX`` in flight the next is refused (503 with Retry-After)."""
+        embedder = self.embedder
+        with self._embedder_lock:
+            if self._batching is None:
+                self._batching = BatchingEmbedder.around(
+                    embedder,
+                    window_s=self.settings.embed_batch_window_ms / 1000,
+                    max_pending=self.settings.embed_queue_max,
+                    on_batch=lambda requests, seconds: self.on_batch and self.on_batch(requests, seconds),
+                )
+            return self._batching
+
+    @property
     def verifier(self) -> VoiceVerifier:
-        """The library's verification sequence (analyse, quality reasons, verdict) on this service's model."""
-        return VoiceVerifier(self.embedder, self.scoring, self.limits)
+        """The library's verification sequence (analyse, quality reasons, verdict) on this service's model,
+        its embeddings micro-batched with concurrent callers'."""
+        return VoiceVerifier(self.batching, self.scoring, self.limits)  # type: ignore[arg-type]  # an embedder
 
     def token(self, tenant_id: str, reference: str) -> str:
         return subject_token(self.keyring.pepper, tenant_id, reference)
