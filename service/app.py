@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 
 from service.accuracy import router as accuracy
 from service.admin import router as admin
 from service.consent import router as consent
 from service.context import ServiceContext
+from service.metrics import METRICS_CONTENT_TYPE, RequestTiming, ServiceMetrics
 from service.middleware import BodySizeLimit
 from service.problems import COMMON_PROBLEMS, Problem, install_problem_handlers, problem_responses
 from service.trail import router as trail
@@ -59,7 +61,22 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     def health() -> Health:
         return Health(status="ok")
 
+    metrics = ServiceMetrics(queue_depth=ctx.queue_depth)
+    ctx.metrics = metrics
+    ctx.on_batch = metrics.observe_batch
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+    )
+    def prometheus_metrics() -> Response:
+        """Queue depth, batch sizes, latency per route and transport, decisions by outcome, streams open."""
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
     app.add_middleware(BodySizeLimit, max_bytes=ctx.settings.max_body_bytes)
+    app.add_middleware(RequestTiming, metrics=metrics)
     app.openapi = lambda: _openapi(app)
     return app
 

@@ -12,6 +12,7 @@ from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder
 from biometrics.voice.quality.gates import QualityLimits
 from biometrics.voice.verification import VoiceVerifier
 from service.deployment_keyring import load_keyring, require_same_keyring
+from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 from service.store.db import Database
 from service.vault import Keyring, subject_token
@@ -39,7 +40,8 @@ class ServiceContext:
         self._scoring: ChannelScoring | None = None
         self._embedder_lock = threading.Lock()
         self._batching: BatchingEmbedder | None = None
-        self.on_batch: Callable[[int, float], None] | None = None  # set by service.metrics
+        self.on_batch: Callable[[int, float], None] | None = None  # set by the app, for its metrics
+        self.metrics: ServiceMetrics | None = None  # set by the app (service/metrics.py)
         if embedder is not None:
             self._scoring = self._scoring_for(embedder)
 
@@ -106,6 +108,15 @@ class ServiceContext:
                     on_batch=lambda requests, seconds: self.on_batch and self.on_batch(requests, seconds),
                 )
             return self._batching
+
+    def queue_depth(self) -> int:
+        """Analyses in the micro-batcher's queue (0 before the model is loaded)."""
+        return 0 if self._batching is None else self._batching.batcher.depth
+
+    def decided(self, action: str, outcome: str) -> None:
+        """Counts a decision in the metrics (outcome only: never whose)."""
+        if self.metrics is not None:
+            self.metrics.decided(action, outcome)
 
     @property
     def verifier(self) -> VoiceVerifier:

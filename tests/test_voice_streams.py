@@ -114,7 +114,8 @@ def test_a_customer_not_enrolled_or_opted_out_is_answered_at_once(bank):
     consent = _consent(api, keys["portal"])
     assert _enrol(api, keys["ivr"]).status_code == 201
     withdrawn = api.http.post(
-        f"/v1/subjects/{consent['subject_token']}/consents/{consent['id']}:withdraw", headers=api.headers(keys["portal"])
+        f"/v1/subjects/{consent['subject_token']}/consents/{consent['id']}:withdraw",
+        headers=api.headers(keys["portal"]),
     )
     assert withdrawn.status_code == 200
     opted_out = open_stream(api, keys["ivr"]).json()
@@ -167,7 +168,12 @@ def test_malformed_oversize_and_late_frames_end_cleanly(enrolled, genuine_call):
     oversize = open_stream(api, keys["ivr"]).json()
     big = play(api, oversize["id"], [b"\xff" * (api.ctx.settings.stream_max_frame_bytes + 1)])
     assert big.close_code == 1009 and big.close_reason == {"reason": "oversize_frame", "decision": None}
-    assert big.final == {"event": "ended", "stream_id": oversize["id"], "decision": None, "close_reason": "oversize_frame"}
+    assert big.final == {
+        "event": "ended",
+        "stream_id": oversize["id"],
+        "decision": None,
+        "close_reason": "oversize_frame",
+    }
 
     garbled = open_stream(api, keys["ivr"]).json()
     bad_text = play(api, garbled["id"], [], text=["not json"])

@@ -142,6 +142,7 @@ def decide_voice(
         )
         if on_decided is not None:
             on_decided(session, check)
+    ctx.decided(action, decision)
     return check
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from anyio import CancelScope, get_cancelled_exc_class, to_thread
@@ -50,6 +51,28 @@ async def drive(
     greeting: dict | None = None,
 ) -> dict:
     """Runs the stream to its end; returns its final event (with ``close_reason``). ``greeting`` is sent first."""
+    metrics, started = run.ctx.metrics, time.perf_counter()
+    if metrics is not None:
+        metrics.streams_open.labels(transport=run.transport).inc()
+    try:
+        return await _drive(run, receive, send, lifetime_s, bytes_per_s, greeting)
+    finally:
+        if metrics is not None:
+            metrics.streams_open.labels(transport=run.transport).dec()
+            if run.transport == "audiosocket":  # WebSockets are timed by the app's middleware
+                metrics.latency.labels(route="audiosocket", transport="audiosocket").observe(
+                    time.perf_counter() - started
+                )
+
+
+async def _drive(
+    run: StreamRun,
+    receive: Callable[[], Awaitable[object]],
+    send: Callable[[dict], Awaitable[None]],
+    lifetime_s: float,
+    bytes_per_s: int,
+    greeting: dict | None,
+) -> dict:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lifetime_s
     pending = bytearray()

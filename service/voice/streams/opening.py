@@ -61,6 +61,8 @@ def open_stream(
         session.add(row)
         session.flush()
         session.expunge(row)
+    if row.decision is not None:
+        ctx.decided("voice.stream", row.decision)
     return row
 
 

@@ -129,6 +129,7 @@ class StreamRun:
                 details={"stream_id": self.stream_id, "transport": self.transport, "reason": refusal or reason},
             )
             close_stream(session, self.stream_id, decision=None, reason=reason, event=event)
+        self.ctx.decided("voice.stream", "refused")
         self.final_event = event
         return event
 
