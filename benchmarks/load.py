@@ -96,15 +96,20 @@ def verify(http: httpx.Client, key: str, call: dict) -> dict:
 def load_level(url: str, key: str, calls: list[dict], callers: int, duration_s: float, max_calls: int) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
-    deadline = time.monotonic() + duration_s
     taken = [0]
+    timing = {}  # set when every caller is warmed up: the timed phase's start and deadline
+
+    def begin() -> None:
+        timing.update(start=time.perf_counter(), deadline=time.monotonic() + duration_s, cpu=busy_cpu_s())
+
+    ready = threading.Barrier(callers, action=begin)
 
     def caller(offset: int) -> None:
         with httpx.Client(base_url=url) as http:
-            verify(http, key, calls[offset % len(calls)])  # open the connection first
-            barrier.wait()
+            verify(http, key, calls[offset % len(calls)])  # open the connection and warm the path first
+            ready.wait()
             i = offset
-            while time.monotonic() < deadline:
+            while time.monotonic() < timing["deadline"]:
                 with lock:
                     if taken[0] >= max_calls:
                         return
@@ -116,15 +121,12 @@ def load_level(url: str, key: str, calls: list[dict], callers: int, duration_s: 
                 if result["status"] == 503:
                     time.sleep(min(1.0, float(result["retry_after"] or 1)))  # as a polite client backs off
 
-    barrier = threading.Barrier(callers + 1)
     threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
     for t in threads:
         t.start()
-    barrier.wait()
-    deadline = time.monotonic() + duration_s
-    start, cpu = time.perf_counter(), busy_cpu_s()
     for t in threads:
         t.join()
+    start, cpu = timing["start"], timing["cpu"]
     wall = time.perf_counter() - start
     ok = np.array([r["latency_s"] for r in results if r["status"] == 200])
     statuses: dict[str, int] = {}
@@ -147,6 +149,7 @@ def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
     from websockets.sync.client import connect
 
     lags: list[float] = []
+    errors: list[str] = []
     outcomes: dict[str, int] = {}
     lock = threading.Lock()
 
@@ -162,10 +165,13 @@ def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
         with connect(f"{url.replace('http', 'ws', 1)}/v1/voice/streams/{opened['id']}") as ws:
 
             def read() -> None:
-                for message in ws:
-                    event = json.loads(message)
-                    if event.get("final"):
-                        decision.update(event, received=time.perf_counter())
+                try:
+                    for message in ws:
+                        event = json.loads(message)
+                        if event.get("final"):
+                            decision.update(event, received=time.perf_counter())
+                except Exception as exc:  # noqa: BLE001 - counted as a stream without a decision
+                    decision.setdefault("error", f"{type(exc).__name__}: {exc}"[:200])
 
             reader = threading.Thread(target=read)
             reader.start()
@@ -183,6 +189,8 @@ def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
                 pass
             reader.join(timeout=60)
         with lock:
+            if "error" in decision:
+                errors.append(decision["error"])
             outcomes[decision.get("decision", "none")] = outcomes.get(decision.get("decision", "none"), 0) + 1
             if decision.get("heard_s") and decision.get("close_reason") != "ended_by_caller":
                 frame = min(len(sent_at) - 1, int(round(decision["heard_s"] / 0.02)) - 1)
@@ -197,6 +205,7 @@ def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
     return {
         "streams": streams,
         "decisions": outcomes,
+        "errors": sorted(set(errors)),
         "decision_lag_ms": {
             "p50": float(np.percentile(lag, 50) * 1000),
             "p95": float(np.percentile(lag, 95) * 1000),

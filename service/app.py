@@ -61,7 +61,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     def health() -> Health:
         return Health(status="ok")
 
-    metrics = ServiceMetrics(queue_depth=ctx.queue_depth)
+    metrics = ServiceMetrics(queue_depth=lambda: ctx.queue_depth())
     ctx.metrics = metrics
     ctx.on_batch = metrics.observe_batch
 

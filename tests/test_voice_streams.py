@@ -47,6 +47,13 @@ def impostor_call() -> bytes:
     return telephone_call(IMPOSTOR)
 
 
+def play_with_key(api, stream_id: str, key: str):
+    from tests.stream_helpers import Played
+
+    with api.http.websocket_connect(f"/v1/voice/streams/{stream_id}", headers=api.headers(key)) as ws:
+        return read_to_close(ws, Played())
+
+
 def _stream_entries(api, auditor_key: str) -> list[dict]:
     entries = api.http.get("/v1/audit/entries", headers=api.headers(auditor_key)).json()["entries"]
     return [e for e in entries if e["action"] == "voice.stream"]
@@ -151,6 +158,11 @@ def test_bad_stream_ids_end_with_a_close_code_and_a_reason(enrolled, genuine_cal
         )
     expired = play(api, stale["id"], [])
     assert (expired.close_code, expired.close_reason) == (4410, {"reason": "stream_expired"})
+    assert (
+        api.http.get(f"/v1/voice/streams/{stale['id']}", headers=api.headers(keys["ivr"])).json()["status"] == "expired"
+    )
+    portal_key = play_with_key(api, stream_id=open_stream(api, keys["ivr"]).json()["id"], key=keys["portal"])
+    assert (portal_key.close_code, portal_key.close_reason) == (4403, {"reason": "forbidden"})
 
     stream = open_stream(api, keys["ivr"]).json()
     with api.http.websocket_connect(f"/v1/voice/streams/{stream['id']}") as first:

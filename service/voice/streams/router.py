@@ -15,7 +15,7 @@ from service.context import ServiceContext
 from service.deps import get_ctx, require
 from service.errors import NotFound, ServiceError
 from service.problems import problem_responses
-from service.store.models import VoiceStream
+from service.store.models import VoiceStream, utcnow
 from service.voice.streams.drive import END, Dropped, close_code, drive
 from service.voice.streams.opening import open_stream
 from service.voice.streams.run import StreamFault, StreamRun
@@ -29,9 +29,10 @@ STOP_EVENTS = {"stop", "end", "close"}
 
 
 def stream_out(row: VoiceStream) -> StreamOut:
+    expired = row.status == "open" and row.connect_by <= utcnow()  # never connected in time: no longer usable
     return StreamOut(
         id=row.id,
-        status=row.status,
+        status="expired" if expired else row.status,
         decision=row.decision,
         codec=row.codec,
         sample_rate=row.sample_rate,
@@ -119,6 +120,8 @@ def _take(ctx: ServiceContext, stream_id: str, authorization: str | None) -> Voi
                 principal = authenticate(session, authorization)
             except ServiceError:
                 raise StreamUnavailable("forbidden") from None
+            if principal.role != Role.IVR:
+                raise StreamUnavailable("forbidden")
             row = find_stream(session, canonical)
             if row is not None and row.tenant_id != principal.tenant_id:
                 raise StreamUnavailable("unknown_stream")  # another tenant's stream is simply not found

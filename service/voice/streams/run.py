@@ -90,6 +90,13 @@ class StreamRun:
         if speech - self.scored_at_speech_s < self.settings.stream_step_speech_s:
             return []
         self.scored_at_speech_s = speech
+        if speech < self.settings.min_verify_speech_s:  # too little to decide on: report, embed nothing yet
+            short = [QualityReason(ReasonCode.TOO_SHORT, speech, self.settings.min_verify_speech_s).as_dict()]
+            event = {**self._event("pending", "pending", None, None, None), "net_speech_s": round(speech, 3)}
+            event["reasons"] = short
+            with self.ctx.db.session() as session:
+                set_event(session, self.stream_id, event)
+            return [event]
         probe = self.audio.probe()
         at_most = probe.net_speech_s >= self.settings.stream_max_speech_s
         verdict = self._score(probe)
@@ -170,7 +177,7 @@ class StreamRun:
         self,
         kind: str,
         decision: str,
-        probe: Probe,
+        probe: Probe | None,
         score: float | None,
         threshold: float | None,
         close_reason: str | None = None,
@@ -181,11 +188,11 @@ class StreamRun:
             "event": kind,
             "stream_id": self.stream_id,
             "decision": decision,
-            "net_speech_s": round(probe.net_speech_s, 3),
+            "net_speech_s": None if probe is None else round(probe.net_speech_s, 3),
             "heard_s": round(self.audio.heard_s, 3),
             "score": None if score is None else round(score, 4),
             "threshold": threshold,
-            "reasons": [r.as_dict() for r in probe.reasons],
+            "reasons": [] if probe is None else [r.as_dict() for r in probe.reasons],
             "final": final,
             **({"close_reason": close_reason} if close_reason else {}),
         }

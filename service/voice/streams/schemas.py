@@ -45,7 +45,7 @@ class StreamEventOut(BaseModel):
 
 class StreamOut(BaseModel):
     id: str = Field(description="a UUID: the WebSocket path /v1/voice/streams/{id}, AudioSocket's stream id")
-    status: str = Field(description="open, streaming, decided or ended")
+    status: str = Field(description="open, streaming, decided, ended (without a decision) or expired")
     decision: str | None
     codec: str
     sample_rate: int
