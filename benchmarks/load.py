@@ -5,8 +5,8 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.load [--callers 20] [--duration 30] [--max-calls 400] [--streams 20]
                                         [--overload-callers 0] [--queue-max 32] [--out PATH] [--data DIR]
 
-Starts ``bioident serve`` on a free loopback port with a fresh data directory (SQLite), enrols 5
-LibriSpeech test-other speakers, then:
+Starts ``bioident serve`` on a free loopback port with a fresh data directory (SQLite), enrols
+``--speakers`` (5) LibriSpeech test-other speakers, then:
 
 1. Offline: embeds the same 4-second 8 kHz mu-law calls in this process in batches (the model's best
    throughput on this machine, measured in the same run, just before the load).
@@ -217,6 +217,7 @@ def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--callers", type=int, default=20)
+    parser.add_argument("--speakers", type=int, default=5, help="speakers to enrol (default 5)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per load level (default 30)")
     parser.add_argument("--max-calls", type=int, default=400, help="calls per load level at most (default 400)")
     parser.add_argument("--streams", type=int, default=20, help="real-time streams at once (0: none)")
@@ -225,15 +226,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--data", type=Path, default=TEST_OTHER)
     args = parser.parse_args(argv)
-    if min(args.callers, args.max_calls) < 1 or args.duration <= 0:
-        parser.error("--callers, --max-calls and --duration must be positive")
+    if min(args.callers, args.max_calls, args.speakers) < 1 or args.duration <= 0 or args.streams < 0:
+        parser.error("--callers, --speakers, --max-calls and --duration must be positive")
 
-    speakers = pick_speakers(args.data, 5)
+    speakers = pick_speakers(args.data, args.speakers)
     calls = four_second_calls(speakers)
     results: dict = {"call_s": CALL_S, "queue_max": args.queue_max}
     with tempfile.TemporaryDirectory(prefix="bioident-load-") as tmp:
-        os.environ["BIOIDENT_EMBED_QUEUE_MAX"] = str(args.queue_max)
-        server = Server(Path(tmp), None)
+        previous = os.environ.get("BIOIDENT_EMBED_QUEUE_MAX")
+        os.environ["BIOIDENT_EMBED_QUEUE_MAX"] = str(args.queue_max)  # the server's environment is this one's
+        try:
+            server = Server(Path(tmp), None)
+        finally:
+            if previous is None:
+                del os.environ["BIOIDENT_EMBED_QUEUE_MAX"]
+            else:
+                os.environ["BIOIDENT_EMBED_QUEUE_MAX"] = previous
         try:
             key = set_up_bank(httpx.Client(base_url=server.url, timeout=120), server.admin_key())
             enrol_speakers(httpx.Client(base_url=server.url, timeout=120), key, speakers)
