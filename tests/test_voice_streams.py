@@ -16,6 +16,7 @@ from sqlalchemy import text
 from biometrics.voice.audio import RawCodec
 from tests.conftest import TEST_OTHER
 from tests.stream_helpers import (
+    Played,
     audiosocket_message,
     audiosocket_uuid,
     frames,
@@ -48,8 +49,6 @@ def impostor_call() -> bytes:
 
 
 def play_with_key(api, stream_id: str, key: str):
-    from tests.stream_helpers import Played
-
     with api.http.websocket_connect(f"/v1/voice/streams/{stream_id}", headers=api.headers(key)) as ws:
         return read_to_close(ws, Played())
 
@@ -143,6 +142,33 @@ def test_a_locked_out_customer_cannot_open_a_stream(enrolled, impostor_call):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_withdrawal_during_a_stream_ends_it_without_a_decision(bank, genuine_call):
+    api, keys = bank
+    consent = _consent(api, keys["portal"])
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    stream = open_stream(api, keys["ivr"]).json()
+    chunks = frames(genuine_call, FRAME_20MS)
+    with api.http.websocket_connect(f"/v1/voice/streams/{stream['id']}") as ws:
+        assert json.loads(ws.receive_text())["event"] == "connected"
+        for chunk in chunks[:25]:  # half a second: nothing scored yet
+            ws.send_bytes(chunk)
+        withdrawn = api.http.post(
+            f"/v1/subjects/{consent['subject_token']}/consents/{consent['id']}:withdraw",
+            headers=api.headers(keys["portal"]),
+        )
+        assert withdrawn.status_code == 200
+        for chunk in chunks[25:]:
+            ws.send_bytes(chunk)
+        ws.send_text(json.dumps({"event": "stop"}))
+        ended = read_to_close(ws, Played())
+    assert ended.close_code == 4403 and ended.close_reason == {"reason": "consent_required", "decision": None}
+    assert ended.final["refusal"] == "consent_required" and ended.final["decision"] is None
+    state = api.http.get(f"/v1/voice/streams/{stream['id']}", headers=api.headers(keys["ivr"])).json()
+    assert state["status"] == "ended" and state["decision"] is None
+    assert [e["outcome"] for e in _stream_entries(api, keys["auditor"])] == ["refused"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_bad_stream_ids_end_with_a_close_code_and_a_reason(enrolled, genuine_call):
     api, keys = enrolled
     never = play(api, "0b5e2c4e-8d0f-4a53-9b9e-3f0c2d1e0a11", [])
@@ -170,7 +196,7 @@ def test_bad_stream_ids_end_with_a_close_code_and_a_reason(enrolled, genuine_cal
         second = play(api, stream["id"], [])  # the stream is already taken by the first connection
         assert (second.close_code, second.close_reason) == (4409, {"reason": "stream_used"})
         first.send_text(json.dumps({"event": "stop"}))
-        ended = read_to_close(first, type(second)())
+        ended = read_to_close(first, Played())
     assert ended.final["decision"] == "inconclusive"  # nothing heard
 
 
@@ -274,5 +300,15 @@ def test_asterisk_audiosocket_streams_end_to_end_over_tcp(bank, tmp_path, databa
             assert call.recv(3) == audiosocket_message(0x00)
         state = client.get(f"/v1/voice/streams/{mulaw['id']}", headers=api.headers(keys["ivr"])).json()
         assert state["status"] == "open"  # refused before it was taken: still usable with the right transport
-    (entry,) = _stream_entries(api, keys["auditor"])
-    assert entry["outcome"] == "accept" and entry["details"]["transport"] == "audiosocket"
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as call:
+            call.sendall(audiosocket_uuid("0b5e2c4e-8d0f-4a53-9b9e-3f0c2d1e0a11"))  # no such stream
+            assert call.recv(3) == audiosocket_message(0x00)
+        garbled = open_stream(api, keys["ivr"], codec="pcm16", rate=8000).json()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as call:
+            call.sendall(audiosocket_uuid(garbled["id"]) + audiosocket_message(0x10, b"\x00\x01\x02"))
+            assert call.recv(3) == audiosocket_message(0x00)
+        state = client.get(f"/v1/voice/streams/{garbled['id']}", headers=api.headers(keys["ivr"])).json()
+        assert state["status"] == "ended" and state["latest_event"]["close_reason"] == "malformed_frame"
+    accepted, refused = _stream_entries(api, keys["auditor"])
+    assert accepted["outcome"] == "accept" and accepted["details"]["transport"] == "audiosocket"
+    assert refused["outcome"] == "refused" and refused["details"]["reason"] == "malformed_frame"

@@ -56,6 +56,11 @@ class SpeechStream:
         self._vad_done = 0  # samples at 16 kHz whose window probabilities are in _probs
 
     @property
+    def sample_width(self) -> int:
+        """Bytes per sample: every frame is a whole number of them."""
+        return self._width
+
+    @property
     def heard_s(self) -> float:
         """Seconds of audio received."""
         return len(self._raw) / self._width / self.sample_rate

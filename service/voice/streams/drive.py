@@ -90,7 +90,9 @@ async def _drive(
             if frame is END:
                 reason = "ended_by_caller"
                 break
-            pending += frame  # type: ignore[operator]  # receive gives bytes or END
+            if len(frame) % run.audio.sample_width:  # type: ignore[arg-type]  # receive gives bytes or END
+                raise StreamFault("malformed_frame", 1007)  # a partial sample: the peer's framing is broken
+            pending += frame  # type: ignore[operator]
             if len(pending) >= flush_at:
                 audio, pending = bytes(pending), bytearray()
                 for event in await to_thread.run_sync(run.feed, audio):
