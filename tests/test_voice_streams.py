@@ -237,6 +237,23 @@ def test_malformed_oversize_and_late_frames_end_cleanly(enrolled, genuine_call):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_model_fault_ends_the_stream_with_1011_and_leaves_nothing_half_done(enrolled, genuine_call, monkeypatch):
+    from biometrics.errors import ModelError
+
+    api, keys = enrolled
+
+    def broken(utterances):
+        raise ModelError("the model is unavailable")
+
+    monkeypatch.setattr(api.ctx.batching.batcher, "_embed_speech", broken)
+    stream = open_stream(api, keys["ivr"]).json()
+    played = play(api, stream["id"], frames(genuine_call, FRAME_20MS))
+    assert played.close_code == 1011 and played.close_reason == {"reason": "internal_error", "decision": None}
+    state = api.http.get(f"/v1/voice/streams/{stream['id']}", headers=api.headers(keys["ivr"])).json()
+    assert state["status"] == "ended" and state["latest_event"]["close_reason"] == "internal_error"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_wrong_codec_is_refused_before_any_audio(enrolled):
     api, keys = enrolled
     for codec, rate in (("mulaw", 16000), ("opus", 8000), ("alaw", 44100)):

@@ -17,7 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from anyio import CancelScope, get_cancelled_exc_class, to_thread
+from sqlalchemy.exc import SQLAlchemyError
 
+from biometrics.errors import BiometricsError
+from service.vault.errors import VaultError
 from service.voice.streams.run import StreamFault, StreamRun
 
 log = logging.getLogger("bioident.streams")
@@ -39,7 +42,9 @@ def close_code(event: dict) -> int:
     refusal = event.get("refusal")
     if refusal is not None:
         return REFUSAL_CODES.get(refusal, 4400)
-    return {"malformed_frame": 1007, "oversize_frame": 1009}.get(event.get("close_reason", ""), 1000)
+    return {"malformed_frame": 1007, "oversize_frame": 1009, "internal_error": 1011}.get(
+        event.get("close_reason", ""), 1000
+    )
 
 
 async def drive(
@@ -102,6 +107,10 @@ async def _drive(
     except StreamFault as fault:
         with CancelScope(shield=True):
             return await to_thread.run_sync(run.end, fault.reason)
+    except (BiometricsError, VaultError, SQLAlchemyError) as exc:  # not the caller's fault: end it, never half done
+        log.error("stream failed: %s", type(exc).__name__)  # no message: it could carry request data
+        with CancelScope(shield=True):
+            return await _end_after_fault(run)
     except get_cancelled_exc_class():
         # The connection's task is cancelled (the server shutting down, the peer gone mid-read): the stream is
         # still decided on what was heard, so no stream stays half done.
@@ -109,7 +118,11 @@ async def _drive(
             await to_thread.run_sync(run.finish, "dropped")
         raise
     with CancelScope(shield=True):  # however the connection ended, the stream ends in the database
-        return await _conclude(run, pending, reason, send)
+        try:
+            return await _conclude(run, pending, reason, send)
+        except (BiometricsError, VaultError, SQLAlchemyError) as exc:
+            log.error("stream failed: %s", type(exc).__name__)
+            return await _end_after_fault(run)
 
 
 async def _conclude(
@@ -129,6 +142,14 @@ async def _conclude(
     if reason != "dropped":
         await _send(send, final)
     return final
+
+
+async def _end_after_fault(run: StreamRun) -> dict:
+    try:
+        return await to_thread.run_sync(run.end, "internal_error")
+    except Exception as exc:  # noqa: BLE001 - the database itself may be what failed
+        log.error("stream could not be ended: %s", type(exc).__name__)
+        return {"event": "ended", "stream_id": run.stream_id, "decision": None, "close_reason": "internal_error"}
 
 
 async def _send(send: Callable[[dict], Awaitable[None]], event: dict) -> None:
