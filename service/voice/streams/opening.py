@@ -39,7 +39,7 @@ def open_stream(
             codec=codec,
             sample_rate=sample_rate,
             status="open",
-            latest_event={"event": "opened", "decision": "pending"},
+            latest_event={"event": "opened", "stream_id": stream_id, "decision": "pending"},
             connect_by=connect_deadline(ctx.settings.stream_connect_s),
         )
         if refusal is not None:
@@ -49,7 +49,13 @@ def open_stream(
             decision = "opted_out" if known and _withdrew(session, candidate, purpose) else "not_enrolled"
             row.subject_token = candidate if known else None
             row.status, row.decision, row.close_reason = "decided", decision, decision
-            row.latest_event = {"event": "decision", "decision": decision, "final": True, "close_reason": decision}
+            row.latest_event = {
+                "event": "decision",
+                "stream_id": stream_id,
+                "decision": decision,
+                "final": True,
+                "close_reason": decision,
+            }
             record_event(
                 session,
                 actor,
