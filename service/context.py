@@ -42,6 +42,7 @@ class ServiceContext:
         self._batching: BatchingEmbedder | None = None
         self.on_batch: Callable[[int, float], None] | None = None  # set by the app, for its metrics
         self.metrics: ServiceMetrics | None = None  # set by the app (service/metrics.py)
+        self.streams_connected = 0  # real-time streams this process holds (BIOIDENT_STREAM_MAX_OPEN)
         if embedder is not None:
             self._scoring = self._scoring_for(embedder)
 

@@ -39,6 +39,9 @@ class ServiceSettings(CoreSettings):
     stream_lifetime_s: int = Field(120, ge=1)
     stream_max_audio_s: float = Field(60.0, gt=0)
     stream_max_frame_bytes: int = Field(32_000, ge=320)  # one second of 16 kHz PCM16
+    # Streams connected at once in one process; past it a connection is closed with 1013 (try again later)
+    # before it takes the stream, which stays open for another try.
+    stream_max_open: int = Field(100, ge=1)
     # An event after each stretch of this much new net speech; a decision as soon as the score is
     # stream_margin away from the threshold with at least min_verify_speech_s of speech, and at the latest
     # at stream_max_speech_s of speech (inside the margin: inconclusive) or on close.

@@ -254,6 +254,22 @@ def test_a_model_fault_ends_the_stream_with_1011_and_leaves_nothing_half_done(en
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_past_the_most_streams_a_connection_is_turned_away_and_the_stream_stays_usable(enrolled):
+    api, keys = enrolled
+    api.ctx.settings.stream_max_open = 1
+    held, turned_away = open_stream(api, keys["ivr"]).json(), open_stream(api, keys["ivr"]).json()
+    with api.http.websocket_connect(f"/v1/voice/streams/{held['id']}") as first:
+        assert json.loads(first.receive_text())["event"] == "connected"
+        refused = play(api, turned_away["id"], [])
+        assert (refused.close_code, refused.close_reason) == (1013, {"reason": "too_many_streams"})
+        first.send_text(json.dumps({"event": "stop"}))
+        read_to_close(first, Played())
+    state = api.http.get(f"/v1/voice/streams/{turned_away['id']}", headers=api.headers(keys["ivr"])).json()
+    assert state["status"] == "open"
+    assert play(api, turned_away["id"], []).final["decision"] == "inconclusive"  # now it can connect
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_wrong_codec_is_refused_before_any_audio(enrolled):
     api, keys = enrolled
     for codec, rate in (("mulaw", 16000), ("opus", 8000), ("alaw", 44100)):

@@ -18,7 +18,7 @@ from anyio import CancelScope, to_thread
 
 from service.context import ServiceContext
 from service.store.models import VoiceStream
-from service.voice.streams.drive import END, Dropped, drive
+from service.voice.streams.drive import END, Dropped, admit_stream, drive, release_stream
 from service.voice.streams.run import StreamFault, StreamRun
 from service.voice.streams.store import StreamUnavailable, find_stream, take_stream
 
@@ -33,11 +33,16 @@ async def start_audiosocket(ctx: ServiceContext, host: str, port: int) -> asynci
     """Listens for AudioSocket connections on the running loop; the server's sockets tell the port."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not admit_stream(ctx):  # too many streams here: hang up before taking one (it stays open)
+            writer.write(HANGUP)
+            writer.close()
+            return
         try:
             await _serve_connection(ctx, reader, writer)
         except Exception:  # noqa: BLE001 - one connection's fault never stops the listener
             log.exception("audiosocket connection failed")
         finally:
+            release_stream(ctx)
             writer.close()
 
     return await asyncio.start_server(serve, host, port)

@@ -5,7 +5,8 @@ Close codes (the WebSocket's; AudioSocket records the same reason on the stream)
 normally (the reason says why: decided, speech_limit, ended_by_caller, lifetime, buffer_full, no_speech),
 1007 malformed_frame, 1009 oversize_frame, 1011 internal_error, and 4000 + an HTTP status for a stream that
 cannot be used or a claim refused meanwhile: 4404 unknown_stream, 4410 stream_expired, 4409 stream_used,
-4415 wrong_codec, 4403 forbidden or consent_required, 4423 locked_out. A dropped connection is decided on
+4415 wrong_codec, 4403 forbidden or consent_required, 4423 locked_out; 1013 too_many_streams (the
+process holds ``BIOIDENT_STREAM_MAX_OPEN``; the stream stays open for another try). A dropped connection is decided on
 what was heard (reason dropped).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -20,6 +22,7 @@ from anyio import CancelScope, get_cancelled_exc_class, to_thread
 from sqlalchemy.exc import SQLAlchemyError
 
 from biometrics.errors import BiometricsError
+from service.context import ServiceContext
 from service.vault.errors import VaultError
 from service.voice.streams.run import StreamFault, StreamRun
 
@@ -27,6 +30,23 @@ log = logging.getLogger("bioident.streams")
 
 END = object()  # the caller ended the stream (a stop event, AudioSocket's hangup)
 FLUSH_S = 0.1  # audio gathered before it is handed to the worker thread
+
+
+_slots = threading.Lock()
+
+
+def admit_stream(ctx: ServiceContext) -> bool:
+    """One more stream connected in this process, unless ``BIOIDENT_STREAM_MAX_OPEN`` already are."""
+    with _slots:
+        if ctx.streams_connected >= ctx.settings.stream_max_open:
+            return False
+        ctx.streams_connected += 1
+        return True
+
+
+def release_stream(ctx: ServiceContext) -> None:
+    with _slots:
+        ctx.streams_connected -= 1
 
 
 class Dropped(Exception):

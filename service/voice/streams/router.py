@@ -16,7 +16,7 @@ from service.deps import get_ctx, require
 from service.errors import NotFound, ServiceError
 from service.problems import problem_responses
 from service.store.models import VoiceStream, utcnow
-from service.voice.streams.drive import END, Dropped, close_code, drive
+from service.voice.streams.drive import END, Dropped, admit_stream, close_code, drive, release_stream
 from service.voice.streams.opening import open_stream
 from service.voice.streams.run import StreamFault, StreamRun
 from service.voice.streams.schemas import StreamEventOut, StreamOpenIn, StreamOut
@@ -69,6 +69,16 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
     FreeSWITCH's mod_audio_fork works as is: its metadata text frame is ignored, its L16 frames are audio."""
     ctx: ServiceContext = websocket.app.state.ctx
     await websocket.accept()
+    if not admit_stream(ctx):
+        await _close(websocket, 1013, {"reason": "too_many_streams"})
+        return
+    try:
+        await _serve_stream(ctx, websocket, stream_id)
+    finally:
+        release_stream(ctx)
+
+
+async def _serve_stream(ctx: ServiceContext, websocket: WebSocket, stream_id: str) -> None:
     try:
         with CancelScope(shield=True):  # a stream taken is a stream run to its end: see drive()
             row = await to_thread.run_sync(_take, ctx, stream_id, websocket.headers.get("authorization"))
