@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bioident-installed
 
-.PHONY: setup run test lint bench bench-latency
+.PHONY: setup run test lint bench bench-latency bench-load
 
 setup: $(STAMP)
 
@@ -27,3 +27,6 @@ bench: setup
 
 bench-latency: setup
 	$(BIN)/python -m benchmarks.verify_latency
+
+bench-load: setup
+	$(BIN)/python -m benchmarks.load --overload-callers 48

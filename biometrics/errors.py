@@ -83,6 +83,16 @@ class ModelSourceUnavailable(ModelError):
     code = "model_source_unavailable"
 
 
+class EmbeddingQueueFull(ModelError):
+    """Too many analyses are waiting for the model; ``retry_after_s`` estimates when one slot frees."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # --- templates and scores ------------------------------------------------------------------
 
 

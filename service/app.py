@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 
 from service.accuracy import router as accuracy
 from service.admin import router as admin
 from service.consent import router as consent
 from service.context import ServiceContext
+from service.metrics import METRICS_CONTENT_TYPE, RequestTiming, ServiceMetrics
 from service.middleware import BodySizeLimit
 from service.portal import api as portal_api
 from service.portal.app import create_portal_app
 from service.problems import COMMON_PROBLEMS, Problem, install_problem_handlers, problem_responses
 from service.trail import router as trail
 from service.voice import router as voice
+from service.voice.streams import router as streams
+from service.voice.streams.audiosocket import start_audiosocket
 from service.watchlist import router as watchlist
 
 
@@ -23,8 +30,26 @@ class Health(BaseModel):
     status: str
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The AudioSocket listener, when ``BIOIDENT_AUDIOSOCKET`` names HOST:PORT, runs on the app's loop."""
+    ctx: ServiceContext = app.state.ctx
+    server = None
+    if ctx.settings.audiosocket:
+        host, _, port = ctx.settings.audiosocket.rpartition(":")
+        server = await start_audiosocket(ctx, host or "127.0.0.1", int(port))
+        app.state.audiosocket_port = server.sockets[0].getsockname()[1]
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
 def create_app(ctx: ServiceContext) -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="bioident",
         version="0.1.0",
         description="Biometric customer identification by voice, with the customer in control. Errors are "
@@ -32,17 +57,32 @@ def create_app(ctx: ServiceContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app)
-    for module in (admin, consent, portal_api, voice, watchlist, trail, accuracy):
+    for module in (admin, consent, portal_api, voice, streams, watchlist, trail, accuracy):
         app.include_router(module.router, responses=problem_responses(*COMMON_PROBLEMS))
 
     @app.get("/health", tags=["health"], response_model=Health)
     def health() -> Health:
         return Health(status="ok")
 
+    metrics = ServiceMetrics(queue_depth=lambda: ctx.queue_depth())
+    ctx.metrics = metrics
+    ctx.on_batch = metrics.observe_batch
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+    )
+    def prometheus_metrics() -> Response:
+        """Queue depth, batch sizes, latency per route and transport, decisions by outcome, streams open."""
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
     # The customers' pages: their own trust boundary (links, cookies, CSRF), not part of the API's schema.
     app.mount("/portal", create_portal_app(ctx))
 
     app.add_middleware(BodySizeLimit, max_bytes=ctx.settings.max_body_bytes)
+    app.add_middleware(RequestTiming, metrics=metrics)
     app.openapi = lambda: _openapi(app)
     return app
 

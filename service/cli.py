@@ -82,6 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.portal.links import prune as prune_portal
 
     settings = _settings()
+    if args.audiosocket:
+        settings.audiosocket = args.audiosocket
     db, keyring = _open_store(settings, create_keyring=True)
     _replay_ledger(settings, db, keyring)
     ctx = ServiceContext(settings, database=db, keyring=keyring)
@@ -324,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = verbs.add_parser("serve", help="start the API (OpenAPI at /docs)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--audiosocket", metavar="HOST:PORT", help="also listen for Asterisk AudioSocket streams")
     serve.set_defaults(run=cmd_serve)
 
     db = verbs.add_parser("db", help="database").add_subparsers(dest="action", required=True)

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from biometrics.scoring.operating_points import ChannelScoring
+from biometrics.voice.batching import BatchingEmbedder
 from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder
 from biometrics.voice.quality.gates import QualityLimits
 from biometrics.voice.verification import VoiceVerifier
 from service.deployment_keyring import load_keyring, require_same_keyring
+from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 from service.store.db import Database
 from service.vault import Keyring, subject_token
@@ -40,6 +42,10 @@ class ServiceContext:
         self._embedder_lock = threading.Lock()
         self._cached: dict[str, Any] = {}
         self._cached_lock = threading.Lock()
+        self._batching: BatchingEmbedder | None = None
+        self.on_batch: Callable[[int, float], None] | None = None  # set by the app, for its metrics
+        self.metrics: ServiceMetrics | None = None  # set by the app (service/metrics.py)
+        self.streams_connected = 0  # real-time streams this process holds (BIOIDENT_STREAM_MAX_OPEN)
         if embedder is not None:
             self._scoring = self._scoring_for(embedder)
 
@@ -93,9 +99,34 @@ class ServiceContext:
         return ChannelScoring.for_model(self.settings, embedder.fingerprint)
 
     @property
+    def batching(self) -> BatchingEmbedder:
+        """The model seen through the micro-batcher: concurrent analyses share batches, and past
+        ``BIOIDENT_EMBED_QUEUE_MAX`` in flight the next is refused (503 with Retry-After)."""
+        embedder = self.embedder
+        with self._embedder_lock:
+            if self._batching is None:
+                self._batching = BatchingEmbedder.around(
+                    embedder,
+                    window_s=self.settings.embed_batch_window_ms / 1000,
+                    max_pending=self.settings.embed_queue_max,
+                    on_batch=lambda requests, seconds: self.on_batch and self.on_batch(requests, seconds),
+                )
+            return self._batching
+
+    def queue_depth(self) -> int:
+        """Analyses in the micro-batcher's queue (0 before the model is loaded)."""
+        return 0 if self._batching is None else self._batching.batcher.depth
+
+    def decided(self, action: str, outcome: str) -> None:
+        """Counts a decision in the metrics (outcome only: never whose)."""
+        if self.metrics is not None:
+            self.metrics.decided(action, outcome)
+
+    @property
     def verifier(self) -> VoiceVerifier:
-        """The library's verification sequence (analyse, quality reasons, verdict) on this service's model."""
-        return VoiceVerifier(self.embedder, self.scoring, self.limits)
+        """The library's verification sequence (analyse, quality reasons, verdict) on this service's model,
+        its embeddings micro-batched with concurrent callers'."""
+        return VoiceVerifier(self.batching, self.scoring, self.limits)  # type: ignore[arg-type]  # an embedder
 
     def cached(self, name: str, make: Callable[[], Any]) -> Any:
         """One object per process for ``name`` (an in-memory gallery, the watchlist's scoring), made once."""

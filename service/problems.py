@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from biometrics.errors import AudioError, BiometricsError, IncompatibleModel, ModelError
+from biometrics.errors import AudioError, BiometricsError, EmbeddingQueueFull, IncompatibleModel, ModelError
 from service.errors import ServiceError
 from service.vault.errors import VaultError
 
@@ -103,6 +103,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BiometricsError)
     async def _biometrics(_: Request, exc: BiometricsError) -> JSONResponse:
+        if isinstance(exc, EmbeddingQueueFull):
+            return problem(503, exc.code, "Too busy: retry later", exc.message, retry_after_s=exc.retry_after_s)
         status, title = _biometrics_status(exc)
         return problem(status, exc.code, title, exc.message)
 

@@ -37,6 +37,30 @@ class ServiceSettings(CoreSettings):
     # not sign them passes only if the operator declares its unsigned entries here (they are counted).
     audit_unsigned_up_to: int = Field(0, ge=0)
 
+    # Real-time streams (service/voice/streams): a stream must be connected within stream_connect_s of being
+    # opened, lives at most stream_lifetime_s once connected, and holds at most stream_max_audio_s of audio.
+    # HOST:PORT of the AudioSocket listener for Asterisk (also: bioident serve --audiosocket HOST:PORT).
+    audiosocket: str | None = None
+    stream_connect_s: int = Field(60, ge=1)
+    stream_lifetime_s: int = Field(120, ge=1)
+    stream_max_audio_s: float = Field(60.0, gt=0)
+    stream_max_frame_bytes: int = Field(32_000, ge=320)  # one second of 16 kHz PCM16
+    # Streams connected at once in one process; past it a connection is closed with 1013 (try again later)
+    # before it takes the stream, which stays open for another try.
+    stream_max_open: int = Field(100, ge=1)
+    # An event after each stretch of this much new net speech; a decision as soon as the score is
+    # stream_margin away from the threshold with at least min_verify_speech_s of speech, and at the latest
+    # at stream_max_speech_s of speech (inside the margin: inconclusive) or on close.
+    stream_step_speech_s: float = Field(1.0, gt=0)
+    stream_margin: float = Field(0.05, ge=0)
+    stream_max_speech_s: float = Field(8.0, gt=0)
+    # A caller who has not spoken after this much audio ends inconclusive (NO_SPEECH).
+    stream_silence_s: float = Field(15.0, gt=0)
+    # Micro-batching (biometrics/voice/batching.py): requests arriving within embed_batch_window_ms of each
+    # other are embedded in one batch; past embed_queue_max analyses in flight, 503 with Retry-After.
+    embed_batch_window_ms: float = Field(5.0, ge=0)
+    embed_queue_max: int = Field(32, ge=1)
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'bioident.db').resolve()}"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import embedding_speed, gemm_bound, verify_latency
+from benchmarks import embedding_speed, gemm_bound, load, verify_latency
 from tests.conftest import TEST_OTHER
 
 pytestmark = pytest.mark.model
@@ -68,6 +68,24 @@ def test_the_latency_benchmark_refuses_bad_arguments(capsys):
             verify_latency.main(argv)
         assert exit_info.value.code == 2, argv
     assert "--concurrency takes whole numbers" in capsys.readouterr().err
+
+
+def test_the_load_benchmark_answers_every_caller_and_stream_through_a_real_server(tmp_path, capsys):
+    out = tmp_path / "load.json"
+    argv = ["--speakers", "2", "--callers", "2", "--duration", "1", "--max-calls", "4", "--streams", "2"]
+    report = load.main([*argv, "--out", str(out), "--data", str(TEST_OTHER)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["offline_calls_per_s"] > 0
+    level = report["load"]
+    assert level["errors"] == 0 and set(level["statuses"]) == {"200"} and 1 <= level["calls"] <= 4
+    assert level["fraction_of_offline"] == pytest.approx(level["calls_per_s"] / report["offline_calls_per_s"])
+    streams = report["streaming"]
+    assert streams["errors"] == [] and sum(streams["decisions"].values()) == 2
+    assert streams["decisions"].get("none", 0) == 0
+    assert "of offline" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        load.main(["--callers", "0"])
+    assert refused.value.code == 2
 
 
 def test_paired_gemms_use_the_fastest_size_whose_product_fits_a_quarter_of_a_forward_pass():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,14 +91,23 @@ class VoiceEmbedder:
         )
         return speech, measures
 
-    def analyse(self, waveforms: Sequence[Waveform], max_speech_s: float | None = None) -> list[AnalysedSample]:
-        """Quality measures and embedding of each waveform; ``max_speech_s`` keeps only the first seconds of speech."""
+    def analyse(
+        self,
+        waveforms: Sequence[Waveform],
+        max_speech_s: float | None = None,
+        embed: Callable[[Sequence[np.ndarray]], list[np.ndarray]] | None = None,
+    ) -> list[AnalysedSample]:
+        """Quality measures and embedding of each waveform; ``max_speech_s`` keeps only the first seconds of speech.
+
+        ``embed`` embeds the speech instead of ``embed_speech`` (a micro-batcher that joins concurrent
+        callers' utterances into one batch: ``biometrics.voice.batching``).
+        """
         selected = [self.speech_only(w) for w in waveforms]
         usable = [i for i, (_, m) in enumerate(selected) if m.net_speech_s >= NO_SPEECH_BELOW_S]
         if max_speech_s is not None and not max_speech_s >= NO_SPEECH_BELOW_S:  # NaN fails this too
             raise ValueError(f"max_speech_s must be at least {NO_SPEECH_BELOW_S} s")
         keep = None if max_speech_s is None else int(max_speech_s * MODEL_SAMPLE_RATE)
-        vectors = self.embed_speech([selected[i][0][:keep] for i in usable])
+        vectors = (embed or self.embed_speech)([selected[i][0][:keep] for i in usable])
         by_index = dict(zip(usable, vectors, strict=True))
         return [
             AnalysedSample(

@@ -329,3 +329,28 @@ class WatchlistEntry(Base):
     net_speech_s: Mapped[float] = mapped_column(Float)
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+class VoiceStream(Base):
+    """A real-time verification stream: its claim and its outcome, shared by every replica.
+
+    The audio lives only in the process holding the stream's connection. A transport takes the stream by
+    moving it from ``open`` to ``streaming`` (one UPDATE: only one connection, on any replica, can); the
+    decision is written in the transaction that audits it.
+    """
+
+    __tablename__ = "voice_streams"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID: AudioSocket's stream id
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    subject_token: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
+    purpose: Mapped[str] = mapped_column(String(64))
+    codec: Mapped[str] = mapped_column(String(10))
+    sample_rate: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open, streaming, decided, ended
+    decision: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    latest_event: Mapped[dict] = mapped_column(JSON, default=dict)
+    close_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    transport: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    connect_by: Mapped[dt.datetime] = mapped_column(Timestamp)
+    connected_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)

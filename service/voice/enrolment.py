@@ -71,7 +71,7 @@ def enrol_voice(
         with ctx.db.session() as session:
             require_consent_to_enrol(session, actor.tenant_id, token, Modality.VOICE, purpose)
         attempt.subject_token = token
-        plan = plan_enrolment(analyse_for_enrolment(ctx.embedder, list(audio())), ctx.limits)  # unusable audio: audited
+        plan = plan_enrolment(analyse_for_enrolment(ctx.batching, list(audio())), ctx.limits)  # unusable audio: audited
         if plan.reasons:
             raise QualityFailed(
                 "the enrolment does not hold enough usable speech", reasons=[r.as_dict() for r in plan.reasons]
@@ -190,7 +190,7 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
     with ctx.db.session() as session:
         enrolment = _open_session(session, actor, session_id)
         require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
-    (analysed,) = analyse_for_enrolment(ctx.embedder, [audio])
+    (analysed,) = analyse_for_enrolment(ctx.batching, [audio])
     sample = analysed.sample
     report = judge_sample(sample, ctx.limits).as_dict()
     with ctx.db.session() as session:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from biometrics.scoring.scorer import Verdict
 from biometrics.voice.audio.waveform import Waveform
 from biometrics.voice.verification import Probe
 from service.auth import Principal
@@ -75,7 +76,33 @@ def claim_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose: 
     return VoiceClaim(actor, token, purpose)
 
 
-def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceCheck:
+def score_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> Verdict:
+    """The verdict on ``probe`` without deciding: no audit entry, no failure counted (a stream's interim score).
+
+    Consent and lockout are checked again, as for a decision."""
+    with ctx.db.session() as session:
+        require_consent(session, claim.subject_token, Modality.VOICE, claim.purpose)
+        refuse_if_locked(ctx, session, claim.subject_token)
+        template = open_voice_template(session, ctx.keyring, voice_template_row(session, claim.subject_token))
+    return ctx.verifier.decide(template, probe)
+
+
+def decide_voice(
+    ctx: ServiceContext,
+    claim: VoiceClaim,
+    probe: Probe,
+    *,
+    judge: Callable[[Verdict, Probe], str] | None = None,
+    action: str = "voice.verify",
+    details: dict | None = None,
+    on_decided: Callable[[Session, VoiceCheck], None] | None = None,
+) -> VoiceCheck:
+    """Decides on ``probe``, audits it and counts a failure, in one transaction.
+
+    A stream passes ``judge`` (the verdict to its decision: ``inconclusive`` inside the uncertainty band),
+    its own ``action`` and ``details``, and ``on_decided`` to store its outcome in the same transaction.
+    Only a ``reject`` on a sample without quality reasons counts towards the lockout.
+    """
     actor, token = claim.actor, claim.subject_token
     with ctx.db.session() as session:
         lock_subject(session, token)  # concurrent attempts count their failures one after another
@@ -83,16 +110,18 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
         refuse_if_locked(ctx, session, token)
         template = open_voice_template(session, ctx.keyring, voice_template_row(session, token))
         verdict = ctx.verifier.decide(template, probe)
+        decision = judge(verdict, probe) if judge is not None else str(verdict.decision)
         screening = NO_HIT
-        if probe.embedding is not None and not probe.reasons:  # too little speech scores nothing reliably
+        screened = probe.embedding is not None and not probe.reasons  # too little speech scores nothing reliably
+        if screened:
             screening = screen_voice(
-                ctx, session, actor, [(probe.embedding, probe.channel)], action="voice.verify", subject_token=token
+                ctx, session, actor, [(probe.embedding, probe.channel)], action=action, subject_token=token
             )
         record_event(
             session,
             actor,
-            action="voice.verify",
-            outcome=str(verdict.decision),
+            action=action,
+            outcome=decision,
             subject_token=token,
             score=verdict.score,
             model_fingerprint=ctx.embedder.fingerprint,
@@ -103,25 +132,30 @@ def decide_voice(ctx: ServiceContext, claim: VoiceClaim, probe: Probe) -> VoiceC
                 "channels": verdict.channels,
                 "reasons": [str(r.code) for r in probe.reasons],
                 "watchlist_hit": screening.hit,
+                **(details or {}),
             },
         )
-        if verdict.decision == "reject" and not probe.reasons:
+        if decision == "reject" and not probe.reasons:
             count_failure(ctx, session, actor, token)
-        elif verdict.decision == "accept":
+        elif decision == "accept":
             note_activity(session, token)  # retention counts from the last successful verification
-    return VoiceCheck(
-        subject_token=token,
-        decision=str(verdict.decision),
-        score=verdict.score,
-        threshold=verdict.threshold,
-        method=verdict.method,
-        llr=None if verdict.llr is None else round(verdict.llr, 4),
-        net_speech_s=round(probe.net_speech_s, 3),
-        reasons=[r.as_dict() for r in probe.reasons],
-        model=ctx.embedder.fingerprint,
-        channels=verdict.channels,
-        watchlist=screening if probe.embedding is not None and not probe.reasons else None,
-    )
+        check = VoiceCheck(
+            subject_token=token,
+            decision=decision,
+            score=verdict.score,
+            threshold=verdict.threshold,
+            method=verdict.method,
+            llr=None if verdict.llr is None else round(verdict.llr, 4),
+            net_speech_s=round(probe.net_speech_s, 3),
+            reasons=[r.as_dict() for r in probe.reasons],
+            model=ctx.embedder.fingerprint,
+            channels=verdict.channels,
+            watchlist=screening if screened else None,
+        )
+        if on_decided is not None:
+            on_decided(session, check)
+    ctx.decided(action, decision)
+    return check
 
 
 def count_failure(ctx: ServiceContext, session: Session, actor: Principal, token: str) -> None:

@@ -73,25 +73,37 @@ class VoiceActivityDetector:
 
     @on_torch_thread
     def speech_segments(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        # Silero's get_speech_timestamps, with the model's own whole-audio method giving the window
+        # probabilities (the same values, tested) instead of one Python call per 32 ms window: 22% faster.
+        return self.segments_from_probabilities(self.window_probabilities(samples), len(samples))
+
+    @on_torch_thread
+    def window_probabilities(self, samples: np.ndarray) -> list[float]:
+        """Speech probability of each 32 ms window of 16 kHz ``samples``, the last one zero-padded.
+
+        A stream computes them block by block as audio arrives (``biometrics.voice.streaming``) and finds
+        its segments over all of them with ``segments_from_probabilities``.
+        """
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-        s = self.settings
         # Silero's operations are far too small to split across cores (its import sets one thread for that
         # reason). On one thread they start no OpenMP parallel regions, so they never wait for worker threads
         # to wake: on 2 cores, with another thread's OpenMP team alive, a 5 s call took 180 ms with two
         # threads and 28 ms with one (25 ms with either when no other team exists).
         with torch.inference_mode(), _intra_op_threads_kept(set_to=1):
-            # Silero's get_speech_timestamps, with the model's own whole-audio method giving the window
-            # probabilities (the same values, tested) instead of one Python call per 32 ms window: 22% faster.
-            probs = self._window_probabilities(audio)
-            stamps = self._timestamps_from_probs(
-                probs,
-                threshold=s.threshold,
-                sampling_rate=MODEL_SAMPLE_RATE,
-                min_speech_duration_ms=s.min_speech_ms,
-                min_silence_duration_ms=s.min_silence_ms,
-                speech_pad_ms=s.speech_pad_ms,
-                audio_length_samples=len(audio),
-            )
+            return self._window_probabilities(audio)
+
+    def segments_from_probabilities(self, probs: list[float], audio_length_samples: int) -> list[tuple[int, int]]:
+        """Speech segments (sample ranges at 16 kHz) from window probabilities; plain Python, no torch."""
+        s = self.settings
+        stamps = self._timestamps_from_probs(
+            probs,
+            threshold=s.threshold,
+            sampling_rate=MODEL_SAMPLE_RATE,
+            min_speech_duration_ms=s.min_speech_ms,
+            min_silence_duration_ms=s.min_silence_ms,
+            speech_pad_ms=s.speech_pad_ms,
+            audio_length_samples=audio_length_samples,
+        )
         return [(int(t["start"]), int(t["end"])) for t in stamps]
 
     def _window_probabilities(self, audio: torch.Tensor) -> list[float]:

@@ -1,0 +1,147 @@
+"""Streams over HTTP and WebSocket (ivr role): open one, read its latest event, feed it audio."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+
+from anyio import CancelScope, to_thread
+from fastapi import APIRouter, Depends, Path, WebSocket
+from starlette.websockets import WebSocketState
+
+from service.auth import Principal, Role, authenticate
+from service.context import ServiceContext
+from service.deps import get_ctx, require
+from service.errors import NotFound, ServiceError
+from service.problems import problem_responses
+from service.store.models import VoiceStream, utcnow
+from service.voice.streams.drive import END, Dropped, admit_stream, close_code, drive, release_stream
+from service.voice.streams.opening import open_stream
+from service.voice.streams.run import StreamFault, StreamRun
+from service.voice.streams.schemas import StreamEventOut, StreamOpenIn, StreamOut
+from service.voice.streams.store import StreamUnavailable, find_stream, take_stream
+
+router = APIRouter(prefix="/v1/voice", tags=["voice streams"])
+ivr = require(Role.IVR)
+UNAVAILABLE_CODES = {"unknown_stream": 4404, "stream_expired": 4410, "stream_used": 4409, "wrong_codec": 4415}
+STOP_EVENTS = {"stop", "end", "close"}
+
+
+def stream_out(row: VoiceStream) -> StreamOut:
+    expired = row.status == "open" and row.connect_by <= utcnow()  # never connected in time: no longer usable
+    return StreamOut(
+        id=row.id,
+        status="expired" if expired else row.status,
+        decision=row.decision,
+        codec=row.codec,
+        sample_rate=row.sample_rate,
+        created_at=row.created_at,
+        connect_by=row.connect_by,
+        latest_event=StreamEventOut.model_validate(row.latest_event or {"event": "opened", "decision": "pending"}),
+    )
+
+
+@router.post("/streams", status_code=201, response_model=StreamOut, responses=problem_responses(423))
+def open_voice_stream(
+    body: StreamOpenIn, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
+) -> StreamOut:
+    """Opens a verification stream for a claimed customer. Connect within ``BIOIDENT_STREAM_CONNECT_S``:
+    a WebSocket to ``/v1/voice/streams/{id}``, or Asterisk's ``AudioSocket({id}, host:port)``."""
+    row = open_stream(ctx, actor, body.reference, body.purpose, str(body.codec), body.sample_rate)
+    return stream_out(row)
+
+
+@router.get("/streams/{stream_id}", response_model=StreamOut)
+def get_voice_stream(
+    stream_id: uuid.UUID = Path(), ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(ivr)
+) -> StreamOut:
+    with ctx.db.session() as session:
+        row = find_stream(session, str(stream_id), actor.tenant_id)
+        if row is None:
+            raise NotFound("no such stream")
+        return stream_out(row)
+
+
+@router.websocket("/streams/{stream_id}")
+async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
+    """Binary frames of the stream's audio in, JSON events out; a text ``{"event": "stop"}`` ends it.
+    FreeSWITCH's mod_audio_fork works as is: its metadata text frame is ignored, its L16 frames are audio."""
+    ctx: ServiceContext = websocket.app.state.ctx
+    await websocket.accept()
+    if not admit_stream(ctx):
+        await _close(websocket, 1013, {"reason": "too_many_streams"})
+        return
+    try:
+        await _serve_stream(ctx, websocket, stream_id)
+    finally:
+        release_stream(ctx)
+
+
+async def _serve_stream(ctx: ServiceContext, websocket: WebSocket, stream_id: str) -> None:
+    try:
+        with CancelScope(shield=True):  # a stream taken is a stream run to its end: see drive()
+            row = await to_thread.run_sync(_take, ctx, stream_id, websocket.headers.get("authorization"))
+            run = await to_thread.run_sync(StreamRun, ctx, row)
+    except StreamUnavailable as exc:
+        await _close(websocket, UNAVAILABLE_CODES.get(exc.reason, 4403), {"reason": exc.reason})
+        return
+    connected = {"event": "connected", "stream_id": row.id, "decision": "pending", "net_speech_s": 0.0, "heard_s": 0.0}
+    max_frame = ctx.settings.stream_max_frame_bytes
+
+    async def receive() -> object:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise Dropped
+        if message.get("bytes") is not None:
+            if len(message["bytes"]) > max_frame:
+                raise StreamFault("oversize_frame", 1009)
+            return message["bytes"]
+        try:
+            event = json.loads(message.get("text") or "")
+        except ValueError:
+            raise StreamFault("malformed_frame", 1007) from None
+        if isinstance(event, dict) and str(event.get("event", "")).lower() in STOP_EVENTS:
+            return END
+        return b""  # metadata (mod_audio_fork's first frame) and other events: nothing to do
+
+    async def send(event: dict) -> None:
+        await websocket.send_text(json.dumps(event))
+
+    bytes_per_s = row.sample_rate * (2 if row.codec == "pcm16" else 1)
+    final = await drive(run, receive, send, ctx.settings.stream_lifetime_s, bytes_per_s, connected)
+    if final.get("event") == "ended":  # no decision: the final event has not been sent
+        with contextlib.suppress(Exception):  # the peer may be gone
+            await send(final)
+    reason = {"reason": final.get("close_reason"), "decision": final.get("decision")}
+    await _close(websocket, close_code(final), reason)
+
+
+def _take(ctx: ServiceContext, stream_id: str, authorization: str | None) -> VoiceStream:
+    """The stream, taken for this WebSocket. The stream id (random, single use, short-lived) is the credential,
+    as for AudioSocket; a client that also sends its API key must be of the stream's tenant."""
+    try:
+        canonical = str(uuid.UUID(stream_id))
+    except ValueError:
+        raise StreamUnavailable("unknown_stream") from None
+    with ctx.db.session() as session:
+        if authorization is not None:
+            try:
+                principal = authenticate(session, authorization)
+            except ServiceError:
+                raise StreamUnavailable("forbidden") from None
+            if principal.role != Role.IVR:
+                raise StreamUnavailable("forbidden")
+            row = find_stream(session, canonical)
+            if row is not None and row.tenant_id != principal.tenant_id:
+                raise StreamUnavailable("unknown_stream")  # another tenant's stream is simply not found
+        row = take_stream(session, canonical, "websocket")
+        session.expunge(row)
+        return row
+
+
+async def _close(websocket: WebSocket, code: int, reason: dict) -> None:
+    if WebSocketState.DISCONNECTED in (websocket.client_state, websocket.application_state):
+        return
+    with contextlib.suppress(Exception):  # the peer may be gone already
+        await websocket.close(code, reason=json.dumps(reason, separators=(",", ":"))[:123])
