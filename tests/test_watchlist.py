@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import TEST_OTHER
 from tests.operations_fixtures import _rows
+from tests.stream_helpers import frames, open_stream, play, telephone_call
 from tests.voice_helpers import GENUINE, SPEAKER, _audio, _consent, _enrol, _verify
 
 pytestmark = pytest.mark.model
@@ -212,3 +213,20 @@ def test_an_entry_removed_on_another_replica_is_never_hit_from_a_stale_gallery(w
     assert watchlist_gallery(api.ctx).size("bank") == 1  # this replica's copy is stale, as a cache may be
     assert _verify(api, keys["ivr"], FRAUDSTER_CALL).json()["watchlist"]["hit"] is False  # re-checked
     assert watchlist_gallery(api.ctx).size("bank") == 0
+
+
+def test_a_watchlisted_voice_streaming_over_the_telephone_is_flagged_in_the_decision(watch):
+    api, keys = watch
+    _consent(api, keys["portal"])
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    entry = _add_entry(api, keys["fraud"]).json()["id"]
+
+    stream = open_stream(api, keys["ivr"]).json()  # the fraudster calls the IVR, claiming the customer
+    played = play(api, stream["id"], frames(telephone_call(FRAUDSTER_CALL), 160))
+
+    assert played.final["decision"] == "reject", played.events
+    assert played.final["watchlist"]["hit"] is True and played.final["watchlist"]["entry"] == entry
+    state = api.http.get(f"/v1/voice/streams/{stream['id']}", headers=api.headers(keys["ivr"])).json()
+    assert state["latest_event"]["watchlist"]["entry"] == entry
+    hits = [e for e in _audit(api, keys["auditor"]) if e["action"] == "watchlist.hit"]
+    assert len(hits) == 1 and hits[0]["details"]["during"] == "voice.stream"

@@ -155,6 +155,9 @@ class StreamRun:
 
         def store(session: Session, check: VoiceCheck) -> None:  # in the transaction that audits the decision
             decided = self._event("decision", check.decision, probe, check.score, check.threshold, reason, final=True)
+            if check.watchlist is not None:  # screened against the fraudster watchlist, as HTTP verification is
+                w = check.watchlist
+                decided["watchlist"] = {"hit": w.hit, "entry": w.entry, "score": w.score}
             event.update(decided)
             close_stream(session, self.stream_id, decision=check.decision, reason=reason, event=event)
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from biometrics.voice.audio import RawCodec
 from biometrics.voice.streaming import STREAM_RATES
 from service.schemas import Purpose, Reference, Text
-from service.voice.schemas import QualityReasonOut
+from service.voice.schemas import QualityReasonOut, WatchlistScreeningOut
 
 
 class StreamOpenIn(BaseModel):
@@ -41,6 +41,9 @@ class StreamEventOut(BaseModel):
     final: bool = False
     close_reason: str | None = None
     refusal: str | None = None
+    watchlist: WatchlistScreeningOut | None = Field(
+        default=None, description="on a decision: the call screened against the fraudster watchlist"
+    )
 
 
 class StreamOut(BaseModel):
