@@ -88,7 +88,9 @@ def finger_files(root: Path, records: str | None = None) -> dict[str, list[str]]
     suffixes = (RECORD_SUFFIX[records],) if records else IMAGE_SUFFIXES
     kind = f"{records.upper()} records ({suffixes[0]})" if records else "images (TIFF, PNG, BMP)"
     fingers: dict[str, list[str]] = {}
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: _natural(p.name))
+    folders = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: _natural(p.name)
+    )
     for folder in folders:
         files = sorted(
             (p.relative_to(root).as_posix() for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file()),
@@ -193,7 +195,9 @@ def run_fingerprint_audit(
     ok = np.array([i not in failures for i in range(len(paths))], bool)
     scored = ok[trials.enrol] & ok[trials.test]
     if trials.genuine[scored].all() or not trials.genuine[scored].any():
-        raise FingerprintAuditError("no genuine or no impostor trial is left once failures to enrol and acquire are removed")
+        raise FingerprintAuditError(
+            "no genuine or no impostor trial is left once failures to enrol and acquire are removed"
+        )
     templates = [c.template if c is not None else None for c, _ in outcomes]
     scores = np.array(
         [compare(templates[t], templates[e]) for e, t in zip(trials.enrol[scored], trials.test[scored], strict=True)]
