@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.common import REPO, RESULTS_DIR, write_results
 from benchmarks.host import busy_cpu_s, peak_rss_mb
-from biometrics.fingerprint.capture import IMAGE_FINGERPRINT
+from biometrics.fingerprint.capture import image_fingerprint
 from biometrics.fingerprint.extraction import extract
 from biometrics.fingerprint.images import decode_image
 from biometrics.fingerprint.index import FingerprintIndex
@@ -93,7 +93,7 @@ def main() -> None:
 
     fingers = sorted({f for f, _ in minutiae})
     enrolled, sources = fingers[::2], fingers[1::2]
-    template = {k: FingerprintTemplate((m,), IMAGE_FINGERPRINT) for k, m in minutiae.items()}
+    template = {k: FingerprintTemplate((m,), image_fingerprint()) for k, m in minutiae.items()}
     for t in template.values():
         t.cylinders()
     pairs = [(template[(a, 1)], template[(b, 2)]) for a in fingers for b in fingers]
@@ -113,7 +113,7 @@ def main() -> None:
     while len(index) < args.gallery:
         f = sources[i % len(sources)]
         impression = 1 + (i // len(sources)) % 8
-        copies.append(FingerprintTemplate((perturbed(minutiae[(f, impression)], rng),), IMAGE_FINGERPRINT))
+        copies.append(FingerprintTemplate((perturbed(minutiae[(f, impression)], rng),), image_fingerprint()))
         index.add(f"copy{i}:{f}", copies[-1])
         i += 1
     probes = [(f, template[(f, k)]) for f in enrolled for k in range(2, 9)][: args.probes]
