@@ -88,7 +88,7 @@ def main() -> None:
         "images": len(times),
         "ms_per_image_p50": 1000 * float(np.median(times)),
         "ms_per_image_mean": 1000 * float(np.mean(times)),
-        "other_load_cores": max(0.0, (busy_cpu_s() - busy0) / wall - 1.0),
+        "machine_busy_cores": (busy_cpu_s() - busy0) / wall,  # ours included
     }
 
     fingers = sorted({f for f, _ in minutiae})
@@ -135,7 +135,7 @@ def main() -> None:
         "rank1": hits / len(probes),
         "rank5": sum(r is not None for r in ranks) / len(probes),
         "shortlist": index.shortlist,
-        "other_load_cores": max(0.0, (busy_cpu_s() - busy0) / wall - 1.0),
+        "machine_busy_cores": (busy_cpu_s() - busy0) / wall,  # ours included
     }
     results["peak_rss_mb"] = peak_rss_mb()
     e, o, n = results["extraction"], results["one_to_one"], results["one_to_n"]
@@ -145,7 +145,8 @@ def main() -> None:
     print(f"{'1:N over ' + str(n['gallery']) + ', ms per search (p50)':<44}{n['ms_per_search_p50']:>12.1f}")
     print(f"{'1:N, ms per search (p95)':<44}{n['ms_per_search_p95']:>12.1f}")
     print(f"{'1:N rank-1 / rank-5 of real probes':<44}{n['rank1']:>6.3f} / {n['rank5']:.3f}")
-    print(f"{'other load during 1:N (cores)':<44}{n['other_load_cores']:>12.2f}")
+    print(f"{'busy cores during 1:N (all processes)':<44}{n['machine_busy_cores']:>12.2f}")
+    print(f"{'load average (1 min) at the end':<44}{os.getloadavg()[0]:>12.1f}")
     write_results(args.out, results)
 
 
