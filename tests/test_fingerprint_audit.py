@@ -111,7 +111,7 @@ def test_sub_folders_per_finger_are_a_dataset_too(fvc_root, tmp_path):
     assert list(fingers) == ["finger-101", "finger-102", "finger-103"]
     trials = fvc_trials(tmp_path)
     assert trials.n_genuine == 9 and trials.n_impostor == 3
-    report = run_fingerprint_audit(tmp_path, CoreSettings(), bootstrap_resamples=50)
+    report = run_fingerprint_audit(tmp_path, CoreSettings(fingerprint_extractor="nbis"), bootstrap_resamples=50)
     assert report.counts.scored_genuine_trials + report.counts.excluded_genuine_trials == 9
 
 
