@@ -62,14 +62,14 @@ def perturbed(m: Minutiae, rng: np.random.Generator) -> Minutiae:
     return Minutiae(m.width, m.height, m.resolution_dpi, tuple(points))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--gallery", type=int, default=10_000)
-    parser.add_argument("--probes", type=int, default=105, help="at most 105 (7 impressions of 15 fingers)")
+    parser.add_argument("--probes", type=int, default=105, help="at most 7 impressions of half the fingers")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     results: dict = {"cpus": os.cpu_count()}
 
@@ -148,6 +148,7 @@ def main() -> None:
     print(f"{'busy cores during 1:N (all processes)':<44}{n['machine_busy_cores']:>12.2f}")
     print(f"{'load average (1 min) at the end':<44}{os.getloadavg()[0]:>12.1f}")
     write_results(args.out, results)
+    return results
 
 
 if __name__ == "__main__":
