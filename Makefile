@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bioident-installed
 
-.PHONY: setup run test lint bench bench-latency bench-load
+.PHONY: setup run test lint bench bench-latency bench-load bench-fingerprint
 
 setup: $(STAMP)
 
@@ -30,3 +30,7 @@ bench-latency: setup
 
 bench-load: setup
 	$(BIN)/python -m benchmarks.load --overload-callers 48
+
+# Fingerprint extraction, 1:1 and 1:N over 10,000 fingers (FVC2002 prints and distractor copies)
+bench-fingerprint: setup
+	$(BIN)/python -m benchmarks.fingerprint_speed
