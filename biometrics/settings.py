@@ -60,3 +60,7 @@ class CoreSettings(BaseSettings):
     # On CPU, tell glibc's malloc to keep freed activation memory for the next forward pass
     # (biometrics/voice/model/allocator.py): 7-8% faster, but process-wide, and RSS stays at the peak.
     malloc_keep_freed: bool = True
+    # The precision of the embedding path's matrix products: "auto" is bf16 on a CPU with native bf16
+    # matrix instructions (AMX-BF16 or AVX512-BF16), fp32 elsewhere (biometrics/voice/model/precision.py).
+    # Embeddings of either agree to cosine >= 0.9999: templates made under one verify under the other.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -153,7 +153,9 @@ class VoiceEmbedder:
 
 def load_voice_embedder(settings: CoreSettings | None = None) -> VoiceEmbedder:
     settings = settings or CoreSettings()
-    encoder = SpeakerEncoder(resolve_weights(settings), malloc_keep_freed=settings.malloc_keep_freed)
+    encoder = SpeakerEncoder(
+        resolve_weights(settings), malloc_keep_freed=settings.malloc_keep_freed, precision=settings.precision
+    )
     vad = VoiceActivityDetector(VadSettings(threshold=settings.vad_threshold))
     return VoiceEmbedder(
         encoder, vad, batch_max_frames=settings.batch_max_frames, concurrent_passes=settings.concurrent_passes
