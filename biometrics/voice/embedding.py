@@ -77,6 +77,15 @@ class VoiceEmbedder:
         self.concurrent_passes = min(concurrent_passes, run_on_torch_thread(torch.get_num_threads))
         self.fingerprint = model_fingerprint(encoder, vad)
 
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``: the precision of the model's matrix products, recorded alongside the fingerprint.
+
+        Not part of the fingerprint: embeddings of the same audio in either agree to cosine >= 0.9999, so
+        templates, cohorts and thresholds made under one hold under the other.
+        """
+        return self.encoder.precision
+
     @on_torch_thread
     def speech_only(self, waveform: Waveform) -> tuple[np.ndarray, QualityMeasures]:
         if waveform.sample_rate != MODEL_SAMPLE_RATE:

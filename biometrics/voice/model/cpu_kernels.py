@@ -54,6 +54,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
 from biometrics.voice.model.packing import GapReflectingConv1d, is_packed, segments_of
 
 ROW_ALIGN_BYTES = 64
+ROW_ALIGN_FLOATS = ROW_ALIGN_BYTES // 4
 # Convolutions with fewer input channels than this run as one GEMM over stacked shifted copies of the
 # input: 80-channel taps as five GEMMs measured 17% slower than one; 128-channel ones were faster per tap.
 STACK_TAPS_BELOW_CHANNELS = 128
