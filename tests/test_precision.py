@@ -170,3 +170,10 @@ def test_a_template_enrolled_in_one_precision_verifies_in_the_other(embedder, fp
         others = [float(np.dot(template.vector, e.vector)) for e in by_precision[probed_in][4:]]
         assert abs(same[probed_in] - same[enrolled_in]) < 1e-3
         assert same[probed_in] > 0.5 > max(others)
+
+
+def test_an_audit_in_one_precision_never_reads_analyses_cached_in_the_other():
+    from biometrics.evaluation.cache import cache_key
+
+    args = ("0" * 64, "clean", "ecapa-voxceleb-x", 120.0)
+    assert cache_key(*args, "bf16") != cache_key(*args, "fp32") == cache_key(*args)
