@@ -44,6 +44,7 @@ class CountingEmbedder:
     def __init__(self, embedder) -> None:
         self.embedder = embedder
         self.fingerprint = embedder.fingerprint
+        self.precision = embedder.precision
         self.analysed = 0
 
     def analyse(self, waveforms, max_speech_s=None):
