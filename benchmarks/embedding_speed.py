@@ -10,18 +10,24 @@ Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test
     one utterance at a time;
 (b) the same for ``VoiceEmbedder.embed_speech`` (utterances packed along time through
     ``SpeakerEncoder.embed``, packs of ``batch_max_frames / concurrent_passes`` feature frames at most,
-    ``concurrent_passes`` forward passes running at once, each on its share of the cores);
+    ``concurrent_passes`` forward passes running at once, each on its share of the cores), in fp32
+    (BIOIDENT_PRECISION=fp32), also called (b32);
+(b16) the same path with bf16 products (BIOIDENT_PRECISION=bf16; what ``auto`` picks on a CPU with native
+    bf16, ``biometrics/voice/model/precision.py``);
 (c) the fp32 matrix-multiply bound: the FLOP/s of square fp32 ``torch.mm`` products divided by the
     model's FLOPs per second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA +
     embedding norm), the products timed *paired* with (b) so both see the host at nearly the same
     moments, and (b)/(c) the median over repeats of these paired runs; the best 0.25 s block of each
     size is reported as well, as (c peak) (``benchmarks/gemm_bound.py`` says how and why);
+(c16) the bf16 bound, measured as (c) with bf16 square products, paired with (b16); the GEMMs around (b16)'s
+    turns are timed in both precisions, so (b16)/(c16) and (b16)/(c32) compare moments alike;
 (d) the BLAS ceiling of (b): every matrix product (b) runs, replayed alone on operands of the same shapes
     (``benchmarks/blas_replay.py``). (b) cannot beat (d) without faster GEMMs or fewer FLOPs; (d)/(c peak)
     is how much of the square-GEMM rate the BLAS reaches on the model's shapes.
 
-VAD is skipped in (a) and (b) so both embed identical audio. (a) and (b) alternate over ``--repeats`` rounds
-(best run counts), each round then sweeps the GEMM sizes and makes one paired run, and each timed phase
+VAD is skipped in (a) and (b) so both embed identical audio. (a), (b) and (b16) alternate over ``--repeats``
+rounds (best run counts), each round then sweeps the GEMM sizes in both precisions and makes one paired run of
+(b) and one of (b16), and each timed phase
 first waits for other processes to leave the CPUs idle; the CPU time other processes took during each run
 is reported, since on a shared 2-core machine it ruins the figures.
 This is a benchmark, not a test: it never asserts on time. Results go to a table on stdout and to JSON
@@ -53,6 +59,9 @@ SAMPLE_RATE = MODEL_SAMPLE_RATE
 MIN_S, MAX_S = 3.0, 8.0
 WARMUP_UTTERANCES = 3
 TARGET_B_OVER_C = 0.9
+# Issue 20's targets for a host with native bf16 matrix units (AMX-BF16 or AVX512-BF16).
+TARGET_B16_OVER_C32 = 2.0
+TARGET_B16_OVER_C16 = 0.6
 TARGET_PEAK_RSS_MB = 1536.0
 
 
@@ -128,12 +137,19 @@ def _main(argv: list[str] | None) -> dict:
     args = parser.parse_args(argv)
 
     from biometrics.settings import CoreSettings
-    from biometrics.voice.embedding import load_voice_embedder
-    from biometrics.voice.model.ecapa import build_speechbrain_classifier
+    from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder
+    from biometrics.voice.model.ecapa import SpeakerEncoder, build_speechbrain_classifier
+    from biometrics.voice.model.precision import NATIVE_BF16_FLAGS, cpu_flags
 
     threads = torch.get_num_threads()
-    settings = CoreSettings(_env_file=None)
+    settings = CoreSettings(_env_file=None).model_copy(update={"precision": "fp32"})
     embedder = load_voice_embedder(settings)
+    embedder16 = VoiceEmbedder(
+        SpeakerEncoder(embedder.encoder.weights, malloc_keep_freed=settings.malloc_keep_freed, precision="bf16"),
+        embedder.vad,
+        batch_max_frames=settings.batch_max_frames,
+        concurrent_passes=settings.concurrent_passes,
+    )
     # (a) is SpeechBrain exactly as shipped: its own modules, not the ones our encoder has tuned.
     plain = build_speechbrain_classifier(embedder.encoder.weights)
     utterances, sources = crop_utterances(args.data, args.utterances, args.seed)
@@ -147,30 +163,44 @@ def _main(argv: list[str] | None) -> dict:
     # host's speed drifts by several per cent between runs, and alternating keeps that drift fair.
     embedder.embed_speech(warmup)
     arrangements = tuple(sorted({1, embedder.concurrent_passes}))
-    timings: dict[str, list[dict]] = {"a": [], "b": [], "gemm": [], "paired": []}
+    timings: dict[str, list[dict]] = {k: [] for k in ("a", "b", "b16", "gemm", "gemm16", "paired", "paired16")}
     embeddings: dict[str, np.ndarray] = {}
     rss_b = None
+    orders = (("b", "a", "b16"), ("b16", "a", "b"), ("a", "b16", "b"))
     for round_ in range(args.repeats):
-        for path in ("b", "a") if round_ % 2 == 0 else ("a", "b"):
-            if path == "a" and not timings["a"]:
+        for path in orders[round_ % len(orders)]:
+            if path == "a" and not timings["a"]:  # each path's first run is preceded by a warm-up
                 time_plain_speechbrain(plain, warmup)
+            if path == "b16" and not timings["b16"]:
+                embedder16.embed_speech(warmup)
             waited = wait_until_quiet(args.wait_idle)
             with ForeignLoad() as load:
                 if path == "b":
                     wall, embeddings[path] = time_batched(embedder, utterances)
+                elif path == "b16":
+                    wall, embeddings[path] = time_batched(embedder16, utterances)
                 else:
                     wall, embeddings[path] = time_plain_speechbrain(plain, utterances)
             timings[path].append({"wall_s": wall, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
-            if rss_b is None:
+            if rss_b is None and path == "b":
                 rss_b = peak_rss_mb()
-        waited = wait_until_quiet(args.wait_idle)
-        with ForeignLoad() as load:
-            rates = gemm_flops_per_s(arrangements)
-        timings["gemm"].append({"flops_per_s": rates, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
-        waited = wait_until_quiet(args.wait_idle)
-        with ForeignLoad() as load:
-            paired = time_paired(embedder, utterances, rates, min(run["wall_s"] for run in timings["b"]))
-        timings["paired"].append({**paired, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
+        rates: dict[str, dict[int, dict[int, float]]] = {}
+        for precision, key in (("fp32", "gemm"), ("bf16", "gemm16")):
+            waited = wait_until_quiet(args.wait_idle)
+            with ForeignLoad() as load:
+                rates[precision] = gemm_flops_per_s(arrangements, precision)
+            timings[key].append(
+                {"flops_per_s": rates[precision], "foreign_load_cores": load.cores, "waited_for_idle_s": waited}
+            )
+        for ours, key, paired_rates in (
+            (embedder, "paired", {"fp32": rates["fp32"]}),
+            (embedder16, "paired16", {"bf16": rates["bf16"], "fp32": rates["fp32"]}),
+        ):
+            waited = wait_until_quiet(args.wait_idle)
+            best_s = min(run["wall_s"] for run in timings["b16" if key == "paired16" else "b"])
+            with ForeignLoad() as load:
+                paired = time_paired(ours, utterances, paired_rates, best_s)
+            timings[key].append({**paired, "foreign_load_cores": load.cores, "waited_for_idle_s": waited})
     waited = wait_until_quiet(args.wait_idle)
     with ForeignLoad() as load:
         replayed_s, gemm_flops = replay_gemms(record_gemm_shapes(embedder, utterances), arrangements)
@@ -184,13 +214,21 @@ def _main(argv: list[str] | None) -> dict:
         }
     ]
     min_cosine = float(np.min(np.sum(embeddings["a"] * embeddings["b"], axis=1)))
+    min_cosine_16 = float(np.min(np.sum(embeddings["b16"] * embeddings["b"], axis=1)))
     t_a = min(run["wall_s"] for run in timings["a"])
     t_b = min(run["wall_s"] for run in timings["b"])
-    gemm_by_workers = {
-        w: {n: max(run["flops_per_s"][w][n] for run in timings["gemm"]) for n in GEMM_SIZES} for w in arrangements
-    }
-    gemm = {n: max(by_size[n] for by_size in gemm_by_workers.values()) for n in GEMM_SIZES}
+    t_b16 = min(run["wall_s"] for run in timings["b16"])
+
+    def best_by_size(key: str) -> tuple[dict, dict]:
+        by_workers = {
+            w: {n: max(run["flops_per_s"][w][n] for run in timings[key]) for n in GEMM_SIZES} for w in arrangements
+        }
+        return by_workers, {n: max(by_size[n] for by_size in by_workers.values()) for n in GEMM_SIZES}
+
+    gemm_by_workers, gemm = best_by_size("gemm")
+    gemm16_by_workers, gemm16 = best_by_size("gemm16")
     gemm_peak = max(gemm.values())
+    gemm16_peak = max(gemm16.values())
 
     # (c) GEMM bound: FLOPs are affine in length (per-frame layers + a fixed head), so fit two counts.
     short_s, long_s = MIN_S, MAX_S
@@ -204,6 +242,15 @@ def _main(argv: list[str] | None) -> dict:
         run["b_gflops_per_s"] = workload_flops / run["b_passes_s"] / 1e9
         run["b_over_c"] = workload_flops / run["b_passes_s"] / run["gemm_flops_per_s"]
     median_pair = sorted(timings["paired"], key=lambda run: run["b_over_c"])[(len(timings["paired"]) - 1) // 2]
+    for run in timings["paired16"]:
+        b16_flops_per_s = workload_flops / run["b_passes_s"]
+        run["b16_gflops_per_s"] = b16_flops_per_s / 1e9
+        run["b16_over_c16"] = b16_flops_per_s / run["by_precision"]["bf16"]["gemm_flops_per_s"]
+        run["b16_over_c32"] = b16_flops_per_s / run["by_precision"]["fp32"]["gemm_flops_per_s"]
+    median16 = sorted(timings["paired16"], key=lambda run: run["b16_over_c16"])[(len(timings["paired16"]) - 1) // 2]
+    b16_over_c32 = sorted(run["b16_over_c32"] for run in timings["paired16"])[(len(timings["paired16"]) - 1) // 2]
+    rate_b16 = audio_s / t_b16
+    native = sorted(NATIVE_BF16_FLAGS & cpu_flags())
     b_over_c = median_pair["b_over_c"]
     rate_c = median_pair["gemm_flops_per_s"] * audio_s / workload_flops
     rate_c_peak = gemm_peak * audio_s / workload_flops
@@ -216,6 +263,9 @@ def _main(argv: list[str] | None) -> dict:
             ("a", timings["a"]),
             ("c_gemm", timings["gemm"]),
             ("paired", timings["paired"]),
+            ("b16", timings["b16"]),
+            ("c16_gemm", timings["gemm16"]),
+            ("paired16", timings["paired16"]),
             ("d", timings["blas"]),
         )
     }
@@ -234,7 +284,24 @@ def _main(argv: list[str] | None) -> dict:
         "utterance_seconds_min": min(len(u) for u in utterances) / SAMPLE_RATE,
         "utterance_seconds_max": max(len(u) for u in utterances) / SAMPLE_RATE,
         "a_plain_speechbrain": {"wall_s": t_a, "audio_s_per_s": rate_a},
-        "b_batched": {"wall_s": t_b, "audio_s_per_s": rate_b},
+        "b_batched": {"wall_s": t_b, "audio_s_per_s": rate_b, "precision": embedder.precision},
+        "b16_batched": {"wall_s": t_b16, "audio_s_per_s": rate_b16, "precision": embedder16.precision},
+        "native_bf16_flags": native,
+        "c16_gemm_bound": {
+            "audio_s_per_s": median16["by_precision"]["bf16"]["gemm_flops_per_s"] * audio_s / workload_flops,
+            "paired_gemm_flops_per_s": median16["by_precision"]["bf16"]["gemm_flops_per_s"],
+            "paired_c32_gemm_flops_per_s": median16["by_precision"]["fp32"]["gemm_flops_per_s"],
+            "paired_b16_wall_s": median16["b_passes_s"],
+            "paired_b16_audio_s_per_s": audio_s / median16["b_passes_s"],
+            "paired_note": "as (c), around (b16)'s turns, bf16 and fp32 square products alternating; the median run",
+            "audio_s_per_s_at_peak": gemm16_peak * audio_s / workload_flops,
+            "gemm_flops_per_s": {str(n): r for n, r in gemm16.items()},
+            "gemm_flops_per_s_by_workers": {
+                str(w): {str(n): r for n, r in by_size.items()} for w, by_size in gemm16_by_workers.items()
+            },
+            "gemm_peak_flops_per_s": gemm16_peak,
+            "b16_gflops_per_s": workload_flops / t_b16 / 1e9,
+        },
         "c_gemm_bound": {
             "audio_s_per_s": rate_c,
             "paired_gemm_flops_per_s": median_pair["gemm_flops_per_s"],
@@ -273,8 +340,10 @@ def _main(argv: list[str] | None) -> dict:
         "runs": {
             "a": timings["a"],
             "b": timings["b"],
+            "b16": timings["b16"],
             "d": timings["blas"],
             "paired": timings["paired"],
+            "paired16": timings["paired16"],
             "gemm": [
                 {
                     **run,
@@ -284,6 +353,15 @@ def _main(argv: list[str] | None) -> dict:
                 }
                 for run in timings["gemm"]
             ],
+            "gemm16": [
+                {
+                    **run,
+                    "flops_per_s": {
+                        str(w): {str(n): v for n, v in by_size.items()} for w, by_size in run["flops_per_s"].items()
+                    },
+                }
+                for run in timings["gemm16"]
+            ],
         },
         "foreign_load_cores_max": foreign,
         "ratio_b_over_a": rate_b / rate_a,
@@ -291,7 +369,12 @@ def _main(argv: list[str] | None) -> dict:
         "ratio_b_over_c_peak": rate_b / rate_c_peak,
         "ratio_b_over_d": rate_b / rate_d,
         "ratio_d_over_c_peak": rate_d / rate_c_peak,
+        "ratio_b16_over_b32": rate_b16 / rate_b,
+        "ratio_b16_over_c16": median16["b16_over_c16"],
+        "ratio_b16_over_c32": b16_over_c32,
+        "ratio_b16_over_c16_peak": rate_b16 / (gemm16_peak * audio_s / workload_flops),
         "min_cosine_a_vs_b": min_cosine,
+        "min_cosine_b_vs_b16": min_cosine_16,
         "peak_rss_mb": {"after_load": rss_loaded, "after_b": rss_b, "process": rss_peak},
         "target": {
             "b_over_c_at_least": TARGET_B_OVER_C,
@@ -299,6 +382,12 @@ def _main(argv: list[str] | None) -> dict:
             "b_over_c_met": b_over_c >= TARGET_B_OVER_C,
             "peak_rss_after_b_met": rss_b < TARGET_PEAK_RSS_MB,
             "peak_rss_process_met": rss_peak < TARGET_PEAK_RSS_MB,
+            # on a host with native bf16 (issue 20); elsewhere auto runs (b) itself
+            "b16_over_c32_at_least": TARGET_B16_OVER_C32,
+            "b16_over_c16_at_least": TARGET_B16_OVER_C16,
+            "b16_targets_apply": bool(native),
+            "b16_over_c32_met": b16_over_c32 >= TARGET_B16_OVER_C32,
+            "b16_over_c16_met": median16["b16_over_c16"] >= TARGET_B16_OVER_C16,
         },
         "crops": sources,
     }
@@ -324,7 +413,8 @@ def print_table(r: dict) -> None:
     print()
     rows = [
         ("(a) SpeechBrain encode_batch, one at a time", r["a_plain_speechbrain"]),
-        ("(b) VoiceEmbedder.embed_speech, packed", r["b_batched"]),
+        ("(b) VoiceEmbedder.embed_speech, packed, fp32", r["b_batched"]),
+        ("(b16) the same, bf16 products", r["b16_batched"]),
     ]
     print(f"{'path (best of ' + str(r['repeats']) + ' alternating runs)':<46} {'wall s':>8} {'audio s / s':>12}")
     for name, row in rows:
@@ -333,13 +423,23 @@ def print_table(r: dict) -> None:
     print(f"{'(b) in the median paired run':<46} {c['paired_b_wall_s']:>8.2f} {c['paired_b_audio_s_per_s']:>12.1f}")
     print(f"{'(c) fp32 GEMM bound, paired with that run':<46} {'':>8} {c['audio_s_per_s']:>12.1f}")
     print(f"{'(c peak) best 0.25 s GEMM block':<46} {'':>8} {c['audio_s_per_s_at_peak']:>12.1f}")
+    c16 = r["c16_gemm_bound"]
+    b16_paired = f"{c16['paired_b16_wall_s']:>8.2f} {c16['paired_b16_audio_s_per_s']:>12.1f}"
+    print(f"{'(b16) in its median paired run':<46} {b16_paired}")
+    print(f"{'(c16) bf16 GEMM bound, paired with that run':<46} {'':>8} {c16['audio_s_per_s']:>12.1f}")
+    print(f"{'(c16 peak) best 0.25 s bf16 GEMM block':<46} {'':>8} {c16['audio_s_per_s_at_peak']:>12.1f}")
     d = r["d_blas_ceiling"]
     print(f"{'(d) BLAS ceiling: (b)s GEMMs alone':<46} {d['gemm_s']:>8.2f} {d['audio_s_per_s']:>12.1f}")
+    print(f"native bf16: {', '.join(r['native_bf16_flags']) or 'none (bf16 emulated: (b16) is for comparison only)'}")
     print()
     for workers, by_size in c["gemm_flops_per_s_by_workers"].items():
         gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in by_size.items())
         print(f"GEMM GFLOP/s by size, best block, {workers} at once: {gemm}")
     print(f"GEMM peak: {c['gemm_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    for workers, by_size in c16["gemm_flops_per_s_by_workers"].items():
+        gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in by_size.items())
+        print(f"bf16 GEMM GFLOP/s by size, best block, {workers} at once: {gemm}")
+    print(f"bf16 GEMM peak: {c16['gemm_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
     pairs = "; ".join(
         f"{run['b_gflops_per_s']:.1f} / {run['gemm_flops_per_s'] / 1e9:.1f} = {run['b_over_c']:.3f}"
         for run in r["runs"]["paired"]
@@ -357,7 +457,13 @@ def print_table(r: dict) -> None:
         f"(d): (b)'s GEMMs run at {d['gemm_gflops_per_s']:.1f} GFLOP/s on their own shapes; "
         f"unpaired, (b) spends {r['ratio_b_over_d']:.0%} of its time in them"
     )
-    print(f"min cosine (a) vs (b): {r['min_cosine_a_vs_b']:.6f}")
+    pairs16 = "; ".join(
+        f"{run['b16_gflops_per_s']:.1f} / {run['by_precision']['bf16']['gemm_flops_per_s'] / 1e9:.1f} (bf16), "
+        f"{run['by_precision']['fp32']['gemm_flops_per_s'] / 1e9:.1f} (fp32)"
+        for run in r["runs"]["paired16"]
+    )
+    print(f"paired runs, (b16) GFLOP/s / GEMM GFLOP/s at the same moments: {pairs16}")
+    print(f"min cosine (a) vs (b): {r['min_cosine_a_vs_b']:.6f}; (b) vs (b16): {r['min_cosine_b_vs_b16']:.6f}")
     load = r["foreign_load_cores_max"]
     print(
         "CPU taken by other processes while timing (cores, worst run): "
@@ -376,6 +482,17 @@ def print_table(r: dict) -> None:
         f"{'(b)/(c), paired (median run)':<44} {r['ratio_b_over_c']:>8.2f} {'>= ' + str(t['b_over_c_at_least']):>8} "
         f"{_yes(t['b_over_c_met']):>4}"
     )
+    applies = "" if t["b16_targets_apply"] else " (no native bf16: targets do not apply)"
+    print(f"{'(b16)/(b32) best runs':<44} {r['ratio_b16_over_b32']:>8.2f}")
+    print(
+        f"{'(b16)/(c16), paired (median run)':<44} {r['ratio_b16_over_c16']:>8.2f} "
+        f"{'>= ' + str(t['b16_over_c16_at_least']):>8} {_yes(t['b16_over_c16_met']):>4}{applies}"
+    )
+    print(
+        f"{'(b16)/(c32), paired (median run)':<44} {r['ratio_b16_over_c32']:>8.2f} "
+        f"{'>= ' + str(t['b16_over_c32_at_least']):>8} {_yes(t['b16_over_c32_met']):>4}{applies}"
+    )
+    print(f"{'(b16)/(c16 peak), unpaired':<44} {r['ratio_b16_over_c16_peak']:>8.2f}")
     print(
         f"{'peak RSS MB, load + (b) (our path)':<44} {rss['after_b']:>8.0f} {rss_target:>8} "
         f"{_yes(t['peak_rss_after_b_met']):>4}"

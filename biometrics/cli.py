@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from biometrics.errors import BiometricsError
 from biometrics.voice.audio import RawCodec
@@ -124,9 +125,11 @@ def _load(  # noqa: ANN202
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
+    from biometrics.voice.model.precision import NATIVE_BF16_FLAGS, cpu_flags
     from biometrics.voice.quality.vad import SILERO_VERSION
 
-    embedder = _embedder(_settings())
+    settings = _settings()
+    embedder = _embedder(settings)
     weights = embedder.encoder.weights
     info = {
         "model": "speechbrain/spkrec-ecapa-voxceleb (ECAPA-TDNN)",
@@ -135,6 +138,12 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         "files": {name: {"path": str(path), "sha256": weights.sha256[name]} for name, path in weights.files.items()},
         "vad": {"model": f"silero-vad {SILERO_VERSION} (TorchScript)", "sha256": embedder.vad.model_sha256},
         "fingerprint": embedder.fingerprint,
+        # Recorded alongside the fingerprint, not in it: embeddings of either precision are interchangeable.
+        "precision": {
+            "in_use": embedder.precision,
+            "setting": settings.precision,
+            "native_bf16_flags": sorted(NATIVE_BF16_FLAGS & cpu_flags()),
+        },
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -145,6 +154,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         print(f"file         {name}  sha256 {entry['sha256']}")
     print(f"vad          {info['vad']['model']}  sha256 {embedder.vad.model_sha256}")
     print(f"fingerprint  {embedder.fingerprint}")
+    native = ", ".join(info["precision"]["native_bf16_flags"]) or "none"
+    print(f"precision    {embedder.precision} (BIOIDENT_PRECISION={settings.precision}; native bf16: {native})")
     return 0
 
 
@@ -267,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT_ERROR
     except OSError as exc:
         print(f"bioident: error: cannot read {exc.filename or 'input'}: {exc.strerror}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except ValidationError as exc:  # a BIOIDENT_* setting out of range; the message names it, not its value
+        for error in exc.errors():
+            name = "BIOIDENT_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"bioident: error: {name}: {error['msg']}", file=sys.stderr)
         return EXIT_INPUT_ERROR
 
 

@@ -75,3 +75,7 @@ class CoreSettings(BaseSettings):
     fingerprint_extractor: Literal["nbis", "leader"] = "leader"
     # Images larger than this (either side, pixels) are refused before decoding.
     fingerprint_max_image_side: int = Field(2000, ge=100)
+    # The precision of the embedding path's matrix products: "auto" is bf16 on a CPU with native bf16
+    # matrix instructions (AMX-BF16 or AVX512-BF16), fp32 elsewhere (biometrics/voice/model/precision.py).
+    # Embeddings of either agree to cosine >= 0.9999: templates made under one verify under the other.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"

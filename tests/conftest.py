@@ -61,6 +61,20 @@ def embedder(core_settings):
 
 
 @pytest.fixture(scope="session")
+def fp32_embedder(embedder, core_settings):
+    """The session's model again with fp32 products (``embedder`` runs in BIOIDENT_PRECISION=auto), same VAD."""
+    from biometrics.voice.embedding import VoiceEmbedder
+    from biometrics.voice.model.ecapa import SpeakerEncoder
+
+    if embedder.precision == "fp32":
+        return embedder
+    encoder = SpeakerEncoder(embedder.encoder.weights, malloc_keep_freed=core_settings.malloc_keep_freed)
+    return VoiceEmbedder(
+        encoder, embedder.vad, batch_max_frames=embedder.batch_max_frames, concurrent_passes=embedder.concurrent_passes
+    )
+
+
+@pytest.fixture(scope="session")
 def test_other_files(shared_data) -> list[Path]:
     files = sorted(TEST_OTHER.glob("*/*.flac"))
     assert len(files) == 100, "expected 10 speakers x 10 utterances in librispeech/test-other"

@@ -114,6 +114,8 @@ def test_the_deployment_audit_counts_enrolments_consents_keys_and_checks_the_cha
     assert [(report["keys"]["keyring_id"], report["keys"]["min_wrap_version"])] == bound
     assert bound[0][0] == api.ctx.keyring.identity()
     assert report["audit_chain"]["ok"] is True and report["lockouts"]["subjects_locked_now"] == 0
+    # The model in use and the precision its embeddings are computed in (BIOIDENT_PRECISION), side by side.
+    assert report["model"] == {"fingerprint": api.ctx.embedder.fingerprint, "precision": api.ctx.embedder.precision}
 
     from service.cli import main
 

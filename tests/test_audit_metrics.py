@@ -308,6 +308,7 @@ class ToneEmbedder:
     """Stands in for the model: a file's 'voice' is its tone's pitch; silence has no speech."""
 
     fingerprint = "stand-in-tones"
+    precision = "fp32"
 
     def __init__(self) -> None:
         self.analysed = 0

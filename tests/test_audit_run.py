@@ -44,6 +44,7 @@ class CountingEmbedder:
     def __init__(self, embedder) -> None:
         self.embedder = embedder
         self.fingerprint = embedder.fingerprint
+        self.precision = embedder.precision
         self.analysed = 0
 
     def analyse(self, waveforms, max_speech_s=None):
@@ -146,6 +147,7 @@ def test_report_json_holds_every_required_figure(clean_audit, embedder):
         low, high = point["ci95"]
         assert 0 <= low <= high <= 1
     assert report["model_fingerprint"] == embedder.fingerprint
+    assert report["precision"] == embedder.precision  # recorded beside the fingerprint
     assert len(report["dataset_sha256"]) == 64
     assert report["genuine_trials"] == len(report["scores"]["genuine"]) > 0
     assert report["impostor_trials"] == len(report["scores"]["impostor"]) > 0

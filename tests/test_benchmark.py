@@ -37,20 +37,34 @@ def test_the_speed_benchmark_reports_every_figure_and_both_paths_agree(tmp_path,
     # (d) replays (b)'s products in the same arrangements as (c), the faster counting.
     replayed = results["d_blas_ceiling"]["gemm_s_by_workers"]
     assert set(replayed) == set(by_workers) and results["d_blas_ceiling"]["gemm_s"] == min(replayed.values()) > 0
+    # (b16): the same path with bf16 products, paired with bf16 and fp32 square products at the same moments.
+    assert results["b_batched"]["precision"] == "fp32" and results["b16_batched"]["precision"] == "bf16"
+    assert results["b16_batched"]["audio_s_per_s"] > 0 and results["c16_gemm_bound"]["audio_s_per_s"] > 0
+    assert results["min_cosine_b_vs_b16"] >= 0.9999
+    paired16 = results["runs"]["paired16"]
+    assert len(paired16) == 1 and set(paired16[0]["by_precision"]) == {"bf16", "fp32"}
+    assert results["ratio_b16_over_c16"] == paired16[0]["b16_over_c16"] > 0
+    assert results["ratio_b16_over_c32"] == paired16[0]["b16_over_c32"] > results["ratio_b16_over_c16"]
+    assert results["ratio_b16_over_b32"] > 0
     table = capsys.readouterr().out
-    assert "(b)/(c)" in table and "peak RSS" in table
+    assert "(b)/(c)" in table and "(b16)/(c16)" in table and "(b16)/(c32)" in table and "peak RSS" in table
 
 
 def test_the_latency_benchmark_places_every_call_through_a_real_server(database_url, tmp_path, capsys):
     out = tmp_path / "latency.json"
     argv = ["--speakers", "2", "--calls", "4", "--concurrency", "1,2", "--out", str(out), "--data", str(TEST_OTHER)]
-    if database_url.startswith("postgresql"):
-        argv += ["--database-url", database_url]
+    # One run per precision; one database takes one run, so PostgreSQL gets the default one.
+    argv += ["--database-url", database_url, "--precision", "auto"] if database_url.startswith("postgresql") else []
     report = verify_latency.main(argv)
     assert json.loads(out.read_text()) == report
     assert report["database"] == database_url.split(":", 1)[0].split("+", 1)[0]
-    assert [level["concurrency"] for level in report["levels"]] == [1, 2]
-    for level in report["levels"]:
+    runs = report["runs"]
+    expected = ["auto"] if database_url.startswith("postgresql") else ["fp32", "bf16"]
+    assert [run["precision"] for run in runs] == expected
+    assert all(run["precision_in_use"] in ("fp32", "bf16") for run in runs)
+    levels = [level for run in runs for level in run["levels"]]
+    assert [level["concurrency"] for level in levels] == [1, 2] * len(runs)
+    for level in levels:
         assert level["calls"] == 4 and level["failed_calls"] == 0 and level["statuses"] == [200]
         assert 0 < level["latency_ms"]["p50"] <= level["latency_ms"]["p95"] <= level["latency_ms"]["max"]
         assert level["genuine_accepted"].endswith("/2") and level["impostors_rejected"].endswith("/2")
@@ -63,7 +77,7 @@ def test_the_latency_benchmark_places_every_call_through_a_real_server(database_
 def test_the_latency_benchmark_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit, match="no speech folder at"):
         verify_latency.main(["--data", "/nonexistent/test-other"])
-    for argv in (["--concurrency", "one"], ["--speakers", "1"], ["--calls", "0"]):
+    for argv in (["--concurrency", "one"], ["--speakers", "1"], ["--calls", "0"], ["--precision", "fp16"]):
         with pytest.raises(SystemExit) as exit_info:
             verify_latency.main(argv)
         assert exit_info.value.code == 2, argv

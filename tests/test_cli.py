@@ -36,12 +36,13 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_model_info_prints_source_hashes_and_fingerprint(capsys):
+def test_model_info_prints_source_hashes_fingerprint_and_precision(capsys, embedder):
     code, out, _ = _run(capsys, "model", "info", "--json")
     info = json.loads(out)
     assert code == 0 and info["source"] == "wheel"
     assert info["files"]["embedding_model.ckpt"]["sha256"].startswith("0575cb64")
     assert info["fingerprint"].startswith("ecapa-voxceleb-")
+    assert info["precision"]["in_use"] == embedder.precision and info["precision"]["setting"] == "auto"
 
 
 def test_compare_accepts_the_same_speaker_and_rejects_another(capsys, shared_data):

@@ -59,6 +59,27 @@ def test_gemm_convolution_equals_torch_convolution(kernel, dilation, channels):
     assert set(conv.state_dict()) == set(expected_module.state_dict())
 
 
+@pytest.mark.parametrize(("kernel", "dilation"), [(1, 1), (3, 2), (5, 1)])
+def test_a_bf16_gemm_convolution_takes_every_tap_in_one_product_and_answers_in_fp32(kernel, dilation):
+    gen = torch.Generator().manual_seed(kernel * 10 + dilation)
+    conv = torch.nn.Conv1d(STACK_TAPS_BELOW_CHANNELS, 40, kernel, dilation=dilation)
+    expected_module = copy.deepcopy(conv)
+    assert GemmConv1d.swap_in(conv, torch.bfloat16)
+    assert len(conv._taps) == 1 and conv._taps[0].dtype == torch.bfloat16  # one product, so one rounding
+    x = torch.randn(3, 2 * STACK_TAPS_BELOW_CHANNELS, 70, generator=gen)[:, ::2]
+    with torch.inference_mode():
+        got, expected = conv(x), expected_module(x)
+        # What bf16 operands with fp32 accumulation give: the exact products of the rounded operands,
+        # rounded to bf16 once, the bias added in fp32.
+        rounded = torch.nn.functional.conv1d(
+            x.bfloat16().float(), expected_module.weight.bfloat16().float(), dilation=dilation
+        )
+        reference = rounded.bfloat16().float() + expected_module.bias[:, None]
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert _relative_error(got, reference) < 2**-8  # at most about one bf16 rounding apart
+    assert 1e-5 < _relative_error(got, expected) < 2e-2
+
+
 def test_gemm_convolution_rows_start_on_cache_line_boundaries():
     conv = torch.nn.Conv1d(8, 8, 3)
     assert GemmConv1d.swap_in(conv)

@@ -198,6 +198,9 @@ class AccuracyReport(_ReportPart):
     command: str | None  # the command that repeats the audit
     modality: str
     model_fingerprint: str
+    # fp32 or bf16, the precision the embeddings were computed in (not part of the fingerprint); None in
+    # reports written before it was recorded.
+    precision: str | None = None
     channel: str
     dataset_sha256: str
     dataset: DatasetRecord

@@ -110,7 +110,10 @@ def analyse_dataset(
 ) -> list[CachedAnalysis]:
     """The production analysis of each file, from the cache where it holds it; new results are cached."""
     results: list[CachedAnalysis | None] = [None] * len(paths)
-    keys = [cache_key(h, str(channel), embedder.fingerprint, settings.max_audio_seconds) for h in content_sha256]
+    keys = [
+        cache_key(h, str(channel), embedder.fingerprint, settings.max_audio_seconds, embedder.precision)
+        for h in content_sha256
+    ]
     pending: list[int] = []
     for i, key in enumerate(keys):
         cached = cache.get(key, embedder.fingerprint) if cache is not None else None
@@ -429,6 +432,7 @@ def run_audit(
         command=command,
         modality="voice",
         model_fingerprint=embedder.fingerprint,
+        precision=embedder.precision,
         channel=str(channel),
         dataset_sha256=dataset_sha256(trials.files, hashes),
         dataset=DatasetRecord(path=str(dataset), files=len(trials.files), trials=trials.source),

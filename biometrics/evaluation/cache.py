@@ -36,7 +36,10 @@ class CachedAnalysis:
     error_code: str | None = None  # a ``BiometricsError.code`` when the file could not be decoded
 
 
-def cache_key(content_sha256: str, channel: str, model_fingerprint: str, max_audio_seconds: float) -> str:
+def cache_key(
+    content_sha256: str, channel: str, model_fingerprint: str, max_audio_seconds: float, precision: str = "fp32"
+) -> str:
+    """The entry of one file's analysis; the precision is in it, so an audit in bf16 measures bf16 embeddings."""
     described = {
         "format": CACHE_FORMAT,
         "content_sha256": content_sha256,
@@ -44,6 +47,8 @@ def cache_key(content_sha256: str, channel: str, model_fingerprint: str, max_aud
         "model_fingerprint": model_fingerprint,
         "max_audio_seconds": max_audio_seconds,
     }
+    if precision != "fp32":  # fp32 entries keep the keys they had before precision was recorded
+        described["precision"] = precision
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 

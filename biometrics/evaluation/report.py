@@ -181,6 +181,7 @@ def render_html(report: AccuracyReport) -> str:
     )
     about = [
         ["model fingerprint", report.model_fingerprint],
+        ["precision", _or_na(report.precision)],
         ["channel", report.channel],
         ["scoring", f"{scoring.method}, configured threshold {scoring.configured_threshold}"],
         ["cohort", cohort_text],

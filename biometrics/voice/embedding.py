@@ -77,6 +77,15 @@ class VoiceEmbedder:
         self.concurrent_passes = min(concurrent_passes, run_on_torch_thread(torch.get_num_threads))
         self.fingerprint = model_fingerprint(encoder, vad)
 
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``: the precision of the model's matrix products, recorded alongside the fingerprint.
+
+        Not part of the fingerprint: embeddings of the same audio in either agree to cosine >= 0.9999, so
+        templates, cohorts and thresholds made under one hold under the other.
+        """
+        return self.encoder.precision
+
     @on_torch_thread
     def speech_only(self, waveform: Waveform) -> tuple[np.ndarray, QualityMeasures]:
         if waveform.sample_rate != MODEL_SAMPLE_RATE:
@@ -162,7 +171,9 @@ class VoiceEmbedder:
 
 def load_voice_embedder(settings: CoreSettings | None = None) -> VoiceEmbedder:
     settings = settings or CoreSettings()
-    encoder = SpeakerEncoder(resolve_weights(settings), malloc_keep_freed=settings.malloc_keep_freed)
+    encoder = SpeakerEncoder(
+        resolve_weights(settings), malloc_keep_freed=settings.malloc_keep_freed, precision=settings.precision
+    )
     vad = VoiceActivityDetector(VadSettings(threshold=settings.vad_threshold))
     return VoiceEmbedder(
         encoder, vad, batch_max_frames=settings.batch_max_frames, concurrent_passes=settings.concurrent_passes

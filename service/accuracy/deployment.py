@@ -47,8 +47,12 @@ def deployment_report(
     settings: ServiceSettings,
     tenant_id: str | None = None,
     scoring: ChannelScoring | None = None,
+    model: dict[str, str] | None = None,
 ) -> dict:
-    """Enrolled subjects per modality, consents, lockouts, key versions in use and the audit chain's state."""
+    """Enrolled subjects per modality, consents, lockouts, key versions in use and the audit chain's state.
+
+    ``model``: the running model's fingerprint and the precision its embeddings are computed in.
+    """
 
     def scoped(query, column):  # noqa: ANN001, ANN202
         return query if tenant_id is None else query.where(column == tenant_id)
@@ -110,4 +114,5 @@ def deployment_report(
         },
         "audit_chain": chain.as_dict(),
         "operating_points": operating_points(settings, scoring),
+        **({"model": model} if model is not None else {}),
     }

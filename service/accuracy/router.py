@@ -60,4 +60,7 @@ def report_html(
 @router.get("/audit/deployment", response_model=DeploymentReportOut)
 def deployment(ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(auditor)) -> dict:
     with ctx.db.session() as session:
-        return deployment_report(session, ctx.keyring, ctx.settings, tenant_id=actor.tenant_id, scoring=ctx.scoring)
+        model = {"fingerprint": ctx.embedder.fingerprint, "precision": ctx.embedder.precision}
+        return deployment_report(
+            session, ctx.keyring, ctx.settings, tenant_id=actor.tenant_id, scoring=ctx.scoring, model=model
+        )

@@ -59,6 +59,16 @@ class ConsentCountsOut(BaseModel):
     withdrawn: int
 
 
+class ModelOut(BaseModel):
+    model_config = {"protected_namespaces": ()}
+
+    fingerprint: str = Field(description="what determines whether embeddings (and so templates) are comparable")
+    precision: Literal["fp32", "bf16"] = Field(
+        description="the precision of the model's matrix products (BIOIDENT_PRECISION); not part of the "
+        "fingerprint, since embeddings of either agree to cosine >= 0.9999"
+    )
+
+
 class DeploymentReportOut(BaseModel):
     scope: str
     generated_at: str
@@ -71,3 +81,4 @@ class DeploymentReportOut(BaseModel):
         description="per pair of channels (enrolment/probe): method, threshold, and its source (cohort at the "
         "target FMR, calibration file, override), or an error when the configured scoring cannot be built"
     )
+    model: ModelOut | None = Field(None, description="the model in use: its fingerprint and precision")

@@ -24,6 +24,7 @@ from biometrics.voice.model.allocator import keep_freed_memory
 from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
 from biometrics.voice.model.integrity import read_verified
 from biometrics.voice.model.packing import pack, packed, reflect_into_gaps
+from biometrics.voice.model.precision import DTYPES, Precision, PrecisionSetting, resolve_precision
 from biometrics.voice.model.weights import ModelWeights
 
 EMBEDDING_DIM = 192
@@ -47,9 +48,18 @@ class SpeakerEncoder:
     """Turns 16 kHz speech into 192-d ECAPA embeddings, one utterance or a batch at a time."""
 
     @on_torch_thread
-    def __init__(self, weights: ModelWeights, device: str = "cpu", *, malloc_keep_freed: bool = True) -> None:
+    def __init__(
+        self,
+        weights: ModelWeights,
+        device: str = "cpu",
+        *,
+        malloc_keep_freed: bool = True,
+        precision: PrecisionSetting = "fp32",
+    ) -> None:
         self.weights = weights
         self.device = device
+        # The precision of the trunk's matrix products (biometrics.voice.model.precision); fp32 off the CPU.
+        self.precision: Precision = resolve_precision(precision, device)
         # SpeechBrain's own inference class from verified local weights; we then tune its convolutions
         # (gap-reflecting padding for packed batches, and on CPU the faster kernels of cpu_kernels).
         self.classifier = build_speechbrain_classifier(weights, device)
@@ -57,7 +67,7 @@ class SpeakerEncoder:
         self.max_pad = reflect_into_gaps(embedding_model)
         self.kernel_changes: dict[str, int] = make_segment_aware(embedding_model)
         if torch.device(device).type == "cpu":
-            self.kernel_changes.update(speed_up_for_cpu(embedding_model))
+            self.kernel_changes.update(speed_up_for_cpu(embedding_model, DTYPES[self.precision]))
             self.kernel_changes["malloc_keeps_freed_memory"] = int(malloc_keep_freed and keep_freed_memory())
 
     @property

@@ -107,11 +107,16 @@ class GapReflectingConv1d(Conv1d):
         return self.padded(x)
 
     def padded(self, x: torch.Tensor, addend: torch.Tensor | None = None) -> torch.Tensor:
-        """The padded input of ``x`` (plus ``addend``, summed straight into the padded buffer)."""
+        """The padded input of ``x`` (plus ``addend``, summed straight into the padded buffer).
+
+        The buffer takes the dtype of the convolution's operands (``operand_dtype`` of a ``GemmConv1d``):
+        bf16 products get their input cast, and the sum rounded once, by the copy that pads it anyway.
+        """
         p, width = self._pad, x.shape[-1]
         if width <= p:
             raise ValueError(f"reflect padding of {p} frames needs more than {p} frames")
-        out = x.new_empty(*x.shape[:-1], width + 2 * p)
+        dtype = getattr(self.conv, "operand_dtype", x.dtype)
+        out = x.new_empty(*x.shape[:-1], width + 2 * p, dtype=dtype)
         middle = out[..., p : p + width]
         if addend is None:
             middle.copy_(x)
