@@ -38,9 +38,12 @@ def test_concurrent_callers_are_embedded_in_one_batch_with_the_scores_each_gets_
     for t in threads:
         t.join()
     assert sum(batches) == len(waveforms) and max(batches) > 1  # some callers shared a batch
+    # fp32: the same numbers to rounding; bf16 rounds each product once, so a batch's other lengths (how the
+    # utterances are packed) move an embedding within the bf16 fidelity bound (cosine >= 0.9999, issue 20).
+    exact = embedder.precision == "fp32"
     for a, b in zip(alone, together, strict=True):
-        assert float(np.dot(a, b)) == pytest.approx(1.0, abs=1e-5)
-        np.testing.assert_allclose(a, b, atol=1e-4)
+        assert float(np.dot(a, b)) == pytest.approx(1.0, abs=1e-5 if exact else 1e-4)
+        np.testing.assert_allclose(a, b, atol=1e-4 if exact else 2e-3)
 
 
 def test_a_failure_in_a_batch_reaches_every_caller_in_it():
