@@ -25,6 +25,14 @@ class ServiceSettings(CoreSettings):
     rate_limit_per_minute: int = Field(600, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     identify_top_k: int = Field(5, ge=1, le=100)
+    # Fingerprint at the till (README "Paying by finger at the till"). Card + finger (1:1) and the
+    # enrolment's own checks decide at the matcher's threshold for this false-match rate; finger only
+    # and finger + PIN (1:N) at the threshold for this false-positive identification rate over the
+    # tenant's gallery, and finger only also needs the best customer to lead the second by the margin.
+    fingerprint_target_fmr: float = Field(1e-3, gt=0, lt=1)
+    fingerprint_target_fpir: float = Field(1e-3, gt=0, lt=1)
+    fingerprint_margin: float = Field(0.0, ge=0)
+    fingerprint_max_captures: int = Field(5, ge=2, le=20)
     # Accuracy audits started through the API read datasets from folders below this directory only.
     audit_datasets_dir: Path | None = None
     # Audit entries are signed (HMAC under the keyring's audit key). A trail begun by a release that did
