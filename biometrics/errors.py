@@ -94,3 +94,28 @@ class IncompatibleModel(BiometricsError):
 
 class CohortError(BiometricsError):
     code = "cohort_invalid"
+
+
+# --- fingerprints --------------------------------------------------------------------------
+
+
+class FingerprintInputError(BiometricsError):
+    """A fingerprint image or record given cannot be used; the message says why (never its content)."""
+
+    code = "fingerprint_input_invalid"
+
+
+class FingerprintImageError(FingerprintInputError):
+    code = "fingerprint_image_invalid"
+
+
+class FingerprintRecordError(FingerprintInputError):
+    """A finger-minutiae record (ISO/IEC 19794-2 or ANSI INCITS 378) is malformed."""
+
+    code = "fingerprint_record_invalid"
+
+
+class FingerprintTemplateError(BiometricsError, ValueError):
+    """Template bytes are damaged, of another version, or of another extractor and matcher."""
+
+    code = "fingerprint_template_invalid"

@@ -60,3 +60,13 @@ class CoreSettings(BaseSettings):
     # On CPU, tell glibc's malloc to keep freed activation memory for the next forward pass
     # (biometrics/voice/model/allocator.py): 7-8% faster, but process-wide, and RSS stays at the peak.
     malloc_keep_freed: bool = True
+
+    # Fingerprint capture gates (biometrics/fingerprint/capture.py). General floors, not fitted to any
+    # test set: 12 minutiae is the classic lower bound for a reliable comparison; NFIQ 2 scores of 10 or
+    # less are unusable prints in its calibration (a deployment may ask more, e.g. 20-30 at enrolment);
+    # 40 mm2 of print (about 6 x 6 mm) is less than the smallest flat sensors capture (FAP 10).
+    fingerprint_min_minutiae: int = Field(12, ge=1)
+    fingerprint_min_nfiq2: int = Field(10, ge=0, le=100)
+    fingerprint_min_area_mm2: float = Field(40.0, ge=0)
+    # Images larger than this (either side, pixels) are refused before decoding.
+    fingerprint_max_image_side: int = Field(2000, ge=100)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,9 +37,7 @@ from biometrics.evaluation.accuracy_report import (
     CalibrationRecord,
     CohortRecord,
     DatasetRecord,
-    FailedFile,
     Failures,
-    FailureSummary,
     FnmrAtFmr,
     MixedRecord,
     MixedScoring,
@@ -51,6 +48,16 @@ from biometrics.evaluation.accuracy_report import (
     TrialScores,
 )
 from biometrics.evaluation.cache import CachedAnalysis, EmbeddingCache, cache_key
+from biometrics.evaluation.figures import (
+    BOOTSTRAP_RESAMPLES,
+    DCF_P_TARGETS,
+    TABLE_FMRS,
+    TARGET_FMRS,
+    binomial_ci,
+    failure_summary,
+    operating_row,
+    rate_key,
+)
 from biometrics.evaluation.metrics import (
     OperatingPoint,
     bootstrap_ci,
@@ -78,13 +85,8 @@ from biometrics.voice.embedding import VoiceEmbedder, require_same_model
 from biometrics.voice.pipeline import COHORT_BATCH_FILES, Channel, load_waveform
 from biometrics.voice.quality.gates import QualityLimits, signal_reasons, verification_reasons
 
-TARGET_FMRS = (1e-2, 1e-3, 1e-4)
 MIXED = "mixed"  # the audit "channel" of wideband enrolments verified over the telephone
-DCF_P_TARGETS = (1e-2, 1e-3)
-TABLE_FMRS = (1e-1, 1e-2, 1e-3, 1e-4)
-BOOTSTRAP_RESAMPLES = 1000
 SCORER_SPOT_CHECKS = 64
-_MAX_LISTED_FAILURES = 1000
 _PAIR_CHUNK = 50_000
 
 
@@ -92,11 +94,6 @@ class AuditError(BiometricsError):
     """The audit cannot produce error rates (for instance no usable genuine or impostor trial)."""
 
     code = "audit_failed"
-
-
-def rate_key(value: float) -> str:
-    """How rates are written as JSON keys: 0.01 -> "0.01", 1e-4 -> "0.0001"."""
-    return np.format_float_positional(value, trim="-")
 
 
 # --- analysis of every file, once ---------------------------------------------------------------
@@ -156,19 +153,6 @@ def _failure(analysis: CachedAnalysis, gate: Callable[..., list], limits: Qualit
     if not reasons and analysis.sample.embedding is None:
         reasons = ["NO_EMBEDDING"]
     return reasons
-
-
-def _failure_summary(role_files: np.ndarray, failures: dict[int, list[str]], files: tuple[str, ...]) -> FailureSummary:
-    failed = [i for i in role_files.tolist() if failures.get(i)]
-    reasons = Counter(code for i in failed for code in failures[i])
-    return FailureSummary(
-        rate=len(failed) / len(role_files) if len(role_files) else 0.0,
-        failed=len(failed),
-        samples=int(len(role_files)),
-        reasons=dict(sorted(reasons.items())),
-        files=[FailedFile(file=files[i], reasons=failures[i]) for i in failed[:_MAX_LISTED_FAILURES]],
-        files_listed=min(len(failed), _MAX_LISTED_FAILURES),
-    )
 
 
 # --- scores -----------------------------------------------------------------------------------------
@@ -244,22 +228,6 @@ def _spot_check(scorer: Scorer, embeddings: list, enrol: np.ndarray, test: np.nd
 
 
 # --- the audit ----------------------------------------------------------------------------------------
-
-
-def _operating_row(
-    label: str, kind: str, point: OperatingPoint, n_gen: int, n_imp: int, excluded_gen: int, excluded_imp: int
-) -> ThresholdRow:
-    scored_gen, scored_imp = n_gen - excluded_gen, n_imp - excluded_imp
-    return ThresholdRow(
-        label=label,
-        kind=kind,
-        threshold=point.threshold,
-        fmr=point.fmr,
-        fnmr=point.fnmr,
-        # over all trials: a genuine trial excluded by FTE/FTA is a rejection, an excluded impostor is too
-        generalised_far=point.fmr * scored_imp / n_imp,
-        generalised_frr=(excluded_gen + point.fnmr * scored_gen) / n_gen,
-    )
 
 
 def _cache_record(cache: EmbeddingCache | None, before: dict | None) -> CacheRecord | None:
@@ -366,8 +334,8 @@ def run_audit(
     enrol_failures = {i: r for i, a in enumerate(analyses) if (r := _failure(a, signal_reasons, limits))}
     test_failures = {i: r for i, a in enumerate(heard) if (r := _failure(a, verification_reasons, limits))}
     enrol_files, test_files = np.unique(trials.enrol), np.unique(trials.test)
-    fte = _failure_summary(enrol_files, enrol_failures, trials.files)
-    fta = _failure_summary(test_files, test_failures, trials.files)
+    fte = failure_summary(enrol_files, enrol_failures, trials.files)
+    fta = failure_summary(test_files, test_failures, trials.files)
     short_of_enrolment = sum(
         1
         for i in enrol_files.tolist()
@@ -439,7 +407,7 @@ def run_audit(
         )
 
     def row(label: str, kind: str, point: OperatingPoint) -> ThresholdRow:
-        return _operating_row(label, kind, point, n_gen, n_imp, excluded_gen, excluded_imp)
+        return operating_row(label, kind, point, n_gen, n_imp, excluded_gen, excluded_imp)
 
     table = [row(f"FMR <= {rate_key(t)}", "fmr", operating_point_at_fmr(genuine, impostor, t)) for t in TABLE_FMRS]
     table.append(row("EER", "eer", eer_operating_point(genuine, impostor)))
@@ -516,16 +484,6 @@ def _has_packaged_cohorts(model_fingerprint: str) -> bool:
     return default_cohorts.manifest()["model_fingerprint"] == model_fingerprint
 
 
-def _binomial_ci(errors: int, trials: int, confidence: float = 0.95) -> list[float]:
-    """Exact (Clopper-Pearson) interval of an error rate; trials are taken as independent."""
-    from scipy.stats import beta
-
-    alpha = 1 - confidence
-    low = 0.0 if errors == 0 else float(beta.ppf(alpha / 2, errors, trials - errors + 1))
-    high = 1.0 if errors == trials else float(beta.ppf(1 - alpha / 2, errors + 1, trials - errors))
-    return [low, high]
-
-
 def _operating_point_record(
     point: ServiceOperatingPoint, genuine: np.ndarray, impostor: np.ndarray
 ) -> OperatingPointRecord:
@@ -539,8 +497,8 @@ def _operating_point_record(
         target_fmr=point.target_fmr,
         cohort_impostor_trials=point.impostor_trials,
         fmr=false_matches / len(impostor),
-        fmr_ci95=_binomial_ci(false_matches, len(impostor)),
+        fmr_ci95=binomial_ci(false_matches, len(impostor)),
         fnmr=false_non_matches / len(genuine),
-        fnmr_ci95=_binomial_ci(false_non_matches, len(genuine)),
+        fnmr_ci95=binomial_ci(false_non_matches, len(genuine)),
         resolvable_fmr=1 / len(impostor),
     )

@@ -30,7 +30,12 @@ def add_audit_commands(audit: argparse._SubParsersAction) -> None:
         description="Audit accuracy on a folder with one sub-folder of WAV/FLAC files per subject; "
         "writes OUT/report.json and OUT/report.html.",
     )
-    run.add_argument("--dataset", type=Path, required=True, help="folder with one sub-folder per subject")
+    run.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="folder with one sub-folder per subject (fingerprint: per finger, or FVC names <finger>_<impression>)",
+    )
     run.add_argument("--out", type=Path, required=True, help="folder for report.json and report.html")
     run.add_argument("--trials", type=Path, help="trial list: 'label enrol test' lines, paths relative to --dataset")
     run.add_argument(
@@ -39,7 +44,13 @@ def add_audit_commands(audit: argparse._SubParsersAction) -> None:
         default="clean",
         help="mixed: wideband enrolments, telephone probes (channel matching against direct scoring)",
     )
-    run.add_argument("--modality", choices=["voice"], default="voice")
+    run.add_argument("--modality", choices=["voice", "fingerprint"], default="voice")
+    run.add_argument(
+        "--records",
+        choices=["iso", "ansi"],
+        help="fingerprint only: audit the matcher on the .iso (ISO 19794-2) or .ansi (ANSI 378) minutiae "
+        "records with the same stem as each image, instead of extracting from the images",
+    )
     scoring = run.add_mutually_exclusive_group()
     scoring.add_argument(
         "--cohort", type=Path, help="cohort file for AS-Norm (default: BIOIDENT_COHORT_FILE, else the packaged ones)"
@@ -116,8 +127,46 @@ class _ProgressBar:
             self.bar.close()
 
 
+def cmd_fingerprint_audit_run(args: argparse.Namespace) -> int:
+    from biometrics.evaluation.fingerprint_audit import run_fingerprint_audit
+    from biometrics.evaluation.report import write_report
+
+    if args.channel != "clean" or args.cohort is not None or args.no_cohort:
+        raise BiometricsError("--channel, --cohort and --no-cohort are voice options")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BiometricsError(f"cannot write the report to {args.out}: {exc.strerror}") from None
+    words = ["bioident", "audit", "run", "--modality", "fingerprint", "--dataset", str(args.dataset)]
+    words += ["--out", str(args.out)]
+    if args.records:
+        words += ["--records", args.records]
+    if args.trials is not None:
+        words += ["--trials", str(args.trials)]
+    words += ["--seed", str(args.seed)]
+    report = run_fingerprint_audit(
+        args.dataset,
+        _settings(),
+        records=args.records,
+        trials=args.trials,
+        seed=args.seed,
+        command=shlex.join(words),
+    )
+    json_path, html_path = write_report(report, args.out)
+    for warning in report.warnings:
+        print(f"bioident: warning: {warning}", file=sys.stderr)
+    _print_summary(report)
+    print(f"report: {json_path} and {html_path}")
+    return 0
+
+
 def cmd_audit_run(args: argparse.Namespace) -> int:
     from biometrics.evaluation.audit import run_audit
+
+    if args.modality == "fingerprint":
+        return cmd_fingerprint_audit_run(args)
+    if args.records:
+        raise BiometricsError("--records is a fingerprint option (with --modality fingerprint)")
     from biometrics.evaluation.cache import DEFAULT_CACHE_DIR, EmbeddingCache
     from biometrics.evaluation.report import write_report
 

@@ -1,0 +1,170 @@
+"""Fingerprint core: images in, captures gated, templates as versioned bytes, 1:1 and 1:N on real prints."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from biometrics.errors import FingerprintImageError, FingerprintTemplateError
+from biometrics.fingerprint.capture import analyse_capture, capture_from_record
+from biometrics.fingerprint.images import decode_image
+from biometrics.fingerprint.index import FingerprintIndex
+from biometrics.fingerprint.matcher import compare, default_threshold, identification_threshold
+from biometrics.fingerprint.templates import FingerprintTemplate
+from biometrics.settings import CoreSettings
+
+
+@pytest.fixture(scope="module")
+def fvc(shared_data):
+    return shared_data / "fingerprint" / "fvc2002"
+
+
+@pytest.fixture(scope="module")
+def templates(fvc):
+    """Impressions 1, 2 and 5 of five DB1_B fingers, as templates."""
+    out = {}
+    for finger in range(101, 106):
+        for impression in (1, 2, 5):
+            capture = analyse_capture(decode_image((fvc / "DB1_B" / f"{finger}_{impression}.tif").read_bytes()))
+            assert capture.usable, capture.reasons
+            out[(finger, impression)] = capture.template
+    return out
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_tiff_png_bmp_and_raw_decode_to_the_same_pixels(fvc):
+    tif = decode_image((fvc / "DB2_B" / "101_1.tif").read_bytes())
+    assert (tif.width, tif.height, tif.resolution_dpi) == (296, 560, 500)
+    bmp = io.BytesIO()
+    Image.fromarray(tif.pixels).save(bmp, format="BMP")
+    for other in (
+        decode_image(_png(tif.pixels)),
+        decode_image(bmp.getvalue()),
+        decode_image(tif.pixels.tobytes(), width=296, height=560),
+    ):
+        assert np.array_equal(other.pixels, tif.pixels)
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "message"),
+    [
+        (b"", {}, "empty"),
+        (b"GIF89a" + bytes(100), {}, "not PNG, TIFF or BMP"),
+        (bytes(100), {"width": 20, "height": 20}, "at least 64"),
+        (bytes(100 * 99), {"width": 100, "height": 100}, "needs 10000 bytes, got 9900"),
+        (bytes(100), {"width": 100}, "both width and height"),
+    ],
+)
+def test_bad_images_are_refused_with_a_precise_message(data, kwargs, message):
+    with pytest.raises(FingerprintImageError, match=message):
+        decode_image(data, **kwargs)
+
+
+def test_a_damaged_or_mislabelled_image_is_refused(fvc):
+    real = (fvc / "DB1_B" / "101_1.tif").read_bytes()
+    png = _png(decode_image(real).pixels)
+    with pytest.raises(FingerprintImageError, match="damaged or truncated"):
+        decode_image(png[: len(png) // 2])
+    with pytest.raises(FingerprintImageError, match="not raw pixels"):
+        decode_image(png, width=100, height=100)
+    with pytest.raises(FingerprintImageError, match="at most 2000"):
+        decode_image(_png(np.zeros((100, 2400), np.uint8) + 128))
+
+
+def test_a_real_capture_is_usable_and_measured(templates, fvc):
+    capture = analyse_capture(decode_image((fvc / "DB1_B" / "103_1.tif").read_bytes()))
+    assert capture.usable and capture.reasons == []
+    assert 0 <= capture.quality <= 100 and capture.area_mm2 > 40
+    assert len(capture.minutiae) >= 12
+    assert capture.template is not None and len(capture.template.impressions) == 1
+
+
+def test_an_unusable_capture_says_why_and_has_no_template(fvc):
+    strict = CoreSettings(fingerprint_min_minutiae=200, fingerprint_min_nfiq2=100, fingerprint_min_area_mm2=1000)
+    capture = analyse_capture(decode_image((fvc / "DB1_B" / "103_1.tif").read_bytes()), settings=strict)
+    assert not capture.usable and capture.template is None
+    assert {r.code for r in capture.reasons} == {"too_few_minutiae", "low_quality", "small_print_area"}
+    for reason in capture.reasons:
+        assert reason.measured < reason.limit
+        assert set(reason.as_dict()) == {"code", "measured", "limit"}
+
+
+def test_a_blank_image_is_not_a_usable_fingerprint():
+    blank = np.full((300, 300), 255, np.uint8)
+    try:
+        capture = analyse_capture(decode_image(_png(blank)))
+    except FingerprintImageError:
+        return
+    assert not capture.usable
+
+
+def test_templates_round_trip_as_bytes_and_refuse_damage_and_other_fingerprints(templates):
+    template = templates[(101, 1)]
+    data = template.to_bytes()
+    assert FingerprintTemplate.from_bytes(data) == template
+    for damaged in (data[:-1], data[:20], data[:10] + bytes([data[10] ^ 1]) + data[11:], b"junk" * 5):
+        with pytest.raises(FingerprintTemplateError):
+            FingerprintTemplate.from_bytes(damaged)
+    with pytest.raises(ValueError, match="not 'other"):
+        FingerprintTemplate.from_bytes(data, fingerprint="other+matcher")
+
+
+def test_consolidated_impressions_survive_bytes(templates):
+    both = templates[(102, 1)].with_impression(templates[(102, 2)].impressions[0])
+    back = FingerprintTemplate.from_bytes(both.to_bytes())
+    assert len(back.impressions) == 2
+    assert compare(templates[(102, 5)], back) >= compare(templates[(102, 5)], templates[(102, 1)])
+
+
+def test_the_same_finger_scores_above_the_threshold_and_others_below(templates):
+    threshold = default_threshold(1e-3)
+    for finger in range(101, 106):
+        assert compare(templates[(finger, 5)], templates[(finger, 1)]) >= threshold
+        for other in range(101, 106):
+            if other != finger:
+                assert compare(templates[(finger, 5)], templates[(other, 1)]) < threshold
+
+
+def test_compare_is_deterministic_and_symmetric(templates):
+    a, b = templates[(104, 1)], templates[(104, 2)]
+    assert compare(a, b) == compare(a, b)
+    assert abs(compare(a, b) - compare(b, a)) < 1e-9
+
+
+def test_templates_of_another_extractor_are_not_compared(templates, fvc):
+    record = capture_from_record((fvc / "DB1_B" / "101_1.iso").read_bytes())
+    assert record.usable
+    with pytest.raises(FingerprintTemplateError):
+        compare(templates[(101, 1)], record.template)
+
+
+def test_thresholds_rise_as_the_false_match_rate_and_gallery_demand_more():
+    assert default_threshold(1e-2) < default_threshold(1e-3) < default_threshold(1e-4) < default_threshold(1e-6)
+    assert identification_threshold(1e-2, 1000) == pytest.approx(default_threshold(1e-5))
+    assert identification_threshold(1e-2, 10) < identification_threshold(1e-2, 10_000)
+    with pytest.raises(ValueError):
+        default_threshold(0.0)
+
+
+def test_the_index_finds_the_finger_and_forgets_a_removed_one(templates):
+    index = FingerprintIndex()
+    for finger in range(101, 106):
+        index.add(f"finger-{finger}", templates[(finger, 1)])
+    assert len(index) == 5
+    for finger in range(101, 106):
+        results = index.search(templates[(finger, 5)], limit=3)
+        assert results[0][0] == f"finger-{finger}"
+        assert [s for _, s in results] == sorted((s for _, s in results), reverse=True)
+    index.remove("finger-103")
+    assert len(index) == 4 and "finger-103" not in index
+    assert all(key != "finger-103" for key, _ in index.search(templates[(103, 5)], limit=5))
+    index.add("finger-103", templates[(103, 2)])
+    assert index.search(templates[(103, 5)], limit=1)[0][0] == "finger-103"
