@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from biometrics.scoring.operating_points import ChannelScoring
 from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder
@@ -13,6 +14,9 @@ from service.deployment_keyring import load_keyring, require_same_keyring
 from service.settings import ServiceSettings
 from service.store.db import Database
 from service.vault import Keyring, subject_token
+
+if TYPE_CHECKING:
+    from service.fingerprint.gallery import FingerprintGallery
 
 
 class ServiceContext:
@@ -36,6 +40,8 @@ class ServiceContext:
         self._embedder = embedder
         self._scoring: ChannelScoring | None = None
         self._embedder_lock = threading.Lock()
+        self._fingerprint_gallery = None
+        self._gallery_lock = threading.Lock()
         if embedder is not None:
             self._scoring = self._scoring_for(embedder)
 
@@ -92,6 +98,21 @@ class ServiceContext:
     def verifier(self) -> VoiceVerifier:
         """The library's verification sequence (analyse, quality reasons, verdict) on this service's model."""
         return VoiceVerifier(self.embedder, self.scoring, self.limits)
+
+    @property
+    def fingerprint_gallery(self) -> FingerprintGallery:
+        """This process's in-memory 1:N gallery of fingerprint templates (a cache: see its module)."""
+        with self._gallery_lock:
+            if self._fingerprint_gallery is None:
+                from service.fingerprint.gallery import FingerprintGallery
+
+                self._fingerprint_gallery = FingerprintGallery()
+            return self._fingerprint_gallery
+
+    def build_fingerprint_gallery(self) -> int:
+        """Loads every enrolled finger into the gallery (at start); returns how many it holds."""
+        with self.db.session() as session:
+            return self.fingerprint_gallery.build(session, self.keyring)
 
     def token(self, tenant_id: str, reference: str) -> str:
         return subject_token(self.keyring.pepper, tenant_id, reference)

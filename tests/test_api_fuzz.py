@@ -26,6 +26,7 @@ ROLE_OF_PREFIX = (
     ("/v1/consents", "portal"),
     ("/v1/subjects", "portal"),
     ("/v1/voice", "ivr"),
+    ("/v1/fingerprint", "terminal"),
     ("/v1/audit", "auditor"),  # /v1/audit/... and /v1/audits
 )
 
@@ -55,7 +56,7 @@ def fuzzed_service(tmp_path_factory, embedder):
 
     keys = {"admin": admin_key}
     with TestClient(app) as http:
-        for role in ("portal", "ivr", "auditor"):
+        for role in ("portal", "ivr", "auditor", "terminal"):
             created = http.post(
                 "/v1/clients",
                 json={"tenant_id": "default", "name": f"fuzz-{role}", "role": role},
