@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 
 from benchmarks.common import REPO, RESULTS_DIR, write_results
-from benchmarks.verify_latency import STARTUP_TIMEOUT_S, Server
+from benchmarks.verify_latency import Server
 
 FVC = REPO.parent / "shared" / "data" / "fingerprint" / "fvc2002"
 DEFAULT_OUT = RESULTS_DIR / "till_latency.json"
@@ -45,6 +45,7 @@ TENANT = "bench"
 PURPOSE = "payment"
 REAL_CUSTOMERS = 5
 PIN = "4821"
+STARTUP_TIMEOUT_S = 3600.0  # the server loads the voice model and opens and indexes every enrolled finger
 BATCH = 250  # subjects seeded per transaction
 
 
@@ -161,9 +162,6 @@ def seed(data_dir: Path, fingers: int, rng: np.random.Generator) -> tuple[str, l
                 store_fingers(session, ctx.keyring, TENANT, subject, templates)
                 store_payment_link(session, ctx.keyring, TENANT, subject, token, pin)
     seeded_s = time.perf_counter() - started
-    started = time.perf_counter()
-    ctx.build_fingerprint_gallery()  # as the server does at start: open, parse and index every finger
-    gallery_s = time.perf_counter() - started
     ctx.db.engine.dispose()
     figures = {
         "real_customers": len(real),
@@ -172,7 +170,6 @@ def seed(data_dir: Path, fingers: int, rng: np.random.Generator) -> tuple[str, l
         "fingers": 2 * len(subjects),
         "extraction_s": extracted_s,
         "seeding_s": seeded_s,
-        "gallery_build_s": gallery_s,
     }
     return terminal_key, real, figures
 
