@@ -78,7 +78,8 @@ def test_finger_only_with_ten_customers_answers_the_right_one_or_none(till):
         assert pay(till, impression(finger, 5, "DB3_B")).json()["payment_token"] is None
 
 
-def test_a_card_number_is_refused_and_never_stored_or_logged(till):
+def test_a_card_number_is_refused_and_never_stored_or_logged(till, caplog):
+    caplog.set_level("DEBUG")
     consent(till, ALICE)
     for pan in ("4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005"):
         refused = enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), pan)
@@ -91,6 +92,7 @@ def test_a_card_number_is_refused_and_never_stored_or_logged(till):
     assert _rows(till, "SELECT id FROM templates") == []
     everything = str(_rows(till, "SELECT * FROM audit_entries"))
     assert "4111" not in everything and "5555" not in everything and "card_number_refused" in everything
+    assert "4111" not in caplog.text and "5555" not in caplog.text
 
 
 def test_a_wrong_pin_is_refused_and_counts_towards_the_lockout(till):
