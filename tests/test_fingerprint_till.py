@@ -3,7 +3,10 @@ enrol two fingers from impressions 1-2, pay with impression 5."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 from sqlalchemy import create_engine, text
 
 from tests.till_helpers import consent, enrol, impression, pay
@@ -44,6 +47,11 @@ def test_two_fingers_enrolled_pay_with_card_and_finger(till):
     both = pay(till, impression("101", 5), second=impression("101", 5, "DB2_B"), payment_token=ALICE_TOKEN)
     assert both.json()["decision"] == "accept" and both.json()["payment_token"] == ALICE_TOKEN
 
+    fused = pay(
+        till, impression("101", 5), finger_position=2, second=impression("101", 5, "DB2_B"), second_finger_position=7
+    ).json()  # finger only, both fingers
+    assert fused["decision"] == "accept" and fused["payment_token"] == ALICE_TOKEN and fused["mode"] == "finger"
+
     impostor = pay(till, impression("102", 5), payment_token=ALICE_TOKEN).json()
     assert impostor["decision"] == "reject" and impostor["payment_token"] is None
 
@@ -54,6 +62,7 @@ def test_two_fingers_enrolled_pay_with_card_and_finger(till):
     assert [tuple(r) for r in audited] == [
         ("fingerprint.enrol", "enrolled"),
         ("fingerprint.enrol", "enrolled"),
+        ("fingerprint.pay", "accept"),
         ("fingerprint.pay", "accept"),
         ("fingerprint.pay", "accept"),
         ("fingerprint.pay", "reject"),
@@ -180,6 +189,23 @@ def test_enrolment_rules_at_the_till(till):
         headers=till.headers(),
     )
     assert mixed.status_code == 422 and "CAPTURES_DO_NOT_MATCH" in {r["code"] for r in mixed.json()["reasons"]}
+    blank = io.BytesIO()
+    Image.new("L", (300, 300), 200).save(blank, format="PNG")
+    smudged = till.http.post(
+        "/v1/fingerprint/enrol",
+        data={"reference": ALICE, "first_finger_position": 2, "second_finger_position": 7, "payment_token": "tok_x1"},
+        files=[
+            ("first_finger", ("a.tif", impression("101", 1).read_bytes(), "image/tiff")),
+            ("first_finger", ("blank.png", blank.getvalue(), "image/png")),  # nothing on the scanner
+            ("second_finger", ("c.tif", impression("101", 1, "DB2_B").read_bytes(), "image/tiff")),
+            ("second_finger", ("d.tif", impression("101", 2, "DB2_B").read_bytes(), "image/tiff")),
+        ],
+        headers=till.headers(),
+    )
+    assert smudged.status_code == 422, smudged.text
+    reasons = smudged.json()["reasons"]
+    assert {"code": "TOO_FEW_GOOD_CAPTURES", "measured": 1.0, "limit": 2.0, "finger_position": 2} in reasons
+    assert any(r.get("capture") == 1 and r["finger_position"] == 2 for r in reasons)  # which capture, and why
     nobody = enrol(till, "NEVER-CONSENTED", impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN)
     assert nobody.status_code == 403 and nobody.json()["type"].endswith("/consent_required")
     assert _rows(till, "SELECT id FROM templates") == [] and _rows(till, "SELECT id FROM payment_links") == []
