@@ -1,13 +1,19 @@
 """1:N search over enrolled fingers: a hashed first stage, then full MCC comparison of a shortlist.
 
 First stage (after MCC-LSH, R. Cappelli, M. Ferrara, D. Maltoni, "Fingerprint indexing based on
-Minutia Cylinder-Code", IEEE TPAMI 33(5), 2011): every cylinder's bits are sampled by ``HASHES``
-fixed random functions of ``HASH_BITS`` bits each; the keys of all enrolled cylinders sit in one
+Minutia Cylinder-Code", IEEE TPAMI 33(5), 2011, which hashes smaller cylinders than matching uses):
+every cylinder is pooled to an 8 x 8 grid (a coarse cell is set when any of its 2 x 2 fine cells
+is), which makes its bits steadier across impressions; those bits are sampled by ``HASHES`` fixed
+random functions of ``HASH_BITS`` bits each; the keys of all enrolled cylinders sit in one
 sorted array per function. A probe looks its cylinders' keys up (binary search), every collision is
-a vote for the finger, weighted by how rare the key is; the best ``shortlist`` fingers by votes are
-then compared in full. Cost is thus a few searches plus a fixed number of full comparisons,
-whatever the size of the gallery. Keys with fewer than ``MIN_KEY_BITS`` set bits (mostly empty or
-invalid cells) say nothing about a finger and are not indexed.
+a vote for the finger, weighted by how rare the key is, and a finger's votes are divided by the
+square root of its number of cylinders (large templates would otherwise collect votes by size).
+The best ``shortlist`` fingers by votes are then compared in full. Cost is thus a few searches
+plus a fixed number of full comparisons; the lookups grow with the gallery only through the sizes
+of the buckets hit. The hash size and count were chosen on the benchmark's distractor gallery
+(benchmarks/fingerprint_speed.py), not on the audit sets' trials. Keys with fewer than
+``MIN_KEY_BITS`` set bits (mostly empty or invalid cells) say nothing about a finger and are not
+indexed.
 
 New fingers go to a small unsorted segment that is merged into the sorted one when it grows past
 5 % of it, so enrolment never rebuilds the whole index. Removal is immediate (the finger is no
@@ -25,16 +31,21 @@ from biometrics.fingerprint.mcc import _IN_DISC, ND, NS
 from biometrics.fingerprint.similarity import global_similarity
 from biometrics.fingerprint.templates import FingerprintTemplate
 
-HASHES = 16
+HASHES = 32
 HASH_BITS = 20
-MIN_KEY_BITS = 3
+MIN_KEY_BITS = 2
+POOL = 2  # fine cells per coarse cell along each side
 SEED = 19794  # fixed: the hash functions must be the same in every process
 DEFAULT_SHORTLIST = 24
 
 
+COARSE = NS // POOL
+_COARSE_DISC = _IN_DISC.reshape(COARSE, POOL, COARSE, POOL).any(axis=(1, 3)).ravel()
+
+
 def _hash_functions() -> np.ndarray:
     rng = np.random.default_rng(SEED)
-    cells = np.flatnonzero(np.repeat(_IN_DISC, ND))  # bits of cells inside the disc (cell-major, ND per cell)
+    cells = np.flatnonzero(np.repeat(_COARSE_DISC, ND))  # coarse bits inside the disc (cell-major)
     return np.stack([rng.choice(cells, HASH_BITS, replace=False) for _ in range(HASHES)])
 
 
@@ -49,7 +60,9 @@ def cylinder_keys(template: FingerprintTemplate) -> np.ndarray:
     for cyl in template.cylinders():
         if len(cyl) == 0:
             continue
-        sampled = cyl.unpacked_bits()[:, _FUNCTIONS]  # (n, HASHES, HASH_BITS)
+        fine = cyl.unpacked_bits().reshape(len(cyl), COARSE, POOL, COARSE, POOL, ND)
+        coarse = fine.any(axis=(2, 4)).reshape(len(cyl), -1)
+        sampled = coarse[:, _FUNCTIONS]  # (n, HASHES, HASH_BITS)
         keys = sampled.astype(np.int64) @ _WEIGHTS
         keys[sampled.sum(axis=2) < MIN_KEY_BITS] = -1
         blocks.append(keys)
@@ -65,6 +78,7 @@ class FingerprintIndex:
         self._templates: dict[str, FingerprintTemplate] = {}
         self._slot_of: dict[str, int] = {}
         self._keys_of_slot: list[str | None] = []
+        self._cylinders_of_slot: list[int] = []
         self._fingerprint: str | None = None
         # Sorted segment, one sorted key array and slot array per hash function.
         self._sorted_keys: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(HASHES)]
@@ -92,6 +106,7 @@ class FingerprintIndex:
             keys = cylinder_keys(template)
             slot = len(self._keys_of_slot)
             self._keys_of_slot.append(key)
+            self._cylinders_of_slot.append(max(1, len(keys)))
             self._slot_of[key] = slot
             self._templates[key] = template
             if len(keys):
@@ -165,7 +180,8 @@ class FingerprintIndex:
                 raise FingerprintTemplateError(
                     "probe template comes from another extractor or matcher than this index holds"
                 )
-            votes = self._votes(cylinder_keys(probe))
+            sizes = np.asarray(self._cylinders_of_slot, np.float64)
+            votes = self._votes(cylinder_keys(probe)) / np.sqrt(sizes)
             alive = np.array([k is not None for k in self._keys_of_slot], bool)
             votes[~alive] = -1.0
             n = min(max(self.shortlist, limit), int(alive.sum()))
