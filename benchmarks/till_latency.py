@@ -12,8 +12,9 @@ start (timed). The enrolled customers are:
 - real customers: fingers 1-5 of FVC2002 DB1_B (finger position 2) and DB2_B (position 7), each
   enrolled from impressions 1-2 of both fingers (as the till enrols: captures analysed and consolidated);
 - distractor customers, two fingers each, up to ``--fingers`` fingers in all: rotated, translated and
-  perturbed copies (minutiae moved, dropped and added) of the real templates of the *other* 20 FVC fingers
-  (DB1_B and DB2_B 6-10, DB3_B), so no distractor is a copy of a real customer's finger.
+  perturbed copies (``benchmarks.fingerprint_speed``'s: minutiae moved, dropped and added) of the real
+  templates of the *other* 20 FVC fingers (DB1_B and DB2_B 6-10, DB3_B), so no distractor is a copy of a
+  real customer's finger.
 
 Then it pays with impression 5 of the real customers' DB1_B finger, three ways: card + finger (1:1),
 finger + PIN, and finger only (1:N over every enrolled finger), sequentially on one connection, and
@@ -27,7 +28,6 @@ and to JSON (default ``benchmarks/results/till_latency.json``).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 import time
@@ -65,37 +65,11 @@ def _template(paths: list[Path]):
 
 
 def perturbed(template, rng: np.random.Generator):
-    """A distractor: every impression rotated, translated, its minutiae jittered, some dropped, some added."""
-    from biometrics.fingerprint.minutiae import Minutia, Minutiae, MinutiaKind
+    """A distractor: each impression rotated, translated and perturbed as ``benchmarks.fingerprint_speed`` does."""
+    from benchmarks.fingerprint_speed import perturbed as perturbed_impression
     from biometrics.fingerprint.templates import FingerprintTemplate
 
-    theta, dx, dy = rng.uniform(-math.pi / 6, math.pi / 6), rng.uniform(-30, 30), rng.uniform(-30, 30)
-    cos, sin = math.cos(theta), math.sin(theta)
-    impressions = []
-    for m in template.impressions:
-        cx, cy = m.width / 2, m.height / 2
-        points = []
-        for p in m.points:
-            if rng.random() < 0.2:
-                continue
-            x = cx + (p.x - cx) * cos - (p.y - cy) * sin + dx + rng.normal(0, 2)
-            y = cy + (p.x - cx) * sin + (p.y - cy) * cos + dy + rng.normal(0, 2)
-            if 0 <= x < m.width and 0 <= y < m.height:
-                points.append(
-                    Minutia(int(x), int(y), (p.angle - theta + rng.normal(0, 0.1)) % (2 * math.pi), p.kind, p.quality)
-                )
-        for _ in range(max(1, len(m.points) // 10)):
-            points.append(
-                Minutia(
-                    int(rng.uniform(0, m.width)),
-                    int(rng.uniform(0, m.height)),
-                    rng.uniform(0, 2 * math.pi),
-                    MinutiaKind.ENDING,
-                    50,
-                )
-            )
-        impressions.append(Minutiae(m.width, m.height, m.resolution_dpi, tuple(points)))
-    return FingerprintTemplate(impressions, template.fingerprint)
+    return FingerprintTemplate([perturbed_impression(m, rng) for m in template.impressions], template.fingerprint)
 
 
 def seed(data_dir: Path, fingers: int, rng: np.random.Generator) -> tuple[str, list[dict], dict]:
