@@ -57,3 +57,14 @@ def test_thresholds_rise_with_the_gallery():
     assert small < large
     assert decisions.finger_only_threshold(1e-3, 2, 10_000) > large  # two fingers presented: twice the comparisons
     assert decisions.verification_threshold(1e-3, 1) <= decisions.pin_threshold(1e-3, 1, 10_000) < large
+
+
+def test_scores_the_search_computed_are_used_as_they_are(customer):
+    from biometrics.fingerprint.matcher import compare
+
+    probe = _template(impression("101", 5))
+    right = compare(probe, customer[0].template)
+    searched = fused_score([ProbeFinger(None, probe)], customer, known=[{"tpl_r": right}])
+    assert searched.score == fused_score([ProbeFinger(None, probe)], customer).score == right
+    # a finger presented that met none of the customer's fingers in the search is compared here
+    assert fused_score([ProbeFinger(None, probe)], customer, known=[{}]).score == right

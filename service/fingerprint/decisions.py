@@ -20,7 +20,7 @@ common PIN at most.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from biometrics.fingerprint.matcher import compare, default_threshold, identification_threshold
@@ -44,13 +44,23 @@ class FusedScore:
     comparisons: int
 
 
-def fused_score(probes: Sequence[ProbeFinger], fingers: Sequence[EnrolledFinger]) -> FusedScore:
-    """The mean over the fingers presented of each one's best score against the customer's fingers."""
+def fused_score(
+    probes: Sequence[ProbeFinger],
+    fingers: Sequence[EnrolledFinger],
+    known: Sequence[Mapping[str, float]] | None = None,
+) -> FusedScore:
+    """The mean over the fingers presented of each one's best score against the customer's fingers.
+
+    ``known`` (one mapping per finger presented, template id -> score) holds scores the gallery's search
+    already computed in full: a finger presented that met one of the customer's fingers there is given its
+    best such score (the others were not among the search's best, so they score lower), and only the rest
+    are compared here."""
     best, comparisons = [], 0
-    for probe in probes:
+    for i, probe in enumerate(probes):
         same = [f for f in fingers if probe.position is not None and f.position == probe.position]
         against = same or list(fingers)
-        best.append(max(compare(probe.template, f.template) for f in against))
+        found = [known[i][f.template_id] for f in against if f.template_id in known[i]] if known else []
+        best.append(max(found) if found else max(compare(probe.template, f.template) for f in against))
         comparisons += len(against)
     return FusedScore(sum(best) / len(best), comparisons)
 

@@ -148,16 +148,13 @@ def _ranked(ctx: ServiceContext, tenant_id: str, presented: Sequence[ProbeFinger
     gallery = ctx.fingerprint_gallery
     with ctx.db.session() as session:
         gallery.sync(session, ctx.keyring, tenant_id)
-    tokens = {
-        match.finger.subject_token
-        for probe in presented
-        for match in gallery.search(tenant_id, probe.template, limit=SEARCH_LIMIT)
-    }
+    found = [gallery.search(tenant_id, probe.template, limit=SEARCH_LIMIT) for probe in presented]
+    known = [{match.finger.template_id: match.score for match in matches} for matches in found]
     candidates = []
-    for token in tokens:
+    for token in {match.finger.subject_token for matches in found for match in matches}:
         fingers = gallery.fingers_of(tenant_id, token)
         if fingers:
-            candidates.append(Candidate(token, fused_score(presented, fingers).score, fingers))
+            candidates.append(Candidate(token, fused_score(presented, fingers, known).score, fingers))
     return sorted(candidates, key=lambda c: -c.score), gallery.size(tenant_id)
 
 
