@@ -224,6 +224,9 @@ def pay_with_finger(ctx: ServiceContext, actor: Principal, purpose: str, probes:
         current = _still_current(ctx, session, tenant, purpose, ranked)
         best, second = (current + [None, None])[:2]
         accepted = _leads(best, second, threshold, settings.fingerprint_margin)
+        if accepted:  # held until the answer commits: a withdrawal of this customer waits for it, or went first
+            lock_subject(session, best.subject_token)
+            accepted = bool(_still_current(ctx, session, tenant, purpose, [best]))
         reason = None
         if accepted and best.subject_token in _locked(ctx, session, [best.subject_token]):
             accepted, reason = False, "locked_out"
