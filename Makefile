@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bioident-installed
 
-.PHONY: setup run test lint bench bench-latency
+.PHONY: setup run test lint bench bench-latency bench-fingerprint
 
 setup: $(STAMP)
 
@@ -27,3 +27,7 @@ bench: setup
 
 bench-latency: setup
 	$(BIN)/python -m benchmarks.verify_latency
+
+# Fingerprint extraction, 1:1 and 1:N over 10,000 fingers (FVC2002 prints and distractor copies)
+bench-fingerprint: setup
+	$(BIN)/python -m benchmarks.fingerprint_speed

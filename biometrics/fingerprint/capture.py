@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from biometrics.fingerprint.extraction import EXTRACTOR_NAME, extract
+from biometrics.fingerprint.extraction import EXTRACTOR_NAME, extract, extractor_name
 from biometrics.fingerprint.images import FingerprintImage
 from biometrics.fingerprint.minutiae import Minutiae
 from biometrics.fingerprint.records import RecordFormat, read_record
@@ -29,7 +29,12 @@ def record_fingerprint(format: RecordFormat = "iso") -> str:
     return fingerprint_of(RECORD_EXTRACTOR if format == "iso" else "ansi-378-record")
 
 
-IMAGE_FINGERPRINT = fingerprint_of(EXTRACTOR_NAME)
+IMAGE_FINGERPRINT = fingerprint_of(EXTRACTOR_NAME)  # of the default extractor (nbis)
+
+
+def image_fingerprint(settings: CoreSettings | None = None) -> str:
+    """Fingerprint of templates made from images with the configured extractor."""
+    return fingerprint_of(extractor_name((settings or CoreSettings()).fingerprint_extractor))
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,13 @@ def _gate(
 def analyse_capture(image: FingerprintImage, *, settings: CoreSettings | None = None) -> Capture:
     """Extract, measure and gate one impression; the template is there only when every gate passes."""
     settings = settings or CoreSettings()
-    result = extract(image)
+    result = extract(image, settings.fingerprint_extractor)
     area = None
     if result.foreground_pixels is not None:
         mm_per_pixel = 25.4 / float(image.resolution_dpi)
         area = result.foreground_pixels * mm_per_pixel * mm_per_pixel
     reasons = _gate(result.minutiae, result.nfiq2, area, settings)
-    template = None if reasons else FingerprintTemplate((result.minutiae,), IMAGE_FINGERPRINT)
+    template = None if reasons else FingerprintTemplate((result.minutiae,), image_fingerprint(settings))
     return Capture(result.minutiae, result.nfiq2, area, reasons, template)
 
 

@@ -87,10 +87,11 @@ class FingerprintTemplate:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, fingerprint: str | None = None) -> FingerprintTemplate:
-        """Parse template bytes; ``fingerprint`` (default: the image extractor's) must be the one they carry."""
-        from biometrics.fingerprint.extraction import EXTRACTOR_NAME
+        """Parse template bytes; ``fingerprint`` (default: the configured image extractor's) must be theirs."""
+        from biometrics.fingerprint.extraction import extractor_name
+        from biometrics.settings import CoreSettings
 
-        expected = fingerprint or fingerprint_of(EXTRACTOR_NAME)
+        expected = fingerprint or fingerprint_of(extractor_name(CoreSettings().fingerprint_extractor))
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise FingerprintTemplateError("fingerprint template must be bytes")
         data = bytes(data)
