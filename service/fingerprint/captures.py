@@ -10,6 +10,7 @@ from fastapi import Form, UploadFile
 
 from biometrics.fingerprint.capture import Capture, analyse_capture
 from biometrics.fingerprint.images import decode_image
+from biometrics.settings import CoreSettings
 from service.errors import QualityFailed
 from service.fingerprint.decisions import ProbeFinger
 
@@ -29,9 +30,11 @@ def image_format(
     return ImageFormat(width, height)
 
 
-def read_capture(upload: UploadFile, image_format: ImageFormat) -> Capture:
-    image = decode_image(upload.file.read(), width=image_format.width, height=image_format.height)
-    return analyse_capture(image)
+def read_capture(upload: UploadFile, image_format: ImageFormat, settings: CoreSettings) -> Capture:
+    """Decodes and analyses one upload with the service's settings (extractor, gates, largest side)."""
+    data = upload.file.read()
+    image = decode_image(data, width=image_format.width, height=image_format.height, settings=settings)
+    return analyse_capture(image, settings=settings)
 
 
 def probes_of(captures: Sequence[tuple[int | None, Capture]]) -> list[ProbeFinger]:

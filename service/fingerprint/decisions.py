@@ -65,13 +65,17 @@ def fused_score(
     return FusedScore(sum(best) / len(best), comparisons)
 
 
-def verification_threshold(target_fmr: float, comparisons: int) -> float:
-    return float(default_threshold(target_fmr / max(1, comparisons)))
+def verification_threshold(target_fmr: float, comparisons: int, fingerprint: str | None = None) -> float:
+    """``fingerprint``: the templates' extractor and matcher (each has its own impostor table)."""
+    return float(default_threshold(target_fmr / max(1, comparisons), fingerprint))
 
 
-def finger_only_threshold(target_fpir: float, probes: int, gallery_fingers: int) -> float:
-    return float(identification_threshold(target_fpir, max(1, probes * gallery_fingers)))
+def finger_only_threshold(
+    target_fpir: float, probes: int, gallery_fingers: int, fingerprint: str | None = None
+) -> float:
+    return float(identification_threshold(target_fpir, max(1, probes * gallery_fingers), fingerprint))
 
 
-def pin_threshold(target_fpir: float, probes: int, gallery_fingers: int) -> float:
-    return float(identification_threshold(target_fpir, max(1, probes * math.ceil(gallery_fingers * PIN_SHARE))))
+def pin_threshold(target_fpir: float, probes: int, gallery_fingers: int, fingerprint: str | None = None) -> float:
+    gallery = max(1, probes * math.ceil(gallery_fingers * PIN_SHARE))
+    return float(identification_threshold(target_fpir, gallery, fingerprint))

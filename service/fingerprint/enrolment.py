@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from biometrics.fingerprint.capture import Capture
+from biometrics.fingerprint.capture import Capture, image_fingerprint
 from biometrics.fingerprint.matcher import compare, default_threshold
 from enroll.fingerprint import plan_fingerprint_enrolment
 from service.auth import Principal
@@ -69,8 +69,9 @@ def enrol_fingerprints(
         with ctx.db.session() as session:
             require_consent_to_enrol(session, actor.tenant_id, token, Modality.FINGERPRINT, purpose)
         attempt.subject_token = token
-        threshold = float(default_threshold(ctx.settings.fingerprint_target_fmr))
-        plan = plan_fingerprint_enrolment(fingers(), compare, threshold)  # captures analysed after consent
+        captured = fingers()  # analysed only after consent
+        threshold = float(default_threshold(ctx.settings.fingerprint_target_fmr, image_fingerprint(ctx.settings)))
+        plan = plan_fingerprint_enrolment(captured, compare, threshold)
         captures = [r.as_dict() for r in plan.reports]
         if not plan.complete:
             unusable = [

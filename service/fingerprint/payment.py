@@ -118,9 +118,9 @@ def pay_with_card(
             if link is None:
                 raise NotFound("the customer has no payment link")
             fused = fused_score(presented, open_fingers(session, ctx.keyring, token))
-            threshold = decisions.verification_threshold(settings.fingerprint_target_fmr, fused.comparisons)
-            accepted = fused.score >= threshold
             model = _model(presented)
+            threshold = decisions.verification_threshold(settings.fingerprint_target_fmr, fused.comparisons, model)
+            accepted = fused.score >= threshold
             _audit(
                 session,
                 actor,
@@ -218,8 +218,10 @@ def pay_with_finger(ctx: ServiceContext, actor: Principal, purpose: str, probes:
     ):
         presented = list(probes())
     ranked, gallery_fingers = _ranked(ctx, tenant, presented)
-    threshold = decisions.finger_only_threshold(settings.fingerprint_target_fpir, len(presented), gallery_fingers)
     model = _model(presented)
+    threshold = decisions.finger_only_threshold(
+        settings.fingerprint_target_fpir, len(presented), gallery_fingers, model
+    )
     with ctx.db.session() as session:
         current = _still_current(ctx, session, tenant, purpose, ranked)
         best, second = (current + [None, None])[:2]
@@ -264,9 +266,10 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
     ) as attempt:
         presented = list(probes())
         ranked, gallery_fingers = _ranked(ctx, tenant, presented)
-        threshold = decisions.pin_threshold(settings.fingerprint_target_fpir, len(presented), gallery_fingers)
-        alone = decisions.finger_only_threshold(settings.fingerprint_target_fpir, len(presented), gallery_fingers)
         model = _model(presented)
+        target, count = settings.fingerprint_target_fpir, len(presented)
+        threshold = decisions.pin_threshold(target, count, gallery_fingers, model)
+        alone = decisions.finger_only_threshold(target, count, gallery_fingers, model)
         with ctx.db.session() as session:  # read the PIN hashes; argon2id runs outside any transaction
             current = _still_current(ctx, session, tenant, purpose, ranked)
             hashes = dict(

@@ -24,10 +24,11 @@ POSITION = {"ge": 1, "le": 10, "description": "ISO/IEC 19794-2 finger position (
 REPLACE_HELP = "replace enrolled fingers (a re-enrolment: needs consent recorded since they were enrolled)"
 
 
-def _captures(uploads: list[UploadFile], fmt: ImageFormat, limit: int) -> list:
+def _captures(ctx: ServiceContext, uploads: list[UploadFile], fmt: ImageFormat) -> list:
+    limit = ctx.settings.fingerprint_max_captures
     if len(uploads) > limit:
         raise ServiceError(f"at most {limit} captures per finger")
-    return [read_capture(upload, fmt) for upload in uploads]
+    return [read_capture(upload, fmt, ctx.settings) for upload in uploads]
 
 
 @router.post("/enrol", status_code=201, response_model=FingerprintEnrolmentOut)
@@ -47,12 +48,11 @@ def enrol(
 ) -> dict:
     if first_finger_position == second_finger_position:
         raise ServiceError("enrol two different fingers: the finger positions must differ")
-    limit = ctx.settings.fingerprint_max_captures
 
     def fingers() -> dict:
         return {
-            first_finger_position: _captures(first_finger, fmt, limit),
-            second_finger_position: _captures(second_finger, fmt, limit),
+            first_finger_position: _captures(ctx, first_finger, fmt),
+            second_finger_position: _captures(ctx, second_finger, fmt),
         }
 
     return enrol_fingerprints(ctx, actor, reference, purpose, fingers, payment_token, pin, replace=replace).as_dict()
@@ -83,7 +83,7 @@ def pay(
         presented.append((second_finger_position, second_finger))
 
     def probes() -> list:
-        return probes_of([(position, read_capture(upload, fmt)) for position, upload in presented])
+        return probes_of([(position, read_capture(upload, fmt, ctx.settings)) for position, upload in presented])
 
     if payment_token is not None:
         return pay_with_card(ctx, actor, purpose, payment_token, probes).as_dict()
