@@ -148,15 +148,27 @@ def seed(data_dir: Path, fingers: int, rng: np.random.Generator) -> tuple[str, l
     return terminal_key, real, figures
 
 
-def wait_until_up(server: Server) -> float:
+def wait_until_up(server: Server, key: str, probe: Path) -> tuple[float, float]:
+    """Seconds until the server answers /health, and until finger-only payments are answered (the gallery
+    is built in the background at start; until then they answer 503)."""
     started = time.perf_counter()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    up = None
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise SystemExit(f"bioident serve exited: {server._log_tail()}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=2.0).status_code == 200:
-                return time.perf_counter() - started
+            if up is None and httpx.get(f"{server.url}/health", timeout=2.0).status_code == 200:
+                up = time.perf_counter() - started
+            if up is not None:
+                response = httpx.post(
+                    f"{server.url}/v1/fingerprint/pay",
+                    files=[("finger", (probe.name, probe.read_bytes(), "image/tiff"))],
+                    headers={"Authorization": f"Bearer {key}"},
+                    timeout=120.0,
+                )
+                if response.status_code != 503:
+                    return up, time.perf_counter() - started
         except httpx.TransportError:
             pass
         time.sleep(0.5)
@@ -225,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("no real customer could be enrolled from the FVC impressions")
         server = Server(Path(tmp), None)
         try:
-            figures["server_start_s"] = wait_until_up(server)  # the voice model and the gallery are loaded
+            probe = FVC / "DB1_B" / f"{real[0]['finger']}_5.tif"
+            figures["server_start_s"], figures["gallery_ready_s"] = wait_until_up(server, key, probe)
             with httpx.Client(base_url=server.url) as http:
                 modes = [run_mode(http, key, real, mode, args.payments) for mode in ("card", "pin", "finger")]
         finally:
@@ -233,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"cpu_count": os.cpu_count(), "seed": args.seed, **figures, "modes": modes}
     print(
         f"\n{figures['fingers']} fingers enrolled ({figures['subjects']} customers, {figures['real_customers']} real); "
-        f"server up in {figures['server_start_s']:.1f} s (model + gallery)"
+        f"server up in {figures['server_start_s']:.1f} s (voice model), "
+        f"gallery ready in {figures['gallery_ready_s']:.1f} s"
     )
     print(f"{'mode':<8}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}  right / wrong / rejected")
     for m in modes:

@@ -27,7 +27,7 @@ class Health(BaseModel):
 def create_app(ctx: ServiceContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        ctx.build_fingerprint_gallery()  # decrypted fingers in process memory only, for 1:N at the till
+        ctx.start_fingerprint_gallery()  # decrypted fingers in process memory only, for 1:N at the till
         yield
 
     app = FastAPI(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ from service.vault import Keyring, subject_token
 
 if TYPE_CHECKING:
     from service.fingerprint.gallery import FingerprintGallery
+
+log = logging.getLogger("bioident.api")
 
 
 class ServiceContext:
@@ -110,9 +113,24 @@ class ServiceContext:
             return self._fingerprint_gallery
 
     def build_fingerprint_gallery(self) -> int:
-        """Loads every enrolled finger into the gallery (at start); returns how many it holds."""
+        """Loads every enrolled finger into the gallery; returns how many it holds."""
         with self.db.session() as session:
             return self.fingerprint_gallery.build(session, self.keyring)
+
+    def start_fingerprint_gallery(self) -> threading.Thread:
+        """Builds the gallery in the background (at start): 1:N payments wait for it, nothing else does."""
+
+        def build() -> None:
+            try:
+                count = self.build_fingerprint_gallery()
+                log.info("fingerprint gallery: %d fingers loaded", count)
+            except Exception as exc:  # noqa: BLE001 - told to 1:N callers as 503, logged here without data
+                log.error("fingerprint gallery could not be loaded: %s", type(exc).__name__)
+                self.fingerprint_gallery.build_failed()
+
+        thread = threading.Thread(target=build, name="fingerprint-gallery", daemon=True)
+        thread.start()
+        return thread
 
     def token(self, tenant_id: str, reference: str) -> str:
         return subject_token(self.keyring.pepper, tenant_id, reference)

@@ -76,7 +76,7 @@ def _published_schema() -> schemathesis.BaseSchema:
     from service.settings import ServiceSettings
 
     # It serves nothing else: its start has no gallery of enrolled fingers to build.
-    no_database = SimpleNamespace(settings=ServiceSettings(_env_file=None), build_fingerprint_gallery=lambda: 0)
+    no_database = SimpleNamespace(settings=ServiceSettings(_env_file=None), start_fingerprint_gallery=lambda: None)
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(no_database))
 
 

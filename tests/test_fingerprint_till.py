@@ -241,3 +241,19 @@ def test_only_terminals_use_the_till(till):
     assert 400 <= not_an_image.status_code < 500 and not_an_image.headers["content-type"].startswith(
         "application/problem+json"
     )
+
+
+def test_while_the_gallery_loads_finger_only_waits_and_the_rest_is_served(till, monkeypatch):
+    from service.fingerprint import payment
+    from service.fingerprint.gallery import FingerprintGallery
+
+    _enrolled(till, ALICE, "101", ALICE_TOKEN)
+    monkeypatch.setattr(payment, "GALLERY_WAIT_S", 0.1)
+    ctx = till.api.ctx
+    ctx._fingerprint_gallery = FingerprintGallery()  # as at a start with many fingers still being indexed
+    loading = pay(till, impression("101", 5))
+    assert loading.status_code == 503 and loading.json()["type"].endswith("/gallery_loading")
+    assert int(loading.headers["Retry-After"]) >= 1
+    assert pay(till, impression("101", 5), payment_token=ALICE_TOKEN).json()["decision"] == "accept"
+    ctx.start_fingerprint_gallery().join()
+    assert pay(till, impression("101", 5)).json()["payment_token"] == ALICE_TOKEN

@@ -1,7 +1,9 @@
 """The in-memory gallery for 1:N at the till: every tenant's fingerprint templates, decrypted, in process
 memory only (never written, logged or returned), each tenant's behind the matcher's index.
 
-It is built when the service starts, updated by this process's enrolments and withdrawals, and brought in
+It is built when the service starts, in the background (opening and indexing many fingers takes minutes:
+the service answers everything else meanwhile, and 1:N payments answer 503 with Retry-After until the
+gallery is complete, never from part of it), updated by this process's enrolments and withdrawals, and brought in
 line with the database before each search (``sync``: one query listing the tenant's template rows; rows
 added or changed by another replica are opened and added, rows gone are dropped). It is a cache all the
 same: the payment use cases re-check every candidate it returns in the database, in the transaction that
@@ -24,6 +26,10 @@ from service.fingerprint.templates import FINGERPRINT, EnrolledFinger, open_fing
 from service.protected import unwrap_row
 from service.store.models import DataKey, Template
 from service.vault import Keyring
+
+
+class GalleryLoading(ServiceError):
+    status, code, title = 503, "gallery_loading", "The fingerprint gallery is still loading"
 
 
 def finger_key(subject_token: str, position: int) -> str:
@@ -67,15 +73,29 @@ class FingerprintGallery:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._tenants: dict[str, _TenantFingers] = {}
+        self._ready = threading.Event()
+        self._failed = False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Returns once every enrolled finger is in; else ``GalleryLoading`` (503, Retry-After)."""
+        if not self._ready.wait(timeout_s) or self._failed:
+            detail = "could not be loaded: see the service's log" if self._failed else "is still loading"
+            raise GalleryLoading(f"the fingerprint gallery {detail}; try again shortly", retry_after_s=10)
+
+    def build_failed(self) -> None:
+        self._failed = True
+        self._ready.set()
 
     def _tenant(self, tenant_id: str) -> _TenantFingers:
         return self._tenants.setdefault(tenant_id, _TenantFingers())
 
     def build(self, session: Session, keyring: Keyring) -> int:
-        """Loads every tenant's fingerprint templates (at start); returns how many fingers it holds."""
+        """Loads every tenant's fingerprint templates (at start), then serves searches; returns how many
+        fingers it holds."""
         tenants = session.execute(select(Template.tenant_id).where(Template.modality == FINGERPRINT).distinct())
         for tenant_id in list(tenants.scalars()):
             self.sync(session, keyring, tenant_id)
+        self._ready.set()
         with self._lock:
             return sum(len(t.fingers) for t in self._tenants.values())
 

@@ -40,6 +40,7 @@ from service.trail.refusals import refusals_audited
 
 SEARCH_LIMIT = 10  # fingers the index returns per finger presented
 PIN_TRIES = 3  # candidates whose PIN is checked (argon2id is slow on purpose)
+GALLERY_WAIT_S = 5.0  # how long a 1:N payment waits for the gallery still loading at start, before 503
 
 Probes = Callable[[], Sequence[ProbeFinger]]
 
@@ -146,6 +147,7 @@ def _ranked(ctx: ServiceContext, tenant_id: str, presented: Sequence[ProbeFinger
     """The gallery's candidates for the fingers presented, best fused score first, and the gallery's size
     in fingers (after bringing it in line with the database)."""
     gallery = ctx.fingerprint_gallery
+    gallery.wait_ready(GALLERY_WAIT_S)  # never an answer from part of the gallery
     with ctx.db.session() as session:
         gallery.sync(session, ctx.keyring, tenant_id)
     found = [gallery.search(tenant_id, probe.template, limit=SEARCH_LIMIT) for probe in presented]
