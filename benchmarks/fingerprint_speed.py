@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.common import REPO, RESULTS_DIR, write_results
 from benchmarks.host import busy_cpu_s, peak_rss_mb
-from biometrics.fingerprint.capture import IMAGE_FINGERPRINT
+from biometrics.fingerprint.capture import image_fingerprint
 from biometrics.fingerprint.extraction import extract
 from biometrics.fingerprint.images import decode_image
 from biometrics.fingerprint.index import FingerprintIndex
@@ -88,12 +88,12 @@ def main() -> None:
         "images": len(times),
         "ms_per_image_p50": 1000 * float(np.median(times)),
         "ms_per_image_mean": 1000 * float(np.mean(times)),
-        "other_load_cores": max(0.0, (busy_cpu_s() - busy0) / wall - 1.0),
+        "machine_busy_cores": (busy_cpu_s() - busy0) / wall,  # ours included
     }
 
     fingers = sorted({f for f, _ in minutiae})
     enrolled, sources = fingers[::2], fingers[1::2]
-    template = {k: FingerprintTemplate((m,), IMAGE_FINGERPRINT) for k, m in minutiae.items()}
+    template = {k: FingerprintTemplate((m,), image_fingerprint()) for k, m in minutiae.items()}
     for t in template.values():
         t.cylinders()
     pairs = [(template[(a, 1)], template[(b, 2)]) for a in fingers for b in fingers]
@@ -113,7 +113,7 @@ def main() -> None:
     while len(index) < args.gallery:
         f = sources[i % len(sources)]
         impression = 1 + (i // len(sources)) % 8
-        copies.append(FingerprintTemplate((perturbed(minutiae[(f, impression)], rng),), IMAGE_FINGERPRINT))
+        copies.append(FingerprintTemplate((perturbed(minutiae[(f, impression)], rng),), image_fingerprint()))
         index.add(f"copy{i}:{f}", copies[-1])
         i += 1
     probes = [(f, template[(f, k)]) for f in enrolled for k in range(2, 9)][: args.probes]
@@ -135,7 +135,7 @@ def main() -> None:
         "rank1": hits / len(probes),
         "rank5": sum(r is not None for r in ranks) / len(probes),
         "shortlist": index.shortlist,
-        "other_load_cores": max(0.0, (busy_cpu_s() - busy0) / wall - 1.0),
+        "machine_busy_cores": (busy_cpu_s() - busy0) / wall,  # ours included
     }
     results["peak_rss_mb"] = peak_rss_mb()
     e, o, n = results["extraction"], results["one_to_one"], results["one_to_n"]
@@ -145,7 +145,8 @@ def main() -> None:
     print(f"{'1:N over ' + str(n['gallery']) + ', ms per search (p50)':<44}{n['ms_per_search_p50']:>12.1f}")
     print(f"{'1:N, ms per search (p95)':<44}{n['ms_per_search_p95']:>12.1f}")
     print(f"{'1:N rank-1 / rank-5 of real probes':<44}{n['rank1']:>6.3f} / {n['rank5']:.3f}")
-    print(f"{'other load during 1:N (cores)':<44}{n['other_load_cores']:>12.2f}")
+    print(f"{'busy cores during 1:N (all processes)':<44}{n['machine_busy_cores']:>12.2f}")
+    print(f"{'load average (1 min) at the end':<44}{os.getloadavg()[0]:>12.1f}")
     write_results(args.out, results)
 
 

