@@ -239,8 +239,14 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             probe = FVC / "DB1_B" / f"{real[0]['finger']}_5.tif"
             figures["server_start_s"], figures["gallery_ready_s"] = wait_until_up(server, key, probe)
-            with httpx.Client(base_url=server.url) as http:
-                modes = [run_mode(http, key, real, mode, args.payments) for mode in ("card", "pin", "finger")]
+            try:
+                with httpx.Client(base_url=server.url) as http:
+                    modes = [run_mode(http, key, real, mode, args.payments) for mode in ("card", "pin", "finger")]
+            except httpx.TransportError as exc:  # the server went away: say what its log said last
+                code = server.process.poll()
+                raise SystemExit(
+                    f"the server stopped answering ({exc}; exit code {code}): {server._log_tail()}"
+                ) from exc
         finally:
             server.stop()
     report = {"cpu_count": os.cpu_count(), "seed": args.seed, **figures, "modes": modes}
