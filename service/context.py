@@ -114,8 +114,7 @@ class ServiceContext:
 
     def build_fingerprint_gallery(self) -> int:
         """Loads every enrolled finger into the gallery; returns how many it holds."""
-        with self.db.session() as session:
-            return self.fingerprint_gallery.build(session, self.keyring)
+        return self.fingerprint_gallery.build(self.db, self.keyring)
 
     def start_fingerprint_gallery(self) -> threading.Thread:
         """Builds the gallery in the background (at start): 1:N payments wait for it, nothing else does."""

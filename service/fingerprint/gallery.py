@@ -24,6 +24,7 @@ from biometrics.fingerprint.templates import FingerprintTemplate
 from service.errors import ServiceError
 from service.fingerprint.templates import FINGERPRINT, EnrolledFinger, open_finger
 from service.protected import unwrap_row
+from service.store.db import Database
 from service.store.models import DataKey, Template
 from service.vault import Keyring
 
@@ -89,18 +90,28 @@ class FingerprintGallery:
     def _tenant(self, tenant_id: str) -> _TenantFingers:
         return self._tenants.setdefault(tenant_id, _TenantFingers())
 
-    def build(self, session: Session, keyring: Keyring) -> int:
+    def build(self, db: Database, keyring: Keyring) -> int:
         """Loads every tenant's fingerprint templates (at start), then serves searches; returns how many
-        fingers it holds."""
-        tenants = session.execute(select(Template.tenant_id).where(Template.modality == FINGERPRINT).distinct())
-        for tenant_id in list(tenants.scalars()):
-            self.sync(session, keyring, tenant_id)
+        fingers it holds. Each tenant's rows are read in a short transaction of their own and indexed after
+        it ends: indexing takes minutes for many fingers, and on SQLite a transaction holds the write lock."""
+        with db.session() as session:
+            tenants = list(
+                session.execute(select(Template.tenant_id).where(Template.modality == FINGERPRINT).distinct()).scalars()
+            )
+        for tenant_id in tenants:
+            with db.session() as session:
+                fetched = self._fetch(session, keyring, tenant_id)
+            self._apply(tenant_id, *fetched)
         self._ready.set()
         with self._lock:
             return sum(len(t.fingers) for t in self._tenants.values())
 
     def sync(self, session: Session, keyring: Keyring, tenant_id: str) -> None:
         """Brings the tenant's fingers in line with the database's template rows."""
+        self._apply(tenant_id, *self._fetch(session, keyring, tenant_id))
+
+    def _fetch(self, session: Session, keyring: Keyring, tenant_id: str) -> tuple[set[str], list[EnrolledFinger]]:
+        """The keys the database holds for the tenant, and its rows this gallery lacks or holds stale, opened."""
         listing = session.execute(
             select(Template.id, Template.subject_token, Template.finger_position, Template.updated_at).where(
                 Template.tenant_id == tenant_id, Template.modality == FINGERPRINT
@@ -109,15 +120,11 @@ class FingerprintGallery:
         wanted = {finger_key(token, position or 0): (row_id, updated) for row_id, token, position, updated in listing}
         with self._lock:
             tenant = self._tenant(tenant_id)
-            for key in [k for k in tenant.fingers if k not in wanted]:
-                tenant.drop_key(key)
             stale = [
                 row_id
                 for key, (row_id, updated) in wanted.items()
                 if (held := tenant.fingers.get(key)) is None or held.template_id != row_id or held.updated_at != updated
             ]
-        if not stale:
-            return
         opened = []
         for start in range(0, len(stale), 500):
             rows = session.execute(
@@ -130,8 +137,13 @@ class FingerprintGallery:
                     opened.append(open_finger(row, unwrap_row(keyring, key_row)))
                 except ServiceError:
                     continue  # another matcher's template: it cannot be searched; that customer re-enrols
+        return set(wanted), opened
+
+    def _apply(self, tenant_id: str, wanted: set[str], opened: list[EnrolledFinger]) -> None:
         with self._lock:
             tenant = self._tenant(tenant_id)
+            for key in [k for k in tenant.fingers if k not in wanted]:
+                tenant.drop_key(key)
             for finger in opened:
                 tenant.put(finger)
 
