@@ -14,6 +14,7 @@ from service.accuracy import router as accuracy
 from service.admin import router as admin
 from service.consent import router as consent
 from service.context import ServiceContext
+from service.fingerprint import router as fingerprint
 from service.metrics import METRICS_CONTENT_TYPE, RequestTiming, ServiceMetrics
 from service.middleware import BodySizeLimit
 from service.portal import api as portal_api
@@ -48,16 +49,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(ctx: ServiceContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
+        ctx.start_fingerprint_gallery()  # decrypted fingers in process memory only, for 1:N at the till
+        async with _lifespan(app_):
+            yield
+
     app = FastAPI(
-        lifespan=_lifespan,
+        lifespan=lifespan,
         title="bioident",
         version="0.1.0",
-        description="Biometric customer identification by voice, with the customer in control. Errors are "
-        "application/problem+json (RFC 9457).",
+        description="Biometric customer identification by voice and fingerprint, with the customer in control. "
+        "Errors are application/problem+json (RFC 9457).",
     )
     app.state.ctx = ctx
     install_problem_handlers(app)
-    for module in (admin, consent, portal_api, voice, streams, watchlist, trail, accuracy):
+    for module in (admin, consent, portal_api, voice, streams, watchlist, fingerprint, trail, accuracy):
         app.include_router(module.router, responses=problem_responses(*COMMON_PROBLEMS))
 
     @app.get("/health", tags=["health"], response_model=Health)

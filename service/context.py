@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from biometrics.scoring.operating_points import ChannelScoring
 from biometrics.voice.batching import BatchingEmbedder
@@ -17,6 +18,11 @@ from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 from service.store.db import Database
 from service.vault import Keyring, subject_token
+
+if TYPE_CHECKING:
+    from service.fingerprint.gallery import FingerprintGallery
+
+log = logging.getLogger("bioident.api")
 
 
 class ServiceContext:
@@ -46,6 +52,8 @@ class ServiceContext:
         self.on_batch: Callable[[int, float], None] | None = None  # set by the app, for its metrics
         self.metrics: ServiceMetrics | None = None  # set by the app (service/metrics.py)
         self.streams_connected = 0  # real-time streams this process holds (BIOIDENT_STREAM_MAX_OPEN)
+        self._fingerprint_gallery = None
+        self._gallery_lock = threading.Lock()
         if embedder is not None:
             self._scoring = self._scoring_for(embedder)
 
@@ -134,6 +142,35 @@ class ServiceContext:
             if name not in self._cached:
                 self._cached[name] = make()
             return self._cached[name]
+
+    @property
+    def fingerprint_gallery(self) -> FingerprintGallery:
+        """This process's in-memory 1:N gallery of fingerprint templates (a cache: see its module)."""
+        with self._gallery_lock:
+            if self._fingerprint_gallery is None:
+                from service.fingerprint.gallery import FingerprintGallery
+
+                self._fingerprint_gallery = FingerprintGallery()
+            return self._fingerprint_gallery
+
+    def build_fingerprint_gallery(self) -> int:
+        """Loads every enrolled finger into the gallery; returns how many it holds."""
+        return self.fingerprint_gallery.build(self.db, self.keyring)
+
+    def start_fingerprint_gallery(self) -> threading.Thread:
+        """Builds the gallery in the background (at start): 1:N payments wait for it, nothing else does."""
+
+        def build() -> None:
+            try:
+                count = self.build_fingerprint_gallery()
+                log.info("fingerprint gallery: %d fingers loaded", count)
+            except Exception as exc:  # noqa: BLE001 - told to 1:N callers as 503, logged here without data
+                log.error("fingerprint gallery could not be loaded: %s", type(exc).__name__)
+                self.fingerprint_gallery.build_failed()
+
+        thread = threading.Thread(target=build, name="fingerprint-gallery", daemon=True)
+        thread.start()
+        return thread
 
     def token(self, tenant_id: str, reference: str) -> str:
         return subject_token(self.keyring.pepper, tenant_id, reference)

@@ -14,7 +14,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from biometrics.errors import AudioError, BiometricsError, EmbeddingQueueFull, IncompatibleModel, ModelError
+from biometrics.errors import (
+    AudioError,
+    BiometricsError,
+    EmbeddingQueueFull,
+    FingerprintInputError,
+    FingerprintTemplateError,
+    IncompatibleModel,
+    ModelError,
+)
 from service.errors import ServiceError
 from service.vault.errors import VaultError
 
@@ -44,7 +52,7 @@ _WHEN = {
     404: "Not found in this client's tenant",
     409: "Conflicts with what is stored",
     413: "Request body too large",
-    422: "Invalid request, unusable audio, or a sample that failed the quality gates",
+    422: "Invalid request, unusable audio or image, or a sample that failed the quality gates",
     423: "Locked out after failed verifications (Retry-After)",
     429: "Too many requests (Retry-After)",
     503: "Temporarily unavailable: key management or the model (Retry-After where a retry helps)",
@@ -89,6 +97,10 @@ def problem(
 def _biometrics_status(exc: BiometricsError) -> tuple[int, str]:
     if isinstance(exc, AudioError):
         return 422, "Unusable audio"
+    if isinstance(exc, FingerprintInputError):
+        return 422, "Unusable fingerprint image"
+    if isinstance(exc, FingerprintTemplateError):
+        return 409, "Fingerprint template from another extractor or matcher"
     if isinstance(exc, IncompatibleModel):
         return 409, "Template from another model"
     if isinstance(exc, ModelError):

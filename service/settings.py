@@ -31,6 +31,15 @@ class ServiceSettings(CoreSettings):
     # at watchlist_threshold (in the scoring method's units) for every pair.
     watchlist_target_fmr: float = Field(1e-4, gt=0, lt=1)
     watchlist_threshold: float | None = None
+    # Fingerprint at the till (README "Paying by finger at the till"). Card + finger (1:1) and the
+    # enrolment's own checks decide at the matcher's threshold for this false-match rate; finger only
+    # and finger + PIN (1:N) at the threshold for this false-positive identification rate over the
+    # tenant's gallery, and finger only also needs the best customer to lead the second by the margin, a
+    # fraction of the threshold in force (so it follows the matcher's score scale and the gallery's size).
+    fingerprint_target_fmr: float = Field(1e-3, gt=0, lt=1)
+    fingerprint_target_fpir: float = Field(1e-3, gt=0, lt=1)
+    fingerprint_margin: float = Field(0.25, ge=0)
+    fingerprint_max_captures: int = Field(5, ge=2, le=20)
     # Accuracy audits started through the API read datasets from folders below this directory only.
     audit_datasets_dir: Path | None = None
     # Audit entries are signed (HMAC under the keyring's audit key). A trail begun by a release that did

@@ -123,3 +123,4 @@ def telephone_cohort(embedder, core_settings, shared_data):
 from tests.operations_fixtures import bank, clean_service_environment  # noqa: E402, F401  (operating the service)
 from tests.portal_fixtures import bank_portal  # noqa: E402, F401  (the portal's tests)
 from tests.service_fixtures import api, database_url, replica  # noqa: E402, F401  (fixtures for the service tests)
+from tests.till_fixtures import second_replica, till, till_settings  # noqa: E402, F401  (the till's tests)

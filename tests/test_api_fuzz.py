@@ -27,6 +27,7 @@ ROLE_OF_PREFIX = (
     ("/v1/subjects", "portal"),
     ("/v1/voice", "ivr"),
     ("/v1/watchlist", "fraud"),
+    ("/v1/fingerprint", "terminal"),
     ("/v1/audit", "auditor"),  # /v1/audit/... and /v1/audits
 )
 
@@ -56,7 +57,7 @@ def fuzzed_service(tmp_path_factory, embedder):
 
     keys = {"admin": admin_key}
     with TestClient(app) as http:
-        for role in ("portal", "ivr", "auditor", "fraud"):
+        for role in ("portal", "ivr", "auditor", "fraud", "terminal"):
             created = http.post(
                 "/v1/clients",
                 json={"tenant_id": "default", "name": f"fuzz-{role}", "role": role},
@@ -75,9 +76,9 @@ def _published_schema() -> schemathesis.BaseSchema:
     from service.app import create_app
     from service.settings import ServiceSettings
 
-    return schemathesis.openapi.from_asgi(
-        "/openapi.json", create_app(SimpleNamespace(settings=ServiceSettings(_env_file=None)))
-    )
+    # It serves nothing else: its start has no gallery of enrolled fingers to build.
+    no_database = SimpleNamespace(settings=ServiceSettings(_env_file=None), start_fingerprint_gallery=lambda: None)
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(no_database))
 
 
 schema = _published_schema()

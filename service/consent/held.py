@@ -10,7 +10,7 @@ from sqlalchemy import select
 from service.auth import Principal
 from service.consent.records import subject_in_tenant
 from service.context import ServiceContext
-from service.store.models import Consent, EnrolmentSession, Template
+from service.store.models import Consent, EnrolmentSession, PaymentLink, Template
 
 TEMPLATE_PROTECTION = "AES-256-GCM envelope"
 
@@ -22,6 +22,7 @@ class Held:
     consents: list[Consent]
     templates: list[Template]  # their rows' metadata only: the sealed bytes are never shown
     enrolment_sessions: list[EnrolmentSession]
+    payment_links: list[PaymentLink]  # metadata only: the sealed token and the PIN hash are never shown
 
 
 def what_is_held(ctx: ServiceContext, actor: Principal, token: str) -> Held:
@@ -34,5 +35,8 @@ def what_is_held(ctx: ServiceContext, actor: Principal, token: str) -> Held:
             templates=list(session.execute(select(Template).where(Template.subject_token == token)).scalars()),
             enrolment_sessions=list(
                 session.execute(select(EnrolmentSession).where(EnrolmentSession.subject_token == token)).scalars()
+            ),
+            payment_links=list(
+                session.execute(select(PaymentLink).where(PaymentLink.subject_token == token)).scalars()
             ),
         )

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from service.modality import Modality
-from service.store.models import EnrolmentSample, EnrolmentSession, Template
+from service.store.models import EnrolmentSample, EnrolmentSession, PaymentLink, Template
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,27 @@ def _count(model: type, *conditions: object) -> Callable[[Session, str, str], in
     return held
 
 
+def _erase_payment_links(session: Session, token: str, modality: str) -> list[str]:
+    """The payment token is sealed under the same data key as the fingerprint templates; its row (the
+    sealed token, the card's digest, the PIN hash) goes too."""
+    ids = list(
+        session.execute(
+            select(PaymentLink.id).where(PaymentLink.subject_token == token, PaymentLink.modality == modality)
+        ).scalars()
+    )
+    session.execute(delete(PaymentLink).where(PaymentLink.id.in_(ids)))
+    return ids
+
+
 TEMPLATES = Erasable("templates", _erase_templates, list, _count(Template))
 ENROLMENT_SESSIONS = Erasable(
     "enrolment_sessions", _erase_enrolment_sessions, int, _count(EnrolmentSession, EnrolmentSession.status == "open")
 )
+PAYMENT_LINKS = Erasable("payment_links", _erase_payment_links, list, _count(PaymentLink))
 
 ERASED_ON_WITHDRAWAL: dict[Modality, tuple[Erasable, ...]] = {
     Modality.VOICE: (TEMPLATES, ENROLMENT_SESSIONS),
-    Modality.FINGERPRINT: (TEMPLATES, ENROLMENT_SESSIONS),
+    Modality.FINGERPRINT: (TEMPLATES, ENROLMENT_SESSIONS, PAYMENT_LINKS),
 }
 
 

@@ -106,12 +106,22 @@ class EnrolmentSessionHeld(BaseModel):
     created_at: dt.datetime
 
 
+class PaymentLinkHeld(BaseModel):
+    id: str
+    modality: str = Field(description="the modality whose data key seals the payment token")
+    pin: bool = Field(description="whether a PIN is set (held only as an argon2id hash)")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    protection: str
+
+
 class HeldOut(BaseModel):
     subject_token: str
     created_at: dt.datetime
     consents: list[ConsentOut]
     templates: list[TemplateHeld]
     enrolment_sessions: list[EnrolmentSessionHeld]
+    payment_links: list[PaymentLinkHeld]
 
     @classmethod
     def of(cls, held: Held) -> HeldOut:
@@ -133,5 +143,16 @@ class HeldOut(BaseModel):
             ],
             enrolment_sessions=[
                 EnrolmentSessionHeld(id=s.id, status=s.status, created_at=s.created_at) for s in held.enrolment_sessions
+            ],
+            payment_links=[
+                PaymentLinkHeld(
+                    id=link.id,
+                    modality=link.modality,
+                    pin=link.pin_hash is not None,
+                    created_at=link.created_at,
+                    updated_at=link.updated_at,
+                    protection=TEMPLATE_PROTECTION,
+                )
+                for link in held.payment_links
             ],
         )

@@ -46,6 +46,8 @@ def withdraw(ctx: ServiceContext, actor: Principal, token: str, consent_id: str)
         receipt = withdraw_consent(session, actor, token, consent_id, ledger=ledger)
     if receipt.destroyed["data_key"] and receipt.modality == Modality.VOICE:
         voice_gallery(ctx).forget(actor.tenant_id, token)  # other replicas' galleries: re-checked per query
+    if receipt.destroyed["data_key"] and receipt.modality == Modality.FINGERPRINT:
+        ctx.fingerprint_gallery.drop_subject(actor.tenant_id, token)  # other processes: their next sync drops it
     if receipt.destroyed["data_key"] and ctx.settings.shredding_period_s == 0:
         shred_after_withdrawal(ctx.db, ctx.settings)  # a period of 0: residue goes right now
     return receipt

@@ -28,6 +28,7 @@ from service.store.models import (
     DataKey,
     EnrolmentSession,
     ErasureState,
+    PaymentLink,
     Subject,
     Template,
     utcnow,
@@ -102,7 +103,7 @@ def _still_held(session: Session, destructions: list[Destruction]) -> list[Destr
             )
         }
         sealed: dict[tuple[str, str], list] = defaultdict(list)  # when each piece of sealed data was made
-        for model in (Template, EnrolmentSession):
+        for model in (Template, EnrolmentSession, PaymentLink):
             for t, m, created_at in session.execute(
                 select(model.subject_token, model.modality, model.created_at).where(model.subject_token.in_(chunk))
             ):

@@ -172,6 +172,30 @@ class Template(Base):
     model_fingerprint: Mapped[str] = mapped_column(String(80))
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     sample_count: Mapped[int] = mapped_column(Integer)
+    # Fingerprint templates: the ISO/IEC 19794-2 finger position (1-10) of the finger; None for voice.
+    finger_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class PaymentLink(Base):
+    """A subject's payment token (the acquirer's or network's token for a card, never a card number),
+    sealed under the subject's data key for ``modality``, so a withdrawal destroys it with the templates.
+
+    ``token_digest`` is a keyed HMAC of tenant + payment token (the keyring's pepper): it finds the link of
+    a card presented at the till without holding the token in the clear. ``pin_hash`` is an argon2id hash
+    of a peppered PIN (``service.payment.pins``), or None when the customer chose no PIN.
+    """
+
+    __tablename__ = "payment_links"
+    __table_args__ = (UniqueConstraint("tenant_id", "token_digest"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("pay"))
+    subject_token: Mapped[str] = mapped_column(ForeignKey("subjects.token"), unique=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(20))
+    token_digest: Mapped[str] = mapped_column(String(64))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    pin_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 

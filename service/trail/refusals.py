@@ -1,5 +1,5 @@
 """Refused attempts leave a trace: a verification or identification refused (locked out, no consent,
-unknown subject, unusable audio) is audited with its reason, so a security team sees an attack on a
+unknown subject, unusable audio or image) is audited with its reason, so a security team sees an attack on a
 locked account.
 
 The entry names the subject only where one exists in the client's tenant; a refusal for an unknown
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from biometrics.errors import AudioError, IncompatibleModel
+from biometrics.errors import AudioError, FingerprintInputError, FingerprintTemplateError, IncompatibleModel
 from service.auth import Principal
 from service.context import ServiceContext
 from service.errors import ServiceError
@@ -24,8 +24,10 @@ def _refusal(exc: Exception) -> tuple[str, int] | None:
     """The reason code and status of an input refusal; None for faults that are not the caller's."""
     if isinstance(exc, ServiceError) and exc.status < 500:
         return exc.code, exc.status
-    if isinstance(exc, AudioError):
+    if isinstance(exc, AudioError | FingerprintInputError):
         return exc.code, 422
+    if isinstance(exc, FingerprintTemplateError):
+        return exc.code, 409
     if isinstance(exc, IncompatibleModel):
         return exc.code, 409
     return None

@@ -1,0 +1,187 @@
+"""The in-memory gallery for 1:N at the till: every tenant's fingerprint templates, decrypted, in process
+memory only (never written, logged or returned), each tenant's behind the matcher's index.
+
+It is built when the service starts, in the background (opening and indexing many fingers takes minutes:
+the service answers everything else meanwhile, and 1:N payments answer 503 with Retry-After until the
+gallery is complete, never from part of it), updated by this process's enrolments and withdrawals, and brought in
+line with the database before each search (``sync``: one query listing the tenant's template rows; rows
+added or changed by another replica are opened and added, rows gone are dropped). It is a cache all the
+same: the payment use cases re-check every candidate it returns in the database, in the transaction that
+decides (consent active, template row unchanged, not locked out), so a withdrawal through another
+replica or another process on the same database is never answered from it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from biometrics.fingerprint.matcher import FingerprintIndex
+from biometrics.fingerprint.templates import FingerprintTemplate
+from service.errors import ServiceError
+from service.fingerprint.templates import FINGERPRINT, EnrolledFinger, open_finger
+from service.protected import unwrap_row
+from service.store.db import Database
+from service.store.models import DataKey, Template
+from service.vault import Keyring
+
+
+class GalleryLoading(ServiceError):
+    status, code, title = 503, "gallery_loading", "The fingerprint gallery is still loading"
+
+
+def finger_key(subject_token: str, position: int) -> str:
+    return f"{subject_token}/{position}"
+
+
+@dataclass
+class _TenantFingers:
+    index: FingerprintIndex = field(default_factory=FingerprintIndex)
+    fingers: dict[str, EnrolledFinger] = field(default_factory=dict)
+    by_subject: dict[str, set[str]] = field(default_factory=dict)
+
+    def put(self, finger: EnrolledFinger) -> None:
+        key = finger_key(finger.subject_token, finger.position)
+        if key in self.fingers:
+            self.index.remove(key)
+        self.fingers[key] = finger
+        self.by_subject.setdefault(finger.subject_token, set()).add(key)
+        self.index.add(key, finger.template)
+
+    def drop_key(self, key: str) -> None:
+        finger = self.fingers.pop(key, None)
+        if finger is None:
+            return
+        self.index.remove(key)
+        keys = self.by_subject.get(finger.subject_token, set())
+        keys.discard(key)
+        if not keys:
+            self.by_subject.pop(finger.subject_token, None)
+
+
+@dataclass(frozen=True)
+class Match:
+    finger: EnrolledFinger
+    score: float
+
+
+class FingerprintGallery:
+    """Decrypted fingerprint templates per tenant, for identification; safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._tenants: dict[str, _TenantFingers] = {}
+        self._ready = threading.Event()
+        self._failed = False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Returns once every enrolled finger is in; else ``GalleryLoading`` (503, Retry-After)."""
+        if not self._ready.wait(timeout_s) or self._failed:
+            detail = "could not be loaded: see the service's log" if self._failed else "is still loading"
+            raise GalleryLoading(f"the fingerprint gallery {detail}; try again shortly", retry_after_s=10)
+
+    def build_failed(self) -> None:
+        self._failed = True
+        self._ready.set()
+
+    def _tenant(self, tenant_id: str) -> _TenantFingers:
+        return self._tenants.setdefault(tenant_id, _TenantFingers())
+
+    def build(self, db: Database, keyring: Keyring) -> int:
+        """Loads every tenant's fingerprint templates (at start), then serves searches; returns how many
+        fingers it holds. Each tenant's rows are read in a short transaction of their own and indexed after
+        it ends: indexing takes minutes for many fingers, and on SQLite a transaction holds the write lock."""
+        with db.session() as session:
+            tenants = list(
+                session.execute(select(Template.tenant_id).where(Template.modality == FINGERPRINT).distinct()).scalars()
+            )
+        for tenant_id in tenants:
+            with db.session() as session:
+                fetched = self._fetch(session, keyring, tenant_id)
+            self._apply(tenant_id, *fetched)
+        self._ready.set()
+        with self._lock:
+            return sum(len(t.fingers) for t in self._tenants.values())
+
+    def sync(self, session: Session, keyring: Keyring, tenant_id: str) -> None:
+        """Brings the tenant's fingers in line with the database's template rows."""
+        self._apply(tenant_id, *self._fetch(session, keyring, tenant_id))
+
+    def _fetch(self, session: Session, keyring: Keyring, tenant_id: str) -> tuple[set[str], list[EnrolledFinger]]:
+        """The keys the database holds for the tenant, and its rows this gallery lacks or holds stale, opened."""
+        listing = session.execute(
+            select(Template.id, Template.subject_token, Template.finger_position, Template.updated_at).where(
+                Template.tenant_id == tenant_id, Template.modality == FINGERPRINT
+            )
+        ).all()
+        wanted = {finger_key(token, position or 0): (row_id, updated) for row_id, token, position, updated in listing}
+        with self._lock:
+            tenant = self._tenant(tenant_id)
+            stale = [
+                row_id
+                for key, (row_id, updated) in wanted.items()
+                if (held := tenant.fingers.get(key)) is None or held.template_id != row_id or held.updated_at != updated
+            ]
+        opened = []
+        for start in range(0, len(stale), 500):
+            rows = session.execute(
+                select(Template, DataKey)
+                .join(DataKey, (DataKey.subject_token == Template.subject_token) & (DataKey.modality == FINGERPRINT))
+                .where(Template.id.in_(stale[start : start + 500]))
+            )
+            for row, key_row in rows:
+                try:
+                    opened.append(open_finger(row, unwrap_row(keyring, key_row)))
+                except ServiceError:
+                    continue  # another matcher's template: it cannot be searched; that customer re-enrols
+        return set(wanted), opened
+
+    def _apply(self, tenant_id: str, wanted: set[str], opened: list[EnrolledFinger]) -> None:
+        with self._lock:
+            tenant = self._tenant(tenant_id)
+            for key in [k for k in tenant.fingers if k not in wanted]:
+                tenant.drop_key(key)
+            for finger in opened:
+                tenant.put(finger)
+
+    def put(self, tenant_id: str, fingers: list[EnrolledFinger]) -> None:
+        """A subject's fingers after an enrolment here: they replace whatever was held of that subject."""
+        with self._lock:
+            self.drop_subject(tenant_id, *{f.subject_token for f in fingers})
+            tenant = self._tenant(tenant_id)
+            for finger in fingers:
+                tenant.put(finger)
+
+    def drop_subject(self, tenant_id: str, *subject_tokens: str) -> None:
+        with self._lock:
+            tenant = self._tenants.get(tenant_id)
+            if tenant is None:
+                return
+            for token in subject_tokens:
+                for key in list(tenant.by_subject.get(token, ())):
+                    tenant.drop_key(key)
+
+    def fingers_of(self, tenant_id: str, subject_token: str) -> list[EnrolledFinger]:
+        with self._lock:
+            tenant = self._tenants.get(tenant_id)
+            if tenant is None:
+                return []
+            return [tenant.fingers[k] for k in sorted(tenant.by_subject.get(subject_token, ()))]
+
+    def size(self, tenant_id: str) -> int:
+        """How many fingers the tenant's gallery holds."""
+        with self._lock:
+            tenant = self._tenants.get(tenant_id)
+            return 0 if tenant is None else len(tenant.fingers)
+
+    def search(self, tenant_id: str, probe: FingerprintTemplate, limit: int) -> list[Match]:
+        """The fingers most like the probe, best first (the index's fast first stage, then full scores)."""
+        with self._lock:
+            tenant = self._tenants.get(tenant_id)
+            if tenant is None or not tenant.fingers:
+                return []
+            found = tenant.index.search(probe, limit=limit)
+            return [Match(tenant.fingers[key], float(score)) for key, score in found if key in tenant.fingers]

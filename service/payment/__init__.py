@@ -1,0 +1,1 @@
+"""Payment links: a subject's payment token sealed under their fingerprint data key, and an optional PIN."""

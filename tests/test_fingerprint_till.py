@@ -1,0 +1,259 @@
+"""Paying by finger at the till, over HTTP, on SQLite and PostgreSQL, with real FVC2002 impressions:
+enrol two fingers from impressions 1-2, pay with impression 5."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+from sqlalchemy import create_engine, text
+
+from tests.till_helpers import consent, enrol, impression, pay
+
+ALICE, BOB = "LOYALTY-0001", "LOYALTY-0002"
+ALICE_TOKEN, BOB_TOKEN = "tok_visa_net_A7F3K2", "tok_mc_net_Q9W1Z8"
+
+
+def _enrolled(till, reference, finger, token, pin=None):
+    consent(till, reference)
+    response = enrol(till, reference, impression(finger, 1), impression(finger, 1, "DB2_B"), token, pin)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _rows(till, sql, **params):
+    engine = create_engine(till.api.ctx.db.url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql), params).all()
+    finally:
+        engine.dispose()
+
+
+def test_two_fingers_enrolled_pay_with_card_and_finger(till):
+    enrolled = _enrolled(till, ALICE, "101", ALICE_TOKEN)
+    assert enrolled["finger_positions"] == [2, 7] and enrolled["impressions"] == [2, 2]
+    assert all(c["accepted"] for c in enrolled["captures"]) and len(enrolled["captures"]) == 4
+    _enrolled(till, BOB, "102", BOB_TOKEN)
+
+    paid = pay(till, impression("101", 5), payment_token=ALICE_TOKEN, finger_position=2)
+    assert paid.status_code == 200, paid.text
+    body = paid.json()
+    assert body["decision"] == "accept" and body["payment_token"] == ALICE_TOKEN and body["mode"] == "card"
+    assert body["score"] >= body["threshold"]
+    assert set(body) == {"mode", "decision", "payment_token", "score", "threshold", "model", "reasons"}
+
+    both = pay(till, impression("101", 5), second=impression("101", 5, "DB2_B"), payment_token=ALICE_TOKEN)
+    assert both.json()["decision"] == "accept" and both.json()["payment_token"] == ALICE_TOKEN
+
+    fused = pay(
+        till, impression("101", 5), finger_position=2, second=impression("101", 5, "DB2_B"), second_finger_position=7
+    ).json()  # finger only, both fingers
+    assert fused["decision"] == "accept" and fused["payment_token"] == ALICE_TOKEN and fused["mode"] == "finger"
+
+    impostor = pay(till, impression("102", 5), payment_token=ALICE_TOKEN).json()
+    assert impostor["decision"] == "reject" and impostor["payment_token"] is None
+
+    stranger = pay(till, impression("108", 5)).json()  # a finger nobody enrolled, finger only
+    assert stranger["decision"] == "reject" and stranger["payment_token"] is None
+
+    audited = _rows(till, "SELECT action, outcome FROM audit_entries WHERE action LIKE 'fingerprint.%' ORDER BY seq")
+    assert [tuple(r) for r in audited] == [
+        ("fingerprint.enrol", "enrolled"),
+        ("fingerprint.enrol", "enrolled"),
+        ("fingerprint.pay", "accept"),
+        ("fingerprint.pay", "accept"),
+        ("fingerprint.pay", "accept"),
+        ("fingerprint.pay", "reject"),
+        ("fingerprint.pay", "reject"),
+    ]
+    everything = str(_rows(till, "SELECT * FROM audit_entries")) + str(_rows(till, "SELECT * FROM payment_links"))
+    assert ALICE_TOKEN not in everything and ALICE not in everything
+
+
+def test_finger_only_with_ten_customers_answers_the_right_one_or_none(till):
+    fingers = [str(101 + i) for i in range(10)]
+    for i, finger in enumerate(fingers):
+        _enrolled(till, f"CUST-{i}", finger, f"tok_customer_{i}")
+    right = 0
+    for i, finger in enumerate(fingers):
+        body = pay(till, impression(finger, 5)).json()
+        assert body["payment_token"] in (None, f"tok_customer_{i}"), body
+        assert (body["decision"] == "accept") == (body["payment_token"] is not None)
+        right += body["payment_token"] is not None
+    assert right >= 7, f"only {right} of 10 customers recognised by finger alone"
+    for finger in fingers[:5]:  # fingers of the third sensor: nobody here
+        assert pay(till, impression(finger, 5, "DB3_B")).json()["payment_token"] is None
+
+
+def test_a_card_number_is_refused_and_never_stored_or_logged(till, caplog):
+    caplog.set_level("DEBUG")
+    consent(till, ALICE)
+    for pan in ("4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005"):
+        refused = enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), pan)
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["type"].endswith("/card_number_refused") and pan not in refused.text
+        paid = pay(till, impression("101", 5), payment_token=pan)
+        assert paid.status_code == 422 and paid.json()["type"].endswith("/card_number_refused")
+    assert _rows(till, "SELECT id FROM payment_links") == []
+    assert _rows(till, "SELECT id FROM templates") == []
+    everything = str(_rows(till, "SELECT * FROM audit_entries"))
+    assert "4111" not in everything and "5555" not in everything and "card_number_refused" in everything
+    assert "4111" not in caplog.text and "5555" not in caplog.text
+
+
+def test_a_wrong_pin_is_refused_and_counts_towards_the_lockout(till):
+    _enrolled(till, ALICE, "101", ALICE_TOKEN, pin="4821")
+    _enrolled(till, BOB, "102", BOB_TOKEN, pin="4821")  # the same PIN: the finger tells them apart
+
+    right = pay(till, impression("101", 5), pin="4821").json()
+    assert right["decision"] == "accept" and right["payment_token"] == ALICE_TOKEN and right["mode"] == "pin"
+    assert pay(till, impression("102", 5), pin="4821").json()["payment_token"] == BOB_TOKEN
+
+    for _ in range(3):  # BIOIDENT_LOCKOUT_MAX_FAILURES is 3 here
+        wrong = pay(till, impression("101", 5), pin="1111")
+        assert wrong.status_code == 200 and wrong.json()["decision"] == "reject"
+        assert wrong.json()["payment_token"] is None
+    locked = pay(till, impression("101", 5), pin="4821")
+    assert locked.status_code == 423 and int(locked.headers["Retry-After"]) >= 1
+    assert pay(till, impression("101", 5), payment_token=ALICE_TOKEN).status_code == 423
+    assert pay(till, impression("101", 5)).json()["payment_token"] is None  # finger only: not answered
+    assert pay(till, impression("102", 5), pin="4821").json()["payment_token"] == BOB_TOKEN  # others unaffected
+
+    bad = pay(till, impression("101", 5), pin="12a4")
+    assert bad.status_code == 422 and bad.json()["type"].endswith("/invalid_pin")
+    hashes = [r[0] for r in _rows(till, "SELECT pin_hash FROM payment_links")]
+    assert all(h.startswith("$argon2id$") for h in hashes) and not any("4821" in h for h in hashes)
+    outcomes = _rows(till, "SELECT outcome FROM audit_entries WHERE action = 'fingerprint.lockout'")
+    assert [r[0] for r in outcomes] == ["locked"]
+
+
+def test_withdrawal_makes_the_finger_unpayable_and_the_token_unrecoverable(till):
+    given = consent(till, ALICE)
+    enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN)
+    assert pay(till, impression("101", 5)).json()["payment_token"] == ALICE_TOKEN
+    sealed = [bytes(r[0]) for r in _rows(till, "SELECT sealed FROM payment_links")]
+    held = till.http.get(f"/v1/subjects/{given['subject_token']}", headers=till.headers(till.portal)).json()
+    assert [link["pin"] for link in held["payment_links"]] == [False] and len(held["templates"]) == 2
+    assert ALICE_TOKEN not in str(held) and "sealed" not in str(held)
+
+    receipt = till.http.post(
+        f"/v1/subjects/{given['subject_token']}/consents/{given['id']}:withdraw", headers=till.headers(till.portal)
+    )
+    assert receipt.status_code == 200, receipt.text
+    destroyed = receipt.json()["destroyed"]
+    assert destroyed["data_key"] is True and len(destroyed["templates"]) == 2 and len(destroyed["payment_links"]) == 1
+
+    assert pay(till, impression("101", 5)).json()["payment_token"] is None
+    assert pay(till, impression("101", 5), payment_token=ALICE_TOKEN).status_code == 404
+    assert _rows(till, "SELECT id FROM payment_links") == [] and _rows(till, "SELECT id FROM templates") == []
+    assert _rows(till, "SELECT id FROM data_keys WHERE subject_token = :t", t=given["subject_token"]) == []
+    if till.api.ctx.db.url.startswith("sqlite"):  # the file itself no longer holds the sealed token
+        raw = (till.api.data_dir / "bioident.db").read_bytes()
+        assert sealed[0] not in raw
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["synced", "stale-cache"])
+def test_the_gallery_never_answers_a_customer_withdrawn_elsewhere(till, second_replica, sync, monkeypatch):
+    given = consent(till, ALICE)
+    enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN)
+    assert pay(till, impression("101", 5)).json()["payment_token"] == ALICE_TOKEN  # in this replica's gallery
+
+    receipt = second_replica.post(
+        f"/v1/subjects/{given['subject_token']}/consents/{given['id']}:withdraw", headers=till.headers(till.portal)
+    )
+    assert receipt.status_code == 200, receipt.text
+    if not sync:  # the cache is not even told: the database re-check alone must stop the answer
+        monkeypatch.setattr(type(till.api.ctx.fingerprint_gallery), "sync", lambda *args, **kwargs: None)
+    after = pay(till, impression("101", 5)).json()
+    assert after["decision"] == "reject" and after["payment_token"] is None
+    after_pin = pay(till, impression("101", 5), pin="4821").json()
+    assert after_pin["payment_token"] is None
+
+
+def test_enrolment_rules_at_the_till(till):
+    consent(till, ALICE)
+    same = enrol(till, ALICE, impression("101", 1), impression("101", 3), ALICE_TOKEN)  # one finger twice
+    assert same.status_code == 422 and "SAME_FINGER" in {r["code"] for r in same.json()["reasons"]}
+    mixed = till.http.post(
+        "/v1/fingerprint/enrol",
+        data={"reference": ALICE, "first_finger_position": 2, "second_finger_position": 7, "payment_token": "tok_x1"},
+        files=[
+            ("first_finger", ("a.tif", impression("101", 1).read_bytes(), "image/tiff")),
+            ("first_finger", ("b.tif", impression("104", 1).read_bytes(), "image/tiff")),  # another finger
+            ("second_finger", ("c.tif", impression("101", 1, "DB2_B").read_bytes(), "image/tiff")),
+            ("second_finger", ("d.tif", impression("101", 2, "DB2_B").read_bytes(), "image/tiff")),
+        ],
+        headers=till.headers(),
+    )
+    assert mixed.status_code == 422 and "CAPTURES_DO_NOT_MATCH" in {r["code"] for r in mixed.json()["reasons"]}
+    blank = io.BytesIO()
+    Image.new("L", (300, 300), 200).save(blank, format="PNG")
+    smudged = till.http.post(
+        "/v1/fingerprint/enrol",
+        data={"reference": ALICE, "first_finger_position": 2, "second_finger_position": 7, "payment_token": "tok_x1"},
+        files=[
+            ("first_finger", ("a.tif", impression("101", 1).read_bytes(), "image/tiff")),
+            ("first_finger", ("blank.png", blank.getvalue(), "image/png")),  # nothing on the scanner
+            ("second_finger", ("c.tif", impression("101", 1, "DB2_B").read_bytes(), "image/tiff")),
+            ("second_finger", ("d.tif", impression("101", 2, "DB2_B").read_bytes(), "image/tiff")),
+        ],
+        headers=till.headers(),
+    )
+    assert smudged.status_code == 422, smudged.text
+    reasons = smudged.json()["reasons"]
+    assert {"code": "TOO_FEW_GOOD_CAPTURES", "measured": 1.0, "limit": 2.0, "finger_position": 2} in reasons
+    assert any(r.get("capture") == 1 and r["finger_position"] == 2 for r in reasons)  # which capture, and why
+    nobody = enrol(till, "NEVER-CONSENTED", impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN)
+    assert nobody.status_code == 403 and nobody.json()["type"].endswith("/consent_required")
+    assert _rows(till, "SELECT id FROM templates") == [] and _rows(till, "SELECT id FROM payment_links") == []
+
+    assert enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN).status_code == 201
+    again = enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN)
+    assert again.status_code == 409 and again.json()["type"].endswith("/already_enrolled")
+    stale = enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN, replace="true")
+    assert stale.status_code == 403 and stale.json()["type"].endswith("/reconsent_required")
+    consent(till, ALICE)
+    assert (
+        enrol(till, ALICE, impression("102", 1), impression("102", 1, "DB2_B"), "tok_new_9", replace="true").status_code
+        == 201
+    )
+    assert pay(till, impression("102", 5), payment_token="tok_new_9").json()["decision"] == "accept"
+
+
+def test_only_terminals_use_the_till(till):
+    ivr = till.api.client("shop", "ivr")
+    refused = pay(till, impression("101", 5), http=None, payment_token=ALICE_TOKEN)
+    assert refused.status_code == 404  # nobody linked it yet
+    as_ivr = till.http.post(
+        "/v1/fingerprint/pay",
+        files=[("finger", ("f.tif", impression("101", 5).read_bytes(), "image/tiff"))],
+        headers=till.headers(ivr),
+    )
+    assert as_ivr.status_code == 403
+    not_an_image = till.http.post(
+        "/v1/fingerprint/pay",
+        files=[("finger", ("f.tif", b"not an image at all", "image/tiff"))],
+        headers=till.headers(),
+    )
+    assert 400 <= not_an_image.status_code < 500 and not_an_image.headers["content-type"].startswith(
+        "application/problem+json"
+    )
+
+
+def test_while_the_gallery_loads_finger_only_waits_and_the_rest_is_served(till, monkeypatch):
+    from service.fingerprint import payment
+    from service.fingerprint.gallery import FingerprintGallery
+
+    _enrolled(till, ALICE, "101", ALICE_TOKEN)
+    monkeypatch.setattr(payment, "GALLERY_WAIT_S", 0.1)
+    ctx = till.api.ctx
+    ctx._fingerprint_gallery = FingerprintGallery()  # as at a start with many fingers still being indexed
+    loading = pay(till, impression("101", 5))
+    assert loading.status_code == 503 and loading.json()["type"].endswith("/gallery_loading")
+    assert int(loading.headers["Retry-After"]) >= 1
+    assert pay(till, impression("101", 5), payment_token=ALICE_TOKEN).json()["decision"] == "accept"
+    ctx.start_fingerprint_gallery().join()
+    assert pay(till, impression("101", 5)).json()["payment_token"] == ALICE_TOKEN
