@@ -17,11 +17,10 @@ from sqlalchemy.orm import Session
 from biometrics.scoring.scorer import Verdict
 from biometrics.voice.audio.waveform import Waveform
 from biometrics.voice.verification import Probe
+from service import lockout
 from service.auth import Principal
 from service.consent.records import lock_subject, note_activity, require_consent, subject_in_tenant
 from service.context import ServiceContext
-from service.errors import LockedOut
-from service.limits import locked_for_s, recent_failures, record_failure
 from service.modality import Modality
 from service.trail.chain import record_event
 from service.trail.refusals import refusals_audited
@@ -57,13 +56,7 @@ class VoiceCheck:
 
 
 def refuse_if_locked(ctx: ServiceContext, session: Session, token: str) -> None:
-    window, most = ctx.settings.lockout_window_s, ctx.settings.lockout_max_failures
-    wait_s = locked_for_s(session, token, VOICE, window, most)
-    if wait_s is not None:
-        raise LockedOut(
-            f"{most} or more failed verifications in the last {window} s; try again in {wait_s} s",
-            retry_after_s=wait_s,
-        )
+    lockout.refuse_if_locked(ctx, session, token, VOICE, "failed verifications")
 
 
 def claim_voice(ctx: ServiceContext, actor: Principal, reference: str, purpose: str) -> VoiceClaim:
@@ -160,17 +153,7 @@ def decide_voice(
 
 def count_failure(ctx: ServiceContext, session: Session, actor: Principal, token: str) -> None:
     """One more failed attempt; the one that reaches the limit is audited as the lockout."""
-    record_failure(session, token, VOICE)
-    failures = recent_failures(session, token, VOICE, ctx.settings.lockout_window_s)
-    if failures == ctx.settings.lockout_max_failures:
-        record_event(
-            session,
-            actor,
-            action="voice.lockout",
-            outcome="locked",
-            subject_token=token,
-            details={"failures": failures, "window_s": ctx.settings.lockout_window_s},
-        )
+    lockout.count_failure(ctx, session, actor, token, VOICE)
 
 
 def verify_voice(
