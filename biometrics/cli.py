@@ -280,10 +280,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bioident: error: cannot read {exc.filename or 'input'}: {exc.strerror}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except ValidationError as exc:  # a BIOIDENT_* setting out of range; the message names it, not its value
-        for error in exc.errors():
-            name = "BIOIDENT_" + "_".join(str(part) for part in error["loc"]).upper()
-            print(f"bioident: error: {name}: {error['msg']}", file=sys.stderr)
+        print_settings_error(exc)
         return EXIT_INPUT_ERROR
+
+
+def print_settings_error(exc: ValidationError) -> None:
+    """One line per bad ``BIOIDENT_*`` setting: its name and what is wrong, never the value given."""
+    for error in exc.errors():
+        name = "BIOIDENT_" + "_".join(str(part) for part in error["loc"]).upper()
+        print(f"bioident: error: {name}: {error['msg']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

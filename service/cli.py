@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from biometrics import cli as core_cli
@@ -401,6 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return core_cli.EXIT_INPUT_ERROR
     except OSError as exc:
         print(f"bioident: error: {exc.filename or 'input'}: {exc.strerror}", file=sys.stderr)
+        return core_cli.EXIT_INPUT_ERROR
+    except ValidationError as exc:
+        if not exc.title.endswith("Settings"):  # not a BIOIDENT_* setting: a real fault, not the user's input
+            raise
+        core_cli.print_settings_error(exc)
         return core_cli.EXIT_INPUT_ERROR
     except SQLAlchemyError as exc:
         print(

@@ -154,3 +154,15 @@ def test_the_console_script_is_installed():
     bioident = Path(sys.executable).parent / "bioident"  # installed beside the interpreter running the tests
     result = subprocess.run([str(bioident), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "compare" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["erasure", "status"], ["retention", "run", "--dry-run"]])
+def test_the_service_cli_names_a_bad_setting_without_a_traceback_or_its_value(command, tmp_path, monkeypatch, capsys):
+    from service.cli import main as service_main
+
+    monkeypatch.setenv("BIOIDENT_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.setenv("BIOIDENT_PRECISION", "fp8-secret")
+    assert service_main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bioident: error: BIOIDENT_PRECISION:") and "Traceback" not in err
+    assert "fp8-secret" not in err
