@@ -167,25 +167,8 @@ def read_iso(data: bytes) -> FingerRecord:
     _check_magic(data)
     r = _Reader(bytes(data))
     r.take(8, "format identifier")
-    length = r.u32("record length")
-    if length != len(data):
-        raise FingerprintRecordError(
-            f"record length field says {length} bytes but the record has {len(data)}"
-        )
-    equipment = r.u16("capture equipment")
-    width = r.u16("image width")
-    height = r.u16("image height")
-    xres = r.u16("x resolution")
-    yres = r.u16("y resolution")
-    count = r.u8("number of finger views")
-    reserved = r.u8("reserved byte")
-    if xres == 0 or yres == 0:
-        raise FingerprintRecordError("record resolution is zero")
-    views = _read_views(r, count, width, height, ppcm_to_dpi(xres), ISO_ANGLE_UNITS)
-    if r.pos != len(data):
-        raise FingerprintRecordError(
-            f"record length disagrees with its views: {len(data) - r.pos} bytes after the last view"
-        )
+    _check_length(r.u32("record length"), data)
+    equipment, width, height, xres, yres, reserved, views = _rest_of_record(r, data, ISO_ANGLE_UNITS)
     return FingerRecord(width, height, xres, yres, views, equipment, reserved, 0, "iso")
 
 
@@ -198,11 +181,23 @@ def read_ansi(data: bytes) -> FingerRecord:
     long_length = length == 0
     if long_length:
         length = r.u32("extended record length")
+    _check_length(length, data)
+    product = r.u32("CBEFF product identifier")
+    equipment, width, height, xres, yres, reserved, views = _rest_of_record(r, data, ANSI_ANGLE_UNITS)
+    return FingerRecord(
+        width, height, xres, yres, views, equipment, reserved, product, "ansi", {"long_length": int(long_length)}
+    )
+
+
+def _check_length(length: int, data: bytes) -> None:
     if length != len(data):
         raise FingerprintRecordError(
             f"record length field says {length} bytes but the record has {len(data)}"
         )
-    product = r.u32("CBEFF product identifier")
+
+
+def _rest_of_record(r: _Reader, data: bytes, angle_units: int) -> tuple:
+    """The header fields both formats share (from the capture equipment on) and the finger views."""
     equipment = r.u16("capture equipment")
     width = r.u16("image width")
     height = r.u16("image height")
@@ -212,14 +207,12 @@ def read_ansi(data: bytes) -> FingerRecord:
     reserved = r.u8("reserved byte")
     if xres == 0 or yres == 0:
         raise FingerprintRecordError("record resolution is zero")
-    views = _read_views(r, count, width, height, ppcm_to_dpi(xres), ANSI_ANGLE_UNITS)
+    views = _read_views(r, count, width, height, ppcm_to_dpi(xres), angle_units)
     if r.pos != len(data):
         raise FingerprintRecordError(
             f"record length disagrees with its views: {len(data) - r.pos} bytes after the last view"
         )
-    return FingerRecord(
-        width, height, xres, yres, views, equipment, reserved, product, "ansi", {"long_length": int(long_length)}
-    )
+    return equipment, width, height, xres, yres, reserved, views
 
 
 def read_record(data: bytes, format: RecordFormat = "iso") -> FingerRecord:
