@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from biometrics.voice.model.precision import resolve_precision
 from service.accuracy import router as accuracy
 from service.admin import router as admin
 from service.consent import router as consent
@@ -28,7 +30,15 @@ from service.watchlist import router as watchlist
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok while the process answers")
+    precision: Literal["fp32", "bf16"] = Field(
+        description="the precision of the voice model's matrix products here (BIOIDENT_PRECISION resolved on this "
+        "host's CPU), whether or not the model is loaded yet"
+    )
+    voice_model_loaded: bool = Field(description="the voice model is in memory (it loads on first use)")
+    fingerprint_gallery: Literal["loading", "ready", "failed"] = Field(
+        description="the in-memory 1:N gallery of the till: finger-only and PIN payments answer 503 until ready"
+    )
 
 
 @asynccontextmanager
@@ -69,9 +79,15 @@ def create_app(ctx: ServiceContext) -> FastAPI:
 
     @app.get("/health", tags=["health"], response_model=Health)
     def health() -> Health:
-        return Health(status="ok")
+        """Cheap enough for a liveness probe: loads nothing."""
+        return Health(
+            status="ok",
+            precision=resolve_precision(ctx.settings.precision),
+            voice_model_loaded=ctx.voice_model_loaded,
+            fingerprint_gallery=ctx.fingerprint_gallery.state,
+        )
 
-    metrics = ServiceMetrics(queue_depth=lambda: ctx.queue_depth())
+    metrics = ServiceMetrics(queue_depth=lambda: ctx.queue_depth(), gallery_sizes=ctx.gallery_sizes)
     ctx.metrics = metrics
     ctx.on_batch = metrics.observe_batch
 

@@ -97,6 +97,10 @@ class ServiceContext:
             return self._embedder
 
     @property
+    def voice_model_loaded(self) -> bool:
+        return self._embedder is not None
+
+    @property
     def scoring(self) -> ChannelScoring:
         """The operating point of each pair of channels, for the model in use (loaded with it)."""
         self.embedder  # noqa: B018 - the scoring is built with the model it belongs to
@@ -152,6 +156,19 @@ class ServiceContext:
 
                 self._fingerprint_gallery = FingerprintGallery()
             return self._fingerprint_gallery
+
+    def gallery_sizes(self) -> dict[str, int]:
+        """Entries held in each in-memory gallery of this process, all tenants together (for /metrics); a
+        gallery not made yet holds none, and none is made here."""
+        with self._cached_lock:
+            voice, watchlist = self._cached.get("voice.gallery"), self._cached.get("watchlist.gallery")
+        with self._gallery_lock:
+            fingers = self._fingerprint_gallery
+        return {
+            "voice": 0 if voice is None else voice.total(),
+            "watchlist": 0 if watchlist is None else watchlist.total(),
+            "fingerprint": 0 if fingers is None else fingers.total(),
+        }
 
     def build_fingerprint_gallery(self) -> int:
         """Loads every enrolled finger into the gallery; returns how many it holds."""

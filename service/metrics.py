@@ -1,7 +1,9 @@
 """``/metrics`` in the Prometheus format: what an operator scrapes from every replica.
 
-Queue depth and batch sizes of the micro-batcher, latency per route and transport, decisions by outcome,
-streams open. Labels are route templates (``/v1/voice/streams/{stream_id}``), transports, actions and
+Queue depth and batch sizes of the micro-batcher, latency per route and transport, decisions by action
+and outcome (verification, streams, identification, watchlist screening, payments at the till), streams
+open, entries of the in-memory galleries. Labels are route templates (``/v1/voice/streams/{stream_id}``),
+transports, actions and
 outcomes only: never a reference, token, stream id or score. Each app has its own registry, so several
 apps in one process (tests) do not collide.
 """
@@ -18,7 +20,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60
 
 
 class ServiceMetrics:
-    def __init__(self, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, queue_depth: Callable[[], int], gallery_sizes: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         Gauge(
@@ -44,6 +46,14 @@ class ServiceMetrics:
             "bioident_decisions", "decisions by action and outcome", ["action", "outcome"], registry=r
         )
         self.streams_open = Gauge("bioident_streams_open", "streams connected now", ["transport"], registry=r)
+        entries = Gauge(
+            "bioident_gallery_entries",
+            "templates held in this process's in-memory 1:N galleries, all tenants together",
+            ["gallery"],
+            registry=r,
+        )
+        for name in ("voice", "watchlist", "fingerprint"):
+            entries.labels(gallery=name).set_function(lambda name=name: gallery_sizes()[name])
         self.overloaded = Counter("bioident_overloaded", "analyses refused because the queue was full", registry=r)
 
     def observe_batch(self, requests: int, seconds: float) -> None:

@@ -87,19 +87,22 @@ def test_the_latency_benchmark_refuses_bad_arguments(capsys):
 def test_the_load_benchmark_answers_every_caller_and_stream_through_a_real_server(tmp_path, capsys):
     out = tmp_path / "load.json"
     argv = ["--speakers", "2", "--callers", "2", "--duration", "1", "--max-calls", "4", "--streams", "2"]
+    argv += ["--stream-spreads", "0.5"]
     report = load.main([*argv, "--out", str(out), "--data", str(TEST_OTHER)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert report["offline_calls_per_s"] > 0
     level = report["load"]
     assert level["errors"] == 0 and set(level["statuses"]) == {"200"} and 1 <= level["calls"] <= 4
     assert level["fraction_of_offline"] == pytest.approx(level["calls_per_s"] / report["offline_calls_per_s"])
-    streams = report["streaming"]
+    [streams] = report["streaming"]
+    assert streams["starts_spread_s"] == 0.5 and 1 <= streams["most_open_at_once"] <= 2
     assert streams["errors"] == [] and sum(streams["decisions"].values()) == 2
     assert streams["decisions"].get("none", 0) == 0
     assert "of offline" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as refused:
-        load.main(["--callers", "0"])
-    assert refused.value.code == 2
+    for bad in (["--callers", "0"], ["--stream-spreads", "soon"], ["--stream-spreads", "-1"]):
+        with pytest.raises(SystemExit) as refused:
+            load.main(bad)
+        assert refused.value.code == 2, bad
 
 
 def test_paired_gemms_use_the_fastest_size_whose_product_fits_a_quarter_of_a_forward_pass():

@@ -71,6 +71,17 @@ def test_two_fingers_enrolled_pay_with_card_and_finger(till):
     everything = str(_rows(till, "SELECT * FROM audit_entries")) + str(_rows(till, "SELECT * FROM payment_links"))
     assert ALICE_TOKEN not in everything and ALICE not in everything
 
+    metrics = till.http.get("/metrics").text  # payments by mode and outcome, fingers held; never whose
+    for line in (
+        'bioident_decisions_total{action="fingerprint.pay.card",outcome="accept"} 2.0',
+        'bioident_decisions_total{action="fingerprint.pay.card",outcome="reject"} 1.0',
+        'bioident_decisions_total{action="fingerprint.pay.finger",outcome="accept"} 1.0',
+        'bioident_decisions_total{action="fingerprint.pay.finger",outcome="reject"} 1.0',
+        'bioident_gallery_entries{gallery="fingerprint"} 4.0',
+    ):
+        assert line in metrics.splitlines(), line
+    assert ALICE_TOKEN not in metrics and ALICE not in metrics
+
 
 def test_finger_only_with_ten_customers_answers_the_right_one_or_none(till):
     fingers = [str(101 + i) for i in range(10)]

@@ -312,18 +312,33 @@ def test_asterisk_audiosocket_streams_end_to_end_over_tcp(bank, tmp_path, databa
     with TestClient(create_app(api.ctx)) as client:
         port = client.app.state.audiosocket_port
         stream = open_stream(api, keys["ivr"], codec="pcm16", rate=8000).json()
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as call:
-            call.sendall(audiosocket_uuid(stream["id"]))
-            for chunk in frames(slin, 320):
-                call.sendall(audiosocket_message(0x10, chunk))
-            call.sendall(audiosocket_message(0x00))
-            reply = b""
-            while len(reply) < 3:
-                more = call.recv(3 - len(reply))
-                if not more:
-                    break
-                reply += more
+        events = f"/v1/voice/streams/{stream['id']}/events"  # the IVR watches the call's events meanwhile
+        with client.websocket_connect(events, headers=api.headers(keys["ivr"])) as watcher:
+            assert watcher.receive_json()["event"] == "opened"
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as call:
+                call.sendall(audiosocket_uuid(stream["id"]))
+                for chunk in frames(slin, 320):
+                    call.sendall(audiosocket_message(0x10, chunk))
+                call.sendall(audiosocket_message(0x00))
+                reply = b""
+                while len(reply) < 3:
+                    more = call.recv(3 - len(reply))
+                    if not more:
+                        break
+                    reply += more
+            watched = read_to_close(watcher, Played())
         assert struct.unpack(">BH", reply) == (0x00, 0)  # the server hangs up when the stream ends
+        assert watched.final["decision"] == "accept" and watched.final["final"] is True
+        assert watched.close_code == 1000 and watched.close_reason == {"reason": "decided", "decision": "accept"}
+        # The watcher's own refusals: no key, a key of another role, an id that is not a stream.
+        for headers, path, code in (
+            ({}, events, 4403),
+            (api.headers(keys["auditor"]), events, 4403),
+            (api.headers(keys["ivr"]), "/v1/voice/streams/not-a-uuid/events", 4404),
+            (api.headers(keys["ivr"]), "/v1/voice/streams/0b5e2c4e-8d0f-4a53-9b9e-3f0c2d1e0a11/events", 4404),
+        ):
+            with client.websocket_connect(path, headers=headers) as refused:
+                assert read_to_close(refused, Played()).close_code == code
         state = client.get(f"/v1/voice/streams/{stream['id']}", headers=api.headers(keys["ivr"])).json()
         assert state["decision"] == "accept", state
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -176,6 +177,17 @@ class FingerprintGallery:
         with self._lock:
             tenant = self._tenants.get(tenant_id)
             return 0 if tenant is None else len(tenant.fingers)
+
+    def total(self) -> int:
+        """Fingers held, all tenants together."""
+        with self._lock:
+            return sum(len(t.fingers) for t in self._tenants.values())
+
+    @property
+    def state(self) -> Literal["loading", "ready", "failed"]:
+        if not self._ready.is_set():
+            return "loading"
+        return "failed" if self._failed else "ready"
 
     def search(self, tenant_id: str, probe: FingerprintTemplate, limit: int) -> list[Match]:
         """The fingers most like the probe, best first (the index's fast first stage, then full scores)."""

@@ -86,7 +86,10 @@ def pay(
         return probes_of([(position, read_capture(upload, fmt, ctx.settings)) for position, upload in presented])
 
     if payment_token is not None:
-        return pay_with_card(ctx, actor, purpose, payment_token, probes).as_dict()
-    if pin is not None:
-        return pay_with_pin(ctx, actor, purpose, pin, probes).as_dict()
-    return pay_with_finger(ctx, actor, purpose, probes).as_dict()
+        decision = pay_with_card(ctx, actor, purpose, payment_token, probes)
+    elif pin is not None:
+        decision = pay_with_pin(ctx, actor, purpose, pin, probes)
+    else:
+        decision = pay_with_finger(ctx, actor, purpose, probes)
+    ctx.decided(f"fingerprint.pay.{decision.mode}", decision.decision)
+    return decision.as_dict()

@@ -128,6 +128,12 @@ class TemplateGallery:
             tenant = self._tenants.get(tenant_id)
         return 0 if tenant is None else len(tenant.stamps)
 
+    def total(self) -> int:
+        """Templates held, all tenants together."""
+        with self._lock:
+            tenants = list(self._tenants.values())
+        return sum(len(t.stamps) for t in tenants)
+
     def rank(
         self, tenant_id: str, probe: Embedding, channel: AudioChannel, scoring: ChannelScoring, limit: int
     ) -> list[Ranked]:

@@ -136,14 +136,16 @@ def identify_voice(
     with refusals_audited(ctx, actor, "voice.identify", reference=None, details={"purpose": purpose}):
         probe = ctx.verifier.probe(audio())
     candidates: list[Candidate] = []
+    outcome = "rejected" if probe.reasons else "no_match"
     with ctx.db.session() as session:
         if probe.embedding is not None and not probe.reasons:
             candidates = _best_matches(ctx, session, actor, purpose, probe, top_k)
+            outcome = "match" if candidates else outcome
         record_event(
             session,
             actor,
             action="voice.identify",
-            outcome="match" if candidates else ("rejected" if probe.reasons else "no_match"),
+            outcome=outcome,
             score=candidates[0].score if candidates else None,
             model_fingerprint=ctx.embedder.fingerprint,
             details={
@@ -152,6 +154,7 @@ def identify_voice(
                 "reasons": [str(r.code) for r in probe.reasons],
             },
         )
+    ctx.decided("voice.identify", outcome)
     same_channel = ctx.scoring.scorer(probe.channel, probe.channel)
     return Identification(
         candidates=candidates,

@@ -133,6 +133,7 @@ def best_hit(
             if best is None or r.margin > best.margin:
                 best = r
             break  # the rest of this probe's candidates score lower
+    ctx.decided("watchlist.screen", "clear" if best is None else "hit")
     if best is None:
         return NO_HIT
     return Screening(True, best.key, round(best.score, 6), round(best.score - best.margin, 6), best.channels)

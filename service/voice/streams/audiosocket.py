@@ -3,8 +3,9 @@
 The dialplan's ``AudioSocket(<stream id>,host:port)`` connects, sends the stream id as its UUID message,
 then signed-linear 8 kHz audio (type 0x10, 320 bytes per 20 ms) until it hangs up (0x00). Each message is
 a type byte, a big-endian 16-bit payload length and the payload. The stream must have been opened as
-``pcm16`` at 8000 Hz. Its events are read with ``GET /v1/voice/streams/{id}``; when it ends we send a
-hangup and close, and its close reason is stored on the stream.
+``pcm16`` at 8000 Hz. Its events are read over the WebSocket ``/v1/voice/streams/{id}/events`` as they
+happen (see watch.py) or with ``GET /v1/voice/streams/{id}``; when it ends we send a hangup and close, and
+its close reason is stored on the stream.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from biometrics.errors import BiometricsError
 from service.context import ServiceContext
 from service.vault.errors import VaultError
 from service.voice.streams.run import StreamFault, StreamRun
+from service.voice.streams.watch import stream_notices
 
 log = logging.getLogger("bioident.streams")
 
@@ -77,11 +78,20 @@ async def drive(
 ) -> dict:
     """Runs the stream to its end; returns its final event (with ``close_reason``). ``greeting`` is sent first."""
     metrics, started = run.ctx.metrics, time.perf_counter()
+    notices = stream_notices(run.ctx)
+
+    async def sending(event: dict) -> None:  # every event sent has been written: wake the stream's watchers
+        try:
+            await send(event)
+        finally:
+            notices.notify(run.stream_id)
+
     if metrics is not None:
         metrics.streams_open.labels(transport=run.transport).inc()
     try:
-        return await _drive(run, receive, send, lifetime_s, bytes_per_s, greeting)
+        return await _drive(run, receive, sending, lifetime_s, bytes_per_s, greeting)
     finally:
+        notices.notify(run.stream_id)  # the stream's end is written
         if metrics is not None:
             metrics.streams_open.labels(transport=run.transport).dec()
             if run.transport == "audiosocket":  # WebSockets are timed by the app's middleware

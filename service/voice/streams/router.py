@@ -6,9 +6,9 @@ import contextlib
 import json
 import uuid
 
-from anyio import CancelScope, to_thread
+from anyio import CancelScope, create_task_group, to_thread
 from fastapi import APIRouter, Depends, Path, WebSocket
-from starlette.websockets import WebSocketState
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.auth import Principal, Role, authenticate
 from service.context import ServiceContext
@@ -21,6 +21,7 @@ from service.voice.streams.opening import open_stream
 from service.voice.streams.run import StreamFault, StreamRun
 from service.voice.streams.schemas import StreamEventOut, StreamOpenIn, StreamOut
 from service.voice.streams.store import StreamUnavailable, find_stream, take_stream
+from service.voice.streams.watch import TooManyWatchers, watch
 
 router = APIRouter(prefix="/v1/voice", tags=["voice streams"])
 ivr = require(Role.IVR)
@@ -115,6 +116,65 @@ async def _serve_stream(ctx: ServiceContext, websocket: WebSocket, stream_id: st
             await send(final)
     reason = {"reason": final.get("close_reason"), "decision": final.get("decision")}
     await _close(websocket, close_code(final), reason)
+
+
+@router.websocket("/streams/{stream_id}/events")
+async def watch_stream(websocket: WebSocket, stream_id: str) -> None:
+    """The stream's events as they happen, for a stream fed by another connection (Asterisk's AudioSocket, which
+    carries audio only, or a WebSocket on another replica): the latest event at once, then each new one; closes
+    1000 when the stream is decided or ended. Needs an ``ivr`` API key of the stream's tenant
+    (``Authorization: Bearer``): here, unlike the audio's transports, the stream id is not the credential."""
+    ctx: ServiceContext = websocket.app.state.ctx
+    await websocket.accept()
+    try:
+        canonical = str(uuid.UUID(stream_id))
+        tenant_id = await to_thread.run_sync(_watcher_tenant, ctx, websocket.headers.get("authorization"))
+    except ValueError:
+        await _close(websocket, 4404, {"reason": "unknown_stream"})
+        return
+    except StreamUnavailable as exc:
+        await _close(websocket, 4403, {"reason": exc.reason})
+        return
+
+    async def send(event: dict) -> None:
+        await websocket.send_text(json.dumps(event))
+
+    ended: dict = {}
+
+    async def watching(scope: CancelScope) -> None:
+        try:
+            limit_s = ctx.settings.stream_connect_s + ctx.settings.stream_lifetime_s
+            ended.update(await watch(ctx, canonical, tenant_id, send, limit_s))
+        except TooManyWatchers:
+            ended.update(reason="too_many_watchers", decision=None)
+        except (WebSocketDisconnect, RuntimeError):  # the watcher went away while we sent
+            pass
+        scope.cancel()
+
+    async def until_gone(scope: CancelScope) -> None:  # a watcher who leaves is let go at once
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+        scope.cancel()
+
+    async with create_task_group() as group:
+        group.start_soon(watching, group.cancel_scope)
+        group.start_soon(until_gone, group.cancel_scope)
+    if ended:
+        code = 1013 if ended["reason"] == "too_many_watchers" else UNAVAILABLE_CODES.get(ended["reason"], 1000)
+        await _close(websocket, code, ended)
+
+
+def _watcher_tenant(ctx: ServiceContext, authorization: str | None) -> str:
+    if authorization is None:
+        raise StreamUnavailable("unauthenticated")
+    with ctx.db.session() as session:
+        try:
+            principal = authenticate(session, authorization)
+        except ServiceError:
+            raise StreamUnavailable("forbidden") from None
+    if principal.role != Role.IVR:
+        raise StreamUnavailable("forbidden")
+    return principal.tenant_id
 
 
 def _take(ctx: ServiceContext, stream_id: str, authorization: str | None) -> VoiceStream:
