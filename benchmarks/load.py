@@ -3,7 +3,8 @@
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.load [--callers 20] [--duration 30] [--max-calls 400] [--streams 20]
-                                        [--overload-callers 0] [--queue-max 32] [--out PATH] [--data DIR]
+                                        [--stream-spreads 0,4] [--skip-load] [--overload-callers 0]
+                                        [--queue-max 32] [--out PATH] [--data DIR]
 
 Starts ``bioident serve`` on a free loopback port with a fresh data directory (SQLite), enrols
 ``--speakers`` (5) LibriSpeech test-other speakers, then:
@@ -17,7 +18,9 @@ Starts ``bioident serve`` on a free loopback port with a fresh data directory (S
    (``--queue-max``) the server answers 503 with Retry-After, never a timeout or another 5xx.
 4. Streams: ``--streams`` callers each play a call in real time (20 ms frames) over the WebSocket; for each
    the time from sending the audio the decision was made on (the decision's ``heard_s``) to receiving the
-   decision event.
+   decision event. Once per ``--stream-spreads`` value: 0 starts every stream at the same instant (the
+   worst case: every first score falls due at once), 4 spreads the starts over one call's length, as
+   callers arriving in a queue would; the table says how many streams were open at once at most.
 
 It asserts nothing on time. Results go to a table on stdout and to JSON (default
 ``benchmarks/results/load.json``).
@@ -145,15 +148,18 @@ def load_level(url: str, key: str, calls: list[dict], callers: int, duration_s: 
     }
 
 
-def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
+def stream_level(url: str, key: str, calls: list[dict], streams: int, spread_s: float = 0.0) -> dict:
+    """``streams`` callers, the i-th starting ``i * spread_s / streams`` seconds after the first (0: all at once)."""
     from websockets.sync.client import connect
 
     lags: list[float] = []
+    spans: list[tuple[float, float]] = []
     errors: list[str] = []
     outcomes: dict[str, int] = {}
     lock = threading.Lock()
 
-    def play(call: dict) -> None:
+    def play(call: dict, delay_s: float) -> None:
+        time.sleep(delay_s)
         with httpx.Client(base_url=url) as http:
             opened = http.post(
                 "/v1/voice/streams",
@@ -188,7 +194,9 @@ def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
             except Exception:  # noqa: BLE001 - closed by the server once decided
                 pass
             reader.join(timeout=60)
+        ended = time.perf_counter()
         with lock:
+            spans.append((start, ended))
             if "error" in decision:
                 errors.append(decision["error"])
             outcomes[decision.get("decision", "none")] = outcomes.get(decision.get("decision", "none"), 0) + 1
@@ -196,7 +204,9 @@ def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
                 frame = min(len(sent_at) - 1, int(round(decision["heard_s"] / 0.02)) - 1)
                 lags.append(decision["received"] - sent_at[frame])
 
-    threads = [threading.Thread(target=play, args=(calls[i % len(calls)],)) for i in range(streams)]
+    threads = [
+        threading.Thread(target=play, args=(calls[i % len(calls)], i * spread_s / streams)) for i in range(streams)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -204,6 +214,8 @@ def stream_level(url: str, key: str, calls: list[dict], streams: int) -> dict:
     lag = np.array(lags) if lags else np.array([float("nan")])
     return {
         "streams": streams,
+        "starts_spread_s": spread_s,
+        "most_open_at_once": max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans) if spans else 0,
         "decisions": outcomes,
         "errors": sorted(set(errors)),
         "decision_lag_ms": {
@@ -221,6 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per load level (default 30)")
     parser.add_argument("--max-calls", type=int, default=400, help="calls per load level at most (default 400)")
     parser.add_argument("--streams", type=int, default=20, help="real-time streams at once (0: none)")
+    parser.add_argument(
+        "--stream-spreads",
+        default="0,4",
+        help="comma-separated seconds over which the streams' starts are spread, one stream level each "
+        "(default 0,4: all at once, then arriving over one call's length)",
+    )
+    parser.add_argument("--skip-load", action="store_true", help="streams only: no offline, load or overload level")
     parser.add_argument("--overload-callers", type=int, default=0, help="a level past the queue (0: none)")
     parser.add_argument("--queue-max", type=int, default=32, help="the server's BIOIDENT_EMBED_QUEUE_MAX")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -228,6 +247,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if min(args.callers, args.max_calls, args.speakers) < 1 or args.duration <= 0 or args.streams < 0:
         parser.error("--callers, --speakers, --max-calls and --duration must be positive")
+    try:
+        spreads = [float(x) for x in args.stream_spreads.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--stream-spreads takes seconds separated by commas, e.g. 0,4")
+    if any(x < 0 for x in spreads):
+        parser.error("--stream-spreads must not be negative")
 
     speakers = pick_speakers(args.data, args.speakers)
     calls = four_second_calls(speakers)
@@ -245,15 +270,19 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             key = set_up_bank(httpx.Client(base_url=server.url, timeout=120), server.admin_key())
             enrol_speakers(httpx.Client(base_url=server.url, timeout=120), key, speakers)
-            results["offline_calls_per_s"] = offline_throughput(calls, batch=args.callers)
-            results["load"] = load_level(server.url, key["ivr"], calls, args.callers, args.duration, args.max_calls)
-            results["load"]["fraction_of_offline"] = results["load"]["calls_per_s"] / results["offline_calls_per_s"]
-            if args.overload_callers:
+            if not args.skip_load:
+                results["offline_calls_per_s"] = offline_throughput(calls, batch=args.callers)
+                level = load_level(server.url, key["ivr"], calls, args.callers, args.duration, args.max_calls)
+                results["load"] = level
+                level["fraction_of_offline"] = level["calls_per_s"] / results["offline_calls_per_s"]
+            if args.overload_callers and not args.skip_load:
                 results["overload"] = load_level(
                     server.url, key["ivr"], calls, args.overload_callers, args.duration, args.max_calls
                 )
             if args.streams:
-                results["streaming"] = stream_level(server.url, key["ivr"], calls, args.streams)
+                results["streaming"] = [
+                    stream_level(server.url, key["ivr"], calls, args.streams, spread) for spread in spreads
+                ]
         finally:
             server.stop()
     print_table(results)
@@ -262,9 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_table(r: dict) -> None:
-    print(f"offline batched: {r['offline_calls_per_s']:.1f} calls/s (4 s calls)")
-    print("| callers | calls/s | of offline | p50 ms | p95 ms | p99 ms | statuses |")
-    print("|---|---|---|---|---|---|---|")
+    if "offline_calls_per_s" in r:
+        print(f"offline batched: {r['offline_calls_per_s']:.1f} calls/s (4 s calls)")
+    if "load" in r:
+        print("| callers | calls/s | of offline | p50 ms | p95 ms | p99 ms | statuses |")
+        print("|---|---|---|---|---|---|---|")
     for level in ("load", "overload"):
         if level in r:
             x = r[level]
@@ -274,11 +305,11 @@ def print_table(r: dict) -> None:
                 f"| {x['callers']} | {x['calls_per_s']:.1f} | {frac:.2f} | {lat['p50']:.0f} | {lat['p95']:.0f} | "
                 f"{lat['p99']:.0f} | {x['statuses']} |"
             )
-    if "streaming" in r:
-        s = r["streaming"]
+    for s in r.get("streaming", []):
         lag = s["decision_lag_ms"]
         print(
-            f"streams: {s['streams']} in real time, decisions {s['decisions']}, "
+            f"streams: {s['streams']} in real time, starts spread over {s['starts_spread_s']:g} s "
+            f"(at most {s['most_open_at_once']} open at once), decisions {s['decisions']}, "
             f"lag p50 {lag['p50']:.0f} ms, p95 {lag['p95']:.0f} ms, max {lag['max']:.0f} ms"
         )
 
