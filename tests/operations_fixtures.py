@@ -49,6 +49,16 @@ def _cli(monkeypatch, capsys, data_dir: Path, *argv: str, url: str | None = None
     return code, out, err
 
 
+def _deployment(database_url: str, data_dir: Path, **settings):
+    """A deployment's context as ``bioident serve`` makes it (keyring file, ledger in the data directory)."""
+    from service.context import ServiceContext
+    from service.settings import ServiceSettings
+
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    config = ServiceSettings(_env_file=None, data_dir=data_dir, database_url=database_url, **settings)
+    return ServiceContext(config, create_keyring=True)
+
+
 def _rows(url: str, sql: str, **params) -> list[tuple]:
     engine = create_engine(url)
     try:

@@ -6,75 +6,19 @@ Everything goes through the HTTP API, so it holds however each replica caches wh
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import REPO, TEST_OTHER
-from tests.operations_fixtures import SERVICE_VARIABLES
+from tests.conftest import TEST_OTHER
+from tests.serve_helpers import serve, stop
 from tests.stream_helpers import frames, telephone_call
 from tests.voice_helpers import ENROL, GENUINE, IMPOSTOR, NOTICE, SPEAKER
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("clean_service_environment")]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(database_url: str, data_dir: Path, logs: Path) -> tuple[subprocess.Popen, str, Path]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
-    env.update(
-        BIOIDENT_DATA_DIR=str(data_dir),  # one keyring for both replicas, as a deployment shares it
-        BIOIDENT_DATABASE_URL=database_url,
-        BIOIDENT_LOCKOUT_MAX_FAILURES="2",
-        PYTHONPATH=str(REPO),
-    )
-    logs.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = logs / f"{port}.out", logs / f"{port}.err"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"serve exited with {process.returncode}: {err_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).json() == {"status": "ok"}:
-                return process, base, out_path
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"serve did not answer /health in 180 s: {err_path.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
 
 
 class Replica:
@@ -113,11 +57,15 @@ def test_two_replicas_on_one_postgresql_act_as_one_service(database_url, tmp_pat
     data_dir, logs = tmp_path / "data", tmp_path / "logs"
     processes: list[subprocess.Popen] = []
     try:
-        first, base_a, out_a = _start(database_url, data_dir, logs)
-        processes.append(first)
-        admin = out_a.read_text().splitlines()[0].rsplit(":", 1)[1].strip()
-        second, base_b, _ = _start(database_url, data_dir, logs)
-        processes.append(second)
+        # One keyring (data directory) for both replicas, as a deployment shares it.
+        variables = {"BIOIDENT_DATABASE_URL": database_url, "BIOIDENT_LOCKOUT_MAX_FAILURES": "2"}
+        first = serve(data_dir, logs, wait_s=180, **variables)
+        processes.append(first.process)
+        base_a = first.base
+        admin = first.out_path.read_text().splitlines()[0].rsplit(":", 1)[1].strip()
+        second = serve(data_dir, logs, wait_s=180, **variables)
+        processes.append(second.process)
+        base_b = second.base
         a, b = Replica(base_a), Replica(base_b)
 
         assert a.post(admin, "/v1/tenants", json={"id": "bank", "name": "bank"}).status_code == 201
@@ -183,4 +131,4 @@ def test_two_replicas_on_one_postgresql_act_as_one_service(database_url, tmp_pat
         assert refused_stream.status_code == 423
     finally:
         for process in processes:
-            _stop(process)
+            stop(process)

@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from service.auth import Principal, Role
-from tests.operations_fixtures import _cli, _execute, _rows
+from tests.operations_fixtures import _cli, _deployment, _execute, _rows
 
 pytestmark = pytest.mark.usefixtures("clean_service_environment")
 
 PORTAL = Principal("cli_portal", "bank", Role.PORTAL)
 STALE = "sub_" + "a" * 64
 RECENT = "sub_" + "b" * 64
-
-
-def _deployment(database_url: str, data_dir: Path, **settings):
-    from service.context import ServiceContext
-    from service.settings import ServiceSettings
-
-    data_dir.mkdir(mode=0o700, exist_ok=True)
-    config = ServiceSettings(_env_file=None, data_dir=data_dir, database_url=database_url, **settings)
-    return ServiceContext(config, create_keyring=True)
 
 
 def _enrolled(ctx, token: str) -> None:

@@ -3,74 +3,23 @@ once, answering over HTTP, found again after a restart), and a new SQLite databa
 
 from __future__ import annotations
 
-import os
-import socket
 import stat
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO
-from tests.operations_fixtures import SERVICE_VARIABLES, _problem
+from tests.operations_fixtures import _problem
+from tests.serve_helpers import serve, stop
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("clean_service_environment")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(data_dir: Path, logs: Path) -> tuple[subprocess.Popen, str, Path, Path]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
-    env["BIOIDENT_DATA_DIR"] = str(data_dir)
-    logs.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = logs / f"{port}.out", logs / f"{port}.err"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"serve exited with {process.returncode}: {err_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).json() == {"status": "ok"}:
-                return process, base, out_path, err_path
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"serve did not answer /health in 90 s: {err_path.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
 
 
 def test_bioident_serve_prints_the_first_admin_key_once_and_answers_over_http(tmp_path):
     data_dir, logs = tmp_path / "data", tmp_path / "logs"
     process = None
     try:
-        process, base, out_path, err_path = _serve(data_dir, logs)
+        served = serve(data_dir, logs)
+        process, base, out_path, err_path = served.process, served.base, served.out_path, served.err_path
         lines = out_path.read_text().splitlines()
         assert lines and "first admin API key" in lines[0], lines
         assert sum("first admin API key" in line for line in lines) == 1, lines
@@ -90,16 +39,17 @@ def test_bioident_serve_prints_the_first_admin_key_once_and_answers_over_http(tm
             anonymous = http.get("/v1/clients")
             _problem(anonymous, 401)
         assert stat.S_IMODE((data_dir / "keyring.json").stat().st_mode) == 0o600
-        _stop(process)
+        stop(process)
 
         # A restart on the same data directory finds the admin: no new key is printed, the old one works.
-        process, base, out_path, _ = _serve(data_dir, logs)
+        served = serve(data_dir, logs)
+        process, base, out_path = served.process, served.base, served.out_path
         assert "first admin API key" not in out_path.read_text()
         again = httpx.get(f"{base}/v1/clients", headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
         assert again.status_code == 200 and len(again.json()) == 1
     finally:
         if process is not None:
-            _stop(process)
+            stop(process)
 
 
 def test_a_new_sqlite_database_file_is_owner_only(tmp_path):

@@ -8,6 +8,7 @@ import uuid
 
 from anyio import CancelScope, create_task_group, to_thread
 from fastapi import APIRouter, Depends, Path, WebSocket
+from sqlalchemy.orm import Session
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.auth import Principal, Role, authenticate
@@ -164,17 +165,22 @@ async def watch_stream(websocket: WebSocket, stream_id: str) -> None:
         await _close(websocket, code, ended)
 
 
+def _ivr_principal(session: Session, authorization: str) -> Principal:
+    """The client an ``Authorization`` header names, when it is an ``ivr`` client; else ``forbidden``."""
+    try:
+        principal = authenticate(session, authorization)
+    except ServiceError:
+        raise StreamUnavailable("forbidden") from None
+    if principal.role != Role.IVR:
+        raise StreamUnavailable("forbidden")
+    return principal
+
+
 def _watcher_tenant(ctx: ServiceContext, authorization: str | None) -> str:
     if authorization is None:
         raise StreamUnavailable("unauthenticated")
     with ctx.db.session() as session:
-        try:
-            principal = authenticate(session, authorization)
-        except ServiceError:
-            raise StreamUnavailable("forbidden") from None
-    if principal.role != Role.IVR:
-        raise StreamUnavailable("forbidden")
-    return principal.tenant_id
+        return _ivr_principal(session, authorization).tenant_id
 
 
 def _take(ctx: ServiceContext, stream_id: str, authorization: str | None) -> VoiceStream:
@@ -186,12 +192,7 @@ def _take(ctx: ServiceContext, stream_id: str, authorization: str | None) -> Voi
         raise StreamUnavailable("unknown_stream") from None
     with ctx.db.session() as session:
         if authorization is not None:
-            try:
-                principal = authenticate(session, authorization)
-            except ServiceError:
-                raise StreamUnavailable("forbidden") from None
-            if principal.role != Role.IVR:
-                raise StreamUnavailable("forbidden")
+            principal = _ivr_principal(session, authorization)
             row = find_stream(session, canonical)
             if row is not None and row.tenant_id != principal.tenant_id:
                 raise StreamUnavailable("unknown_stream")  # another tenant's stream is simply not found
