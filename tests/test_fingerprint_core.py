@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -152,6 +153,23 @@ def test_thresholds_rise_as_the_false_match_rate_and_gallery_demand_more():
     assert identification_threshold(1e-2, 10) < identification_threshold(1e-2, 10_000)
     with pytest.raises(ValueError):
         default_threshold(0.0)
+
+
+@pytest.mark.parametrize("table", ["impostor_scores.json", "impostor_scores_leader.json"])
+def test_the_default_threshold_meets_the_target_on_every_sensor_not_only_on_their_pool(table):
+    """A deployment has one sensor: on each sensor's own impostor pairs at most target x pairs pass."""
+    import json
+    from importlib import resources
+
+    data = json.loads(resources.files("biometrics.fingerprint").joinpath(table).read_text(encoding="utf-8"))
+    assert sorted(data["sensors"]) == ["DB1_B", "DB2_B", "DB3_B"]
+    for target in (1e-2, 1e-3):
+        threshold = default_threshold(target, data["fingerprint"])
+        passing = {sensor: sum(s >= threshold for s in t["top_scores"]) for sensor, t in data["sensors"].items()}
+        assert all(passing[s] <= target * t["pairs"] for s, t in data["sensors"].items()), passing
+        # The strictest sensor sets it: any lower threshold lets too many of its impostors pass.
+        lower = math.nextafter(threshold, -math.inf)
+        assert any(sum(x >= lower for x in t["top_scores"]) > target * t["pairs"] for t in data["sensors"].values())
 
 
 def test_the_index_finds_the_finger_and_forgets_a_removed_one(templates):
