@@ -212,3 +212,38 @@ def test_a_wideband_enrolment_verifies_a_caller_on_the_phone_at_that_pairs_thres
     assert set(points) == {"wideband/wideband", "wideband/telephone", "telephone/wideband", "telephone/telephone"}
     assert {p["source"] for p in points.values()} == {"cohort"}
     assert call["threshold"] == points["wideband/telephone"]["threshold"]
+
+
+def test_a_telephone_mean_of_the_older_front_end_loads_as_of_unknown_channel():
+    """Telephone embeddings changed with the band floor (front end 2): an older template's telephone mean is
+    no longer like a caller's today, so it is held to the stricter threshold, as a format-1 template is."""
+    wide, phone = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    head = json.dumps(
+        {
+            "fingerprint": "f",
+            "count": 3,
+            "dim": 2,
+            "slots": [{"channel": "wideband", "count": 2}, {"channel": "telephone", "count": 1}],
+        }
+    ).encode()
+    older = b"BIVT2" + struct.pack("<I", len(head)) + head + np.concatenate([wide, phone]).astype("<f8").tobytes()
+    loaded = VoiceTemplate.from_bytes(older)
+    assert loaded.means.keys() == {"wideband", "unknown"} and loaded.counts == {"wideband": 2, "unknown": 1}
+    assert np.array_equal(loaded.means["unknown"], phone) and loaded.count == 3
+    # Made today, the same template keeps its telephone mean.
+    today = VoiceTemplate({"wideband": wide, "telephone": phone}, {"wideband": 2, "telephone": 1}, 3, "f")
+    again = VoiceTemplate.from_bytes(today.to_bytes())
+    assert again.means.keys() == {"wideband", "telephone"} and np.array_equal(again.means["telephone"], phone)
+
+
+def test_the_model_hears_a_fixed_floor_in_the_band_narrowband_audio_cannot_carry():
+    from biometrics.voice.audio.telephone import BAND_FLOOR_RMS, with_band_floor
+
+    speech = np.random.default_rng(7).standard_normal(40_000).astype(np.float32) * 0.05
+    assert with_band_floor(speech, 16_000, 16_000) is speech  # wideband audio: as it is
+    added = with_band_floor(speech, 8_000, 16_000) - speech
+    assert np.array_equal(added, with_band_floor(speech, 8_000, 16_000) - speech)  # the same floor every time
+    assert np.sqrt(np.mean(added**2)) == pytest.approx(BAND_FLOOR_RMS, rel=0.01)
+    power = np.abs(np.fft.rfft(added)) ** 2
+    freqs = np.fft.rfftfreq(len(added), 1 / 16_000)
+    assert power[freqs < 3_900].sum() < 1e-4 * power.sum()  # nothing where the caller's voice is (float32 rounding)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biometrics.voice.audio.telephone import FRONT_END
 from biometrics.voice.embedding import AnalysedSample, Embedding
 from biometrics.voice.quality.gates import QualityMeasures
 
@@ -49,6 +50,8 @@ def cache_key(
     }
     if precision != "fp32":  # fp32 entries keep the keys they had before precision was recorded
         described["precision"] = precision
+    if channel == "telephone":  # telephone embeddings changed with the front end's band floor
+        described["front_end"] = FRONT_END
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 

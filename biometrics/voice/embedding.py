@@ -14,6 +14,7 @@ import torch
 from biometrics.errors import IncompatibleModel
 from biometrics.settings import CoreSettings
 from biometrics.torch_thread import on_torch_thread, run_in_turns, run_on_torch_thread
+from biometrics.voice.audio.telephone import with_band_floor
 from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE, Waveform
 from biometrics.voice.model.ecapa import FRONT_END, SpeakerEncoder
 from biometrics.voice.model.weights import resolve_weights
@@ -98,7 +99,9 @@ class VoiceEmbedder:
             snr_db=estimate_snr_db(waveform.samples, segments, MODEL_SAMPLE_RATE),
             clipping_ratio=waveform.clipping_ratio,
         )
-        return speech, measures
+        # The model hears the band a narrowband source could not carry filled by a fixed floor; the measures
+        # above were taken on the audio as it arrived (biometrics/voice/audio/telephone.py says why).
+        return with_band_floor(speech, waveform.source_rate, MODEL_SAMPLE_RATE), measures
 
     def analyse(
         self,

@@ -17,6 +17,7 @@ import numpy as np
 
 from biometrics.errors import AudioTooLong, TruncatedAudio
 from biometrics.voice.audio import RawCodec, decode_audio
+from biometrics.voice.audio.telephone import with_band_floor
 from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE, NARROWBAND_MAX_RATE, AudioChannel
 from biometrics.voice.embedding import AnalysedSample, Embedding
 from biometrics.voice.quality.gates import NO_SPEECH_BELOW_S, QualityLimits, QualityMeasures, verification_reasons
@@ -85,12 +86,13 @@ class SpeechStream:
         """Everything heard so far, analysed for verification (its speech embedded)."""
         if not self._raw:
             waveform_samples = np.zeros(0, dtype=np.float32)
-            clipping, channel = 0.0, None
+            clipping, channel, source_rate = 0.0, None, self.sample_rate
         else:
             waveform = decode_audio(
                 bytes(self._raw), raw_codec=self.codec, declared_rate=self.sample_rate, max_seconds=self.max_seconds
             )
             waveform_samples, clipping, channel = waveform.samples, waveform.clipping_ratio, waveform.channel
+            source_rate = waveform.source_rate
         total = len(waveform_samples)
         probs = self._probs + (self._block_probabilities(self._vad_done, total) if total > self._vad_done else [])
         segments = self.vad.segments_from_probabilities(probs, total)
@@ -103,7 +105,7 @@ class SpeechStream:
         embedding = None
         if measures.net_speech_s >= NO_SPEECH_BELOW_S:
             speech = np.concatenate([waveform_samples[s:e] for s, e in segments])
-            (vector,) = self._embed([speech])
+            (vector,) = self._embed([with_band_floor(speech, source_rate, MODEL_SAMPLE_RATE)])  # as speech_only
             embedding = Embedding(vector, self.fingerprint)
         sample = AnalysedSample(measures=measures, embedding=embedding)
         if channel is None:  # nothing heard: the channel the stream was declared with

@@ -3,6 +3,11 @@
 Samples of different channels are never averaged together: a template keeps a mean per channel it was
 enrolled in (format 2), so that a probe is scored against a known channel, at that pair's threshold.
 Format 1 (templates made before channels were recorded) holds one mean of unknown channel, and still loads.
+
+Since front end 2 (2026-12-05) the model hears telephone audio with its empty upper band filled by a fixed
+floor (biometrics/voice/audio/telephone.py), so telephone embeddings made before are not like those made
+now. A template records the front end it was made with; the telephone mean of an older one loads as of
+unknown channel, held to the stricter threshold (as format 1 is) until the customer enrols again.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from biometrics.errors import BiometricsError
+from biometrics.voice.audio.telephone import FRONT_END
 from biometrics.voice.audio.waveform import AudioChannel
 from biometrics.voice.embedding import Embedding, require_same_model
 
@@ -112,6 +118,7 @@ class VoiceTemplate:
             "count": self.count,
             "dim": len(self.mean),
             "slots": [{"channel": slot, "count": self.counts[slot]} for slot in slots],
+            "front_end": FRONT_END,
         }
         head = json.dumps(header).encode()
         body = b"".join(self.means[slot].astype("<f8").tobytes() for slot in slots)
@@ -144,9 +151,26 @@ class VoiceTemplate:
             ):
                 raise ValueError
             means = {slot: values[i * dim : (i + 1) * dim] for i, (slot, _) in enumerate(slots)}
-            return cls(means, dict(slots), count, str(header["fingerprint"]))
+            counts = dict(slots)
+            if magic == _MAGIC_V2 and int(header.get("front_end", 1)) < FRONT_END:
+                _telephone_as_unknown(means, counts)
+            return cls(means, counts, count, str(header["fingerprint"]))
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError, struct.error) as exc:
             raise TemplateFormatError("not a voice template") from exc
+
+
+def _telephone_as_unknown(means: dict[str, np.ndarray], counts: dict[str, int]) -> None:
+    """An older front end's telephone mean joins the unknown slot (weighted by the embeddings in each)."""
+    telephone = str(AudioChannel.TELEPHONE)
+    if telephone not in means:
+        return
+    mean, n = means.pop(telephone), counts.pop(telephone)
+    if UNKNOWN in means:
+        total = counts[UNKNOWN] + n
+        means[UNKNOWN] = (means[UNKNOWN] * counts[UNKNOWN] + mean * n) / total
+        counts[UNKNOWN] = total
+    else:
+        means[UNKNOWN], counts[UNKNOWN] = mean, n
 
 
 def _unit(mean: np.ndarray) -> np.ndarray:
