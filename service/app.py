@@ -87,7 +87,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
             fingerprint_gallery=ctx.fingerprint_gallery.state,
         )
 
-    metrics = ServiceMetrics(queue_depth=lambda: ctx.queue_depth(), gallery_sizes=ctx.gallery_sizes)
+    metrics = ServiceMetrics(queue_depth=lambda: ctx.queue_depth(), gallery_sizes=lambda: ctx.gallery_sizes())
     ctx.metrics = metrics
     ctx.on_batch = metrics.observe_batch
 
