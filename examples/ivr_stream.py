@@ -6,8 +6,8 @@
 
 A WAV/FLAC file is sent as an 8 kHz phone line carries it (mu-law over the WebSocket, signed linear over
 AudioSocket); a raw file (``--raw mulaw|alaw|pcm16``, 8 kHz) is sent as it is. Over the WebSocket the events
-come back on the socket; over AudioSocket (Asterisk's protocol, spoken here as Asterisk would) they are
-read with GET /v1/voice/streams/{id}.
+come back on the socket; over AudioSocket (Asterisk's protocol, spoken here as Asterisk would, audio only)
+they are read on a second WebSocket, /v1/voice/streams/{id}/events, as an IVR application would.
 """
 
 from __future__ import annotations
@@ -66,33 +66,29 @@ def over_websocket(base: str, key: str, stream_id: str, audio: bytes, frame_byte
         print(f"closed: {ws.close_code} {ws.close_reason}")
 
 
-def over_audiosocket(http: httpx.Client, address: str, stream_id: str, audio: bytes, realtime: bool) -> None:
+def over_audiosocket(base: str, key: str, address: str, stream_id: str, audio: bytes, realtime: bool) -> None:
+    """Plays the call as Asterisk would while the IVR watches its events on /v1/voice/streams/{id}/events."""
     host, _, port = address.rpartition(":")
-    done = threading.Event()
+    url = base.replace("http", "ws", 1) + f"/v1/voice/streams/{stream_id}/events"
+    with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as watcher:
+        print(watcher.recv(), flush=True)  # the stream as it stands: opened, pending
 
-    def poll() -> None:
-        last = None
-        while not done.is_set():
-            state = http.get(f"/v1/voice/streams/{stream_id}").json()
-            if state["latest_event"] != last:
-                last = state["latest_event"]
-                print(json.dumps(last), flush=True)
-            if state["status"] in ("decided", "ended"):
-                return
-            time.sleep(0.2)
+        def read() -> None:
+            for message in watcher:
+                print(message, flush=True)
 
-    poller = threading.Thread(target=poll)
-    poller.start()
-    with socket.create_connection((host, int(port))) as call:
-        call.sendall(struct.pack(">BH", 0x01, 16) + uuid.UUID(stream_id).bytes)
-        try:
-            for frame in paced(audio, 320, realtime):
-                call.sendall(struct.pack(">BH", 0x10, len(frame)) + frame)
-            call.sendall(struct.pack(">BH", 0x00, 0))
-        except OSError:
-            pass  # the server hung up: the stream is decided
-    poller.join(timeout=30)
-    done.set()
+        reader = threading.Thread(target=read)
+        reader.start()
+        with socket.create_connection((host, int(port))) as call:
+            call.sendall(struct.pack(">BH", 0x01, 16) + uuid.UUID(stream_id).bytes)
+            try:
+                for frame in paced(audio, 320, realtime):
+                    call.sendall(struct.pack(">BH", 0x10, len(frame)) + frame)
+                call.sendall(struct.pack(">BH", 0x00, 0))
+            except OSError:
+                pass  # the server hung up: the stream is decided
+        reader.join(timeout=30)
+        print(f"closed: {watcher.close_code} {watcher.close_reason}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if stream["status"] != "open":  # not enrolled, opted out: answered at once
         return 0
     if args.audiosocket:
-        over_audiosocket(http, args.audiosocket, stream["id"], audio, not args.fast)
+        over_audiosocket(args.url, args.key, args.audiosocket, stream["id"], audio, not args.fast)
     else:
         frame_bytes = int(8000 * FRAME_S) * (2 if codec is RawCodec.PCM16 else 1)
         over_websocket(args.url, args.key, stream["id"], audio, frame_bytes, not args.fast)
