@@ -82,7 +82,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
         """Cheap enough for a liveness probe: loads nothing."""
         return Health(
             status="ok",
-            precision=resolve_precision(ctx.settings.precision),
+            precision=ctx.embedder.precision if ctx.voice_model_loaded else resolve_precision(ctx.settings.precision),
             voice_model_loaded=ctx.voice_model_loaded,
             fingerprint_gallery=ctx.fingerprint_gallery.state,
         )

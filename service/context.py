@@ -160,10 +160,9 @@ class ServiceContext:
     def gallery_sizes(self) -> dict[str, int]:
         """Entries held in each in-memory gallery of this process, all tenants together (for /metrics); a
         gallery not made yet holds none, and none is made here."""
-        with self._cached_lock:
-            voice, watchlist = self._cached.get("voice.gallery"), self._cached.get("watchlist.gallery")
-        with self._gallery_lock:
-            fingers = self._fingerprint_gallery
+        # No lock: ``cached`` holds its lock while it makes an object, and a read of a dict entry is atomic.
+        voice, watchlist = self._cached.get("voice.gallery"), self._cached.get("watchlist.gallery")
+        fingers = self._fingerprint_gallery
         return {
             "voice": 0 if voice is None else voice.total(),
             "watchlist": 0 if watchlist is None else watchlist.total(),

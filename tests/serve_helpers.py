@@ -33,8 +33,9 @@ def free_port() -> int:
 
 
 def serve(data_dir: Path, logs: Path, wait_s: float = 90, **variables: str) -> Served:
-    """``service.cli serve`` with BIOIDENT_DATA_DIR=``data_dir`` and ``variables`` (none of the caller's own
-    BIOIDENT_* settings); fails the test if it exits or does not answer /health within ``wait_s``."""
+    """``service.cli serve`` with BIOIDENT_DATA_DIR=``data_dir`` and ``variables`` (the service settings the
+    tests set, SERVICE_VARIABLES, are not inherited); fails the test, stopping it, if it exits or does not
+    answer /health within ``wait_s``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
     env.update(BIOIDENT_DATA_DIR=str(data_dir), **variables)
@@ -60,6 +61,7 @@ def serve(data_dir: Path, logs: Path, wait_s: float = 90, **variables: str) -> S
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
+            stop(process)
             pytest.fail(f"serve did not answer /health in {wait_s:g} s: {err_path.read_text()[-3000:]}")
         time.sleep(0.5)
 

@@ -64,6 +64,6 @@ def test_health_answers_without_loading_anything(api):
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "ok"
-    assert body["precision"] == resolve_precision(api.ctx.settings.precision)
+    assert body["precision"] == resolve_precision(api.ctx.settings.precision) == api.ctx.embedder.precision
     assert body["voice_model_loaded"] is api.ctx.voice_model_loaded
     assert body["fingerprint_gallery"] in ("loading", "ready")

@@ -241,6 +241,7 @@ def test_the_model_hears_a_fixed_floor_in_the_band_narrowband_audio_cannot_carry
 
     speech = np.random.default_rng(7).standard_normal(40_000).astype(np.float32) * 0.05
     assert with_band_floor(speech, 16_000, 16_000) is speech  # wideband audio: as it is
+    assert with_band_floor(speech, 11_025, 16_000) is speech  # classed wideband too: as it is
     added = with_band_floor(speech, 8_000, 16_000) - speech
     assert np.array_equal(added, with_band_floor(speech, 8_000, 16_000) - speech)  # the same floor every time
     assert np.sqrt(np.mean(added**2)) == pytest.approx(BAND_FLOOR_RMS, rel=0.01)

@@ -330,10 +330,14 @@ def test_asterisk_audiosocket_streams_end_to_end_over_tcp(bank, tmp_path, databa
         assert struct.unpack(">BH", reply) == (0x00, 0)  # the server hangs up when the stream ends
         assert watched.final["decision"] == "accept" and watched.final["final"] is True
         assert watched.close_code == 1000 and watched.close_reason == {"reason": "decided", "decision": "accept"}
-        # The watcher's own refusals: no key, a key of another role, an id that is not a stream.
+        # The watcher's own refusals: no key, a key of another role, another tenant's ivr (for whom this
+        # stream does not exist), an id that is not a stream.
+        api.tenant("other-bank")
+        stranger = api.client("other-bank", "ivr")
         for headers, path, code in (
             ({}, events, 4403),
             (api.headers(keys["auditor"]), events, 4403),
+            (api.headers(stranger), events, 4404),
             (api.headers(keys["ivr"]), "/v1/voice/streams/not-a-uuid/events", 4404),
             (api.headers(keys["ivr"]), "/v1/voice/streams/0b5e2c4e-8d0f-4a53-9b9e-3f0c2d1e0a11/events", 4404),
         ):

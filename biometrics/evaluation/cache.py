@@ -50,8 +50,7 @@ def cache_key(
     }
     if precision != "fp32":  # fp32 entries keep the keys they had before precision was recorded
         described["precision"] = precision
-    if channel == "telephone":  # telephone embeddings changed with the front end's band floor
-        described["front_end"] = FRONT_END
+    described["front_end"] = FRONT_END  # 8 kHz audio's embeddings changed with the band floor, whatever the channel
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 

@@ -305,7 +305,7 @@ def run_fingerprint_audit(
             threshold=threshold,
             source="impostor-distribution",
             target_fmr=settings.target_fmr,
-            cohort_impostor_trials=impostor_pairs(fingerprint),
+            cohort_impostor_trials=impostor_pairs(settings.target_fmr, fingerprint),
             fmr=false_matches / len(impostor),
             fmr_ci95=binomial_ci(false_matches, len(impostor)),
             fnmr=false_non_matches / len(genuine),

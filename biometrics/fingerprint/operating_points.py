@@ -97,6 +97,6 @@ def identification_threshold(target_fpir: float, gallery_size: int, fingerprint:
     return default_threshold(target_fpir / gallery_size, fingerprint)
 
 
-def impostor_pairs(fingerprint: str | None = None) -> int:
-    """How many impostor comparisons the packaged distributions hold, all sensors together."""
-    return sum(table.pairs for table in _impostors(fingerprint).values())
+def impostor_pairs(target_fmr: float, fingerprint: str | None = None) -> int:
+    """How many impostor comparisons back the threshold at ``target_fmr``: those of the sensor that sets it."""
+    return max(_impostors(fingerprint).values(), key=lambda table: table.threshold(target_fmr)).pairs

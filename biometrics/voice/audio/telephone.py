@@ -11,7 +11,7 @@ import soundfile as sf
 
 from biometrics.voice.audio.decode import RawCodec, decode_audio
 from biometrics.voice.audio.resample import resample
-from biometrics.voice.audio.waveform import Waveform
+from biometrics.voice.audio.waveform import NARROWBAND_MAX_RATE, Waveform
 
 TELEPHONE_SAMPLE_RATE = 8_000
 
@@ -59,9 +59,10 @@ def _band_noise(source_rate: int, model_rate: int) -> np.ndarray:
 
 
 def with_band_floor(speech: np.ndarray, source_rate: int, model_rate: int) -> np.ndarray:
-    """``speech`` (at ``model_rate``) with the band its source rate could not carry filled by the fixed floor;
-    unchanged when the source was at the model's rate or above."""
-    if source_rate >= model_rate or len(speech) == 0:
+    """``speech`` (at ``model_rate``) with the band its source rate could not carry filled by the fixed floor,
+    when the source was telephone-rate audio (at most 8 kHz: the rule that classes it as telephone); any
+    other audio is unchanged, so wideband embeddings are what they were before the floor."""
+    if source_rate > NARROWBAND_MAX_RATE or source_rate >= model_rate or len(speech) == 0:
         return speech
     noise = _band_noise(source_rate, model_rate)
     repeats = -(-len(speech) // len(noise))

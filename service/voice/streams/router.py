@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import uuid
 
 from anyio import CancelScope, create_task_group, to_thread
@@ -14,7 +15,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from service.auth import Principal, Role, authenticate
 from service.context import ServiceContext
 from service.deps import get_ctx, require
-from service.errors import NotFound, ServiceError
+from service.errors import NotFound, RateLimited, ServiceError
+from service.limits import count_request
 from service.problems import problem_responses
 from service.store.models import VoiceStream, utcnow
 from service.voice.streams.drive import END, Dropped, admit_stream, close_code, drive, release_stream
@@ -24,6 +26,7 @@ from service.voice.streams.schemas import StreamEventOut, StreamOpenIn, StreamOu
 from service.voice.streams.store import StreamUnavailable, find_stream, take_stream
 from service.voice.streams.watch import TooManyWatchers, watch
 
+log = logging.getLogger("bioident.streams")
 router = APIRouter(prefix="/v1/voice", tags=["voice streams"])
 ivr = require(Role.IVR)
 UNAVAILABLE_CODES = {"unknown_stream": 4404, "stream_expired": 4410, "stream_used": 4409, "wrong_codec": 4415}
@@ -134,7 +137,7 @@ async def watch_stream(websocket: WebSocket, stream_id: str) -> None:
         await _close(websocket, 4404, {"reason": "unknown_stream"})
         return
     except StreamUnavailable as exc:
-        await _close(websocket, 4403, {"reason": exc.reason})
+        await _close(websocket, 4429 if exc.reason == "rate_limited" else 4403, {"reason": exc.reason})
         return
 
     async def send(event: dict) -> None:
@@ -148,8 +151,11 @@ async def watch_stream(websocket: WebSocket, stream_id: str) -> None:
             ended.update(await watch(ctx, canonical, tenant_id, send, limit_s))
         except TooManyWatchers:
             ended.update(reason="too_many_watchers", decision=None)
-        except (WebSocketDisconnect, RuntimeError):  # the watcher went away while we sent
+        except WebSocketDisconnect:  # the watcher went away while we sent
             pass
+        except Exception as exc:  # noqa: BLE001 - the database failed: say so, never with its message (data)
+            log.error("stream watcher failed: %s", type(exc).__name__)
+            ended.update(reason="internal_error", decision=None)
         scope.cancel()
 
     async def until_gone(scope: CancelScope) -> None:  # a watcher who leaves is let go at once
@@ -161,7 +167,8 @@ async def watch_stream(websocket: WebSocket, stream_id: str) -> None:
         group.start_soon(watching, group.cancel_scope)
         group.start_soon(until_gone, group.cancel_scope)
     if ended:
-        code = 1013 if ended["reason"] == "too_many_watchers" else UNAVAILABLE_CODES.get(ended["reason"], 1000)
+        codes = {**UNAVAILABLE_CODES, "too_many_watchers": 1013, "internal_error": 1011}
+        code = codes.get(ended["reason"], 1000)
         await _close(websocket, code, ended)
 
 
@@ -180,7 +187,12 @@ def _watcher_tenant(ctx: ServiceContext, authorization: str | None) -> str:
     if authorization is None:
         raise StreamUnavailable("unauthenticated")
     with ctx.db.session() as session:
-        return _ivr_principal(session, authorization).tenant_id
+        principal = _ivr_principal(session, authorization)
+        try:  # a watcher costs a client a request, as an HTTP call does
+            count_request(session, principal.client_id, ctx.settings.rate_limit_per_minute)
+        except RateLimited:
+            raise StreamUnavailable("rate_limited") from None
+        return principal.tenant_id
 
 
 def _take(ctx: ServiceContext, stream_id: str, authorization: str | None) -> VoiceStream:

@@ -1,10 +1,12 @@
 """Watching a stream's events from another connection: how the IVR reads the events of a call whose audio
 comes over Asterisk's AudioSocket (which carries audio only), or of a stream fed on another replica.
 
-A watcher sends the stream's latest event as it stands, then each new one, and closes when the stream is
-decided or ended (1000, with the close reason and decision) or when its lifetime is over. Events come from
-the database, so a watcher on any replica sees the same stream; on the replica that feeds the stream it is
-woken as each event is written, elsewhere it looks again every ``POLL_S``.
+A watcher sends the stream's latest event as it stands, then the latest again each time it changes, and
+closes when the stream is decided or ended (1000, with the close reason and decision) or when its lifetime is
+over. It reads only the latest event, so a pending event written and replaced between two looks can be
+missed; the final one never is. Events come from the database, so a watcher on any replica sees the same
+stream; on the replica that feeds the stream it is woken as each event is written, and every replica also
+looks every ``POLL_S``. Watchers count against the client's rate limit and a per-process cap.
 """
 
 from __future__ import annotations
