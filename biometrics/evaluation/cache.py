@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biometrics.voice.audio.telephone import FRONT_END
+from biometrics.voice.audio.telephone import TELEPHONE_FRONT_END
 from biometrics.voice.embedding import AnalysedSample, Embedding
 from biometrics.voice.quality.gates import QualityMeasures
 
@@ -50,7 +50,7 @@ def cache_key(
     }
     if precision != "fp32":  # fp32 entries keep the keys they had before precision was recorded
         described["precision"] = precision
-    described["front_end"] = FRONT_END  # 8 kHz audio's embeddings changed with the band floor, whatever the channel
+    described["front_end"] = TELEPHONE_FRONT_END  # 8 kHz audio embeds differently since the band floor
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from biometrics.errors import BiometricsError
-from biometrics.voice.audio.telephone import FRONT_END
+from biometrics.voice.audio.telephone import TELEPHONE_FRONT_END
 from biometrics.voice.audio.waveform import AudioChannel
 from biometrics.voice.embedding import Embedding, require_same_model
 
@@ -118,7 +118,7 @@ class VoiceTemplate:
             "count": self.count,
             "dim": len(self.mean),
             "slots": [{"channel": slot, "count": self.counts[slot]} for slot in slots],
-            "front_end": FRONT_END,
+            "front_end": TELEPHONE_FRONT_END,
         }
         head = json.dumps(header).encode()
         body = b"".join(self.means[slot].astype("<f8").tobytes() for slot in slots)
@@ -152,7 +152,7 @@ class VoiceTemplate:
                 raise ValueError
             means = {slot: values[i * dim : (i + 1) * dim] for i, (slot, _) in enumerate(slots)}
             counts = dict(slots)
-            if magic == _MAGIC_V2 and int(header.get("front_end", 1)) < FRONT_END:
+            if magic == _MAGIC_V2 and int(header.get("front_end", 1)) < TELEPHONE_FRONT_END:
                 _telephone_as_unknown(means, counts)
             return cls(means, counts, count, str(header["fingerprint"]))
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError, struct.error) as exc:

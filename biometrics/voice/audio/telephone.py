@@ -41,7 +41,7 @@ def simulate_telephone_channel(waveform: Waveform, codec: RawCodec = RawCodec.MU
 # -60 dBFS, and on an independent check (train-clean-100 utterances split in halves) 4.4 % -> 3.2 %.
 # It goes into the model's input only: the VAD and the quality measures see the audio as it arrived.
 BAND_FLOOR_RMS = 1e-3  # -60 dBFS
-FRONT_END = 2  # 1: before the floor; telephone embeddings of the two differ (templates and caches record it)
+TELEPHONE_FRONT_END = 2  # 1: before the floor; telephone embeddings of the two differ (templates and caches record it)
 _FLOOR_PERIOD_SAMPLES = 16_000  # one second at the model rate, repeated; periodic, so its repeats join smoothly
 
 
