@@ -163,13 +163,24 @@ def fits_a_phone(driver) -> bool:
 
 def navigates(driver, act) -> None:
     """Runs ``act`` (a click, a key press) and waits until the next page has replaced this one."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
+    stale = expected_conditions.staleness_of(page)
+
+    def replaced(d) -> bool:
+        try:
+            return stale(d)
+        except WebDriverException as exc:  # chromedriver's word for a node of a page being replaced right now
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+
     act()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 30).until(replaced)
 
 
 def h1(driver) -> str:
