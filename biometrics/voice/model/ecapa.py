@@ -18,11 +18,11 @@ from speechbrain.lobes.features import Fbank
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speechbrain.processing.features import InputNormalization
 
+from biometrics.integrity import read_verified
 from biometrics.torch_thread import on_torch_thread
 from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE
 from biometrics.voice.model.allocator import keep_freed_memory
 from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
-from biometrics.voice.model.integrity import read_verified
 from biometrics.voice.model.packing import pack, packed, reflect_into_gaps
 from biometrics.voice.model.precision import DTYPES, Precision, PrecisionSetting, resolve_precision
 from biometrics.voice.model.weights import ModelWeights

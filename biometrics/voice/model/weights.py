@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biometrics.errors import ModelFileMissing, ModelSourceUnavailable
+from biometrics.integrity import verify_file
 from biometrics.settings import CoreSettings
-from biometrics.voice.model.integrity import verify_file
 
 # speechbrain/spkrec-ecapa-voxceleb, the two files the embedding path needs.
 EXPECTED_SHA256: dict[str, str] = {

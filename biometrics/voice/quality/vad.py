@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from biometrics.integrity import read_verified
 from biometrics.torch_thread import on_torch_thread
 from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE
-from biometrics.voice.model.integrity import read_verified
 
 SILERO_VERSION = "6.2.3"  # the silero-vad wheel pinned in pyproject.toml
 

@@ -18,12 +18,12 @@ from service.deps import get_ctx, require
 from service.errors import NotFound, RateLimited, ServiceError
 from service.limits import count_request
 from service.problems import problem_responses
-from service.store.models import VoiceStream, utcnow
+from service.store.models import VoiceStream
 from service.voice.streams.drive import END, Dropped, admit_stream, close_code, drive, release_stream
 from service.voice.streams.opening import open_stream
 from service.voice.streams.run import StreamFault, StreamRun
 from service.voice.streams.schemas import StreamEventOut, StreamOpenIn, StreamOut
-from service.voice.streams.store import StreamUnavailable, find_stream, take_stream
+from service.voice.streams.store import StreamUnavailable, find_stream, stream_status, take_stream
 from service.voice.streams.watch import TooManyWatchers, watch
 
 log = logging.getLogger("bioident.streams")
@@ -34,10 +34,9 @@ STOP_EVENTS = {"stop", "end", "close"}
 
 
 def stream_out(row: VoiceStream) -> StreamOut:
-    expired = row.status == "open" and row.connect_by <= utcnow()  # never connected in time: no longer usable
     return StreamOut(
         id=row.id,
-        status="expired" if expired else row.status,
+        status=stream_status(row),
         decision=row.decision,
         codec=row.codec,
         sample_rate=row.sample_rate,

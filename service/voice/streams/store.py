@@ -33,13 +33,23 @@ def find_stream(session: Session, stream_id: str, tenant_id: str | None = None) 
     return row
 
 
+def is_expired(row: VoiceStream, now: dt.datetime | None = None) -> bool:
+    """Opened but never connected in time: no longer usable."""
+    return row.status == "open" and row.connect_by <= (now or utcnow())
+
+
+def stream_status(row: VoiceStream) -> str:
+    """The status a caller sees: ``expired`` for a stream never connected in time, else the stored one."""
+    return "expired" if is_expired(row) else row.status
+
+
 def take_stream(session: Session, stream_id: str, transport: str) -> VoiceStream:
     """Marks an open stream as connected through ``transport``; raises ``StreamUnavailable`` otherwise."""
     row = find_stream(session, stream_id)
     if row is None:
         raise StreamUnavailable("unknown_stream")
     now = utcnow()
-    if row.status == "open" and row.connect_by <= now:
+    if is_expired(row, now):
         raise StreamUnavailable("stream_expired")
     taken = session.execute(
         update(VoiceStream)

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from anyio import to_thread
 
 from service.context import ServiceContext
-from service.store.models import utcnow
-from service.voice.streams.store import find_stream
+from service.voice.streams.store import find_stream, stream_status
 
 POLL_S = 0.2  # how often a watcher looks at the database when no one in this process wakes it
 
@@ -84,9 +83,8 @@ def _look(ctx: ServiceContext, stream_id: str, tenant_id: str) -> Seen | None:
         row = find_stream(session, stream_id, tenant_id)
         if row is None:
             return None
-        status = "expired" if row.status == "open" and row.connect_by <= utcnow() else row.status
         event = row.latest_event or {"event": "opened", "stream_id": row.id, "decision": "pending"}
-        return Seen(status, event, row.close_reason, row.decision)
+        return Seen(stream_status(row), event, row.close_reason, row.decision)
 
 
 async def watch(

@@ -1,3 +1,5 @@
+"""Weight files are checked against their pinned SHA-256 before anything is loaded (voice and fingerprint)."""
+
 from __future__ import annotations
 
 import hashlib
