@@ -178,16 +178,16 @@ class ServiceContext:
         """Builds the gallery in the background (at start): 1:N payments wait for it, nothing else does."""
 
         def build() -> None:
+            try:  # first (about a second): card payments need no gallery, and should not wait for the network
+                prepare_extractor(self.settings.fingerprint_extractor)
+            except Exception as exc:  # noqa: BLE001 - the first capture then loads it, and says what is wrong
+                log.error("fingerprint extractor could not be loaded: %s", type(exc).__name__)
             try:
                 count = self.build_fingerprint_gallery()
                 log.info("fingerprint gallery: %d fingers loaded", count)
             except Exception as exc:  # noqa: BLE001 - told to 1:N callers as 503, logged here without data
                 log.error("fingerprint gallery could not be loaded: %s", type(exc).__name__)
                 self.fingerprint_gallery.build_failed()
-            try:
-                prepare_extractor(self.settings.fingerprint_extractor)  # so that the first payment does not wait
-            except Exception as exc:  # noqa: BLE001 - the first capture then loads it, and says what is wrong
-                log.error("fingerprint extractor could not be loaded: %s", type(exc).__name__)
 
         thread = threading.Thread(target=build, name="fingerprint-gallery", daemon=True)
         thread.start()

@@ -184,6 +184,29 @@ def test_the_gallery_never_answers_a_customer_withdrawn_elsewhere(till, second_r
     assert after_pin["payment_token"] is None
 
 
+def test_customers_enrolled_or_re_enrolled_elsewhere_are_found_and_their_old_fingers_leave(till, second_replica):
+    """Each search looks only at rows stamped since the gallery's last look; a customer whose rows a re-check
+    finds changed is dropped, and the next search lists every row again."""
+    gallery = till.api.ctx.fingerprint_gallery
+    _enrolled(till, BOB, "102", BOB_TOKEN)
+    assert pay(till, impression("102", 5)).json()["payment_token"] == BOB_TOKEN
+    consent(till, ALICE)
+    first = impression("101", 1), impression("101", 1, "DB2_B")
+    assert enrol(till, ALICE, *first, ALICE_TOKEN, http=second_replica).status_code == 201
+    assert pay(till, impression("101", 5)).json()["payment_token"] == ALICE_TOKEN  # enrolled on the other replica
+
+    consent(till, ALICE)  # a replacement needs consent given again
+    other = impression("103", 1), impression("103", 1, "DB2_B")
+    replaced = enrol(
+        till, ALICE, *other, "tok_new_5", http=second_replica, replace="true",
+        first_finger_position=3, second_finger_position=8,
+    )
+    assert replaced.status_code == 201, replaced.text
+    assert pay(till, impression("101", 5)).json()["payment_token"] is None  # the old finger, still held here
+    assert pay(till, impression("103", 5)).json()["payment_token"] == "tok_new_5"
+    assert gallery.size("shop") == 4  # Bob's two fingers and Alice's two new ones: her old ones left memory
+
+
 def test_enrolment_rules_at_the_till(till):
     consent(till, ALICE)
     same = enrol(till, ALICE, impression("101", 1), impression("101", 3), ALICE_TOKEN)  # one finger twice

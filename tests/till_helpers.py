@@ -37,8 +37,11 @@ def consent(till, reference: str, purpose: str = "payment") -> dict:
     return response.json()
 
 
-def enrol(till, reference: str, first: Path, second: Path, payment_token: str, pin: str | None = None, **extra):
-    """Enrols impressions 1-2 of two fingers (``first``/``second``: impression 1 of each), at positions 2 and 7."""
+def enrol(
+    till, reference: str, first: Path, second: Path, payment_token: str, pin: str | None = None, *, http=None, **extra
+):
+    """Enrols impressions 1-2 of two fingers (``first``/``second``: impression 1 of each), at positions 2 and 7
+    unless ``extra`` says otherwise; through ``http`` (another replica's client) or the till's."""
     files = [image("first_finger", first), image("first_finger", _next(first))]
     files += [image("second_finger", second), image("second_finger", _next(second))]
     data = {
@@ -49,7 +52,7 @@ def enrol(till, reference: str, first: Path, second: Path, payment_token: str, p
         **({"pin": pin} if pin is not None else {}),
         **extra,
     }
-    return till.http.post("/v1/fingerprint/enrol", data=data, files=files, headers=till.headers())
+    return (http or till.http).post("/v1/fingerprint/enrol", data=data, files=files, headers=till.headers())
 
 
 def _next(path: Path) -> Path:

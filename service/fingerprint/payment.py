@@ -195,7 +195,7 @@ def _still_current(
         scored = {(f.template_id, f.updated_at) for f in candidate.fingers}
         token = candidate.subject_token
         if token not in rows or rows[token] != scored:
-            ctx.fingerprint_gallery.drop_subject(tenant_id, token)  # gone or changed: the next sync reloads it
+            ctx.fingerprint_gallery.drop_stale(tenant_id, token)  # gone or changed: the next sync reloads it
         elif token in consenting and token in linked:
             current.append(candidate)
     return current
