@@ -7,7 +7,8 @@ Run from the repository root::
 
 It makes a fresh data directory (SQLite) and fills it through the service's own code (consent, sealed
 templates, payment links), then starts ``bioident serve`` on it, which builds its in-memory gallery at
-start (timed). The enrolled customers are:
+start (timed). The enrolled customers are (their template rows stamped over the past year, as customers
+enrol over time):
 
 - real customers: fingers 1-5 of FVC2002 DB1_B (finger position 2) and DB2_B (position 7), each
   enrolled from impressions 1-2 of both fingers (as the till enrols: captures analysed and consolidated);
@@ -70,6 +71,23 @@ def perturbed(template, rng: np.random.Generator):
     from biometrics.fingerprint.templates import FingerprintTemplate
 
     return FingerprintTemplate([perturbed_impression(m, rng) for m in template.impressions], template.fingerprint)
+
+
+def backdate(ctx, rng: np.random.Generator) -> None:
+    """Spreads the template rows' stamps over the past year, as a till's customers enrol over time: with
+    every row minutes old, each search's look at the rows stamped since its last one would cover them all."""
+    import datetime as dt
+
+    from sqlalchemy import select, update
+
+    from service.store.models import Template, utcnow
+
+    now = utcnow()
+    with ctx.db.session() as session:
+        ids = list(session.execute(select(Template.id)).scalars())
+        for row_id, days in zip(ids, rng.uniform(1.0, 365.0, size=len(ids)), strict=True):
+            stamp = now - dt.timedelta(days=float(days))
+            session.execute(update(Template).where(Template.id == row_id).values(created_at=stamp, updated_at=stamp))
 
 
 def seed(data_dir: Path, fingers: int, rng: np.random.Generator) -> tuple[str, list[dict], dict]:
@@ -135,6 +153,7 @@ def seed(data_dir: Path, fingers: int, rng: np.random.Generator) -> tuple[str, l
                 record_consent(session, actor, subject, terms)
                 store_fingers(session, ctx.keyring, TENANT, subject, templates)
                 store_payment_link(session, ctx.keyring, TENANT, subject, token, pin)
+    backdate(ctx, rng)
     seeded_s = time.perf_counter() - started
     ctx.db.engine.dispose()
     figures = {
