@@ -4,6 +4,7 @@ enrol two fingers from impressions 1-2, pay with impression 5."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -288,6 +289,16 @@ def test_while_the_gallery_loads_finger_only_waits_and_the_rest_is_served(till, 
     loading = pay(till, impression("101", 5))
     assert loading.status_code == 503 and loading.json()["type"].endswith("/gallery_loading")
     assert int(loading.headers["Retry-After"]) >= 1
+    pin = pay(till, impression("101", 5), pin="4821")
+    assert pin.status_code == 503
+    refused = _rows(
+        till, "SELECT details FROM audit_entries WHERE action = 'fingerprint.pay' AND outcome = 'refused' ORDER BY seq"
+    )
+    details = [json.loads(d) if isinstance(d, str) else d for (d,) in refused]  # JSON text on SQLite
+    assert [(d["mode"], d["reason"], d["status"]) for d in details] == [
+        ("finger", "gallery_loading", 503),
+        ("pin", "gallery_loading", 503),
+    ]  # an attempt the service said "not yet" to is an attempt all the same
     assert pay(till, impression("101", 5), payment_token=ALICE_TOKEN).json()["decision"] == "accept"
     ctx.start_fingerprint_gallery().join()
     assert pay(till, impression("101", 5)).json()["payment_token"] == ALICE_TOKEN

@@ -221,7 +221,7 @@ def pay_with_finger(ctx: ServiceContext, actor: Principal, purpose: str, probes:
         ctx, actor, "fingerprint.pay", reference=None, details={"mode": "finger", "purpose": purpose}
     ):
         presented = list(probes())
-    ranked, gallery_fingers = _ranked(ctx, tenant, presented)
+        ranked, gallery_fingers = _ranked(ctx, tenant, presented)
     model = _model(presented)
     threshold = decisions.finger_only_threshold(
         settings.fingerprint_target_fpir, len(presented), gallery_fingers, model
