@@ -31,6 +31,8 @@ bench-latency: setup
 bench-load: setup
 	$(BIN)/python -m benchmarks.load --overload-callers 48
 
-# Fingerprint extraction, 1:1 and 1:N over 10,000 fingers (FVC2002 prints and distractor copies)
+# Fingerprint extraction, 1:1 and 1:N over 10,000 fingers (FVC2002 prints and distractor copies), then the
+# till end to end over HTTP with 10,000 enrolled fingers (about 10 minutes in all on 2 cores)
 bench-fingerprint: setup
 	$(BIN)/python -m benchmarks.fingerprint_speed
+	$(BIN)/python -m benchmarks.till_latency
