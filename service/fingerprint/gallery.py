@@ -4,9 +4,10 @@ memory only (never written, logged or returned), each tenant's behind the matche
 It is built when the service starts, in the background (opening and indexing many fingers takes minutes:
 the service answers everything else meanwhile, and 1:N payments answer 503 with Retry-After until the
 gallery is complete, never from part of it), updated by this process's enrolments and withdrawals, and brought in
-line with the database before each search (``sync``): rows stamped since its last look, less a margin for
-transactions that committed late (as the voice gallery does), are opened and put in when they are new or
-changed. Rows removed by another replica cannot be seen that way: every row is listed, and those gone are
+line with the database before each search (``sync``): every row of the customers with a row stamped since
+its last look, less a margin for transactions that committed late (as the voice gallery does), is read (a
+re-enrolment replaces all of a customer's rows), opened and put in when new or changed, and the customer's
+other fingers dropped. Rows removed by another replica cannot be seen that way: every row is listed, and those gone are
 dropped, at least every ``SWEEP_S``, and at the next search after a re-check found a customer's rows
 changed or gone (``drop_stale``); listing all 10,000 rows of the till benchmark took 25-50 ms of every 1:N
 payment. It is a cache all the same: the payment use cases re-check every candidate it returns in the
@@ -31,7 +32,7 @@ from service.errors import ServiceError
 from service.fingerprint.templates import FINGERPRINT, EnrolledFinger, open_finger
 from service.protected import unwrap_row
 from service.store.db import Database
-from service.store.models import DataKey, Template
+from service.store.models import DataKey, Template, utcnow
 from service.vault import Keyring
 
 # Rows stamped this long before the newest one seen are looked at again at each sync (a transaction that
@@ -122,9 +123,10 @@ class FingerprintGallery:
                 session.execute(select(Template.tenant_id).where(Template.modality == FINGERPRINT).distinct()).scalars()
             )
         for tenant_id in tenants:
+            started = utcnow()
             with db.session() as session:
-                listing, opened = self._fetch(session, keyring, tenant_id, since=None)
-            self._apply(tenant_id, listing, opened, swept=True, drops=0)
+                listing, opened, _ = self._fetch(session, keyring, tenant_id, since=None)
+            self._apply(tenant_id, listing, opened, started=started, customers=None, drops=0)
         self._ready.set()
         with self._lock:
             return sum(len(t.fingers) for t in self._tenants.values())
@@ -136,23 +138,38 @@ class FingerprintGallery:
             sweep = tenant.needs_sweep()
             since = None if sweep or tenant.newest is None else tenant.newest - LATE_COMMIT_MARGIN
             drops = tenant.stale_drops
-        listing, opened = self._fetch(session, keyring, tenant_id, since)
-        self._apply(tenant_id, listing, opened, swept=sweep, drops=drops)
+        started = utcnow()
+        listing, opened, customers = self._fetch(session, keyring, tenant_id, since)
+        self._apply(tenant_id, listing, opened, started=started, customers=customers, drops=drops)
 
     def _fetch(
         self, session: Session, keyring: Keyring, tenant_id: str, since: dt.datetime | None
-    ) -> tuple[dict[str, tuple[str, dt.datetime]], list[EnrolledFinger]]:
-        """The tenant's rows stamped at or after ``since`` (all with None) by key, as (row id, stamp), and
-        those of them this gallery lacks or holds stale, opened."""
-        query = select(Template.id, Template.subject_token, Template.finger_position, Template.updated_at).where(
+    ) -> tuple[dict[str, tuple[str, dt.datetime]], list[EnrolledFinger], set[str] | None]:
+        """Every row of the tenant (``since`` None), or every row of the customers with a row stamped at or
+        after ``since`` (a re-enrolment replaces all of a customer's rows: the listing must show which of
+        theirs are gone): by key, as (row id, stamp); those this gallery lacks or holds stale, opened; and
+        the customers listed (None: all)."""
+        columns = select(Template.id, Template.subject_token, Template.finger_position, Template.updated_at).where(
             Template.tenant_id == tenant_id, Template.modality == FINGERPRINT
         )
-        if since is not None:
-            query = query.where(Template.updated_at >= since)
-        wanted = {
-            finger_key(token, position or 0): (row_id, updated)
-            for row_id, token, position, updated in session.execute(query).all()
-        }
+        customers = None
+        if since is None:
+            found = session.execute(columns).all()
+        else:
+            customers = set(
+                session.execute(
+                    select(Template.subject_token)
+                    .where(Template.tenant_id == tenant_id, Template.modality == FINGERPRINT)
+                    .where(Template.updated_at >= since)
+                ).scalars()
+            )
+            ordered = sorted(customers)
+            found = [
+                row
+                for start in range(0, len(ordered), 500)
+                for row in session.execute(columns.where(Template.subject_token.in_(ordered[start : start + 500])))
+            ]
+        wanted = {finger_key(token, position or 0): (row_id, updated) for row_id, token, position, updated in found}
         with self._lock:
             tenant = self._tenant(tenant_id)
             stale = [
@@ -172,7 +189,7 @@ class FingerprintGallery:
                     opened.append(open_finger(row, unwrap_row(keyring, key_row)))
                 except ServiceError:
                     continue  # another matcher's template: it cannot be searched; that customer re-enrols
-        return wanted, opened
+        return wanted, opened, customers
 
     def _apply(
         self,
@@ -180,20 +197,32 @@ class FingerprintGallery:
         listing: dict[str, tuple[str, dt.datetime]],
         opened: list[EnrolledFinger],
         *,
-        swept: bool,
+        started: dt.datetime,
+        customers: set[str] | None,
         drops: int,
     ) -> None:
-        """Puts the opened fingers in; after a listing of every row (``swept``), drops the keys it lacks."""
+        """Drops the held keys of the customers listed (all with None) that the listing lacks, unless put in
+        after the listing began (``started``: an enrolment on this process meanwhile); puts the opened
+        fingers in unless something newer is held."""
         with self._lock:
             tenant = self._tenant(tenant_id)
-            if swept:
-                for key in [k for k in tenant.fingers if k not in listing]:
+            held_keys = (
+                list(tenant.fingers)
+                if customers is None
+                else [k for token in customers for k in tenant.by_subject.get(token, ())]
+            )
+            for key in held_keys:
+                if key not in listing and tenant.fingers[key].updated_at < started:
                     tenant.drop_key(key)
+            if customers is None:
                 tenant.swept_at, tenant.swept_drops = time.monotonic(), drops
             for finger in opened:
-                tenant.put(finger)
+                held = tenant.fingers.get(finger_key(finger.subject_token, finger.position))
+                if held is None or held.updated_at <= finger.updated_at:
+                    tenant.put(finger)
+            # A clock running ahead on another replica must not move the look past rows stamped here meanwhile.
             stamps = [stamp for _, stamp in listing.values()] + ([tenant.newest] if tenant.newest else [])
-            tenant.newest = max(stamps, default=None)
+            tenant.newest = min(max(stamps), started) if stamps else None
 
     def put(self, tenant_id: str, fingers: list[EnrolledFinger]) -> None:
         """A subject's fingers after an enrolment here: they replace whatever was held of that subject."""

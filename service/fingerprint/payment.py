@@ -164,12 +164,13 @@ def _ranked(ctx: ServiceContext, tenant_id: str, presented: Sequence[ProbeFinger
 
 def _still_current(
     ctx: ServiceContext, session: Session, tenant_id: str, purpose: str, candidates: Sequence[Candidate]
-) -> list[Candidate]:
+) -> tuple[list[Candidate], bool]:
     """The candidates the database still stands behind, in order: active consent for the purpose, the very
-    template rows the gallery scored, and a payment link. Others are dropped from the gallery."""
+    template rows the gallery scored, and a payment link; and whether the gallery held any of them stale
+    (rows changed or gone: those are dropped from it)."""
     tokens = [c.subject_token for c in candidates]
     if not tokens:
-        return []
+        return [], False
     consenting = set(
         session.execute(
             select(Consent.subject_token).where(
@@ -190,15 +191,31 @@ def _still_current(
     linked = set(
         session.execute(select(PaymentLink.subject_token).where(PaymentLink.subject_token.in_(tokens))).scalars()
     )
-    current = []
+    current, stale = [], False
     for candidate in candidates:
         scored = {(f.template_id, f.updated_at) for f in candidate.fingers}
         token = candidate.subject_token
         if token not in rows or rows[token] != scored:
             ctx.fingerprint_gallery.drop_stale(tenant_id, token)  # gone or changed: the next sync reloads it
+            stale = True
         elif token in consenting and token in linked:
             current.append(candidate)
-    return current
+    return current, stale
+
+
+def _identified(
+    ctx: ServiceContext, tenant_id: str, purpose: str, presented: Sequence[ProbeFinger]
+) -> tuple[list[Candidate], int]:
+    """The candidates the database stands behind, best first, and the gallery's size. Where the gallery held
+    a candidate stale (re-enrolled or withdrawn on another replica), it is brought in line and searched once
+    more, so that a decision is not taken between the runners-up of a ranking that lacked someone."""
+    for _ in range(2):
+        ranked, gallery_fingers = _ranked(ctx, tenant_id, presented)
+        with ctx.db.session() as session:
+            current, stale = _still_current(ctx, session, tenant_id, purpose, ranked)
+        if not stale:
+            break
+    return current, gallery_fingers
 
 
 def _locked(ctx: ServiceContext, session: Session, tokens: Sequence[str]) -> set[str]:
@@ -221,18 +238,17 @@ def pay_with_finger(ctx: ServiceContext, actor: Principal, purpose: str, probes:
         ctx, actor, "fingerprint.pay", reference=None, details={"mode": "finger", "purpose": purpose}
     ):
         presented = list(probes())
-        ranked, gallery_fingers = _ranked(ctx, tenant, presented)
+        current, gallery_fingers = _identified(ctx, tenant, purpose, presented)
     model = _model(presented)
     threshold = decisions.finger_only_threshold(
         settings.fingerprint_target_fpir, len(presented), gallery_fingers, model
     )
     with ctx.db.session() as session:
-        current = _still_current(ctx, session, tenant, purpose, ranked)
         best, second = (current + [None, None])[:2]
         accepted = _leads(best, second, threshold, settings.fingerprint_margin)
         if accepted:  # held until the answer commits: a withdrawal of this customer waits for it, or went first
             lock_subject(session, best.subject_token)
-            accepted = bool(_still_current(ctx, session, tenant, purpose, [best]))
+            accepted = bool(_still_current(ctx, session, tenant, purpose, [best])[0])
         reason = None
         if accepted and best.subject_token in _locked(ctx, session, [best.subject_token]):
             accepted, reason = False, "locked_out"
@@ -271,13 +287,12 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
         ctx, actor, "fingerprint.pay", reference=None, details={"mode": "pin", "purpose": purpose}
     ) as attempt:
         presented = list(probes())
-        ranked, gallery_fingers = _ranked(ctx, tenant, presented)
+        current, gallery_fingers = _identified(ctx, tenant, purpose, presented)
         model = _model(presented)
         target, count = settings.fingerprint_target_fpir, len(presented)
         threshold = decisions.pin_threshold(target, count, gallery_fingers, model)
         alone = decisions.finger_only_threshold(target, count, gallery_fingers, model)
         with ctx.db.session() as session:  # read the PIN hashes; argon2id runs outside any transaction
-            current = _still_current(ctx, session, tenant, purpose, ranked)
             hashes = dict(
                 session.execute(
                     select(PaymentLink.subject_token, PaymentLink.pin_hash).where(
@@ -292,7 +307,7 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
             if chosen is not None:
                 attempt.subject_token = chosen.subject_token
                 lock_subject(session, chosen.subject_token)
-                confirmed = _still_current(ctx, session, tenant, purpose, [chosen])
+                confirmed, _ = _still_current(ctx, session, tenant, purpose, [chosen])
                 if not confirmed:
                     chosen = None
                 else:
