@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from biometrics.errors import FingerprintImageError
@@ -36,8 +35,6 @@ MIN_RELIABILITY = 0.0
 MAX_MINUTIAE = 255
 
 _local = threading.local()
-# One thread for LEADER's network: its runs are one at a time anyway (each keeps both cores busy).
-_network = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-network")
 
 
 @dataclass(frozen=True)
@@ -159,15 +156,10 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
         extractor = CoreSettings().fingerprint_extractor
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown fingerprint extractor {extractor!r}")
+    measured = _nbis(image)
     if extractor == "nbis":
-        return _nbis(image)
-    # NBIS still measures the print (NFIQ 2, foreground) while the network runs in its own thread: the gaps
-    # onnxruntime's threads leave are filled (a capture 449 -> 416 ms p50, interleaved A/B, RESULTS.md).
-    network = _network.submit(_leader_minutiae, image)
-    try:
-        measured = _nbis(image)
-    except FingerprintImageError:
-        wait([network])  # the capture's own network run ends with it: nothing piles up behind refusals
-        raise
-    minutiae = Minutiae(image.width, image.height, image.resolution_dpi, network.result())
+        return measured
+    # NBIS still measures the print (NFIQ 2, foreground). Running the network in a second thread beside it
+    # saved nothing at the till (RESULTS.md): onnxruntime keeps both cores busy.
+    minutiae = Minutiae(image.width, image.height, image.resolution_dpi, _leader_minutiae(image))
     return Extraction(minutiae, measured.nfiq2, measured.foreground_pixels)
