@@ -14,6 +14,11 @@ class ServiceError(Exception):
         self.reasons = reasons
         self.retry_after_s = retry_after_s  # sent as Retry-After: when a client may usefully try again
 
+    @property
+    def refuses_attempt(self) -> bool:
+        """Whether this answers an attempt as refused (audited as such), rather than as a fault of the service."""
+        return self.status < 500
+
 
 class Unauthorized(ServiceError):
     status, code, title = 401, "unauthorized", "Missing or invalid API key"

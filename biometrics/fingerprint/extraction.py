@@ -159,7 +159,7 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
     measured = _nbis(image)
     if extractor == "nbis":
         return measured
-    # NBIS still measures the print (NFIQ 2, foreground). Running the network in a second thread beside it
-    # saved nothing at the till (RESULTS.md): onnxruntime keeps both cores busy.
+    # NBIS still measures the print (NFIQ 2, foreground). The network in a second thread beside it was faster
+    # in one process but no faster in two served till runs (RESULTS.md), so the two run one after the other.
     minutiae = Minutiae(image.width, image.height, image.resolution_dpi, _leader_minutiae(image))
     return Extraction(minutiae, measured.nfiq2, measured.foreground_pixels)

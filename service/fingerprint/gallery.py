@@ -44,6 +44,15 @@ SWEEP_S = 300.0  # every row is listed at least this often, so that removals mad
 class GalleryLoading(ServiceError):
     status, code, title = 503, "gallery_loading", "The fingerprint gallery is still loading"
 
+    def __init__(self, detail: str, *, failed: bool, retry_after_s: int) -> None:
+        super().__init__(detail, retry_after_s=retry_after_s)
+        self.failed = failed
+
+    @property
+    def refuses_attempt(self) -> bool:
+        """"Not yet" is an answer to an attempt, audited as refused; a gallery that failed to load is a fault."""
+        return not self.failed
+
 
 def finger_key(subject_token: str, position: int) -> str:
     return f"{subject_token}/{position}"
@@ -105,7 +114,9 @@ class FingerprintGallery:
         """Returns once every enrolled finger is in; else ``GalleryLoading`` (503, Retry-After)."""
         if not self._ready.wait(timeout_s) or self._failed:
             detail = "could not be loaded: see the service's log" if self._failed else "is still loading"
-            raise GalleryLoading(f"the fingerprint gallery {detail}; try again shortly", retry_after_s=10)
+            raise GalleryLoading(
+                f"the fingerprint gallery {detail}; try again shortly", failed=self._failed, retry_after_s=10
+            )
 
     def build_failed(self) -> None:
         self._failed = True
@@ -123,10 +134,12 @@ class FingerprintGallery:
                 session.execute(select(Template.tenant_id).where(Template.modality == FINGERPRINT).distinct()).scalars()
             )
         for tenant_id in tenants:
+            with self._lock:
+                drops = self._tenant(tenant_id).stale_drops
             started = utcnow()
             with db.session() as session:
                 listing, opened, _ = self._fetch(session, keyring, tenant_id, since=None)
-            self._apply(tenant_id, listing, opened, started=started, customers=None, drops=0)
+            self._apply(tenant_id, listing, opened, started=started, customers=None, drops=drops)
         self._ready.set()
         with self._lock:
             return sum(len(t.fingers) for t in self._tenants.values())
@@ -136,7 +149,7 @@ class FingerprintGallery:
         with self._lock:
             tenant = self._tenant(tenant_id)
             sweep = tenant.needs_sweep()
-            since = None if sweep or tenant.newest is None else tenant.newest - LATE_COMMIT_MARGIN
+            since = None if sweep else tenant.newest - LATE_COMMIT_MARGIN  # a sweep is due while newest is None
             drops = tenant.stale_drops
         started = utcnow()
         listing, opened, customers = self._fetch(session, keyring, tenant_id, since)

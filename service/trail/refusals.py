@@ -19,13 +19,10 @@ from service.errors import ServiceError
 from service.store.models import Subject
 from service.trail.chain import record_event
 
-# Answers of 5xx that are the service saying "not yet" on purpose, not faults: attempts all the same.
-NOT_YET = {"gallery_loading"}
-
 
 def _refusal(exc: Exception) -> tuple[str, int] | None:
     """The reason code and status of an input refusal; None for faults that are not the caller's."""
-    if isinstance(exc, ServiceError) and (exc.status < 500 or exc.code in NOT_YET):
+    if isinstance(exc, ServiceError) and exc.refuses_attempt:
         return exc.code, exc.status
     if isinstance(exc, AudioError | FingerprintInputError):
         return exc.code, 422

@@ -30,6 +30,7 @@ log = logging.getLogger("bioident.streams")
 router = APIRouter(prefix="/v1/voice", tags=["voice streams"])
 ivr = require(Role.IVR)
 UNAVAILABLE_CODES = {"unknown_stream": 4404, "stream_expired": 4410, "stream_used": 4409, "wrong_codec": 4415}
+WATCHER_CLOSE_CODES = {**UNAVAILABLE_CODES, "too_many_watchers": 1013, "internal_error": 1011}
 STOP_EVENTS = {"stop", "end", "close"}
 
 
@@ -166,9 +167,7 @@ async def watch_stream(websocket: WebSocket, stream_id: str) -> None:
         group.start_soon(watching, group.cancel_scope)
         group.start_soon(until_gone, group.cancel_scope)
     if ended:
-        codes = {**UNAVAILABLE_CODES, "too_many_watchers": 1013, "internal_error": 1011}
-        code = codes.get(ended["reason"], 1000)
-        await _close(websocket, code, ended)
+        await _close(websocket, WATCHER_CLOSE_CODES.get(ended["reason"], 1000), ended)
 
 
 def _ivr_principal(session: Session, authorization: str) -> Principal:
