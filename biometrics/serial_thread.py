@@ -1,0 +1,74 @@
+"""A long-lived daemon thread that runs the calls handed to it one after another.
+
+For native libraries whose state is costly to build and not meant to be shared between threads (NBIS:
+an extractor with NFIQ 2's models takes about 270 ms to build). Kept per request thread instead, that
+state is built again on every thread a server hands a request to, and a server's worker threads come and
+go (AnyIO keeps the one used last and ends the others after 10 s idle), so now and then a payment would
+wait for a build.
+
+A daemon thread with a queue of its own rather than a ``ThreadPoolExecutor``, for the reasons
+``biometrics.torch_thread`` gives (an executor refuses work once the interpreter starts shutting down);
+a forked child starts a thread of its own on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+_Task = tuple[Future[Any], Callable[[], Any]]
+
+
+class SerialThread:
+    """Runs submitted calls in order on one thread of its own, started on first use."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[_Task] | None = None
+        self._thread: threading.Thread | None = None
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget_parents_thread)
+
+    def _forget_parents_thread(self) -> None:
+        self._lock, self._tasks, self._thread = threading.Lock(), None, None
+
+    def _serve(self, tasks: queue.SimpleQueue[_Task]) -> None:
+        while True:
+            future, call = tasks.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, call  # hold no task's arguments or result while idle
+
+    def submit(self, call: Callable[[], R]) -> Future[R]:
+        """``call`` queued to run on the thread; its result (or exception) comes through the future."""
+        future: Future[R] = Future()
+        if threading.current_thread() is self._thread:  # a call made on the thread itself runs at once
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                future.set_exception(exc)
+            return future
+        with self._lock:
+            if self._tasks is None:
+                self._tasks = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._serve, args=(self._tasks,), name=self.name, daemon=True)
+                self._thread.start()
+            self._tasks.put((future, call))
+        return future
+
+    def run(self, call: Callable[[], R]) -> R:
+        """``call`` run on the thread; waits for it and returns its result or raises its exception."""
+        return self.submit(call).result()

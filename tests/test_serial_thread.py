@@ -1,0 +1,81 @@
+"""The serial thread the core runs NBIS on, and captures made from threads that come and go (as a server's
+request threads do): NBIS's extractor is built once per process, not once per calling thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from biometrics.errors import FingerprintImageError
+from biometrics.fingerprint import extraction
+from biometrics.fingerprint.images import decode_image
+from biometrics.serial_thread import SerialThread
+
+
+def test_calls_from_many_threads_run_in_order_on_one_thread():
+    serial = SerialThread("test-serial")
+    ran: list[tuple[int, int]] = []
+    futures = []
+    def note(i: int) -> None:
+        ran.append((i, threading.get_ident()))
+
+    for i in range(5):
+        caller = threading.Thread(target=lambda i=i: futures.append(serial.submit(lambda: note(i))))
+        caller.start()
+        caller.join()
+    for future in futures:
+        future.result(timeout=10)
+    assert [i for i, _ in ran] == [0, 1, 2, 3, 4]
+    assert len({ident for _, ident in ran}) == 1
+    assert ran[0][1] != threading.get_ident()
+
+
+def test_an_exception_reaches_the_caller_and_the_thread_goes_on():
+    serial = SerialThread("test-serial")
+
+    def fails() -> None:
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        serial.run(fails)
+    assert serial.run(lambda: 42) == 42
+
+
+def test_a_call_made_on_the_thread_itself_runs_at_once():
+    serial = SerialThread("test-serial")
+    assert serial.run(lambda: serial.run(lambda: "inner")) == "inner"  # would wait on itself if queued
+
+
+def test_captures_from_new_threads_reuse_the_one_nbis_extractor(shared_data, monkeypatch):
+    import nbis
+
+    image = decode_image((shared_data / "fingerprint" / "fvc2002" / "DB1_B" / "101_1.tif").read_bytes())
+    extraction.prepare("nbis")
+    built: list[object] = []
+    real = nbis.new_nbis_extractor
+    monkeypatch.setattr(nbis, "new_nbis_extractor", lambda settings: built.append(settings) or real(settings))
+    results = []
+    for _ in range(3):  # three short-lived threads, as a server's idle request threads are replaced
+        caller = threading.Thread(target=lambda: results.append(extraction.extract(image, "nbis")))
+        caller.start()
+        caller.join()
+    assert built == []
+    assert len({r.minutiae for r in results}) == 1 and results[0].nfiq2 is not None
+
+
+def test_an_image_nbis_finds_no_print_in_is_refused_after_the_network_ran(monkeypatch):
+    import numpy as np
+
+    from biometrics.fingerprint.images import FingerprintImage
+
+    def no_print(image: FingerprintImage) -> extraction.Extraction:
+        raise FingerprintImageError("no fingerprint could be found in the image")
+
+    monkeypatch.setattr(extraction, "_nbis", no_print)
+    ran = []
+    monkeypatch.setattr(extraction, "_leader_minutiae", lambda image: ran.append(image) or ())
+    blank = FingerprintImage(np.full((64, 64), 255, np.uint8), 500)
+    with pytest.raises(FingerprintImageError, match="no fingerprint"):
+        extraction.extract(blank, "leader")
+    assert len(ran) == 1
