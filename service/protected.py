@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.store.models import KEYRING_STATE_ID, KeyringState, Template, utcnow
@@ -110,18 +110,21 @@ def rewrap_all(session: Session, keyring: Keyring) -> int:
 
     Raising the fence first waits for data keys being wrapped elsewhere and refuses replicas whose
     keyring predates this one; the re-wrap then sees every data key there will be under older versions.
+    A withdrawal does not wait for the fence: a key it destroys meanwhile (PostgreSQL) is skipped, as there
+    is nothing left to re-wrap, rather than failing the whole rotation. Returns the keys re-wrapped.
     """
     fence = lock_fence(session, exclusive=True)
     fence.min_wrap_version = max(fence.min_wrap_version, keyring.active_version)
     session.flush()
     count = 0
-    for row in session.execute(select(DataKeyRow)).scalars():
-        if row.kek_version == keyring.active_version:
-            continue
-        fresh = rewrap(
-            keyring, WrappedKey(row.kek_version, row.wrapped), context=data_key_context(row.subject_token, row.modality)
+    older = select(
+        DataKeyRow.id, DataKeyRow.subject_token, DataKeyRow.modality, DataKeyRow.kek_version, DataKeyRow.wrapped
+    ).where(DataKeyRow.kek_version != keyring.active_version)
+    for row_id, token, modality, version, wrapped in session.execute(older).all():
+        fresh = rewrap(keyring, WrappedKey(version, wrapped), context=data_key_context(token, modality))
+        still_there = (DataKeyRow.id == row_id) & (DataKeyRow.kek_version == version)
+        result = session.execute(
+            update(DataKeyRow).where(still_there).values(kek_version=fresh.kek_version, wrapped=fresh.blob)
         )
-        row.kek_version, row.wrapped = fresh.kek_version, fresh.blob
-        count += 1
-    session.flush()
+        count += result.rowcount
     return count

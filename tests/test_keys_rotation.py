@@ -259,3 +259,44 @@ def test_a_rotation_waits_for_a_data_key_being_wrapped_on_another_replica(databa
     finally:
         wrapping.engine.dispose()
         rotating.engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_rotation_skips_a_data_key_a_withdrawal_destroys_while_it_runs(database_url, monkeypatch):
+    from service import protected
+    from service.protected import data_key, rewrap_all
+    from service.vault import Keyring
+
+    keyring = Keyring.ephemeral()
+    db, withdrawing = Database(database_url), Database(database_url)
+    tokens = ["sub_stays", "sub_goes"]
+    try:
+        with db.session() as session:
+            session.execute(
+                text("INSERT INTO tenants (id, name, created_at) VALUES ('bank', 'bank', CURRENT_TIMESTAMP)")
+            )
+            for token in tokens:
+                session.execute(
+                    text("INSERT INTO subjects (token, tenant_id, created_at) VALUES (:t, 'bank', CURRENT_TIMESTAMP)"),
+                    {"t": token},
+                )
+            kept = {token: data_key(session, keyring, token, "voice", create=True) for token in tokens}
+        keyring.add_version()
+        real_rewrap = protected.rewrap
+
+        def rewrap_while_withdrawn(*args, **kwargs):  # the other key goes (and commits) as the first is re-wrapped
+            with withdrawing.session() as other:
+                other.execute(text("DELETE FROM data_keys WHERE subject_token = 'sub_goes'"))
+            monkeypatch.setattr(protected, "rewrap", real_rewrap)
+            return real_rewrap(*args, **kwargs)
+
+        monkeypatch.setattr(protected, "rewrap", rewrap_while_withdrawn)
+        with db.session() as session:
+            assert rewrap_all(session, keyring) == 1
+        assert _rows(database_url, "SELECT subject_token, kek_version FROM data_keys") == [("sub_stays", 2)]
+        with db.session() as session:
+            assert data_key(session, keyring, "sub_stays", "voice", create=False) == kept["sub_stays"]
+            assert data_key(session, keyring, "sub_goes", "voice", create=False) is None
+    finally:
+        db.engine.dispose()
+        withdrawing.engine.dispose()
