@@ -139,3 +139,31 @@ def test_a_client_over_its_rate_limit_gets_429(bank, monkeypatch):
     # 30 s into the minute: the window reopens in 30 s, in the header as in the detail
     assert responses[3].headers["Retry-After"] == "30" and "retry in 30 s" in responses[3].json()["detail"]
     assert "Retry-After" not in responses[0].headers
+
+
+def test_a_sample_refused_for_its_quality_tells_no_score_and_the_trail_keeps_it(bank):
+    """Quality refusals count no failure, so their score would be an oracle no lockout bounds."""
+    import io
+
+    import soundfile as sf
+
+    api, keys = bank
+    assert _enrol(api, keys["ivr"]).status_code == 201
+    audio, rate = sf.read(TEST_OTHER / SPEAKER / GENUINE)
+    short = io.BytesIO()
+    sf.write(short, audio[: int(2.5 * rate)], rate, format="FLAC")  # the customer's own voice, too little of it
+    response = api.http.post(
+        "/v1/voice/verify",
+        data={"reference": "ACC-1001"},
+        files=[("audio", ("short.flac", short.getvalue(), "audio/flac"))],
+        headers=api.headers(keys["ivr"]),
+    )
+    body = response.json()
+    assert response.status_code == 200 and body["decision"] == "reject"
+    assert [r["code"] for r in body["reasons"]] == ["TOO_SHORT"]
+    assert body["score"] is None and body["llr"] is None
+    trail = api.http.get("/v1/audit/entries", headers=api.headers(keys["auditor"])).json()["entries"]
+    [entry] = [e for e in trail if e["action"] == "voice.verify"]
+    assert entry["score"] is not None and entry["details"]["reasons"] == ["TOO_SHORT"]  # scored, and audited
+    full = _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE).json()
+    assert full["decision"] == "accept" and full["score"] is not None and full["reasons"] == []

@@ -31,10 +31,12 @@ class WatchlistScreeningOut(BaseModel):
 class VerificationOut(BaseModel):
     subject_token: str
     decision: str = Field(description="accept or reject")
-    score: float | None
+    score: float | None = Field(description="null when the sample has quality reasons (only the audit keeps it)")
     threshold: float
     method: str = Field(description="cosine or as-norm")
-    llr: float | None = Field(description="calibrated log-likelihood ratio, with a calibration file")
+    llr: float | None = Field(
+        description="calibrated log-likelihood ratio, with a calibration file; null as the score is"
+    )
     net_speech_s: float
     reasons: list[QualityReasonOut]
     model: str

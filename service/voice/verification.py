@@ -94,7 +94,8 @@ def decide_voice(
 
     A stream passes ``judge`` (the verdict to its decision: ``inconclusive`` inside the uncertainty band),
     its own ``action`` and ``details``, and ``on_decided`` to store its outcome in the same transaction.
-    Only a ``reject`` on a sample without quality reasons counts towards the lockout.
+    Only a ``reject`` on a sample without quality reasons counts towards the lockout; the score of a sample
+    with quality reasons is audited but not returned.
     """
     actor, token = claim.actor, claim.subject_token
     with ctx.db.session() as session:
@@ -132,13 +133,16 @@ def decide_voice(
             count_failure(ctx, session, actor, token)
         elif decision == "accept":
             note_activity(session, token)  # retention counts from the last successful verification
+        # A sample refused for its quality counts no failure, so its score is only audited, never told: told,
+        # it would be a score oracle no lockout bounds (an attacker tuning audio against a customer's voice).
+        told = not probe.reasons
         check = VoiceCheck(
             subject_token=token,
             decision=decision,
-            score=verdict.score,
+            score=verdict.score if told else None,
             threshold=verdict.threshold,
             method=verdict.method,
-            llr=None if verdict.llr is None else round(verdict.llr, 4),
+            llr=None if verdict.llr is None or not told else round(verdict.llr, 4),
             net_speech_s=round(probe.net_speech_s, 3),
             reasons=[r.as_dict() for r in probe.reasons],
             model=ctx.embedder.fingerprint,
