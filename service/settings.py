@@ -95,7 +95,7 @@ class ServiceSettings(CoreSettings):
     def resolved_backup_keys_dir(self) -> Path:
         return self.backup_keys_dir or self.data_dir / "backup-keys"
 
-    # Retention (docs/retention-policy.md): a subject with no interaction (consent given, successful
+    # Retention (service/portal/retention-policy.md): a subject with no interaction (consent given, successful
     # verification) for this many days is purged; 'bioident serve' looks every retention_check_interval_s.
     retention_days: int = Field(1095, ge=1)
     retention_check_interval_s: int = Field(3600, ge=10)

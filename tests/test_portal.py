@@ -270,3 +270,18 @@ def test_a_link_opened_on_two_replicas_at_once_opens_one_session(bank_portal):
         replica.db.engine.dispose()
     assert sorted(kind for kind, _ in outcomes) == ["session", "used", "used", "used"]
     assert _rows(api.ctx.settings.resolved_database_url, "SELECT COUNT(*) FROM portal_sessions") == [(1,)]
+
+
+def test_the_retention_policy_is_served_from_the_package_a_wheel_installs(bank_portal):
+    import tomllib
+    from pathlib import Path
+
+    from service.portal import router
+
+    api, _ = bank_portal
+    page = api.http.get("/portal/retention-policy")
+    first_line = router.POLICY.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
+    assert page.status_code == 200 and first_line and first_line in page.text
+    assert router.POLICY.parent == Path(router.__file__).parent  # not a file of the checkout around it
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert router.POLICY.name in project["tool"]["setuptools"]["package-data"]["service.portal"]

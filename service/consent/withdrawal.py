@@ -154,7 +154,7 @@ def withdraw_everything(
 def erase_subject(ctx: ServiceContext, actor: Principal, token: str) -> str:
     """The customer's "erase everything": every consent withdrawn, every modality's data crypto-shredded,
     audited (``subject.erase``) with a signed receipt; the id of that receipt. Consent records and receipts
-    stay: they hold no biometric data and prove what the customer chose (docs/retention-policy.md)."""
+    stay: they hold no biometric data and prove what the customer chose (service/portal/retention-policy.md)."""
     ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
     with ctx.db.session() as session:
         subject_in_tenant(session, actor.tenant_id, token)

@@ -43,7 +43,7 @@ from service.store.models import Consent
 SESSION_COOKIE = "bioident_portal"
 PRE_COOKIE = "bioident_portal_pre"  # double-submit token of the link page's form (before any session)
 BASE = "/portal"
-POLICY = Path(__file__).resolve().parents[2] / "docs" / "retention-policy.md"
+POLICY = Path(__file__).with_name("retention-policy.md")  # package data: a wheel install has it too
 NOTICE_VERSION = "portal-2026-12"
 
 router = APIRouter()
