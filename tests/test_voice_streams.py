@@ -113,6 +113,20 @@ def test_a_caller_who_hangs_up_too_soon_is_inconclusive_as_too_short(enrolled, g
     assert played.final["reasons"][0]["code"] in {"TOO_SHORT", "NO_SPEECH"}
 
 
+def test_a_stream_refused_for_its_quality_tells_no_score_on_the_way_or_at_the_end(enrolled, genuine_call, monkeypatch):
+    import dataclasses
+
+    api, keys = enrolled
+    monkeypatch.setattr(api.ctx, "limits", dataclasses.replace(api.ctx.limits, min_snr_db=99.0))  # no call passes
+    stream = open_stream(api, keys["ivr"]).json()
+    played = play(api, stream["id"], frames(genuine_call, FRAME_20MS))
+    scored = [e for e in played.events if (e["net_speech_s"] or 0) >= api.ctx.settings.min_verify_speech_s]
+    assert scored and all(e["reasons"] and e["score"] is None for e in scored), played.events
+    assert played.final["decision"] == "inconclusive" and played.final["score"] is None
+    (entry,) = _stream_entries(api, keys["auditor"])
+    assert entry["outcome"] == "inconclusive" and entry["score"] is not None  # scored, and only audited
+
+
 def test_a_customer_not_enrolled_or_opted_out_is_answered_at_once(bank):
     api, keys = bank
     unknown = open_stream(api, keys["ivr"], reference="ACC-NOBODY")

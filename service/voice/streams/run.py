@@ -103,7 +103,10 @@ class StreamRun:
         if verdict is None:  # refused meanwhile (consent withdrawn, locked out): already ended
             return [self.final_event]  # type: ignore[list-item]
         if judge(verdict, probe, self.settings.stream_margin, final=at_most) == "pending":
-            event = self._event("pending", "pending", probe, verdict.score, verdict.threshold)
+            # No score while a quality reason stands, as in a decision (service.voice.verification): a stream
+            # left pending counts no failure, and its scores would be an oracle no lockout bounds.
+            told = None if probe.reasons else verdict.score
+            event = self._event("pending", "pending", probe, told, verdict.threshold)
             with self.ctx.db.session() as session:
                 set_event(session, self.stream_id, event)
             return [event]
