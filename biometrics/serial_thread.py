@@ -25,6 +25,18 @@ R = TypeVar("R")
 _Task = tuple[Future[Any], Callable[[], Any]]
 
 
+def settle(future: Future[R], call: Callable[[], R]) -> None:
+    """Runs ``call`` into ``future`` (its result, or the exception it raised), unless it was cancelled."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = call()
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 class SerialThread:
     """Runs submitted calls in order on one thread of its own, started on first use."""
 
@@ -42,24 +54,14 @@ class SerialThread:
     def _serve(self, tasks: queue.SimpleQueue[_Task]) -> None:
         while True:
             future, call = tasks.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = call()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            settle(future, call)
             del future, call  # hold no task's arguments or result while idle
 
     def submit(self, call: Callable[[], R]) -> Future[R]:
         """``call`` queued to run on the thread; its result (or exception) comes through the future."""
         future: Future[R] = Future()
         if threading.current_thread() is self._thread:  # a call made on the thread itself runs at once
-            try:
-                future.set_result(call())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
-                future.set_exception(exc)
+            settle(future, call)
             return future
         with self._lock:
             if self._tasks is None:

@@ -55,6 +55,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import torch
 
+from biometrics.serial_thread import settle
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -86,15 +88,8 @@ def _serve(tasks: queue.PriorityQueue[_Task]) -> None:
     _here.is_torch_thread = True
     while True:
         priority, _, future, call = tasks.get()
-        if not future.set_running_or_notify_cancel():
-            continue
         _here.priority = priority  # run_in_turns yields only to tasks that would go first
-        try:
-            result = call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
+        settle(future, call)
         del future, call  # drop references to the task's arguments and result while idle
 
 
