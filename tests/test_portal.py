@@ -285,3 +285,36 @@ def test_the_retention_policy_is_served_from_the_package_a_wheel_installs(bank_p
     assert router.POLICY.parent == Path(router.__file__).parent  # not a file of the checkout around it
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert router.POLICY.name in project["tool"]["setuptools"]["package-data"]["service.portal"]
+
+
+def test_receipts_speak_the_language_the_customer_was_addressed_in(bank_portal):
+    from service.consent.receipts import payload_of, receipts_of
+
+    api, keys = bank_portal
+
+    def languages() -> dict[str, list[str]]:
+        with api.ctx.db.session() as session:
+            found: dict[str, list[str]] = {}
+            for receipt in receipts_of(session, "bank", token):
+                found.setdefault(receipt.kind, []).append(payload_of(receipt)["language"])
+            return found
+
+    body = {"reference": "ACC-20", "modality": "voice", "purpose": "authentication", "notice_version": "2026-12",
+            "notice_text": "Повідомлення", "channel": "ivr", "evidence_ref": "call-20"}  # fmt: skip
+    for bad in ("english!", "EN", "u"):
+        refused = api.http.post("/v1/consents", json={**body, "language": bad}, headers=api.headers(keys["portal"]))
+        assert refused.status_code == 422 and refused.headers["content-type"].startswith("application/problem+json")
+    given = api.http.post("/v1/consents", json={**body, "language": "uk"}, headers=api.headers(keys["portal"])).json()
+    token = given["subject_token"]
+    assert languages() == {"consent.grant": ["uk"]}
+    api.http.post(f"/v1/subjects/{token}/consents/{given['id']}:withdraw", headers=api.headers(keys["portal"]))
+    assert languages()["consent.withdraw"] == ["uk"]  # over the API: the customer's language so far
+
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-20"))
+    form = {"csrf": field(home.text, "csrf"), "modality": "fingerprint", "purpose": "authentication"}
+    assert customer.post("/portal/consents?lang=ru", data={**form, "notice_read": "yes"}).status_code == 200
+    assert sorted(languages()["consent.grant"]) == ["ru", "uk"]
+    erased = customer.post("/portal/erase?lang=be", data={"csrf": form["csrf"], "confirm": "yes"})
+    assert erased.status_code == 200
+    assert languages()["erasure"] == ["be"] and sorted(languages()["consent.withdraw"]) == ["be", "uk"]

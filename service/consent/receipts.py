@@ -32,6 +32,8 @@ from service.trail.chain import audit_key
 RECEIPT_VERSION = "KI-CR-v1.1.0"
 POLICY_PATH = "/portal/retention-policy"
 KEYS_PATH = "/v1/receipts/keys"
+DEFAULT_LANGUAGE = "en"
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"  # a BCP 47 tag as receipts carry it: "uk", "pt-BR"
 _SIGNING_LABEL = b"bioident/consent-receipts/ed25519/v1"
 
 
@@ -126,8 +128,12 @@ def issue_receipt(
     channel: str,
     services: list[dict],
     event: dict,
+    language: str | None = None,
 ) -> Receipt:
-    """Signs and stores a receipt in the caller's transaction."""
+    """Signs and stores a receipt in the caller's transaction. ``language``: the one the customer was
+    addressed in (the notice's, the portal's); without one, that of the customer's latest receipt."""
+    if language is None:
+        language = customer_language(session, tenant_id, subject_token)
     now = utcnow()
     receipt_id = new_id("rct")
     tenant = session.get(Tenant, tenant_id)
@@ -137,7 +143,7 @@ def issue_receipt(
         "iat": int(now.timestamp()),
         "consentTimestamp": int(now.timestamp()),
         "collectionMethod": channel,
-        "language": "en",
+        "language": language,
         "piiPrincipalId": subject_token,
         "piiControllers": [{"piiController": tenant.name if tenant else tenant_id, "controllerId": tenant_id}],
         "policyUrl": POLICY_PATH,
@@ -154,6 +160,18 @@ def issue_receipt(
     session.add(receipt)
     session.flush()
     return receipt
+
+
+def customer_language(session: Session, tenant_id: str, subject_token: str) -> str:
+    """The language of the customer's latest receipt (where none: the default), for receipts of events the
+    customer did not ask for in a language of their own (a retention purge, a withdrawal over the API)."""
+    latest = session.execute(
+        select(Receipt)
+        .where(Receipt.subject_token == subject_token, Receipt.tenant_id == tenant_id)
+        .order_by(Receipt.created_at.desc(), Receipt.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return DEFAULT_LANGUAGE if latest is None else payload_of(latest).get("language", DEFAULT_LANGUAGE)
 
 
 def receipts_of(session: Session, tenant_id: str, subject_token: str) -> list[Receipt]:

@@ -43,6 +43,7 @@ def record(body: ConsentIn, ctx: ServiceContext = Depends(get_ctx), actor: Princ
         notice_digest(body.notice_text, body.notice_sha256),
         body.channel,
         body.evidence_ref,
+        body.language,
     )
     return ConsentOut.of(grant_consent(ctx, actor, body.reference, terms))
 

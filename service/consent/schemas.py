@@ -7,6 +7,7 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.consent.held import TEMPLATE_PROTECTION, Held
+from service.consent.receipts import DEFAULT_LANGUAGE, LANGUAGE_PATTERN
 from service.consent.records import ConsentChannel
 from service.modality import Modality
 from service.schemas import Purpose, Reference, Text
@@ -33,6 +34,12 @@ class ConsentIn(BaseModel):
     notice_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     channel: ConsentChannel
     evidence_ref: Text = Field(min_length=1, max_length=200)
+    language: str = Field(
+        default=DEFAULT_LANGUAGE,
+        max_length=35,
+        pattern=LANGUAGE_PATTERN,
+        description="the language of the notice shown (BCP 47, such as uk or pt-BR); the receipt's",
+    )
 
 
 class ConsentOut(BaseModel):

@@ -40,10 +40,13 @@ class WithdrawalReceipt:
         return asdict(self)
 
 
-def withdraw(ctx: ServiceContext, actor: Principal, token: str, consent_id: str) -> WithdrawalReceipt:
+def withdraw(
+    ctx: ServiceContext, actor: Principal, token: str, consent_id: str, *, language: str | None = None
+) -> WithdrawalReceipt:
+    """``language``: the receipt's (the portal's); without one, that of the customer's latest receipt."""
     ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
     with ctx.db.session() as session:
-        receipt = withdraw_consent(session, actor, token, consent_id, ledger=ledger)
+        receipt = withdraw_consent(session, actor, token, consent_id, ledger=ledger, language=language)
     if receipt.destroyed["data_key"] and receipt.modality == Modality.VOICE:
         voice_gallery(ctx).forget(actor.tenant_id, token)  # other replicas' galleries: re-checked per query
     if receipt.destroyed["data_key"] and receipt.modality == Modality.FINGERPRINT:
@@ -54,7 +57,13 @@ def withdraw(ctx: ServiceContext, actor: Principal, token: str, consent_id: str)
 
 
 def withdraw_consent(
-    session: Session, actor: Principal, token: str, consent_id: str, *, ledger: DestructionLedger | None = None
+    session: Session,
+    actor: Principal,
+    token: str,
+    consent_id: str,
+    *,
+    ledger: DestructionLedger | None = None,
+    language: str | None = None,
 ) -> WithdrawalReceipt:
     """Withdraws one consent. When no consent for that modality remains, the subject's data key for it
     is destroyed and its sealed data (``service.consent.registry``) deleted, in this same transaction,
@@ -103,6 +112,7 @@ def withdraw_consent(
         channel=str(actor.role),
         services=[service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version)],
         event={"consent_id": consent.id, "state": "withdrawn", "destroyed": destroyed, "receipt_sha256": digest},
+        language=language,
     )
     return WithdrawalReceipt(**body, receipt_sha256=digest, signed_receipt_id=signed.id)
 
@@ -129,14 +139,14 @@ class Everything:
 
 
 def withdraw_everything(
-    session: Session, actor: Principal, token: str, *, ledger: DestructionLedger | None
+    session: Session, actor: Principal, token: str, *, ledger: DestructionLedger | None, language: str | None = None
 ) -> Everything:
     """Withdraws every active consent (each as ``withdraw_consent`` does, with its own receipt), then destroys
     any sealed data no consent covered any more, in the caller's transaction."""
     lock_subject(session, token)
     closed, receipts, destroyed, services = [], [], {}, []
     for consent in sorted(active_consents(session, token), key=lambda c: c.granted_at):
-        receipt = withdraw_consent(session, actor, token, consent.id, ledger=ledger)
+        receipt = withdraw_consent(session, actor, token, consent.id, ledger=ledger, language=language)
         closed.append(consent.id)
         receipts.append(receipt.signed_receipt_id)
         services.append(service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version))
@@ -151,14 +161,14 @@ def withdraw_everything(
     return Everything(closed, receipts, destroyed, services)
 
 
-def erase_subject(ctx: ServiceContext, actor: Principal, token: str) -> str:
+def erase_subject(ctx: ServiceContext, actor: Principal, token: str, *, language: str | None = None) -> str:
     """The customer's "erase everything": every consent withdrawn, every modality's data crypto-shredded,
     audited (``subject.erase``) with a signed receipt; the id of that receipt. Consent records and receipts
     stay: they hold no biometric data and prove what the customer chose (service/portal/retention-policy.md)."""
     ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
     with ctx.db.session() as session:
         subject_in_tenant(session, actor.tenant_id, token)
-        done = withdraw_everything(session, actor, token, ledger=ledger)
+        done = withdraw_everything(session, actor, token, ledger=ledger, language=language)
         record_event(
             session,
             actor,
@@ -176,6 +186,7 @@ def erase_subject(ctx: ServiceContext, actor: Principal, token: str) -> str:
             services=done.services,
             event={"state": "erased", "consents_closed": done.consents_closed,
                    "withdrawal_receipts": done.withdrawal_receipts, "destroyed": done.destroyed},  # fmt: skip
+            language=language,
         )
     if done.destroyed and ctx.settings.shredding_period_s == 0:
         shred_after_withdrawal(ctx.db, ctx.settings)

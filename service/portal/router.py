@@ -226,7 +226,7 @@ def grant(
         terms = ConsentTerms(
             Modality(modality), purpose, f"{NOTICE_VERSION}-{_lang(request)}",
             hashlib.sha256(notice.encode()).hexdigest(), ConsentChannel.PORTAL,
-            f"portal-session:{customer.session_id[:16]}",
+            f"portal-session:{customer.session_id[:16]}", _lang(request),
         )  # fmt: skip
         _, receipt = record_consent_with_receipt(session, customer.actor, customer.subject_token, terms)
     return _see(f"/receipts/{receipt.id}?done=granted")
@@ -252,7 +252,7 @@ def withdraw_page(consent_id: str, request: Request) -> HTMLResponse:
 def withdraw_consent(consent_id: str, request: Request, csrf: str = Form("")) -> Response:
     customer = _posted(request, csrf)
     _own_consent(request, customer, consent_id)
-    receipt = withdraw(_ctx(request), customer.actor, customer.subject_token, consent_id)
+    receipt = withdraw(_ctx(request), customer.actor, customer.subject_token, consent_id, language=_lang(request))
     return _see(f"/receipts/{receipt.signed_receipt_id}?done=withdrawn")
 
 
@@ -271,5 +271,5 @@ def erase(request: Request, csrf: str = Form(""), confirm: str = Form("")) -> Re
     customer = _posted(request, csrf)
     if confirm != "yes":
         raise ServiceError("tick the box to confirm that everything should be erased")
-    receipt_id = erase_subject(_ctx(request), customer.actor, customer.subject_token)
+    receipt_id = erase_subject(_ctx(request), customer.actor, customer.subject_token, language=_lang(request))
     return _see(f"/receipts/{receipt_id}?done=erased")
