@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from tests.conftest import TEST_OTHER
-from tests.operations_fixtures import _cli, _rows
+from tests.operations_fixtures import _cli, _deployment, _rows
 from tests.service_fixtures import POSTGRES_ADMIN_URL
 from tests.voice_helpers import GENUINE, SPEAKER, _audio, _consent, _enrol, _verify
 
@@ -186,3 +186,23 @@ def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
     code, out, err = cli("restore", backup, on=after)
     assert code == 0 and "2 subjects, 1 data keys; 1 withdrawals re-destroyed" in out, (out, err)
     _check_restored(api, after, keys, gone, kept)
+
+
+def test_a_backups_manifest_counts_customers_and_watchlist_entries_apart(database_url, tmp_path, monkeypatch, capsys):
+    from service.store.models import Subject, Tenant, WatchlistEntry
+
+    ctx = _deployment(database_url, tmp_path / "data")
+    with ctx.db.session() as session:
+        session.add(Tenant(id="bank", name="bank"))
+        session.flush()
+        for token in ("sub_a", "sub_b", "wle_1"):  # a watchlist entry is a subject row of its own (its data key)
+            session.add(Subject(token=token, tenant_id="bank"))
+        session.flush()
+        session.add(WatchlistEntry(id="wle_1", tenant_id="bank", case_reference="CASE-1", legal_basis="fraud",
+                                   added_by="cli_1", model_fingerprint="m", sample_count=1, net_speech_s=12.0,
+                                   sealed=b"sealed"))  # fmt: skip
+    ctx.db.engine.dispose()
+    code, out, err = _cli(monkeypatch, capsys, tmp_path / "data", "backup", tmp_path / "backup", url=database_url)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    assert (manifest["subjects"], manifest["watchlist_entries"]) == (2, 1)

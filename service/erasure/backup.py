@@ -43,7 +43,17 @@ from service.erasure.sections import BackupKeys, Section, SectionKey
 from service.protected import lock_fence
 from service.settings import ServiceSettings
 from service.store.db import Database, alembic_config
-from service.store.models import AuditHead, Base, DataKey, ErasureState, KeyringState, Subject, Timestamp, utcnow
+from service.store.models import (
+    AuditHead,
+    Base,
+    DataKey,
+    ErasureState,
+    KeyringState,
+    Subject,
+    Timestamp,
+    WatchlistEntry,
+    utcnow,
+)
 from service.trail.chain import append
 from service.vault import Keyring, KeyringMismatch, KeyStatus
 from service.vault.keyring import write_private_file
@@ -94,7 +104,7 @@ def make_backup(db: Database, keyring: Keyring, settings: ServiceSettings, out: 
                 _copy_sqlite(Path(db.engine.url.database), body)
             else:
                 _dump_rows(session, body)
-            subjects = session.execute(select(func.count()).select_from(Subject)).scalar_one()
+            subjects, entries = _customers(session), _watchlist_entries(session)
             revision = MigrationContext.configure(session.connection()).get_current_revision()
     except BaseException:
         backups.path(backup_id).unlink(missing_ok=True)
@@ -109,6 +119,7 @@ def make_backup(db: Database, keyring: Keyring, settings: ServiceSettings, out: 
         "keyring_id": keyring.identity(),
         "kek_versions_in_use": sorted({key.kek_version for key in section.keys}),
         "subjects": subjects,
+        "watchlist_entries": entries,
         "data_keys": len(section.keys),
         "body": body.name,
         "body_sha256": _sha256(body),
@@ -153,7 +164,7 @@ def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, so
         fence.min_wrap_version = max(fence.min_wrap_version, keyring.active_version)
         _continue_sequences(session)
         session.flush()
-        subjects = session.execute(select(func.count()).select_from(Subject)).scalar_one()
+        subjects = _customers(session)
         # In the same transaction: a database the ledger cannot be replayed over is not restored at all.
         replay = replay_in(session, ledger, adopt=True)  # older than the ledger: it takes the ledger's count
         append(
@@ -172,6 +183,16 @@ def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, so
 
 
 # --- writing -----------------------------------------------------------------------------------
+
+
+def _customers(session: Session) -> int:
+    """Subjects that are customers: a watchlist entry is a subject row of its own (for its data key), not one."""
+    entries = select(WatchlistEntry.id)
+    return session.execute(select(func.count()).select_from(Subject).where(Subject.token.not_in(entries))).scalar_one()
+
+
+def _watchlist_entries(session: Session) -> int:
+    return session.execute(select(func.count()).select_from(WatchlistEntry)).scalar_one()
 
 
 def _data_keys(session: Session) -> Iterator[SectionKey]:
