@@ -85,9 +85,9 @@ def backdate(ctx, rng: np.random.Generator) -> None:
     now = utcnow()
     with ctx.db.session() as session:
         ids = list(session.execute(select(Template.id)).scalars())
-        for row_id, days in zip(ids, rng.uniform(1.0, 365.0, size=len(ids)), strict=True):
-            stamp = now - dt.timedelta(days=float(days))
-            session.execute(update(Template).where(Template.id == row_id).values(created_at=stamp, updated_at=stamp))
+        stamps = [now - dt.timedelta(days=float(days)) for days in rng.uniform(1.0, 365.0, size=len(ids))]
+        rows = [{"id": i, "created_at": t, "updated_at": t} for i, t in zip(ids, stamps, strict=True)]
+        session.execute(update(Template), rows)  # one executemany by primary key
 
 
 def seed(data_dir: Path, fingers: int, rng: np.random.Generator) -> tuple[str, list[dict], dict]:
