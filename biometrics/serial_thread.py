@@ -64,10 +64,11 @@ class SerialThread:
             settle(future, call)
             return future
         with self._lock:
-            if self._tasks is None:
-                self._tasks = queue.SimpleQueue()
-                self._thread = threading.Thread(target=self._serve, args=(self._tasks,), name=self.name, daemon=True)
-                self._thread.start()
+            if self._tasks is None:  # published once its thread runs: a failed start leaves nothing to wait on
+                tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
+                thread = threading.Thread(target=self._serve, args=(tasks,), name=self.name, daemon=True)
+                thread.start()
+                self._tasks, self._thread = tasks, thread
             self._tasks.put((future, call))
         return future
 

@@ -96,9 +96,10 @@ def _serve(tasks: queue.PriorityQueue[_Task]) -> None:
 def _task_queue() -> queue.PriorityQueue[_Task]:
     global _tasks
     with _lock:
-        if _tasks is None:
-            _tasks = queue.PriorityQueue()
-            threading.Thread(target=_serve, args=(_tasks,), name="bioident-torch", daemon=True).start()
+        if _tasks is None:  # published once its thread runs: a failed start leaves nothing to wait on
+            tasks: queue.PriorityQueue[_Task] = queue.PriorityQueue()
+            threading.Thread(target=_serve, args=(tasks,), name="bioident-torch", daemon=True).start()
+            _tasks = tasks
         return _tasks
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from biometrics.errors import FingerprintImageError
+from biometrics.errors import FingerprintImageError, ModelError
 from biometrics.fingerprint import extraction
 from biometrics.fingerprint.images import decode_image
 from biometrics.serial_thread import SerialThread
@@ -42,6 +42,20 @@ def test_an_exception_reaches_the_caller_and_the_thread_goes_on():
     assert serial.run(lambda: 42) == 42
 
 
+def test_a_thread_that_failed_to_start_leaves_no_queue_behind(monkeypatch):
+    serial = SerialThread("test-serial")
+    real_start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(RuntimeError, match="can't start"):
+        serial.submit(lambda: 1)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert serial.run(lambda: 2) == 2  # not queued behind a thread that never ran
+
+
 def test_a_call_made_on_the_thread_itself_runs_at_once():
     serial = SerialThread("test-serial")
     assert serial.run(lambda: serial.run(lambda: "inner")) == "inner"  # would wait on itself if queued
@@ -64,7 +78,8 @@ def test_captures_from_new_threads_reuse_the_one_nbis_extractor(shared_data, mon
     assert len({r.minutiae for r in results}) == 1 and results[0].nfiq2 is not None
 
 
-def test_an_image_nbis_finds_no_print_in_is_refused_after_the_network_ran(monkeypatch):
+@pytest.mark.parametrize("network_fails", [False, True])
+def test_an_image_nbis_finds_no_print_in_is_refused_after_the_network_ran(monkeypatch, network_fails):
     import numpy as np
 
     from biometrics.fingerprint.images import FingerprintImage
@@ -74,7 +89,14 @@ def test_an_image_nbis_finds_no_print_in_is_refused_after_the_network_ran(monkey
 
     monkeypatch.setattr(extraction, "_nbis", no_print)
     ran = []
-    monkeypatch.setattr(extraction, "_leader_minutiae", lambda image: ran.append(image) or ())
+
+    def network(image: FingerprintImage) -> tuple:
+        ran.append(image)
+        if network_fails:  # a network that cannot run: the image's own fault is still what the caller hears
+            raise ModelError("the network could not be loaded")
+        return ()
+
+    monkeypatch.setattr(extraction, "_leader_minutiae", network)
     blank = FingerprintImage(np.full((64, 64), 255, np.uint8), 500)
     with pytest.raises(FingerprintImageError, match="no fingerprint"):
         extraction.extract(blank, "leader")

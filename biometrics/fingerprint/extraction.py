@@ -167,8 +167,10 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
     # single-threaded and fills the gaps onnxruntime's threads leave (RESULTS.md has the A/B).
     try:
         points = _leader_minutiae(image)
-    except BaseException:
+    except Exception:
         wait([measuring])  # nothing piles up on the NBIS thread behind captures that failed
+        if isinstance(measuring.exception(), FingerprintImageError):  # no print: the caller's error, told first
+            raise measuring.exception() from None
         raise
     measured = measuring.result()  # an image NBIS finds no print in is refused, whatever the network saw
     minutiae = Minutiae(image.width, image.height, image.resolution_dpi, points)
