@@ -59,6 +59,13 @@ def _data_key_row(session: Session, subject_token: str, modality: str) -> DataKe
     ).scalar_one_or_none()
 
 
+def lock_data_keys(session: Session, subject_token: str) -> None:
+    """Holds the subject's data key rows (PostgreSQL) in id order, the order a rotation re-wraps them in, so
+    that an erasure destroying several and a rotation never wait on each other crosswise (a deadlock)."""
+    query = select(DataKeyRow.id).where(DataKeyRow.subject_token == subject_token).order_by(DataKeyRow.id)
+    session.execute(query.with_for_update()).all()
+
+
 @dataclass(frozen=True)
 class DestroyedKey:
     key_id: str
@@ -72,7 +79,13 @@ def destroy_data_key(session: Session, subject_token: str, modality: str) -> Des
     Copies of the wrapped key outside this row (PostgreSQL's dead rows and WAL, backups) open with the
     key version it was wrapped under until that version is retired: the destruction ledger and the
     shredding schedule (``service.erasure``) see to those."""
-    row = _data_key_row(session, subject_token, modality)
+    # Locked as read: a rotation re-wrapping it commits first, and the ledger names the version it went under.
+    row = session.execute(
+        select(DataKeyRow)
+        .where(DataKeyRow.subject_token == subject_token, DataKeyRow.modality == modality)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
     if row is None:
         return None
     destroyed = DestroyedKey(row.key_id, row.kek_version)
@@ -119,7 +132,7 @@ def rewrap_all(session: Session, keyring: Keyring) -> int:
     count = 0
     older = select(
         DataKeyRow.id, DataKeyRow.subject_token, DataKeyRow.modality, DataKeyRow.kek_version, DataKeyRow.wrapped
-    ).where(DataKeyRow.kek_version != keyring.active_version)
+    ).where(DataKeyRow.kek_version != keyring.active_version).order_by(DataKeyRow.id)  # the order erasures lock in
     for row_id, token, modality, version, wrapped in session.execute(older).all():
         fresh = rewrap(keyring, WrappedKey(version, wrapped), context=data_key_context(token, modality))
         still_there = (DataKeyRow.id == row_id) & (DataKeyRow.kek_version == version)

@@ -18,7 +18,7 @@ from service.erasure.ledger import DestructionLedger
 from service.erasure.shred import shred_after_withdrawal
 from service.errors import Conflict, NotFound
 from service.modality import Modality
-from service.protected import destroy_data_key
+from service.protected import destroy_data_key, lock_data_keys
 from service.store.models import Consent, utcnow
 from service.trail.chain import record_event
 from service.voice.identification import voice_gallery
@@ -144,6 +144,7 @@ def withdraw_everything(
     """Withdraws every active consent (each as ``withdraw_consent`` does, with its own receipt), then destroys
     any sealed data no consent covered any more, in the caller's transaction."""
     lock_subject(session, token)
+    lock_data_keys(session, token)  # before destroying several of them
     closed, receipts, destroyed, services = [], [], {}, []
     for consent in sorted(active_consents(session, token), key=lambda c: c.granted_at):
         receipt = withdraw_consent(session, actor, token, consent.id, ledger=ledger, language=language)
