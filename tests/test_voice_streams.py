@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from biometrics.voice.audio import RawCodec
 from tests.conftest import TEST_OTHER
+from tests.operations_fixtures import _rows
 from tests.stream_helpers import (
     Played,
     audiosocket_message,
@@ -122,9 +123,22 @@ def test_a_stream_refused_for_its_quality_tells_no_score_on_the_way_or_at_the_en
     played = play(api, stream["id"], frames(genuine_call, FRAME_20MS))
     scored = [e for e in played.events if (e["net_speech_s"] or 0) >= api.ctx.settings.min_verify_speech_s]
     assert scored and all(e["reasons"] and e["score"] is None for e in scored), played.events
+    assert any(e["event"] == "pending" for e in scored), played.events  # on the way, not only at the end
     assert played.final["decision"] == "inconclusive" and played.final["score"] is None
     (entry,) = _stream_entries(api, keys["auditor"])
     assert entry["outcome"] == "inconclusive" and entry["score"] is not None  # scored, and only audited
+
+
+def test_an_inconclusive_end_on_clean_audio_costs_an_attempt(enrolled, genuine_call, monkeypatch):
+    """Pending events show the score near the threshold: hanging up inside the margin must count."""
+    api, keys = enrolled
+    monkeypatch.setattr(api.ctx.settings, "stream_margin", 5.0)  # nothing decides before the end
+    stream = open_stream(api, keys["ivr"]).json()
+    played = play(api, stream["id"], frames(genuine_call, FRAME_20MS))
+    assert played.final["decision"] == "inconclusive" and played.final["reasons"] == [], played.events
+    assert any(e["event"] == "pending" and e["score"] is not None for e in played.events)
+    failures = "SELECT count(*) FROM verification_failures"
+    assert _rows(api.ctx.db.url, failures) == [(1,)]
 
 
 def test_a_customer_not_enrolled_or_opted_out_is_answered_at_once(bank):

@@ -94,8 +94,10 @@ def decide_voice(
 
     A stream passes ``judge`` (the verdict to its decision: ``inconclusive`` inside the uncertainty band),
     its own ``action`` and ``details``, and ``on_decided`` to store its outcome in the same transaction.
-    Only a ``reject`` on a sample without quality reasons counts towards the lockout; the score of a sample
-    with quality reasons is audited but not returned.
+    A ``reject`` or a stream's ``inconclusive`` on a sample without quality reasons counts towards the lockout
+    (a stream's pending events show its score near the threshold: an inconclusive end must cost an attempt,
+    or hanging up inside the band would be a free score oracle); the score of a sample with quality reasons
+    is audited but not returned.
     """
     actor, token = claim.actor, claim.subject_token
     with ctx.db.session() as session:
@@ -129,7 +131,7 @@ def decide_voice(
                 **(details or {}),
             },
         )
-        if decision == "reject" and not probe.reasons:
+        if decision in ("reject", "inconclusive") and not probe.reasons:
             count_failure(ctx, session, actor, token)
         elif decision == "accept":
             note_activity(session, token)  # retention counts from the last successful verification
