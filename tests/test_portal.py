@@ -301,12 +301,14 @@ def test_receipts_speak_the_language_the_customer_was_addressed_in(bank_portal):
 
     body = {"reference": "ACC-20", "modality": "voice", "purpose": "authentication", "notice_version": "2026-12",
             "notice_text": "Повідомлення", "channel": "ivr", "evidence_ref": "call-20"}  # fmt: skip
-    for bad in ("english!", "EN", "u"):
+    for bad in ("english!", "u", "uk_UA"):
         refused = api.http.post("/v1/consents", json={**body, "language": bad}, headers=api.headers(keys["portal"]))
         assert refused.status_code == 422 and refused.headers["content-type"].startswith("application/problem+json")
-    given = api.http.post("/v1/consents", json={**body, "language": "uk"}, headers=api.headers(keys["portal"])).json()
+    given = api.http.post("/v1/consents", json={**body, "language": "UK"}, headers=api.headers(keys["portal"])).json()
     token = given["subject_token"]
-    assert languages() == {"consent.grant": ["uk"]}
+    assert languages() == {"consent.grant": ["uk"]}  # tags are case-insensitive: written as BCP 47 has them
+    again = api.http.post("/v1/consents", json={**body, "purpose": "fraud"}, headers=api.headers(keys["portal"]))
+    assert again.status_code == 201 and languages()["consent.grant"] == ["uk", "uk"]  # none sent: theirs so far
     api.http.post(f"/v1/subjects/{token}/consents/{given['id']}:withdraw", headers=api.headers(keys["portal"]))
     assert languages()["consent.withdraw"] == ["uk"]  # over the API: the customer's language so far
 
@@ -314,7 +316,7 @@ def test_receipts_speak_the_language_the_customer_was_addressed_in(bank_portal):
     home = sign_in(customer, portal_link(api, keys["portal"], "ACC-20"))
     form = {"csrf": field(home.text, "csrf"), "modality": "fingerprint", "purpose": "authentication"}
     assert customer.post("/portal/consents?lang=ru", data={**form, "notice_read": "yes"}).status_code == 200
-    assert sorted(languages()["consent.grant"]) == ["ru", "uk"]
+    assert sorted(languages()["consent.grant"]) == ["ru", "uk", "uk"]
     erased = customer.post("/portal/erase?lang=be", data={"csrf": form["csrf"], "confirm": "yes"})
     assert erased.status_code == 200
-    assert languages()["erasure"] == ["be"] and sorted(languages()["consent.withdraw"]) == ["be", "uk"]
+    assert languages()["erasure"] == ["be"] and sorted(languages()["consent.withdraw"]) == ["be", "be", "uk"]

@@ -17,6 +17,7 @@ the ridge orientation of the FVC2002 images. Its reliability (0-1) becomes the m
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import wait
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ MAX_MINUTIAE = 255
 # models included) for the life of the process; see biometrics.serial_thread for why not per calling thread.
 _nbis_thread = SerialThread("bioident-nbis")
 _extractors: dict[tuple[int, bool], object] = {}  # touched only on _nbis_thread
+if hasattr(os, "register_at_fork"):  # a forked child builds its own: the parent's may have been mid-use
+    os.register_at_fork(after_in_child=_extractors.clear)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ RECEIPT_VERSION = "KI-CR-v1.1.0"
 POLICY_PATH = "/portal/retention-policy"
 KEYS_PATH = "/v1/receipts/keys"
 DEFAULT_LANGUAGE = "en"
-LANGUAGE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"  # a BCP 47 tag as receipts carry it: "uk", "pt-BR"
+LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"  # a BCP 47 language tag: "uk", "pt-BR"
 _SIGNING_LABEL = b"bioident/consent-receipts/ed25519/v1"
 
 

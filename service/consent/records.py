@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.auth import Principal, Role
-from service.consent.receipts import DEFAULT_LANGUAGE, ReceiptKind, issue_receipt, service_entry
+from service.consent.receipts import ReceiptKind, issue_receipt, service_entry
 from service.context import ServiceContext
 from service.errors import ConsentRequired, Forbidden, NotFound, OptedOut, ReconsentRequired, ServiceError
 from service.modality import Modality
@@ -37,7 +37,7 @@ class ConsentTerms:
     notice_sha256: str
     channel: ConsentChannel
     evidence_ref: str
-    language: str = DEFAULT_LANGUAGE  # of the notice shown; the receipt's
+    language: str | None = None  # of the notice shown, the receipt's; None: the customer's so far
 
 
 def notice_digest(notice_text: str | None, notice_sha256: str | None) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.consent.held import TEMPLATE_PROTECTION, Held
-from service.consent.receipts import DEFAULT_LANGUAGE, LANGUAGE_PATTERN
+from service.consent.receipts import LANGUAGE_PATTERN
 from service.consent.records import ConsentChannel
 from service.modality import Modality
 from service.schemas import Purpose, Reference, Text
@@ -34,12 +34,22 @@ class ConsentIn(BaseModel):
     notice_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     channel: ConsentChannel
     evidence_ref: Text = Field(min_length=1, max_length=200)
-    language: str = Field(
-        default=DEFAULT_LANGUAGE,
+    language: str | None = Field(
+        default=None,
         max_length=35,
         pattern=LANGUAGE_PATTERN,
-        description="the language of the notice shown (BCP 47, such as uk or pt-BR); the receipt's",
+        description="the language of the notice shown (BCP 47, such as uk or pt-BR), the receipt's; "
+        "without it, the language of the customer's receipts so far (en for a new customer)",
     )
+
+    @field_validator("language")
+    @classmethod
+    def _language_case(cls, value: str | None) -> str | None:
+        """Tags are case-insensitive: written as BCP 47 recommends (language lower case, region upper)."""
+        if value is None:
+            return None
+        language, *rest = value.split("-")
+        return "-".join([language.lower(), *(part.upper() if len(part) == 2 else part for part in rest)])
 
 
 class ConsentOut(BaseModel):
