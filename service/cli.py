@@ -240,6 +240,26 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_templates_report(args: argparse.Namespace) -> int:
+    from service.voice.template_report import voice_template_report
+
+    settings = _settings()
+    db, keyring = _open_store(settings)
+    report = voice_template_report(db, keyring, args.tenant)
+    scored = ", ".join(f"{slot} {n}" for slot, n in report.scored_as.items()) or "none"
+    print(f"{report.templates} voice templates, scored as: {scored}; {report.unreadable} unreadable")
+    if report.unknown_channel:
+        print(
+            f"{len(report.unknown_channel)} are held to the unknown-channel threshold until the customer enrols "
+            "again (made over the phone before front end 2, or before channels were recorded)"
+            + ("" if args.list else "; --list names them")
+        )
+    if args.list:
+        for tenant, token in report.unknown_channel:
+            print(f"{tenant}\t{token}")
+    return 0
+
+
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from service.deployment_keyring import load_keyring
 
@@ -373,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parser(
         "anchor", help="print the signed head as one JSON line, to keep where the database's writers cannot"
     ).set_defaults(run=cmd_audit_anchor)
+
+    templates = verbs.add_parser("templates", help="what the enrolled templates are").add_subparsers(
+        dest="action", required=True
+    )
+    report = templates.add_parser(
+        "report", help="voice templates by the channel callers are scored against (opens each; audited)"
+    )
+    report.add_argument("--tenant", help="only this tenant's templates")
+    report.add_argument("--list", action="store_true", help="name the subjects whose templates to re-enrol")
+    report.set_defaults(run=cmd_templates_report)
 
     retention = verbs.add_parser("retention", help="purge subjects inactive for the retention period")
     run = retention.add_subparsers(dest="action", required=True).add_parser(
