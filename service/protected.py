@@ -53,10 +53,11 @@ def data_key(session: Session, keyring: Keyring, subject_token: str, modality: s
     return key
 
 
-def _data_key_row(session: Session, subject_token: str, modality: str) -> DataKeyRow | None:
-    return session.execute(
-        select(DataKeyRow).where(DataKeyRow.subject_token == subject_token, DataKeyRow.modality == modality)
-    ).scalar_one_or_none()
+def _data_key_row(session: Session, subject_token: str, modality: str, *, lock: bool = False) -> DataKeyRow | None:
+    query = select(DataKeyRow).where(DataKeyRow.subject_token == subject_token, DataKeyRow.modality == modality)
+    if lock:  # as it is now, held until the transaction ends
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.execute(query).scalar_one_or_none()
 
 
 def lock_data_keys(session: Session, subject_token: str) -> None:
@@ -80,12 +81,7 @@ def destroy_data_key(session: Session, subject_token: str, modality: str) -> Des
     key version it was wrapped under until that version is retired: the destruction ledger and the
     shredding schedule (``service.erasure``) see to those."""
     # Locked as read: a rotation re-wrapping it commits first, and the ledger names the version it went under.
-    row = session.execute(
-        select(DataKeyRow)
-        .where(DataKeyRow.subject_token == subject_token, DataKeyRow.modality == modality)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    row = _data_key_row(session, subject_token, modality, lock=True)
     if row is None:
         return None
     destroyed = DestroyedKey(row.key_id, row.kek_version)

@@ -156,8 +156,14 @@ def _nbis(image: FingerprintImage) -> Extraction:
     return Extraction(Minutiae(image.width, image.height, image.resolution_dpi, tuple(points)), nfiq2, foreground)
 
 
+def _refusal(measured: Future) -> FingerprintImageError | None:
+    """NBIS's finding that the image holds no print, if it made one (``measured`` has ended)."""
+    error = measured.exception()
+    return error if isinstance(error, FingerprintImageError) else None
+
+
 def _stop_if_refused(measured: Future, run) -> None:  # noqa: ANN001 - onnxruntime's RunOptions
-    if isinstance(measured.exception(), FingerprintImageError):
+    if _refusal(measured) is not None:
         run.terminate = True
 
 
@@ -183,8 +189,9 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
         points = _leader_minutiae(image, run)
     except Exception:
         wait([measuring])  # nothing piles up on the NBIS thread behind captures that failed
-        if isinstance(measuring.exception(), FingerprintImageError):  # no print: the caller's error, told first
-            raise measuring.exception() from None
+        refusal = _refusal(measuring)
+        if refusal is not None:  # no print: the caller's error, told first
+            raise refusal from None
         raise
     measured = measuring.result()  # an image NBIS finds no print in is refused, whatever the network saw
     minutiae = Minutiae(image.width, image.height, image.resolution_dpi, points)

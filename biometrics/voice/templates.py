@@ -70,6 +70,11 @@ class VoiceTemplate:
     def as_embedding(self, slot: str | None = None) -> Embedding:
         return Embedding(_unit(self.means[slot or self.primary]), self.model_fingerprint)
 
+    @property
+    def scored_channel(self) -> AudioChannel | None:
+        """The channel of the mean every probe is scored against (None: unknown); see ``for_probe``."""
+        return next((c for c in (AudioChannel.WIDEBAND, AudioChannel.TELEPHONE) if str(c) in self.means), None)
+
     def for_probe(self, probe: AudioChannel) -> tuple[Embedding, AudioChannel | None]:
         """The embedding a probe heard in ``probe`` is scored against, and its channel (None: unknown).
 
@@ -77,10 +82,8 @@ class VoiceTemplate:
         wideband enrolment told telephone callers apart better than its audio passed through a simulated
         phone line (``audit run --channel mixed`` measures both; benchmarks/RESULTS.md has the figures).
         """
-        for channel in (AudioChannel.WIDEBAND, AudioChannel.TELEPHONE):
-            if str(channel) in self.means:
-                return self.as_embedding(str(channel)), channel
-        return self.as_embedding(UNKNOWN), None
+        channel = self.scored_channel
+        return self.as_embedding(UNKNOWN if channel is None else str(channel)), channel
 
     @classmethod
     def from_captures(cls, captures: Sequence[Capture]) -> VoiceTemplate:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from biometrics.errors import BiometricsError
-from biometrics.voice.audio.waveform import AudioChannel
 from biometrics.voice.templates import UNKNOWN
 from service.errors import NotFound
 from service.store.db import Database
@@ -33,14 +32,6 @@ class VoiceTemplateReport:
     scored_as: dict[str, int] = field(default_factory=dict)  # wideband, telephone or unknown: what a caller meets
     unknown_channel: list[tuple[str, str]] = field(default_factory=list)  # (tenant, subject token), to re-enrol
     unreadable: int = 0  # shredded meanwhile, or not a template this release reads
-
-
-def scored_as(template_means: dict) -> str:
-    """The enrolled channel a caller's probe is scored against (``VoiceTemplate.for_probe``'s choice)."""
-    for channel in (str(AudioChannel.WIDEBAND), str(AudioChannel.TELEPHONE)):
-        if channel in template_means:
-            return channel
-    return UNKNOWN
 
 
 def voice_template_report(db: Database, keyring: Keyring, tenant_id: str | None = None) -> VoiceTemplateReport:
@@ -61,12 +52,13 @@ def voice_template_report(db: Database, keyring: Keyring, tenant_id: str | None 
             rows = list(session.execute(query.order_by(Template.id).limit(BATCH)).scalars())
             for row in rows:
                 try:
-                    slot = scored_as(open_voice_template(session, keyring, row).means)
+                    channel = open_voice_template(session, keyring, row).scored_channel
                 except (NotFound, VaultError, BiometricsError):
                     unreadable += 1
                     continue
+                slot = UNKNOWN if channel is None else str(channel)
                 counts[slot] += 1
-                if slot == UNKNOWN:
+                if channel is None:
                     unknown.append((row.tenant_id, row.subject_token))
         if not rows:
             break

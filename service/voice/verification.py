@@ -135,16 +135,13 @@ def decide_voice(
             count_failure(ctx, session, actor, token)
         elif decision == "accept":
             note_activity(session, token)  # retention counts from the last successful verification
-        # A sample refused for its quality counts no failure, so its score is only audited, never told: told,
-        # it would be a score oracle no lockout bounds (an attacker tuning audio against a customer's voice).
-        told = not probe.reasons
         check = VoiceCheck(
             subject_token=token,
             decision=decision,
-            score=verdict.score if told else None,
+            score=told(probe, verdict.score),
             threshold=verdict.threshold,
             method=verdict.method,
-            llr=None if verdict.llr is None or not told else round(verdict.llr, 4),
+            llr=told(probe, None if verdict.llr is None else round(verdict.llr, 4)),
             net_speech_s=round(probe.net_speech_s, 3),
             reasons=[r.as_dict() for r in probe.reasons],
             model=ctx.embedder.fingerprint,
@@ -155,6 +152,12 @@ def decide_voice(
             on_decided(session, check)
     ctx.decided(action, decision)
     return check
+
+
+def told(probe: Probe, value: float | None) -> float | None:
+    """A score (or its llr) as answered: none for a sample with quality reasons, which counts no failure, so
+    that told it would be a score oracle no lockout bounds (the audit entry keeps it)."""
+    return None if probe.reasons else value
 
 
 def count_failure(ctx: ServiceContext, session: Session, actor: Principal, token: str) -> None:

@@ -25,7 +25,7 @@ from service.errors import ServiceError
 from service.store.models import VoiceStream
 from service.trail.chain import record_event
 from service.voice.streams.store import claim_of, close_stream, set_event
-from service.voice.verification import VoiceCheck, decide_voice, score_voice
+from service.voice.verification import VoiceCheck, decide_voice, score_voice, told
 
 log = logging.getLogger("bioident.streams")
 
@@ -103,10 +103,7 @@ class StreamRun:
         if verdict is None:  # refused meanwhile (consent withdrawn, locked out): already ended
             return [self.final_event]  # type: ignore[list-item]
         if judge(verdict, probe, self.settings.stream_margin, final=at_most) == "pending":
-            # No score while a quality reason stands, as in a decision (service.voice.verification): a stream
-            # left pending counts no failure, and its scores would be an oracle no lockout bounds.
-            told = None if probe.reasons else verdict.score
-            event = self._event("pending", "pending", probe, told, verdict.threshold)
+            event = self._event("pending", "pending", probe, told(probe, verdict.score), verdict.threshold)
             with self.ctx.db.session() as session:
                 set_event(session, self.stream_id, event)
             return [event]
