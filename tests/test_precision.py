@@ -112,7 +112,7 @@ def test_bf16_runs_where_torch_has_to_emulate_it():
     assert result["min_cosine"] >= 0.999  # random weights and 64 channels: a looser bound than the real model's
 
 
-def test_a_bf16_ecapa_keeps_the_pooling_gates_and_head_in_fp32():
+def test_a_bf16_ecapa_keeps_the_gates_and_head_in_fp32_and_pools_with_bf16_products():
     import torch
     from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
@@ -127,6 +127,9 @@ def test_a_bf16_ecapa_keeps_the_pooling_gates_and_head_in_fp32():
     kept = {name for name, m in model.named_modules() if isinstance(m, GemmConv1d) and m.operand_dtype == torch.float32}
     assert kept and all(".se_block." in name or name.startswith(("asp.", "fc.")) for name in kept)
     assert changes["gemm_convolutions"] - changes["bf16_convolutions"] == len(kept)
+    # The pooling runs its own two frame-by-frame products: on bf16 operands with the trunk's, else fp32.
+    assert model.asp._frame_weight_t.dtype == model.asp._attention_weight.dtype == torch.bfloat16
+    assert fp32_model.asp._frame_weight_t.dtype == fp32_model.asp._attention_weight.dtype == torch.float32
 
 
 @pytest.fixture(scope="module")

@@ -270,11 +270,15 @@ class FusedSERes2NetBlock(SERes2NetBlock):
         return True
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor | None = None, out: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+        operands: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """SpeechBrain's block, written into ``out`` when given."""
+        """SpeechBrain's block, written into ``out`` when given; ``operands``: ``x`` cast for the first convolution."""
         residual = self.shortcut(x) if self.shortcut else x
-        x = self.res2net_block(self.tdnn1(x))
+        x = self.res2net_block(self.tdnn1(x if operands is None else operands))
         if out is None:
             x = self.tdnn2(x)
         elif isinstance(self.tdnn2, FusedTDNNBlock):
@@ -316,11 +320,18 @@ class AggregatingECAPA(ECAPA_TDNN):
         x = self.blocks[0](x.transpose(1, 2))
         widths = [block.tdnn2.conv.conv.out_channels for block in self.blocks[1:]]
         aggregated = aligned_rows(x, x.shape[0], sum(widths), x.shape[-1])
-        start = 0
+        # With bf16 products, each block's output is cast once, into the MFA's operands, and the next block's
+        # first convolution reads that cast: the same bf16 values, two of five casts saved.
+        operand_dtype = getattr(self.mfa.conv.conv, "operand_dtype", aggregated.dtype)
+        cast = operand_dtype != aggregated.dtype
+        operands = aligned_rows(x, x.shape[0], sum(widths), x.shape[-1], dtype=operand_dtype) if cast else aggregated
+        start, x_operands = 0, None
         for block, width in zip(self.blocks[1:], widths, strict=True):
-            x = block(x, lengths=lengths, out=aggregated[:, start : start + width])
+            x = block(x, lengths=lengths, out=aggregated[:, start : start + width], operands=x_operands)
+            if cast:
+                x_operands = operands[:, start : start + width].copy_(x)
             start += width
-        x = self.asp_bn(self.asp(self.mfa(aggregated), lengths=lengths))
+        x = self.asp_bn(self.asp(self.mfa(operands), lengths=lengths))
         return self.fc(x).transpose(1, 2)
 
 
@@ -330,6 +341,8 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
     # The statistics are taken over blocks of this many channels: a block of a 2000-frame pack (4 MB)
     # stays in the cores' L2 over its passes. 512 measured fastest of 256-1024.
     channel_block = 512
+    # The operands of the two frame-by-frame products (``speed_up_for_cpu`` sets bf16 with the trunk's).
+    operand_dtype: torch.dtype = torch.float32
 
     @classmethod
     def swap_in(cls, pooling: AttentiveStatisticsPooling) -> bool:
@@ -345,14 +358,17 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
     def refresh_weights(self) -> None:
         """Caches what ``forward`` derives from the weights (call again after changing them).
 
-        That is the frame columns of the first convolution's weight, transposed, and whether exp() of
-        the attention logits stays in float range without subtracting each channel's max: the logits
-        are ``W @ tanh(h)`` (bias dropped), so |logit| <= the largest row sum of |W|; below 80, exp()
-        neither overflows nor underflows to zero in float32. The cache does not follow ``.to()``.
+        That is the frame columns of the first convolution's weight, transposed, and the attention
+        convolution's weight, both in ``operand_dtype``; and whether exp() of the attention logits stays
+        in float range without subtracting each channel's max: the logits are ``W @ tanh(h)`` (bias
+        dropped), so |logit| <= the largest row sum of |W|; below 80, exp() neither overflows nor
+        underflows to zero in float32. The cache does not follow ``.to()``.
         """
         channels = self.conv.conv.weight.shape[0]
         frame_weight_t = self.tdnn.conv.conv.weight.detach()[:, :channels, 0].t().contiguous()
-        self._frame_weight_t = _without_subnormals(frame_weight_t)  # runs before flush_denormal_weights
+        # swap_in (make_segment_aware) runs before flush_denormal_weights: the copies are flushed here.
+        self._frame_weight_t = _without_subnormals(frame_weight_t).to(self.operand_dtype)
+        self._attention_weight = _without_subnormals(self.conv.conv.weight.detach()[:, :, 0]).to(self.operand_dtype)
         bound = self.conv.conv.weight.detach().abs().sum(dim=(1, 2)).max()
         self._exp_is_safe = bool(bound < EXP_SAFE_LOGIT_BOUND)
 
@@ -368,15 +384,18 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
         stds = torch.stack([variance for _, variance in moments]).clamp(self.eps).sqrt()
         context = torch.addmm(self.tdnn.conv.conv.bias, torch.cat((means, stds), dim=1), weight[:, channels:].t())
         # Computed as x^T @ W^T: with 128 output channels, MKL ran W @ x at 130-155 GFLOP/s and this at 177.
-        hidden = x.new_empty(x.shape[0], x.shape[-1], weight.shape[0])
+        xo = x.to(self._frame_weight_t.dtype)
+        hidden = x.new_empty(x.shape[0], x.shape[-1], weight.shape[0], dtype=xo.dtype)
         for row in range(x.shape[0]):
-            torch.mm(x[row].t(), self._frame_weight_t, out=hidden[row])
-        hidden = hidden.transpose(1, 2)
+            torch.mm(xo[row].t(), self._frame_weight_t, out=hidden[row])
+        hidden = hidden.transpose(1, 2).to(torch.float32)  # bf16 products: the rest of the block runs in fp32
         for s, bias in zip(segments, context, strict=True):
             hidden[s.row, :, s.start : s.end] += bias[:, None]
         hidden = self.tdnn.dropout(self.tdnn.norm(self.tdnn.activation(hidden)))
         # The softmax over time cancels any per-channel constant: the attention convolution's bias drops out.
-        logits = _rowwise_mm(self.conv.conv.weight[:, :, 0], self.tanh(hidden))
+        logits = _rowwise_mm(self._attention_weight, self.tanh(hidden).to(self._attention_weight.dtype))
+        # bf16 products come out rounded to bf16 (each logit within 2^-9 of itself): exp() and the moments in fp32.
+        logits = logits.to(torch.float32)
         if self._exp_is_safe:  # the softmax, unnormalised (its sum divides below), in one pass over every row
             logits.exp_()
         pooled = []
@@ -458,10 +477,11 @@ def speed_up_for_cpu(model: torch.nn.Module, operand_dtype: torch.dtype = torch.
     """CPU-only swaps above for an ECAPA-TDNN in eval mode, after ``make_segment_aware``; returns what changed.
 
     ``operand_dtype`` bfloat16 runs the trunk's convolutions (``trunk_convolutions``: 95% of the model's
-    FLOPs) on bf16 operands with fp32 accumulation. Everything else stays fp32: the activations between
-    layers, biases, batch norms (folded), ReLU clamps, residual and Res2Net sums, squeeze-excitation
-    means and gates, the attentive statistics pooling (its two GEMMs, softmax, weighted mean and standard
-    deviation), the final linear layer, the embedding normalisation.
+    FLOPs) and the attentive pooling's two frame-by-frame products (4%) on bf16 operands with fp32
+    accumulation. Everything else stays fp32: the activations between layers, biases, batch norms
+    (folded), ReLU clamps, residual and Res2Net sums, squeeze-excitation means and gates, the pooling's
+    context, softmax and weighted mean and standard deviation, the final linear layer, the embedding
+    normalisation.
     """
     if model.training:
         raise ValueError("the CPU kernels are for inference; call model.eval() first")
@@ -477,6 +497,10 @@ def speed_up_for_cpu(model: torch.nn.Module, operand_dtype: torch.dtype = torch.
     )
     # ContextFoldedPooling reads its TDNN block's weights, norm and activation: pooling blocks stay as they are.
     pooling_blocks = {id(m) for p in model.modules() if isinstance(p, AttentiveStatisticsPooling) for m in p.modules()}
+    for pooling in model.modules():
+        if isinstance(pooling, ContextFoldedPooling):
+            pooling.operand_dtype = operand_dtype
+            pooling.refresh_weights()
     changes["fused_tdnn_blocks"] = sum(
         FusedTDNNBlock.swap_in(m) for m in model.modules() if isinstance(m, TDNNBlock) and id(m) not in pooling_blocks
     )
