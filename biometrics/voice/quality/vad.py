@@ -15,10 +15,11 @@ import torch
 from biometrics.integrity import read_verified
 from biometrics.torch_thread import on_torch_thread
 from biometrics.voice.audio.waveform import MODEL_SAMPLE_RATE
+from biometrics.voice.quality.silero_windows import WINDOW, SileroWindows
 
 SILERO_VERSION = "6.2.3"  # the silero-vad wheel pinned in pyproject.toml
 
-SILERO_WINDOW_SAMPLES = 512  # Silero's window at 16 kHz
+SILERO_WINDOW_SAMPLES = WINDOW  # Silero's window at 16 kHz
 SILERO_JIT_SHA256 = "e1122837f4154c511485fe0b9c64455f7b929c96fbb8d79fbdb336383ebd3720"
 
 
@@ -69,12 +70,13 @@ class VoiceActivityDetector:
         path = Path(str(resources.files("silero_vad.data").joinpath("silero_vad.jit")))
         self._model = torch.jit.load(io.BytesIO(read_verified(path, SILERO_JIT_SHA256)), map_location="cpu")
         self.model_sha256 = SILERO_JIT_SHA256
-        self._model.eval()  # it carries recurrent state between windows: one call at a time, on the torch thread
+        self._model.eval()
+        self._windows = SileroWindows(self._model)  # its weights, batched over windows: 10x faster
 
     @on_torch_thread
     def speech_segments(self, samples: np.ndarray) -> list[tuple[int, int]]:
-        # Silero's get_speech_timestamps, with the model's own whole-audio method giving the window
-        # probabilities (the same values, tested) instead of one Python call per 32 ms window: 22% faster.
+        # Silero's get_speech_timestamps, with the window probabilities computed for the whole audio at once
+        # (silero_windows: the same values to float rounding, tested) instead of one call per 32 ms window.
         return self.segments_from_probabilities(self.window_probabilities(samples), len(samples))
 
     @on_torch_thread
@@ -90,7 +92,7 @@ class VoiceActivityDetector:
         # to wake: on 2 cores, with another thread's OpenMP team alive, a 5 s call took 180 ms with two
         # threads and 28 ms with one (25 ms with either when no other team exists).
         with torch.inference_mode(), _intra_op_threads_kept(set_to=1):
-            return self._window_probabilities(audio)
+            return self._windows.probabilities(audio)
 
     def segments_from_probabilities(self, probs: list[float], audio_length_samples: int) -> list[tuple[int, int]]:
         """Speech segments (sample ranges at 16 kHz) from window probabilities; plain Python, no torch."""
@@ -105,11 +107,3 @@ class VoiceActivityDetector:
             audio_length_samples=audio_length_samples,
         )
         return [(int(t["start"]), int(t["end"])) for t in stamps]
-
-    def _window_probabilities(self, audio: torch.Tensor) -> list[float]:
-        """Speech probability of each 32 ms window, the last one zero-padded (as get_speech_timestamps does)."""
-        if len(audio) == 0:
-            return []
-        if len(audio) < SILERO_WINDOW_SAMPLES:  # the model refuses less than one window before padding itself
-            audio = torch.nn.functional.pad(audio, (0, SILERO_WINDOW_SAMPLES - len(audio)))
-        return self._model.audio_forward(audio[None], MODEL_SAMPLE_RATE)[0].tolist()
