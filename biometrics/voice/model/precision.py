@@ -14,9 +14,9 @@ products, by converting to fp32 in software: slower than fp32, so ``auto`` never
 
 bf16 covers the convolutions of the TDNN trunk and the attentive pooling's two frame-by-frame products
 (matrix products with fp32 accumulation, their outputs rounded once to bf16, then biased, clamped and
-summed in fp32); what ``cpu_kernels`` keeps in fp32 is
-listed there. Embeddings of either precision agree to cosine >= 0.9999 (tests/test_precision.py), so
-precision is not part of the model fingerprint: it is recorded alongside it.
+summed in fp32); what ``cpu_kernels`` keeps in fp32 is listed there. Embeddings of either precision
+agree to cosine >= 0.9999 (tests/test_precision.py), so precision is not part of the model fingerprint:
+it is recorded alongside it.
 """
 
 from __future__ import annotations
