@@ -129,7 +129,7 @@ def test_a_bf16_ecapa_keeps_the_gates_and_head_in_fp32_and_pools_with_bf16_produ
     assert changes["gemm_convolutions"] - changes["bf16_convolutions"] == len(kept)
     # The pooling runs its own two frame-by-frame products: on bf16 operands with the trunk's, else fp32.
     assert model.asp._frame_weight_t.dtype == model.asp._attention_weight.dtype == torch.bfloat16
-    assert fp32_model.asp._frame_weight_t.dtype == fp32_model.asp._attention_weight.dtype == torch.float32
+    assert fp32_model.asp._frame_weight_t.dtype == torch.float32 and fp32_model.asp._attention_weight is None
 
 
 @pytest.fixture(scope="module")

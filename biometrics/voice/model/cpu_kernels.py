@@ -321,7 +321,7 @@ class AggregatingECAPA(ECAPA_TDNN):
         widths = [block.tdnn2.conv.conv.out_channels for block in self.blocks[1:]]
         aggregated = aligned_rows(x, x.shape[0], sum(widths), x.shape[-1])
         # With bf16 products, each block's output is cast once, into the MFA's operands, and the next block's
-        # first convolution reads that cast: the same bf16 values, two of five casts saved.
+        # first convolution reads that cast: the same bf16 values, four block-wide casts instead of six.
         operand_dtype = getattr(self.mfa.conv.conv, "operand_dtype", aggregated.dtype)
         cast = operand_dtype != aggregated.dtype
         operands = aligned_rows(x, x.shape[0], sum(widths), x.shape[-1], dtype=operand_dtype) if cast else aggregated
@@ -358,17 +358,19 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
     def refresh_weights(self) -> None:
         """Caches what ``forward`` derives from the weights (call again after changing them).
 
-        That is the frame columns of the first convolution's weight, transposed, and the attention
-        convolution's weight, both in ``operand_dtype``; and whether exp() of the attention logits stays
-        in float range without subtracting each channel's max: the logits are ``W @ tanh(h)`` (bias
-        dropped), so |logit| <= the largest row sum of |W|; below 80, exp() neither overflows nor
-        underflows to zero in float32. The cache does not follow ``.to()``.
+        That is the frame columns of the first convolution's weight, transposed, in ``operand_dtype``; with
+        bf16 operands, the attention convolution's weight in bf16 (in fp32 the module's own is read); and
+        whether exp() of the attention logits stays in float range without subtracting each channel's max:
+        the logits are ``W @ tanh(h)`` (bias dropped), so |logit| <= the largest row sum of |W|; below 80,
+        exp() neither overflows nor underflows to zero in float32. The cache does not follow ``.to()``.
         """
         channels = self.conv.conv.weight.shape[0]
         frame_weight_t = self.tdnn.conv.conv.weight.detach()[:, :channels, 0].t().contiguous()
         # swap_in (make_segment_aware) runs before flush_denormal_weights: the copies are flushed here.
         self._frame_weight_t = _without_subnormals(frame_weight_t).to(self.operand_dtype)
-        self._attention_weight = _without_subnormals(self.conv.conv.weight.detach()[:, :, 0]).to(self.operand_dtype)
+        attention = self.conv.conv.weight.detach()[:, :, 0]
+        reduced = self.operand_dtype != torch.float32
+        self._attention_weight = _without_subnormals(attention).to(self.operand_dtype) if reduced else None
         bound = self.conv.conv.weight.detach().abs().sum(dim=(1, 2)).max()
         self._exp_is_safe = bool(bound < EXP_SAFE_LOGIT_BOUND)
 
@@ -393,7 +395,8 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
             hidden[s.row, :, s.start : s.end] += bias[:, None]
         hidden = self.tdnn.dropout(self.tdnn.norm(self.tdnn.activation(hidden)))
         # The softmax over time cancels any per-channel constant: the attention convolution's bias drops out.
-        logits = _rowwise_mm(self._attention_weight, self.tanh(hidden).to(self._attention_weight.dtype))
+        attention = self.conv.conv.weight[:, :, 0] if self._attention_weight is None else self._attention_weight
+        logits = _rowwise_mm(attention, self.tanh(hidden).to(attention.dtype))
         # bf16 products come out rounded to bf16 (each logit within 2^-9 of itself): exp() and the moments in fp32.
         logits = logits.to(torch.float32)
         if self._exp_is_safe:  # the softmax, unnormalised (its sum divides below), in one pass over every row

@@ -12,9 +12,10 @@ kernel lets processes use the tiles), else from torch's own CPU probe. Without t
 products, by converting to fp32 in software: slower than fp32, so ``auto`` never picks it there, and
 ``bf16`` there is for tests and comparisons only.
 
-bf16 covers the convolutions of the TDNN trunk and the attentive pooling's two frame-by-frame products
-(matrix products with fp32 accumulation, their outputs rounded once to bf16, then biased, clamped and
-summed in fp32); what ``cpu_kernels`` keeps in fp32 is listed there. Embeddings of either precision
+bf16 covers the convolutions of the TDNN trunk (matrix products with fp32 accumulation, their outputs
+rounded once to bf16, then biased, clamped and summed in fp32) and the attentive pooling's two
+frame-by-frame products (likewise; their outputs go on in fp32: the hidden layer's norm and tanh, the
+attention logits' softmax); what ``cpu_kernels`` keeps in fp32 is listed there. Embeddings of either precision
 agree to cosine >= 0.9999 (tests/test_precision.py), so precision is not part of the model fingerprint:
 it is recorded alongside it.
 """

@@ -102,6 +102,7 @@ def _check_layout(model: torch.nn.Module) -> None:
         all(shapes.get(name) == shape for name, shape in expected.items())
         and int(stft.hop_length) == STFT_HOP
         and int(stft.filter_length) == STFT_FILTER
+        and stft.padding.original_name == "ReflectionPad1d"
         and tuple(stft.padding.padding) == (0, STFT_RIGHT_PAD)
         and int(model.context_size_samples) == CONTEXT
         and all(
