@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -102,7 +103,8 @@ def test_finger_only_with_ten_customers_answers_the_right_one_or_none(till):
 def test_a_card_number_is_refused_and_never_stored_or_logged(till, caplog):
     caplog.set_level("DEBUG")
     consent(till, ALICE)
-    for pan in ("4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005"):
+    pans = ("4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005")
+    for pan in pans:
         refused = enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), pan)
         assert refused.status_code == 422, refused.text
         assert refused.headers["content-type"].startswith("application/problem+json")
@@ -112,8 +114,11 @@ def test_a_card_number_is_refused_and_never_stored_or_logged(till, caplog):
     assert _rows(till, "SELECT id FROM payment_links") == []
     assert _rows(till, "SELECT id FROM templates") == []
     everything = str(_rows(till, "SELECT * FROM audit_entries"))
-    assert "4111" not in everything and "5555" not in everything and "card_number_refused" in everything
-    assert "4111" not in caplog.text and "5555" not in caplog.text
+    # Each number as sent, as digits only, and its first six digits: four digits alone also turn up by chance
+    # in the entries' hashes and timestamps (a failed run found "4111" there).
+    forms = {form for pan in pans for digits in [re.sub(r"\D", "", pan)] for form in (pan, digits, digits[:6])}
+    assert not [form for form in forms if form in everything] and "card_number_refused" in everything
+    assert not [form for form in forms if form in caplog.text]
 
 
 def test_a_wrong_pin_is_refused_and_counts_towards_the_lockout(till):

@@ -71,7 +71,7 @@ class VoiceActivityDetector:
         self._model = torch.jit.load(io.BytesIO(read_verified(path, SILERO_JIT_SHA256)), map_location="cpu")
         self.model_sha256 = SILERO_JIT_SHA256
         self._model.eval()
-        self._windows = SileroWindows(self._model)  # its weights, batched over windows: 10x faster
+        self._windows = SileroWindows(self._model)  # its weights, batched over windows: 7-10x faster
 
     @on_torch_thread
     def speech_segments(self, samples: np.ndarray) -> list[tuple[int, int]]:
