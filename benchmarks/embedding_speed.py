@@ -13,7 +13,9 @@ Measures, in one process and on one list of 3-8 s crops of real LibriSpeech test
     ``concurrent_passes`` forward passes running at once, each on its share of the cores), in fp32
     (BIOIDENT_PRECISION=fp32), also called (b32);
 (b16) the same path with bf16 products (BIOIDENT_PRECISION=bf16; what ``auto`` picks on a CPU with native
-    bf16, ``biometrics/voice/model/precision.py``);
+    bf16, ``biometrics/voice/model/precision.py``), measured by default only on such a CPU (``--bf16``):
+    elsewhere torch emulates bf16 products at about 1 GFLOP/s a core (a 2-core AMD Zen 3), so (b16) would
+    take over an hour and say nothing about what ``auto`` runs there;
 (c) the fp32 matrix-multiply bound: the FLOP/s of square fp32 ``torch.mm`` products divided by the
     model's FLOPs per second of audio (``FlopCounterMode`` over Fbank + sentence normalisation + ECAPA +
     embedding norm), the products timed *paired* with (b) so both see the host at nearly the same
@@ -134,6 +136,12 @@ def _main(argv: list[str] | None) -> dict:
     parser.add_argument(
         "--repeats", type=int, default=3, help="alternating timed runs of each path; the best counts (default 3)"
     )
+    parser.add_argument(
+        "--bf16",
+        choices=("native", "always", "never"),
+        default="native",
+        help="measure (b16) and (c16): where the CPU has native bf16 (default), always (emulated elsewhere), never",
+    )
     args = parser.parse_args(argv)
 
     from biometrics.settings import CoreSettings
@@ -142,14 +150,18 @@ def _main(argv: list[str] | None) -> dict:
     from biometrics.voice.model.precision import NATIVE_BF16_FLAGS, cpu_flags
 
     threads = torch.get_num_threads()
+    native = sorted(NATIVE_BF16_FLAGS & cpu_flags())
+    measure16 = args.bf16 == "always" or (args.bf16 == "native" and bool(native))
     settings = CoreSettings(_env_file=None).model_copy(update={"precision": "fp32"})
     embedder = load_voice_embedder(settings)
-    embedder16 = VoiceEmbedder(
-        SpeakerEncoder(embedder.encoder.weights, malloc_keep_freed=settings.malloc_keep_freed, precision="bf16"),
-        embedder.vad,
-        batch_max_frames=settings.batch_max_frames,
-        concurrent_passes=settings.concurrent_passes,
-    )
+    embedder16 = None
+    if measure16:
+        embedder16 = VoiceEmbedder(
+            SpeakerEncoder(embedder.encoder.weights, malloc_keep_freed=settings.malloc_keep_freed, precision="bf16"),
+            embedder.vad,
+            batch_max_frames=settings.batch_max_frames,
+            concurrent_passes=settings.concurrent_passes,
+        )
     # (a) is SpeechBrain exactly as shipped: its own modules, not the ones our encoder has tuned.
     plain = build_speechbrain_classifier(embedder.encoder.weights)
     utterances, sources = crop_utterances(args.data, args.utterances, args.seed)
@@ -168,7 +180,7 @@ def _main(argv: list[str] | None) -> dict:
     rss_b = None
     orders = (("b", "a", "b16"), ("b16", "a", "b"), ("a", "b16", "b"))
     for round_ in range(args.repeats):
-        for path in orders[round_ % len(orders)]:
+        for path in (p for p in orders[round_ % len(orders)] if measure16 or p != "b16"):
             if path == "a" and not timings["a"]:  # each path's first run is preceded by a warm-up
                 time_plain_speechbrain(plain, warmup)
             if path == "b16" and not timings["b16"]:
@@ -185,17 +197,17 @@ def _main(argv: list[str] | None) -> dict:
             if rss_b is None and path == "b":
                 rss_b = peak_rss_mb()
         rates: dict[str, dict[int, dict[int, float]]] = {}
-        for precision, key in (("fp32", "gemm"), ("bf16", "gemm16")):
+        for precision, key in (("fp32", "gemm"), ("bf16", "gemm16"))[: 2 if measure16 else 1]:
             waited = wait_until_quiet(args.wait_idle)
             with ForeignLoad() as load:
                 rates[precision] = gemm_flops_per_s(arrangements, precision)
             timings[key].append(
                 {"flops_per_s": rates[precision], "foreign_load_cores": load.cores, "waited_for_idle_s": waited}
             )
-        for ours, key, paired_rates in (
-            (embedder, "paired", {"fp32": rates["fp32"]}),
-            (embedder16, "paired16", {"bf16": rates["bf16"], "fp32": rates["fp32"]}),
-        ):
+        pairings = [(embedder, "paired", {"fp32": rates["fp32"]})]
+        if embedder16 is not None:
+            pairings.append((embedder16, "paired16", {"bf16": rates["bf16"], "fp32": rates["fp32"]}))
+        for ours, key, paired_rates in pairings:
             waited = wait_until_quiet(args.wait_idle)
             best_s = min(run["wall_s"] for run in timings["b16" if key == "paired16" else "b"])
             with ForeignLoad() as load:
@@ -214,21 +226,10 @@ def _main(argv: list[str] | None) -> dict:
         }
     ]
     min_cosine = float(np.min(np.sum(embeddings["a"] * embeddings["b"], axis=1)))
-    min_cosine_16 = float(np.min(np.sum(embeddings["b16"] * embeddings["b"], axis=1)))
     t_a = min(run["wall_s"] for run in timings["a"])
     t_b = min(run["wall_s"] for run in timings["b"])
-    t_b16 = min(run["wall_s"] for run in timings["b16"])
-
-    def best_by_size(key: str) -> tuple[dict, dict]:
-        by_workers = {
-            w: {n: max(run["flops_per_s"][w][n] for run in timings[key]) for n in GEMM_SIZES} for w in arrangements
-        }
-        return by_workers, {n: max(by_size[n] for by_size in by_workers.values()) for n in GEMM_SIZES}
-
-    gemm_by_workers, gemm = best_by_size("gemm")
-    gemm16_by_workers, gemm16 = best_by_size("gemm16")
+    gemm_by_workers, gemm = _best_by_size(timings["gemm"], arrangements)
     gemm_peak = max(gemm.values())
-    gemm16_peak = max(gemm16.values())
 
     # (c) GEMM bound: FLOPs are affine in length (per-frame layers + a fixed head), so fit two counts.
     short_s, long_s = MIN_S, MAX_S
@@ -242,15 +243,6 @@ def _main(argv: list[str] | None) -> dict:
         run["b_gflops_per_s"] = workload_flops / run["b_passes_s"] / 1e9
         run["b_over_c"] = workload_flops / run["b_passes_s"] / run["gemm_flops_per_s"]
     median_pair = sorted(timings["paired"], key=lambda run: run["b_over_c"])[(len(timings["paired"]) - 1) // 2]
-    for run in timings["paired16"]:
-        b16_flops_per_s = workload_flops / run["b_passes_s"]
-        run["b16_gflops_per_s"] = b16_flops_per_s / 1e9
-        run["b16_over_c16"] = b16_flops_per_s / run["by_precision"]["bf16"]["gemm_flops_per_s"]
-        run["b16_over_c32"] = b16_flops_per_s / run["by_precision"]["fp32"]["gemm_flops_per_s"]
-    median16 = sorted(timings["paired16"], key=lambda run: run["b16_over_c16"])[(len(timings["paired16"]) - 1) // 2]
-    b16_over_c32 = sorted(run["b16_over_c32"] for run in timings["paired16"])[(len(timings["paired16"]) - 1) // 2]
-    rate_b16 = audio_s / t_b16
-    native = sorted(NATIVE_BF16_FLAGS & cpu_flags())
     b_over_c = median_pair["b_over_c"]
     rate_c = median_pair["gemm_flops_per_s"] * audio_s / workload_flops
     rate_c_peak = gemm_peak * audio_s / workload_flops
@@ -268,6 +260,7 @@ def _main(argv: list[str] | None) -> dict:
             ("paired16", timings["paired16"]),
             ("d", timings["blas"]),
         )
+        if runs
     }
 
     results = {
@@ -285,23 +278,7 @@ def _main(argv: list[str] | None) -> dict:
         "utterance_seconds_max": max(len(u) for u in utterances) / SAMPLE_RATE,
         "a_plain_speechbrain": {"wall_s": t_a, "audio_s_per_s": rate_a},
         "b_batched": {"wall_s": t_b, "audio_s_per_s": rate_b, "precision": embedder.precision},
-        "b16_batched": {"wall_s": t_b16, "audio_s_per_s": rate_b16, "precision": embedder16.precision},
         "native_bf16_flags": native,
-        "c16_gemm_bound": {
-            "audio_s_per_s": median16["by_precision"]["bf16"]["gemm_flops_per_s"] * audio_s / workload_flops,
-            "paired_gemm_flops_per_s": median16["by_precision"]["bf16"]["gemm_flops_per_s"],
-            "paired_c32_gemm_flops_per_s": median16["by_precision"]["fp32"]["gemm_flops_per_s"],
-            "paired_b16_wall_s": median16["b_passes_s"],
-            "paired_b16_audio_s_per_s": audio_s / median16["b_passes_s"],
-            "paired_note": "as (c), around (b16)'s turns, bf16 and fp32 square products alternating; the median run",
-            "audio_s_per_s_at_peak": gemm16_peak * audio_s / workload_flops,
-            "gemm_flops_per_s": {str(n): r for n, r in gemm16.items()},
-            "gemm_flops_per_s_by_workers": {
-                str(w): {str(n): r for n, r in by_size.items()} for w, by_size in gemm16_by_workers.items()
-            },
-            "gemm_peak_flops_per_s": gemm16_peak,
-            "b16_gflops_per_s": workload_flops / t_b16 / 1e9,
-        },
         "c_gemm_bound": {
             "audio_s_per_s": rate_c,
             "paired_gemm_flops_per_s": median_pair["gemm_flops_per_s"],
@@ -340,28 +317,9 @@ def _main(argv: list[str] | None) -> dict:
         "runs": {
             "a": timings["a"],
             "b": timings["b"],
-            "b16": timings["b16"],
             "d": timings["blas"],
             "paired": timings["paired"],
-            "paired16": timings["paired16"],
-            "gemm": [
-                {
-                    **run,
-                    "flops_per_s": {
-                        str(w): {str(n): v for n, v in by_size.items()} for w, by_size in run["flops_per_s"].items()
-                    },
-                }
-                for run in timings["gemm"]
-            ],
-            "gemm16": [
-                {
-                    **run,
-                    "flops_per_s": {
-                        str(w): {str(n): v for n, v in by_size.items()} for w, by_size in run["flops_per_s"].items()
-                    },
-                }
-                for run in timings["gemm16"]
-            ],
+            "gemm": _gemm_runs(timings["gemm"]),
         },
         "foreign_load_cores_max": foreign,
         "ratio_b_over_a": rate_b / rate_a,
@@ -369,12 +327,7 @@ def _main(argv: list[str] | None) -> dict:
         "ratio_b_over_c_peak": rate_b / rate_c_peak,
         "ratio_b_over_d": rate_b / rate_d,
         "ratio_d_over_c_peak": rate_d / rate_c_peak,
-        "ratio_b16_over_b32": rate_b16 / rate_b,
-        "ratio_b16_over_c16": median16["b16_over_c16"],
-        "ratio_b16_over_c32": b16_over_c32,
-        "ratio_b16_over_c16_peak": rate_b16 / (gemm16_peak * audio_s / workload_flops),
         "min_cosine_a_vs_b": min_cosine,
-        "min_cosine_b_vs_b16": min_cosine_16,
         "peak_rss_mb": {"after_load": rss_loaded, "after_b": rss_b, "process": rss_peak},
         "target": {
             "b_over_c_at_least": TARGET_B_OVER_C,
@@ -382,20 +335,99 @@ def _main(argv: list[str] | None) -> dict:
             "b_over_c_met": b_over_c >= TARGET_B_OVER_C,
             "peak_rss_after_b_met": rss_b < TARGET_PEAK_RSS_MB,
             "peak_rss_process_met": rss_peak < TARGET_PEAK_RSS_MB,
-            # on a host with native bf16 (issue 20); elsewhere auto runs (b) itself
-            "b16_over_c32_at_least": TARGET_B16_OVER_C32,
-            "b16_over_c16_at_least": TARGET_B16_OVER_C16,
-            "b16_targets_apply": bool(native),
-            "b16_over_c32_met": b16_over_c32 >= TARGET_B16_OVER_C32,
-            "b16_over_c16_met": median16["b16_over_c16"] >= TARGET_B16_OVER_C16,
+            "b16_targets_apply": bool(native),  # issue 20's targets hold on a host with native bf16
         },
         "crops": sources,
     }
     results["target"]["met"] = results["target"]["b_over_c_met"] and results["target"]["peak_rss_after_b_met"]
+    if embedder16 is None:
+        results["b16_skipped"] = (
+            "--bf16 never" if args.bf16 == "never" else "no native bf16 on this CPU: auto runs (b) in fp32 here"
+        )
+    else:
+        bf16 = _bf16_results(timings, embeddings, audio_s, workload_flops, rate_b, arrangements)
+        bf16["b16_batched"]["precision"] = embedder16.precision
+        results["target"].update(bf16.pop("target"))
+        results["runs"].update(bf16.pop("runs"))
+        results.update(bf16)
 
     print_table(results)
     write_results(args.out, results)
     return results
+
+
+def _best_by_size(runs: list[dict], arrangements: tuple[int, ...]) -> tuple[dict, dict]:
+    """The best rate of each size over runs, by products at once, and of each size over arrangements."""
+    sizes = [n for n in GEMM_SIZES if all(n in run["flops_per_s"][w] for run in runs for w in arrangements)]
+    by_workers = {w: {n: max(run["flops_per_s"][w][n] for run in runs) for n in sizes} for w in arrangements}
+    return by_workers, {n: max(by_size[n] for by_size in by_workers.values()) for n in sizes}
+
+
+def _bf16_results(
+    timings: dict[str, list[dict]],
+    embeddings: dict[str, np.ndarray],
+    audio_s: float,
+    workload_flops: float,
+    rate_b: float,
+    arrangements: tuple[int, ...],
+) -> dict:
+    """(b16) and (c16), their ratios and targets, from the runs of (b16), its paired runs and the bf16 sweeps."""
+    t_b16 = min(run["wall_s"] for run in timings["b16"])
+    gemm16_by_workers, gemm16 = _best_by_size(timings["gemm16"], arrangements)
+    gemm16_peak = max(gemm16.values())
+    paired16 = timings["paired16"]
+    for run in paired16:
+        b16_flops_per_s = workload_flops / run["b_passes_s"]
+        run["b16_gflops_per_s"] = b16_flops_per_s / 1e9
+        run["b16_over_c16"] = b16_flops_per_s / run["by_precision"]["bf16"]["gemm_flops_per_s"]
+        run["b16_over_c32"] = b16_flops_per_s / run["by_precision"]["fp32"]["gemm_flops_per_s"]
+    median16 = sorted(paired16, key=lambda run: run["b16_over_c16"])[(len(paired16) - 1) // 2]
+    b16_over_c32 = sorted(run["b16_over_c32"] for run in paired16)[(len(paired16) - 1) // 2]
+    rate_b16 = audio_s / t_b16
+    return {
+        "b16_batched": {"wall_s": t_b16, "audio_s_per_s": rate_b16},
+        "c16_gemm_bound": {
+            "audio_s_per_s": median16["by_precision"]["bf16"]["gemm_flops_per_s"] * audio_s / workload_flops,
+            "paired_gemm_flops_per_s": median16["by_precision"]["bf16"]["gemm_flops_per_s"],
+            "paired_c32_gemm_flops_per_s": median16["by_precision"]["fp32"]["gemm_flops_per_s"],
+            "paired_b16_wall_s": median16["b_passes_s"],
+            "paired_b16_audio_s_per_s": audio_s / median16["b_passes_s"],
+            "paired_note": "as (c), around (b16)'s turns, bf16 and fp32 square products alternating; the median run",
+            "audio_s_per_s_at_peak": gemm16_peak * audio_s / workload_flops,
+            "gemm_flops_per_s": {str(n): r for n, r in gemm16.items()},
+            "gemm_flops_per_s_by_workers": {
+                str(w): {str(n): r for n, r in by_size.items()} for w, by_size in gemm16_by_workers.items()
+            },
+            "gemm_peak_flops_per_s": gemm16_peak,
+            "b16_gflops_per_s": workload_flops / t_b16 / 1e9,
+        },
+        "ratio_b16_over_b32": rate_b16 / rate_b,
+        "ratio_b16_over_c16": median16["b16_over_c16"],
+        "ratio_b16_over_c32": b16_over_c32,
+        "ratio_b16_over_c16_peak": rate_b16 / (gemm16_peak * audio_s / workload_flops),
+        "min_cosine_b_vs_b16": float(np.min(np.sum(embeddings["b16"] * embeddings["b"], axis=1))),
+        "target": {
+            # on a host with native bf16 (issue 20); elsewhere auto runs (b) itself
+            "b16_over_c32_at_least": TARGET_B16_OVER_C32,
+            "b16_over_c16_at_least": TARGET_B16_OVER_C16,
+            "b16_over_c32_met": b16_over_c32 >= TARGET_B16_OVER_C32,
+            "b16_over_c16_met": median16["b16_over_c16"] >= TARGET_B16_OVER_C16,
+        },
+        "runs": {"b16": timings["b16"], "paired16": paired16, "gemm16": _gemm_runs(timings["gemm16"])},
+    }
+
+
+def _gemm_runs(runs: list[dict]) -> list[dict]:
+    """GEMM sweeps with their sizes and products-at-once as strings, as JSON keys."""
+    return [
+        {
+            **run,
+            "flops_per_s": {
+                str(w): {str(n): v for n, v in by_size.items()} for w, by_size in run["flops_per_s"].items()
+            },
+        }
+        for run in runs
+    ]
 
 
 def _yes(met: bool) -> str:
@@ -411,11 +443,13 @@ def print_table(r: dict) -> None:
     )
     print(f"batch_max_frames={r['batch_max_frames']}, concurrent_passes={r['concurrent_passes']}")
     print()
+    measured16 = "b16_batched" in r
     rows = [
         ("(a) SpeechBrain encode_batch, one at a time", r["a_plain_speechbrain"]),
         ("(b) VoiceEmbedder.embed_speech, packed, fp32", r["b_batched"]),
-        ("(b16) the same, bf16 products", r["b16_batched"]),
     ]
+    if measured16:
+        rows.append(("(b16) the same, bf16 products", r["b16_batched"]))
     print(f"{'path (best of ' + str(r['repeats']) + ' alternating runs)':<46} {'wall s':>8} {'audio s / s':>12}")
     for name, row in rows:
         print(f"{name:<46} {row['wall_s']:>8.2f} {row['audio_s_per_s']:>12.1f}")
@@ -423,23 +457,27 @@ def print_table(r: dict) -> None:
     print(f"{'(b) in the median paired run':<46} {c['paired_b_wall_s']:>8.2f} {c['paired_b_audio_s_per_s']:>12.1f}")
     print(f"{'(c) fp32 GEMM bound, paired with that run':<46} {'':>8} {c['audio_s_per_s']:>12.1f}")
     print(f"{'(c peak) best 0.25 s GEMM block':<46} {'':>8} {c['audio_s_per_s_at_peak']:>12.1f}")
-    c16 = r["c16_gemm_bound"]
-    b16_paired = f"{c16['paired_b16_wall_s']:>8.2f} {c16['paired_b16_audio_s_per_s']:>12.1f}"
-    print(f"{'(b16) in its median paired run':<46} {b16_paired}")
-    print(f"{'(c16) bf16 GEMM bound, paired with that run':<46} {'':>8} {c16['audio_s_per_s']:>12.1f}")
-    print(f"{'(c16 peak) best 0.25 s bf16 GEMM block':<46} {'':>8} {c16['audio_s_per_s_at_peak']:>12.1f}")
+    c16 = r.get("c16_gemm_bound")
+    if c16 is not None:
+        b16_paired = f"{c16['paired_b16_wall_s']:>8.2f} {c16['paired_b16_audio_s_per_s']:>12.1f}"
+        print(f"{'(b16) in its median paired run':<46} {b16_paired}")
+        print(f"{'(c16) bf16 GEMM bound, paired with that run':<46} {'':>8} {c16['audio_s_per_s']:>12.1f}")
+        print(f"{'(c16 peak) best 0.25 s bf16 GEMM block':<46} {'':>8} {c16['audio_s_per_s_at_peak']:>12.1f}")
     d = r["d_blas_ceiling"]
     print(f"{'(d) BLAS ceiling: (b)s GEMMs alone':<46} {d['gemm_s']:>8.2f} {d['audio_s_per_s']:>12.1f}")
     print(f"native bf16: {', '.join(r['native_bf16_flags']) or 'none (bf16 emulated: (b16) is for comparison only)'}")
+    if not measured16:
+        print(f"(b16) and (c16) not measured: {r['b16_skipped']} (--bf16 always measures them)")
     print()
     for workers, by_size in c["gemm_flops_per_s_by_workers"].items():
         gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in by_size.items())
         print(f"GEMM GFLOP/s by size, best block, {workers} at once: {gemm}")
     print(f"GEMM peak: {c['gemm_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
-    for workers, by_size in c16["gemm_flops_per_s_by_workers"].items():
-        gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in by_size.items())
-        print(f"bf16 GEMM GFLOP/s by size, best block, {workers} at once: {gemm}")
-    print(f"bf16 GEMM peak: {c16['gemm_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    if c16 is not None:
+        for workers, by_size in c16["gemm_flops_per_s_by_workers"].items():
+            gemm = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in by_size.items())
+            print(f"bf16 GEMM GFLOP/s by size, best block, {workers} at once: {gemm}")
+        print(f"bf16 GEMM peak: {c16['gemm_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
     pairs = "; ".join(
         f"{run['b_gflops_per_s']:.1f} / {run['gemm_flops_per_s'] / 1e9:.1f} = {run['b_over_c']:.3f}"
         for run in r["runs"]["paired"]
@@ -457,13 +495,16 @@ def print_table(r: dict) -> None:
         f"(d): (b)'s GEMMs run at {d['gemm_gflops_per_s']:.1f} GFLOP/s on their own shapes; "
         f"unpaired, (b) spends {r['ratio_b_over_d']:.0%} of its time in them"
     )
-    pairs16 = "; ".join(
-        f"{run['b16_gflops_per_s']:.1f} / {run['by_precision']['bf16']['gemm_flops_per_s'] / 1e9:.1f} (bf16), "
-        f"{run['by_precision']['fp32']['gemm_flops_per_s'] / 1e9:.1f} (fp32)"
-        for run in r["runs"]["paired16"]
-    )
-    print(f"paired runs, (b16) GFLOP/s / GEMM GFLOP/s at the same moments: {pairs16}")
-    print(f"min cosine (a) vs (b): {r['min_cosine_a_vs_b']:.6f}; (b) vs (b16): {r['min_cosine_b_vs_b16']:.6f}")
+    if measured16:
+        pairs16 = "; ".join(
+            f"{run['b16_gflops_per_s']:.1f} / {run['by_precision']['bf16']['gemm_flops_per_s'] / 1e9:.1f} (bf16), "
+            f"{run['by_precision']['fp32']['gemm_flops_per_s'] / 1e9:.1f} (fp32)"
+            for run in r["runs"]["paired16"]
+        )
+        print(f"paired runs, (b16) GFLOP/s / GEMM GFLOP/s at the same moments: {pairs16}")
+        print(f"min cosine (a) vs (b): {r['min_cosine_a_vs_b']:.6f}; (b) vs (b16): {r['min_cosine_b_vs_b16']:.6f}")
+    else:
+        print(f"min cosine (a) vs (b): {r['min_cosine_a_vs_b']:.6f}")
     load = r["foreign_load_cores_max"]
     print(
         "CPU taken by other processes while timing (cores, worst run): "
@@ -482,17 +523,18 @@ def print_table(r: dict) -> None:
         f"{'(b)/(c), paired (median run)':<44} {r['ratio_b_over_c']:>8.2f} {'>= ' + str(t['b_over_c_at_least']):>8} "
         f"{_yes(t['b_over_c_met']):>4}"
     )
-    applies = "" if t["b16_targets_apply"] else " (no native bf16: targets do not apply)"
-    print(f"{'(b16)/(b32) best runs':<44} {r['ratio_b16_over_b32']:>8.2f}")
-    print(
-        f"{'(b16)/(c16), paired (median run)':<44} {r['ratio_b16_over_c16']:>8.2f} "
-        f"{'>= ' + str(t['b16_over_c16_at_least']):>8} {_yes(t['b16_over_c16_met']):>4}{applies}"
-    )
-    print(
-        f"{'(b16)/(c32), paired (median run)':<44} {r['ratio_b16_over_c32']:>8.2f} "
-        f"{'>= ' + str(t['b16_over_c32_at_least']):>8} {_yes(t['b16_over_c32_met']):>4}{applies}"
-    )
-    print(f"{'(b16)/(c16 peak), unpaired':<44} {r['ratio_b16_over_c16_peak']:>8.2f}")
+    if measured16:
+        applies = "" if t["b16_targets_apply"] else " (no native bf16: targets do not apply)"
+        print(f"{'(b16)/(b32) best runs':<44} {r['ratio_b16_over_b32']:>8.2f}")
+        print(
+            f"{'(b16)/(c16), paired (median run)':<44} {r['ratio_b16_over_c16']:>8.2f} "
+            f"{'>= ' + str(t['b16_over_c16_at_least']):>8} {_yes(t['b16_over_c16_met']):>4}{applies}"
+        )
+        print(
+            f"{'(b16)/(c32), paired (median run)':<44} {r['ratio_b16_over_c32']:>8.2f} "
+            f"{'>= ' + str(t['b16_over_c32_at_least']):>8} {_yes(t['b16_over_c32_met']):>4}{applies}"
+        )
+        print(f"{'(b16)/(c16 peak), unpaired':<44} {r['ratio_b16_over_c16_peak']:>8.2f}")
     print(
         f"{'peak RSS MB, load + (b) (our path)':<44} {rss['after_b']:>8.0f} {rss_target:>8} "
         f"{_yes(t['peak_rss_after_b_met']):>4}"
