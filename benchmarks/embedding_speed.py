@@ -465,8 +465,10 @@ def print_table(r: dict) -> None:
         print(f"{'(c16 peak) best 0.25 s bf16 GEMM block':<46} {'':>8} {c16['audio_s_per_s_at_peak']:>12.1f}")
     d = r["d_blas_ceiling"]
     print(f"{'(d) BLAS ceiling: (b)s GEMMs alone':<46} {d['gemm_s']:>8.2f} {d['audio_s_per_s']:>12.1f}")
-    print(f"native bf16: {', '.join(r['native_bf16_flags']) or 'none (bf16 emulated: (b16) is for comparison only)'}")
-    if not measured16:
+    if measured16:
+        flags = ", ".join(r["native_bf16_flags"]) or "none (bf16 emulated: (b16) is for comparison only)"
+        print(f"native bf16: {flags}")
+    else:
         print(f"(b16) and (c16) not measured: {r['b16_skipped']} (--bf16 always measures them)")
     print()
     for workers, by_size in c["gemm_flops_per_s_by_workers"].items():
