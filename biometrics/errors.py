@@ -119,6 +119,13 @@ class FingerprintImageError(FingerprintInputError):
     code = "fingerprint_image_invalid"
 
 
+class FingerprintExtractorStalled(BiometricsError):
+    """NBIS did not finish measuring a capture in time, or too many of its runs are stalled: retry later."""
+
+    code = "fingerprint_extractor_stalled"
+    retry_after_s = 5
+
+
 class FingerprintRecordError(FingerprintInputError):
     """A finger-minutiae record (ISO/IEC 19794-2 or ANSI INCITS 378) is malformed."""
 

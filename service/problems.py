@@ -18,6 +18,7 @@ from biometrics.errors import (
     AudioError,
     BiometricsError,
     EmbeddingQueueFull,
+    FingerprintExtractorStalled,
     FingerprintInputError,
     FingerprintTemplateError,
     IncompatibleModel,
@@ -117,6 +118,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _biometrics(_: Request, exc: BiometricsError) -> JSONResponse:
         if isinstance(exc, EmbeddingQueueFull):
             return problem(503, exc.code, "Too busy: retry later", exc.message, retry_after_s=exc.retry_after_s)
+        if isinstance(exc, FingerprintExtractorStalled):
+            title = "Fingerprint extraction stalled"
+            return problem(503, exc.code, title, exc.message, retry_after_s=exc.retry_after_s)
         status, title = _biometrics_status(exc)
         return problem(status, exc.code, title, exc.message)
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from biometrics.errors import FingerprintImageError, ModelError
+from biometrics.errors import FingerprintExtractorStalled, FingerprintImageError, ModelError
 from biometrics.fingerprint import extraction
 from biometrics.fingerprint.images import decode_image
 from biometrics.serial_thread import SerialThread
@@ -126,3 +126,62 @@ def test_an_image_nbis_finds_no_print_in_stops_the_network_where_it_is(shared_da
     with pytest.raises(FingerprintImageError, match="no fingerprint"):
         extraction.extract(image, "leader")
     assert len(ended) == 1 and "terminate" in str(ended[0])  # stopped, not run to its end
+
+
+def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it(shared_data, monkeypatch, caplog):
+    """Native code cannot be interrupted: a run past the timeout is left to its thread, the capture gets a 503."""
+    image = decode_image((shared_data / "fingerprint" / "fvc2002" / "DB1_B" / "101_1.tif").read_bytes())
+    real_nbis = extraction._nbis
+    expected = extraction.extract(image, "nbis")
+    release = threading.Event()
+    started: list[int] = []
+
+    def stalls(image: object) -> extraction.Extraction:
+        started.append(threading.get_ident())
+        release.wait(timeout=60)
+        return real_nbis(image)
+
+    try:
+        for stalled in (1, 2):
+            monkeypatch.setattr(extraction, "_nbis", stalls)
+            monkeypatch.setattr(extraction, "NBIS_TIMEOUT_S", 0.3)
+            with pytest.raises(FingerprintExtractorStalled, match="took too long"):
+                extraction.extract(image, "leader" if stalled == 2 else "nbis")
+            assert len(extraction._stalled) == stalled
+            monkeypatch.setattr(extraction, "_nbis", real_nbis)
+            monkeypatch.setattr(extraction, "NBIS_TIMEOUT_S", 10.0)
+            if stalled == 1:  # a fresh NBIS thread answers the next capture, not one queued behind the stall
+                assert extraction.extract(image, "nbis").minutiae == expected.minutiae
+        assert len(set(started)) == 2  # each stall held its own thread
+        # Two runs stalled, each perhaps holding a core: captures are refused at once until one ends.
+        with pytest.raises(FingerprintExtractorStalled, match="is stalled"):
+            extraction.extract(image, "nbis")
+        assert "passed 0.3 s and was left to its thread (2 stalled)" in caplog.text
+    finally:
+        release.set()
+    for _ in range(200):
+        if not extraction._stalled:
+            break
+        threading.Event().wait(0.05)
+    assert not extraction._stalled  # a stalled run that ends frees its place
+    assert extraction.extract(image, "nbis").minutiae == expected.minutiae
+
+
+def test_a_stalled_extractor_is_answered_503_with_retry_after():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from service.problems import install_problem_handlers
+
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/capture")
+    def capture() -> None:
+        raise FingerprintExtractorStalled("fingerprint extraction took too long; retry later")
+
+    answer = TestClient(app).get("/capture")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert answer.headers["content-type"] == "application/problem+json"
+    body = answer.json()
+    assert body["type"].endswith("fingerprint_extractor_stalled") and body["detail"].endswith("retry later")

@@ -16,12 +16,14 @@ the ridge orientation of the FVC2002 images. Its reliability (0-1) becomes the m
 
 from __future__ import annotations
 
+import logging
 import math
-import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
-from biometrics.errors import FingerprintImageError
+from biometrics.errors import FingerprintExtractorStalled, FingerprintImageError
 from biometrics.fingerprint.images import FingerprintImage
 from biometrics.fingerprint.minutiae import Minutia, Minutiae, MinutiaKind
 from biometrics.serial_thread import SerialThread
@@ -36,12 +38,20 @@ EXTRACTORS = {"nbis": EXTRACTOR_NAME, "leader": LEADER_NAME}
 MIN_RELIABILITY = 0.0
 MAX_MINUTIAE = 255
 
-# Every NBIS call runs on this one thread, which keeps the extractors (about 270 ms each to build, NFIQ 2's
-# models included) for the life of the process; see biometrics.serial_thread for why not per calling thread.
+log = logging.getLogger(__name__)
+
+# Every NBIS call runs on one thread, which keeps the extractors (about 270 ms each to build, NFIQ 2's models
+# included) for the life of the process; see biometrics.serial_thread for why not per calling thread.
 _nbis_thread = SerialThread("bioident-nbis")
-_extractors: dict[tuple[int, bool], object] = {}  # touched only on _nbis_thread
-if hasattr(os, "register_at_fork"):  # a forked child builds its own: the parent's may have been mid-use
-    os.register_at_fork(after_in_child=_extractors.clear)
+_nbis_lock = threading.Lock()
+_extractors = threading.local()  # each NBIS thread's own (a forked child starts a thread, so builds its own)
+# A capture's NBIS run takes about 80 ms. Native code cannot be interrupted, so a run still going after this
+# long is abandoned to its thread: the capture is answered 503, and later captures go to a fresh NBIS thread
+# instead of queueing behind it for good. Each stalled run may hold a core until it ends: while this many
+# have not ended, captures are refused (503) at once.
+NBIS_TIMEOUT_S = 10.0
+MAX_STALLED_NBIS_RUNS = 2
+_stalled: set[Future] = set()
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,15 @@ class Extraction:
 def _extractor(dpi: int, nfiq2: bool = True):  # noqa: ANN202 - the binding's own type
     import nbis
 
-    if (dpi, nfiq2) not in _extractors:
+    if not hasattr(_extractors, "by_settings"):
+        _extractors.by_settings = {}
+    built: dict[tuple[int, bool], object] = _extractors.by_settings
+    if (dpi, nfiq2) not in built:
         settings = nbis.NbisExtractorSettings(
             min_quality=0.0, get_center=False, check_fingerprint=False, compute_nfiq2=nfiq2, ppi=float(dpi)
         )
-        _extractors[(dpi, nfiq2)] = nbis.new_nbis_extractor(settings)
-    return _extractors[(dpi, nfiq2)]
+        built[(dpi, nfiq2)] = nbis.new_nbis_extractor(settings)
+    return built[(dpi, nfiq2)]
 
 
 def _kind(kind: object) -> MinutiaKind:
@@ -101,7 +114,7 @@ def _leader_minutiae(image: FingerprintImage, run=None) -> tuple[Minutia, ...]: 
 def prepare(extractor: str) -> None:
     """Builds now what a first capture would otherwise wait for: NBIS's extractor for 500 dpi images (about
     270 ms) and, for LEADER, its network's session (about a second)."""
-    measuring = _nbis_thread.submit(lambda: _extractor(500))
+    measuring = _submit_nbis(lambda: _extractor(500))
     if extractor == "leader":
         from biometrics.fingerprint.leader import load
 
@@ -156,8 +169,48 @@ def _nbis(image: FingerprintImage) -> Extraction:
     return Extraction(Minutiae(image.width, image.height, image.resolution_dpi, tuple(points)), nfiq2, foreground)
 
 
+def _submit_nbis(call: Callable[[], object]) -> Future:
+    """``call`` queued on the NBIS thread; refused (503) while too many earlier runs are stalled."""
+    with _nbis_lock:
+        if len(_stalled) >= MAX_STALLED_NBIS_RUNS:
+            raise FingerprintExtractorStalled("fingerprint extraction is stalled; retry later")
+        return _nbis_thread.submit(call)
+
+
+def _measured(measuring: Future) -> Extraction:
+    """NBIS's result for a capture, waited for at most ``NBIS_TIMEOUT_S``; past that the capture is refused."""
+    try:
+        return measuring.result(timeout=NBIS_TIMEOUT_S)
+    except TimeoutError:
+        pass
+    if measuring.done() and not measuring.cancelled():  # ended just now
+        return measuring.result()
+    if not measuring.cancel():  # running: stalled (one still queued is dropped, behind a stalled run)
+        _abandon_nbis_thread(measuring)
+    raise FingerprintExtractorStalled("fingerprint extraction took too long; retry later")
+
+
+def _abandon_nbis_thread(running: Future) -> None:
+    """Leaves ``running`` to its thread and sends later NBIS calls to a fresh one (that builds its own extractors)."""
+    global _nbis_thread
+    with _nbis_lock:
+        _stalled.add(running)
+        _nbis_thread = SerialThread("bioident-nbis")
+        stalled = len(_stalled)
+    # Counted until it ends, if it ever does. The log names no image, minutiae or subject.
+    running.add_done_callback(_unstall)
+    log.warning("an NBIS run passed %g s and was left to its thread (%d stalled)", NBIS_TIMEOUT_S, stalled)
+
+
+def _unstall(run: Future) -> None:
+    with _nbis_lock:
+        _stalled.discard(run)
+
+
 def _refusal(measured: Future) -> FingerprintImageError | None:
     """NBIS's finding that the image holds no print, if it made one (``measured`` has ended)."""
+    if measured.cancelled():
+        return None
     error = measured.exception()
     return error if isinstance(error, FingerprintImageError) else None
 
@@ -175,9 +228,9 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
         extractor = CoreSettings().fingerprint_extractor
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown fingerprint extractor {extractor!r}")
-    measuring = _nbis_thread.submit(lambda: _nbis(image))
+    measuring = _submit_nbis(lambda: _nbis(image))
     if extractor == "nbis":
-        return measuring.result()
+        return _measured(measuring)
     # NBIS measures the print (NFIQ 2, foreground) on its thread while the network runs on this one: NBIS is
     # single-threaded and fills the gaps onnxruntime's threads leave (RESULTS.md has the A/B). An image NBIS
     # finds no print in stops the network where it is: garbage costs what NBIS costs, not a network run.
@@ -188,11 +241,11 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
     try:
         points = _leader_minutiae(image, run)
     except Exception:
-        wait([measuring])  # nothing piles up on the NBIS thread behind captures that failed
-        refusal = _refusal(measuring)
+        wait([measuring], timeout=NBIS_TIMEOUT_S)  # nothing piles up on the NBIS thread behind captures that failed
+        refusal = _refusal(measuring) if measuring.done() else None
         if refusal is not None:  # no print: the caller's error, told first
             raise refusal from None
         raise
-    measured = measuring.result()  # an image NBIS finds no print in is refused, whatever the network saw
+    measured = _measured(measuring)  # an image NBIS finds no print in is refused, whatever the network saw
     minutiae = Minutiae(image.width, image.height, image.resolution_dpi, points)
     return Extraction(minutiae, measured.nfiq2, measured.foreground_pixels)
