@@ -357,10 +357,16 @@ def _main(argv: list[str] | None) -> dict:
 
 
 def _best_by_size(runs: list[dict], arrangements: tuple[int, ...]) -> tuple[dict, dict]:
-    """The best rate of each size over runs, by products at once, and of each size over arrangements."""
-    sizes = [n for n in GEMM_SIZES if all(n in run["flops_per_s"][w] for run in runs for w in arrangements)]
-    by_workers = {w: {n: max(run["flops_per_s"][w][n] for run in runs) for n in sizes} for w in arrangements}
-    return by_workers, {n: max(by_size[n] for by_size in by_workers.values()) for n in sizes}
+    """The best rate of each size over runs, by products at once, and of each size over arrangements.
+
+    A sweep may stop before the largest sizes (``gemm_flops_per_s``): each size counts where it was measured.
+    """
+    by_workers: dict[int, dict[int, float]] = {}
+    for w in arrangements:
+        rates = [run["flops_per_s"][w] for run in runs]
+        by_workers[w] = {n: max(r[n] for r in rates if n in r) for n in GEMM_SIZES if any(n in r for r in rates)}
+    sizes = [n for n in GEMM_SIZES if any(n in by_size for by_size in by_workers.values())]
+    return by_workers, {n: max(by_size[n] for by_size in by_workers.values() if n in by_size) for n in sizes}
 
 
 def _bf16_results(

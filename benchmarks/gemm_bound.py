@@ -75,7 +75,7 @@ def gemm_flops_per_s(arrangements: tuple[int, ...], precision: str = "fp32") -> 
                 operands: GemmOperands = {}
                 deadline = time.perf_counter() + GEMM_SECONDS_PER_SIZE / len(arrangements)
                 best = 0.0
-                while time.perf_counter() < deadline:
+                while not best or time.perf_counter() < deadline:  # at least one block, however late
                     best = max(best, square_products(n, 0.25, workers, operands, precision))
                 rates[workers][n] = best
                 del operands

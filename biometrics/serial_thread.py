@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 R = TypeVar("R")
 
 _Task = tuple[Future[Any], Callable[[], Any]]
+_STOP: Callable[[], Any] = lambda: None  # noqa: E731 - queued by ``close``: the thread ends on reaching it
 
 
 def settle(future: Future[R], call: Callable[[], R]) -> None:
@@ -54,8 +55,25 @@ class SerialThread:
     def _serve(self, tasks: queue.SimpleQueue[_Task]) -> None:
         while True:
             future, call = tasks.get()
+            if call is _STOP:
+                future.set_result(None)
+                return  # the thread ends, and whatever it held in thread-local storage with it
             settle(future, call)
             del future, call  # hold no task's arguments or result while idle
+
+    def close(self) -> Future[None]:
+        """Ends the thread once the calls queued so far have run; the future is done then.
+
+        For a thread stuck in a call: it ends if the call ever returns. A later ``submit`` starts a new thread.
+        """
+        with self._lock:
+            tasks, self._tasks, self._thread = self._tasks, None, None
+        ended: Future[None] = Future()
+        if tasks is None:
+            ended.set_result(None)
+        else:
+            tasks.put((ended, _STOP))
+        return ended
 
     def submit(self, call: Callable[[], R]) -> Future[R]:
         """``call`` queued to run on the thread; its result (or exception) comes through the future."""

@@ -122,6 +122,28 @@ def test_paired_gemms_use_the_fastest_size_whose_product_fits_a_quarter_of_a_for
     assert gemm_bound.paired_gemm_size(rates, pass_s=0.01) == 1024  # none fits: the smallest
 
 
+def test_the_bf16_figures_and_targets_come_from_the_paired_runs():
+    """What (b16), (c16) and their ratios are made of, checked on a host with or without native bf16."""
+    import numpy as np
+
+    by_precision = {"bf16": {"gemm_flops_per_s": 100e9}, "fp32": {"gemm_flops_per_s": 25e9}}
+    paired = {"b_passes_s": 2.0, "by_precision": by_precision}
+    timings = {
+        "b16": [{"wall_s": 2.5}, {"wall_s": 2.0}],
+        "gemm16": [{"flops_per_s": {1: {1024: 90e9}, 2: {1024: 80e9, 2048: 120e9}}}],
+        "paired16": [paired],
+    }
+    vectors = np.eye(3, dtype=np.float32)
+    got = embedding_speed._bf16_results(timings, {"b": vectors, "b16": vectors}, 100.0, 375e9, 25.0, (1, 2))
+    assert got["b16_batched"]["audio_s_per_s"] == 50.0 and got["ratio_b16_over_b32"] == 2.0
+    assert got["ratio_b16_over_c16"] == pytest.approx(375e9 / 2.0 / 100e9)  # 1.875
+    assert got["ratio_b16_over_c32"] == pytest.approx(375e9 / 2.0 / 25e9)  # 7.5
+    assert got["c16_gemm_bound"]["gemm_flops_per_s"] == {"1024": 90e9, "2048": 120e9}  # each size where measured
+    assert got["target"]["b16_over_c16_met"] and got["target"]["b16_over_c32_met"]
+    assert got["min_cosine_b_vs_b16"] == pytest.approx(1.0)
+    assert got["runs"]["gemm16"][0]["flops_per_s"]["2"] == {"1024": 80e9, "2048": 120e9}
+
+
 @pytest.mark.parametrize(
     ("flops_per_s", "swept"), [(300e9, [1024, 2048, 4096]), (1e9, [1024])], ids=["fp32", "emulated-bf16"]
 )

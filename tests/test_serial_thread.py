@@ -61,6 +61,21 @@ def test_a_call_made_on_the_thread_itself_runs_at_once():
     assert serial.run(lambda: serial.run(lambda: "inner")) == "inner"  # would wait on itself if queued
 
 
+def test_a_closed_thread_runs_what_was_queued_then_ends_and_a_later_call_starts_another():
+    serial = SerialThread("test-serial")
+    gate = threading.Event()
+    first = serial.submit(lambda: gate.wait(timeout=10) and threading.current_thread())
+    ended = serial.close()
+    assert not ended.done()  # still running the call queued before
+    gate.set()
+    ended.result(timeout=10)
+    old_thread = first.result(timeout=10)
+    old_thread.join(timeout=10)
+    assert not old_thread.is_alive()
+    assert serial.run(threading.current_thread) is not old_thread
+    assert SerialThread("never-started").close().done()
+
+
 def test_captures_from_new_threads_reuse_the_one_nbis_extractor(shared_data, monkeypatch):
     import nbis
 
@@ -129,7 +144,7 @@ def test_an_image_nbis_finds_no_print_in_stops_the_network_where_it_is(shared_da
 
 
 def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it(shared_data, monkeypatch, caplog):
-    """Native code cannot be interrupted: a run past the timeout is left to its thread, the capture gets a 503."""
+    """Native code cannot be interrupted: a thread past the timeout is abandoned, the capture gets a 503."""
     image = decode_image((shared_data / "fingerprint" / "fvc2002" / "DB1_B" / "101_1.tif").read_bytes())
     real_nbis = extraction._nbis
     expected = extraction.extract(image, "nbis")
@@ -141,10 +156,16 @@ def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it
         release.wait(timeout=60)
         return real_nbis(image)
 
+    def network_fails(image: object, run: object = None) -> tuple:
+        raise ModelError("the network could not be loaded")
+
     try:
+        # nbis alone; then leader, whose network fails while NBIS is stalled: the stall still comes first.
         for stalled in (1, 2):
             monkeypatch.setattr(extraction, "_nbis", stalls)
-            monkeypatch.setattr(extraction, "NBIS_TIMEOUT_S", 0.3)
+            monkeypatch.setattr(extraction, "NBIS_TIMEOUT_S", 0.5)
+            if stalled == 2:
+                monkeypatch.setattr(extraction, "_leader_minutiae", network_fails)
             with pytest.raises(FingerprintExtractorStalled, match="took too long"):
                 extraction.extract(image, "leader" if stalled == 2 else "nbis")
             assert len(extraction._stalled) == stalled
@@ -153,18 +174,20 @@ def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it
             if stalled == 1:  # a fresh NBIS thread answers the next capture, not one queued behind the stall
                 assert extraction.extract(image, "nbis").minutiae == expected.minutiae
         assert len(set(started)) == 2  # each stall held its own thread
-        # Two runs stalled, each perhaps holding a core: captures are refused at once until one ends.
+        # Two threads stalled, each perhaps holding a core: captures are refused at once until one ends.
         with pytest.raises(FingerprintExtractorStalled, match="is stalled"):
             extraction.extract(image, "nbis")
-        assert "passed 0.3 s and was left to its thread (2 stalled)" in caplog.text
+        assert "passed 0.5 s on a capture and was abandoned (2 stalled)" in caplog.text
     finally:
         release.set()
     for _ in range(200):
         if not extraction._stalled:
             break
         threading.Event().wait(0.05)
-    assert not extraction._stalled  # a stalled run that ends frees its place
+    assert not extraction._stalled  # a stalled thread whose run ends frees its place, and ends
     assert extraction.extract(image, "nbis").minutiae == expected.minutiae
+    alive = [t for t in threading.enumerate() if t.name == "bioident-nbis"]
+    assert len(alive) == 1  # the abandoned threads ended once their runs returned, their extractors with them
 
 
 def test_a_stalled_extractor_is_answered_503_with_retry_after():

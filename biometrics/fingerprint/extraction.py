@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
@@ -45,13 +46,24 @@ log = logging.getLogger(__name__)
 _nbis_thread = SerialThread("bioident-nbis")
 _nbis_lock = threading.Lock()
 _extractors = threading.local()  # each NBIS thread's own (a forked child starts a thread, so builds its own)
-# A capture's NBIS run takes about 80 ms. Native code cannot be interrupted, so a run still going after this
-# long is abandoned to its thread: the capture is answered 503, and later captures go to a fresh NBIS thread
-# instead of queueing behind it for good. Each stalled run may hold a core until it ends: while this many
-# have not ended, captures are refused (503) at once.
+# A capture's NBIS run takes about 80 ms. Native code cannot be interrupted, so when a capture has waited this
+# long (its run, and any queued before it), its NBIS thread is abandoned: the capture is answered 503, later
+# captures go to a fresh NBIS thread instead of queueing behind a stalled run for good, and the old thread ends
+# if its run ever returns. Each stalled thread may hold a core: while this many have not ended, captures are
+# refused (503) at once.
 NBIS_TIMEOUT_S = 10.0
 MAX_STALLED_NBIS_RUNS = 2
-_stalled: set[Future] = set()
+_stalled: set[SerialThread] = set()
+
+
+def _reset_after_fork() -> None:  # the parent's stalled threads do not exist in a child, nor its lock's holder
+    global _nbis_lock
+    _nbis_lock = threading.Lock()
+    _stalled.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @dataclass(frozen=True)
@@ -170,11 +182,14 @@ def _nbis(image: FingerprintImage) -> Extraction:
 
 
 def _submit_nbis(call: Callable[[], object]) -> Future:
-    """``call`` queued on the NBIS thread; refused (503) while too many earlier runs are stalled."""
+    """``call`` queued on the NBIS thread; refused (503) while too many NBIS threads are stalled."""
     with _nbis_lock:
         if len(_stalled) >= MAX_STALLED_NBIS_RUNS:
             raise FingerprintExtractorStalled("fingerprint extraction is stalled; retry later")
-        return _nbis_thread.submit(call)
+        thread = _nbis_thread
+    future = thread.submit(call)
+    future.nbis_thread = thread  # type: ignore[attr-defined]  # which thread to abandon if it stalls
+    return future
 
 
 def _measured(measuring: Future) -> Extraction:
@@ -183,28 +198,35 @@ def _measured(measuring: Future) -> Extraction:
         return measuring.result(timeout=NBIS_TIMEOUT_S)
     except TimeoutError:
         pass
+    return _given_up(measuring)
+
+
+def _given_up(measuring: Future) -> Extraction:
+    """The result if ``measuring`` ended after all; else its thread is abandoned and the capture refused."""
+    measuring.cancel()  # one still queued behind a stalled run is dropped
     if measuring.done() and not measuring.cancelled():  # ended just now
         return measuring.result()
-    if not measuring.cancel():  # running: stalled (one still queued is dropped, behind a stalled run)
-        _abandon_nbis_thread(measuring)
+    _abandon(measuring.nbis_thread)
     raise FingerprintExtractorStalled("fingerprint extraction took too long; retry later")
 
 
-def _abandon_nbis_thread(running: Future) -> None:
-    """Leaves ``running`` to its thread and sends later NBIS calls to a fresh one (that builds its own extractors)."""
+def _abandon(thread: SerialThread) -> None:
+    """Sends later NBIS calls to a fresh thread and lets ``thread`` end once its stalled run returns, if ever."""
     global _nbis_thread
     with _nbis_lock:
-        _stalled.add(running)
+        if thread is not _nbis_thread:  # already abandoned, by a capture that waited behind the same run
+            return
         _nbis_thread = SerialThread("bioident-nbis")
+        _stalled.add(thread)
         stalled = len(_stalled)
-    # Counted until it ends, if it ever does. The log names no image, minutiae or subject.
-    running.add_done_callback(_unstall)
-    log.warning("an NBIS run passed %g s and was left to its thread (%d stalled)", NBIS_TIMEOUT_S, stalled)
+    thread.close().add_done_callback(lambda _: _unstall(thread))
+    # The log names no image, minutiae or subject.
+    log.warning("an NBIS thread passed %g s on a capture and was abandoned (%d stalled)", NBIS_TIMEOUT_S, stalled)
 
 
-def _unstall(run: Future) -> None:
+def _unstall(thread: SerialThread) -> None:
     with _nbis_lock:
-        _stalled.discard(run)
+        _stalled.discard(thread)
 
 
 def _refusal(measured: Future) -> FingerprintImageError | None:
@@ -241,8 +263,10 @@ def extract(image: FingerprintImage, extractor: str | None = None) -> Extraction
     try:
         points = _leader_minutiae(image, run)
     except Exception:
-        wait([measuring], timeout=NBIS_TIMEOUT_S)  # nothing piles up on the NBIS thread behind captures that failed
-        refusal = _refusal(measuring) if measuring.done() else None
+        # Nothing piles up on the NBIS thread behind captures that failed; a stalled run is abandoned as above.
+        if not wait([measuring], timeout=NBIS_TIMEOUT_S).done:
+            _given_up(measuring)
+        refusal = _refusal(measuring)
         if refusal is not None:  # no print: the caller's error, told first
             raise refusal from None
         raise
