@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
+from biometrics.fingerprint.extraction import stalled_threads
 from biometrics.voice.model.precision import resolve_precision
 from service.accuracy import router as accuracy
 from service.admin import router as admin
@@ -38,6 +39,9 @@ class Health(BaseModel):
     voice_model_loaded: bool = Field(description="the voice model is in memory (it loads on first use)")
     fingerprint_gallery: Literal["loading", "ready", "failed"] = Field(
         description="the in-memory 1:N gallery of the till: finger-only and PIN payments answer 503 until ready"
+    )
+    fingerprint_extractor_stalled: int = Field(
+        description="NBIS threads abandoned on a stalled capture that have not ended; at 2, captures answer 503"
     )
 
 
@@ -85,6 +89,7 @@ def create_app(ctx: ServiceContext) -> FastAPI:
             precision=ctx.embedder.precision if ctx.voice_model_loaded else resolve_precision(ctx.settings.precision),
             voice_model_loaded=ctx.voice_model_loaded,
             fingerprint_gallery=ctx.fingerprint_gallery.state,
+            fingerprint_extractor_stalled=stalled_threads(),
         )
 
     metrics = ServiceMetrics(queue_depth=lambda: ctx.queue_depth(), gallery_sizes=lambda: ctx.gallery_sizes())

@@ -168,7 +168,7 @@ def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it
                 monkeypatch.setattr(extraction, "_leader_minutiae", network_fails)
             with pytest.raises(FingerprintExtractorStalled, match="took too long"):
                 extraction.extract(image, "leader" if stalled == 2 else "nbis")
-            assert len(extraction._stalled) == stalled
+            assert extraction.stalled_threads() == stalled  # as /health reports it
             monkeypatch.setattr(extraction, "_nbis", real_nbis)
             monkeypatch.setattr(extraction, "NBIS_TIMEOUT_S", 10.0)
             if stalled == 1:  # a fresh NBIS thread answers the next capture, not one queued behind the stall

@@ -67,3 +67,4 @@ def test_health_answers_without_loading_anything(api):
     assert body["precision"] == resolve_precision(api.ctx.settings.precision) == api.ctx.embedder.precision
     assert body["voice_model_loaded"] is api.ctx.voice_model_loaded
     assert body["fingerprint_gallery"] in ("loading", "ready")
+    assert body["fingerprint_extractor_stalled"] == 0  # NBIS threads abandoned on a stalled capture

@@ -224,6 +224,12 @@ def _abandon(thread: SerialThread) -> None:
     log.warning("an NBIS thread passed %g s on a capture and was abandoned (%d stalled)", NBIS_TIMEOUT_S, stalled)
 
 
+def stalled_threads() -> int:
+    """NBIS threads abandoned on a stalled capture that have not ended (at ``MAX_STALLED_NBIS_RUNS``, 503s)."""
+    with _nbis_lock:
+        return len(_stalled)
+
+
 def _unstall(thread: SerialThread) -> None:
     with _nbis_lock:
         _stalled.discard(thread)
