@@ -22,8 +22,7 @@ The whole run (a fresh server, enrolments, every level) is made once per ``--pre
 of the server: fp32, bf16 or auto); by default fp32 and bf16 on a CPU with native bf16, fp32 alone elsewhere
 (emulated bf16 embeds a second of audio in seconds: it says nothing about what ``auto`` runs there). The
 server's lockout and rate limit are raised for the run, since impostor calls would otherwise lock the
-speakers out. This is a benchmark, not a test: it asserts nothing on
-time.
+speakers out. This is a benchmark, not a test: it asserts nothing on time.
 Results go to a table on stdout and to JSON (default ``benchmarks/results/verify_latency.json``).
 """
 

@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
-from biometrics.fingerprint.extraction import stalled_threads
+from biometrics.fingerprint.extraction import MAX_STALLED_NBIS_THREADS, stalled_threads
 from biometrics.voice.model.precision import resolve_precision
 from service.accuracy import router as accuracy
 from service.admin import router as admin
@@ -41,7 +41,8 @@ class Health(BaseModel):
         description="the in-memory 1:N gallery of the till: finger-only and PIN payments answer 503 until ready"
     )
     fingerprint_extractor_stalled: int = Field(
-        description="NBIS threads abandoned on a stalled capture that have not ended; at 2, captures answer 503"
+        description="NBIS threads abandoned on a stalled capture that have not ended; "
+        f"at {MAX_STALLED_NBIS_THREADS}, captures answer 503"
     )
 
 

@@ -96,6 +96,10 @@ def problem(
 
 
 def _biometrics_status(exc: BiometricsError) -> tuple[int, str]:
+    if isinstance(exc, EmbeddingQueueFull):
+        return 503, "Too busy: retry later"
+    if isinstance(exc, FingerprintExtractorStalled):
+        return 503, "Fingerprint extraction stalled"
     if isinstance(exc, AudioError):
         return 422, "Unusable audio"
     if isinstance(exc, FingerprintInputError):
@@ -116,13 +120,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BiometricsError)
     async def _biometrics(_: Request, exc: BiometricsError) -> JSONResponse:
-        if isinstance(exc, EmbeddingQueueFull):
-            return problem(503, exc.code, "Too busy: retry later", exc.message, retry_after_s=exc.retry_after_s)
-        if isinstance(exc, FingerprintExtractorStalled):
-            title = "Fingerprint extraction stalled"
-            return problem(503, exc.code, title, exc.message, retry_after_s=exc.retry_after_s)
         status, title = _biometrics_status(exc)
-        return problem(status, exc.code, title, exc.message)
+        # Where a retry helps, the error says when (EmbeddingQueueFull, FingerprintExtractorStalled).
+        return problem(status, exc.code, title, exc.message, retry_after_s=getattr(exc, "retry_after_s", None))
 
     @app.exception_handler(VaultError)
     async def _vault(_: Request, exc: VaultError) -> JSONResponse:

@@ -45,14 +45,21 @@ log = logging.getLogger(__name__)
 # included) for the life of the process; see biometrics.serial_thread for why not per calling thread.
 _nbis_thread = SerialThread("bioident-nbis")
 _nbis_lock = threading.Lock()
-_extractors = threading.local()  # each NBIS thread's own (a forked child starts a thread, so builds its own)
+
+
+class _PerThread(threading.local):
+    def __init__(self) -> None:
+        self.extractors: dict[tuple[int, bool], object] = {}
+
+
+_built = _PerThread()  # each NBIS thread's own extractors (a forked child starts a thread, so builds its own)
 # A capture's NBIS run takes about 80 ms. Native code cannot be interrupted, so when a capture has waited this
 # long (its run, and any queued before it), its NBIS thread is abandoned: the capture is answered 503, later
 # captures go to a fresh NBIS thread instead of queueing behind a stalled run for good, and the old thread ends
 # if its run ever returns. Each stalled thread may hold a core: while this many have not ended, captures are
 # refused (503) at once.
 NBIS_TIMEOUT_S = 10.0
-MAX_STALLED_NBIS_RUNS = 2
+MAX_STALLED_NBIS_THREADS = 2
 _stalled: set[SerialThread] = set()
 
 
@@ -76,9 +83,7 @@ class Extraction:
 def _extractor(dpi: int, nfiq2: bool = True):  # noqa: ANN202 - the binding's own type
     import nbis
 
-    if not hasattr(_extractors, "by_settings"):
-        _extractors.by_settings = {}
-    built: dict[tuple[int, bool], object] = _extractors.by_settings
+    built = _built.extractors
     if (dpi, nfiq2) not in built:
         settings = nbis.NbisExtractorSettings(
             min_quality=0.0, get_center=False, check_fingerprint=False, compute_nfiq2=nfiq2, ppi=float(dpi)
@@ -184,7 +189,7 @@ def _nbis(image: FingerprintImage) -> Extraction:
 def _submit_nbis(call: Callable[[], object]) -> Future:
     """``call`` queued on the NBIS thread; refused (503) while too many NBIS threads are stalled."""
     with _nbis_lock:
-        if len(_stalled) >= MAX_STALLED_NBIS_RUNS:
+        if len(_stalled) >= MAX_STALLED_NBIS_THREADS:
             raise FingerprintExtractorStalled("fingerprint extraction is stalled; retry later")
         thread = _nbis_thread
     future = thread.submit(call)
@@ -225,7 +230,7 @@ def _abandon(thread: SerialThread) -> None:
 
 
 def stalled_threads() -> int:
-    """NBIS threads abandoned on a stalled capture that have not ended (at ``MAX_STALLED_NBIS_RUNS``, 503s)."""
+    """NBIS threads abandoned on a stalled capture that have not ended (at ``MAX_STALLED_NBIS_THREADS``, 503s)."""
     with _nbis_lock:
         return len(_stalled)
 
