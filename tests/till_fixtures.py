@@ -4,6 +4,7 @@ the same database and keyring, as another replica would be."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,10 +44,30 @@ def till_settings(database_url, tmp_path) -> dict:
     return {"data_dir": tmp_path, "database_url": database_url, "lockout_max_failures": 3}
 
 
-@pytest.fixture
-def till(till_settings) -> Iterator[Till]:
-    from service.admin.bootstrap import bootstrap_admin
+# Image -> capture, for the whole session: the till tests send the same few FVC2002 impressions again and again
+# (each LEADER extraction about 0.35 s), on both databases. The first time an image comes, the production
+# analysis runs on it; extraction itself is tested in test_fingerprint_core.py and test_serial_thread.py.
+_ANALYSED: dict[tuple, object] = {}
 
+
+def _analysed_once(analyse):  # noqa: ANN001, ANN202 - wraps biometrics.fingerprint.capture.analyse_capture
+    def analyse_capture(image, *, settings):  # noqa: ANN001, ANN202
+        gates = tuple(sorted((k, v) for k, v in settings.model_dump().items() if k.startswith("fingerprint")))
+        pixels = hashlib.sha256(image.pixels.tobytes()).digest()
+        key = (pixels, image.width, image.height, image.resolution_dpi, gates)
+        if key not in _ANALYSED:
+            _ANALYSED[key] = analyse(image, settings=settings)
+        return _ANALYSED[key]
+
+    return analyse_capture
+
+
+@pytest.fixture
+def till(till_settings, monkeypatch) -> Iterator[Till]:
+    from service.admin.bootstrap import bootstrap_admin
+    from service.fingerprint import captures
+
+    monkeypatch.setattr(captures, "analyse_capture", _analysed_once(captures.analyse_capture))
     ctx, app = _app(till_settings, create_keyring=True)
     admin_key = bootstrap_admin(ctx.db)
     with TestClient(app, raise_server_exceptions=False) as http:
