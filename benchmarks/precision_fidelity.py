@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m benchmarks.precision_fidelity [--out PATH] [--librispeech DIR]
+    .venv/bin/python -m benchmarks.precision_fidelity [--out PATH] [--librispeech DIR] [--emulated-bf16]
 
 1. Every shared LibriSpeech utterance (test-other and the cohort: 351 files) through the production
    pipeline (decoding, VAD, front end, model) on the clean channel, and test-other through the telephone
@@ -136,7 +136,18 @@ def _main(argv: list[str] | None) -> dict:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--librispeech", type=Path, default=TEST_OTHER.parent, help="folder of test-other and cohort")
     parser.add_argument("--skip-audits", action="store_true", help="only the embeddings and the stage times")
+    parser.add_argument(
+        "--emulated-bf16",
+        action="store_true",
+        help="run on a CPU without native bf16 as well (torch emulates bf16 products: hours, not minutes)",
+    )
     args = parser.parse_args(argv)
+    if not NATIVE_BF16_FLAGS & cpu_flags() and not args.emulated_bf16:
+        raise SystemExit(
+            "this CPU has no native bf16 (none of " + ", ".join(sorted(NATIVE_BF16_FLAGS)) + "): torch would emulate "
+            "the bf16 products at about 1 GFLOP/s a core and this comparison would take hours; auto runs fp32 here. "
+            "--emulated-bf16 runs it anyway"
+        )
 
     from biometrics.voice.audio import read_audio_file
     from biometrics.voice.pipeline import Channel

@@ -53,6 +53,27 @@ def test_auto_reads_this_machines_flags_and_stays_fp32_off_the_cpu(monkeypatch):
         resolve_precision("fp16")  # type: ignore[arg-type]
 
 
+def test_the_fidelity_benchmark_refuses_to_emulate_bf16_for_hours_unless_asked(monkeypatch):
+    from benchmarks import precision_fidelity
+
+    monkeypatch.setattr(precision_fidelity, "cpu_flags", lambda: frozenset(ZEN3))
+    with pytest.raises(SystemExit, match="no native bf16.*--emulated-bf16"):
+        precision_fidelity.main(["--skip-audits"])
+    monkeypatch.setattr(precision_fidelity, "CoreSettings", _Refused)  # past the check, the run would start here
+    for argv, flags in ((["--skip-audits", "--emulated-bf16"], ZEN3), (["--skip-audits"], ZEN4)):
+        monkeypatch.setattr(precision_fidelity, "cpu_flags", lambda flags=flags: frozenset(flags))
+        with pytest.raises(_Started):
+            precision_fidelity.main(argv)
+
+
+class _Started(Exception):
+    pass
+
+
+def _Refused(*args, **kwargs):  # noqa: N802 - stands in for the settings class
+    raise _Started
+
+
 def test_the_flags_come_from_the_first_processor_of_proc_cpuinfo():
     text = "processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_tile\n\nprocessor\t: 1\nflags\t\t: fpu\n"
     assert cpuinfo_flags(text) == {"fpu", "avx512_bf16", "amx_tile"}
