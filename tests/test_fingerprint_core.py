@@ -140,6 +140,53 @@ def test_compare_is_deterministic_and_symmetric(templates):
     assert abs(compare(a, b) - compare(b, a)) < 1e-9
 
 
+def _first(cylinders, count: int):
+    """The first ``count`` cylinders of an impression: a smaller print's worth."""
+    from dataclasses import replace
+
+    return replace(
+        cylinders,
+        **{name: getattr(cylinders, name)[:count] for name in ("bits", "mask", "valid", "xy", "angle")},
+    )
+
+
+def test_a_score_over_fewer_pairs_is_put_on_the_full_counts_impostor_scale(templates):
+    """An impression against itself: every pair agrees, so the paper's mean is ~1 at any size; the score brings it
+    towards the impostors' centre in proportion to n_P / 12, n_P falling from 12 to 4 as the smaller print has
+    fewer cylinders."""
+    from biometrics.fingerprint.similarity import IMPOSTOR_CENTRE, MAX_NP, global_similarity, n_pairs
+
+    whole = templates[(102, 1)].cylinders()[0]
+    assert len(whole) >= 30 and n_pairs(len(whole), len(whole)) == MAX_NP
+    agreeing = global_similarity(whole, whole)  # the paper's score, unscaled: relaxation keeps it just under 1
+    assert 0.99 < agreeing < 1.0
+    for count in (8, 16, 20, 24):
+        part = _first(whole, count)
+        assert n_pairs(count, len(whole)) < MAX_NP
+        expected = IMPOSTOR_CENTRE + (agreeing - IMPOSTOR_CENTRE) * n_pairs(count, len(whole)) / MAX_NP
+        assert global_similarity(part, whole) == pytest.approx(expected, rel=5e-3)
+        assert global_similarity(part, part) == pytest.approx(expected, rel=5e-3)
+
+
+def test_the_packaged_impostor_scores_are_the_matchers_own(templates):
+    """The thresholds come from impostor_scores_leader.json: its scores must be what this matcher gives (a change
+    to the extractor or the matcher needs scripts/fingerprint_impostor_scores.py run again)."""
+    import json
+    from importlib import resources
+
+    data = json.loads(
+        resources.files("biometrics.fingerprint").joinpath("impostor_scores_leader.json").read_text(encoding="utf-8")
+    )
+    assert data["fingerprint"] == templates[(101, 1)].fingerprint
+    table = data["sensors"]["DB1_B"]
+    assert table["pairs"] == len(table["top_scores"])  # every pair is listed
+    listed = set(table["top_scores"])
+    for finger in range(101, 106):
+        for other in range(finger + 1, 106):
+            for a, b in (((finger, 1), (other, 1)), ((finger, 5), (other, 2))):
+                assert round(compare(templates[a], templates[b]), 6) in listed, (a, b)
+
+
 def test_local_similarity_is_the_papers_formula_over_the_cells_valid_in_both(templates):
     from biometrics.fingerprint.mcc import CELLS_IN_DISC, angle_diff
     from biometrics.fingerprint.similarity import DELTA_THETA, MIN_ME, local_similarities
