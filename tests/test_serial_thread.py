@@ -190,6 +190,34 @@ def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it
     assert len(alive) == 1  # the abandoned threads ended once their runs returned, their extractors with them
 
 
+def test_a_start_up_build_of_nbis_that_stalls_is_given_up_and_captures_go_to_a_fresh_thread(shared_data, monkeypatch):
+    """The service prepares the extractors at start, before it loads the fingerprint gallery: a stalled build
+    must not hold that up for good."""
+    image = decode_image((shared_data / "fingerprint" / "fvc2002" / "DB1_B" / "101_1.tif").read_bytes())
+    real_extractor = extraction._extractor
+    release = threading.Event()
+
+    def stalls(dpi: int, nfiq2: bool = True) -> object:
+        release.wait(timeout=60)
+        return real_extractor(dpi, nfiq2)
+
+    monkeypatch.setattr(extraction, "NBIS_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(extraction, "_extractor", stalls)
+    try:
+        with pytest.raises(FingerprintExtractorStalled, match="took too long"):
+            extraction.prepare("nbis")
+        assert extraction.stalled_threads() == 1
+        monkeypatch.setattr(extraction, "_extractor", real_extractor)
+        assert extraction.extract(image, "nbis").minutiae  # a fresh thread, not one queued behind the build
+    finally:
+        release.set()
+    for _ in range(200):
+        if not extraction._stalled:
+            break
+        threading.Event().wait(0.05)
+    assert not extraction._stalled
+
+
 def test_a_stalled_extractor_is_answered_503_with_retry_after():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient

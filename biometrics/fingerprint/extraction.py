@@ -130,13 +130,17 @@ def _leader_minutiae(image: FingerprintImage, run=None) -> tuple[Minutia, ...]: 
 
 def prepare(extractor: str) -> None:
     """Builds now what a first capture would otherwise wait for: NBIS's extractor for 500 dpi images (about
-    270 ms) and, for LEADER, its network's session (about a second)."""
-    measuring = _submit_nbis(lambda: _extractor(500))
+    270 ms) and, for LEADER, its network's session (about a second).
+
+    A build that has not ended ``NBIS_TIMEOUT_S`` after the network's load is given up as a stalled capture
+    is (its thread abandoned, ``FingerprintExtractorStalled`` raised): start-up goes on, and captures go to a
+    fresh NBIS thread."""
+    building = _submit_nbis(lambda: _extractor(500))
     if extractor == "leader":
         from biometrics.fingerprint.leader import load
 
         load()
-    measuring.result()
+    _measured(building)
 
 
 def _nbis(image: FingerprintImage) -> Extraction:
@@ -197,7 +201,7 @@ def _submit_nbis(call: Callable[[], object]) -> Future:
     return future
 
 
-def _measured(measuring: Future) -> Extraction:
+def _measured(measuring: Future):  # noqa: ANN202 - the NBIS call's own result (an Extraction for a capture)
     """NBIS's result for a capture, waited for at most ``NBIS_TIMEOUT_S``; past that the capture is refused."""
     try:
         return measuring.result(timeout=NBIS_TIMEOUT_S)
