@@ -334,7 +334,6 @@ def _main(argv: list[str] | None) -> dict:
             "peak_rss_mb_below": TARGET_PEAK_RSS_MB,
             "b_over_c_met": b_over_c >= TARGET_B_OVER_C,
             "peak_rss_after_b_met": rss_b < TARGET_PEAK_RSS_MB,
-            "peak_rss_process_met": rss_peak < TARGET_PEAK_RSS_MB,
             "b16_targets_apply": bool(native),  # issue 20's targets hold on a host with native bf16
         },
         "crops": sources,
@@ -548,8 +547,8 @@ def print_table(r: dict) -> None:
         f"{_yes(t['peak_rss_after_b_met']):>4}"
     )
     print(
-        f"{'peak RSS MB, whole process (+ (a), GEMM)':<44} {rss['process']:>8.0f} {rss_target:>8} "
-        f"{_yes(t['peak_rss_process_met']):>4}"
+        # No target: SpeechBrain's own model for (a) is loaded beside ours here, which no deployment does.
+        f"{'peak RSS MB, whole process (+ (a), GEMM)':<44} {rss['process']:>8.0f}"
     )
 
 
