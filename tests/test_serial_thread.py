@@ -177,7 +177,7 @@ def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it
         # Two threads stalled, each perhaps holding a core: captures are refused at once until one ends.
         with pytest.raises(FingerprintExtractorStalled, match="is stalled"):
             extraction.extract(image, "nbis")
-        assert "passed 0.5 s on a capture and was abandoned (2 stalled)" in caplog.text
+        assert "passed 0.5 s on one call and was abandoned (2 stalled)" in caplog.text
     finally:
         release.set()
     for _ in range(200):

@@ -47,6 +47,8 @@ def till_settings(database_url, tmp_path) -> dict:
 # Image -> capture, for the whole session: the till tests send the same few FVC2002 impressions again and again
 # (each LEADER extraction about 0.35 s), on both databases. The first time an image comes, the production
 # analysis runs on it; extraction itself is tested in test_fingerprint_core.py and test_serial_thread.py.
+# A till test that patches extraction (a stall, a failing network) must send images no other till test sends,
+# or analyse through biometrics.fingerprint.capture itself: an image seen before is answered from here.
 _ANALYSED: dict[tuple, object] = {}
 
 

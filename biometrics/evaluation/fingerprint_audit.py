@@ -63,11 +63,13 @@ from biometrics.fingerprint.capture import Capture, analyse_capture, capture_fro
 from biometrics.fingerprint.images import decode_image
 from biometrics.fingerprint.matcher import compare, default_threshold
 from biometrics.fingerprint.operating_points import impostor_pairs
+from biometrics.fingerprint.similarity import SCORE_VERSION
 from biometrics.fingerprint.templates import MATCHER_NAME
 from biometrics.settings import CoreSettings
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp")
 RECORD_SUFFIX = {"iso": ".iso", "ansi": ".ansi"}
+SCORING_METHOD = f"{MATCHER_NAME}/score-{SCORE_VERSION}"  # what a report's scores and threshold are on
 _FLAT_NAME = re.compile(r"^(?P<finger>.+)_(?P<impression>\d+)$")
 
 Analyse = Callable[[Path], Capture]
@@ -253,7 +255,7 @@ def run_fingerprint_audit(
         dataset_sha256=dataset_sha256(trials.files, hashes),
         dataset=DatasetRecord(path=str(dataset), files=len(trials.files), trials=trials.source),
         scoring=ScoringRecord(
-            method=MATCHER_NAME, configured_threshold=threshold, top_k=None, cohort=None, checked_against_scorer=0
+            method=SCORING_METHOD, configured_threshold=threshold, top_k=None, cohort=None, checked_against_scorer=0
         ),
         settings={
             name: getattr(settings, name)
@@ -301,7 +303,7 @@ def run_fingerprint_audit(
         elapsed_s=round(time.monotonic() - started, 2),
         operating_point=OperatingPointRecord(
             channels=f"{channel}/{channel}",
-            method=MATCHER_NAME,
+            method=SCORING_METHOD,
             threshold=threshold,
             source="impostor-distribution",
             target_fmr=settings.target_fmr,

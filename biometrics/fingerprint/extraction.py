@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
+from typing import TypeVar
 
 from biometrics.errors import FingerprintExtractorStalled, FingerprintImageError
 from biometrics.fingerprint.images import FingerprintImage
@@ -40,6 +41,7 @@ MIN_RELIABILITY = 0.0
 MAX_MINUTIAE = 255
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Every NBIS call runs on one thread, which keeps the extractors (about 270 ms each to build, NFIQ 2's models
 # included) for the life of the process; see biometrics.serial_thread for why not per calling thread.
@@ -201,8 +203,8 @@ def _submit_nbis(call: Callable[[], object]) -> Future:
     return future
 
 
-def _measured(measuring: Future):  # noqa: ANN202 - the NBIS call's own result (an Extraction for a capture)
-    """NBIS's result for a capture, waited for at most ``NBIS_TIMEOUT_S``; past that the capture is refused."""
+def _measured(measuring: Future[T]) -> T:
+    """An NBIS call's result (a capture's measures), waited for at most ``NBIS_TIMEOUT_S``; past that it is refused."""
     try:
         return measuring.result(timeout=NBIS_TIMEOUT_S)
     except TimeoutError:
@@ -210,7 +212,7 @@ def _measured(measuring: Future):  # noqa: ANN202 - the NBIS call's own result (
     return _given_up(measuring)
 
 
-def _given_up(measuring: Future) -> Extraction:
+def _given_up(measuring: Future[T]) -> T:
     """The result if ``measuring`` ended after all; else its thread is abandoned and the capture refused."""
     measuring.cancel()  # one still queued behind a stalled run is dropped
     if measuring.done() and not measuring.cancelled():  # ended just now
@@ -230,7 +232,7 @@ def _abandon(thread: SerialThread) -> None:
         stalled = len(_stalled)
     thread.close().add_done_callback(lambda _: _unstall(thread))
     # The log names no image, minutiae or subject.
-    log.warning("an NBIS thread passed %g s on a capture and was abandoned (%d stalled)", NBIS_TIMEOUT_S, stalled)
+    log.warning("an NBIS thread passed %g s on one call and was abandoned (%d stalled)", NBIS_TIMEOUT_S, stalled)
 
 
 def stalled_threads() -> int:
