@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -46,8 +47,7 @@ class SerialThread:
         self._lock = threading.Lock()
         self._tasks: queue.SimpleQueue[_Task] | None = None
         self._thread: threading.Thread | None = None
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._forget_parents_thread)
+        _live.add(self)
 
     def _forget_parents_thread(self) -> None:
         self._lock, self._tasks, self._thread = threading.Lock(), None, None
@@ -93,3 +93,17 @@ class SerialThread:
     def run(self, call: Callable[[], R]) -> R:
         """``call`` run on the thread; waits for it and returns its result or raises its exception."""
         return self.submit(call).result()
+
+
+# One fork hook for all of them (a hook cannot be removed once registered: one per instance would keep every
+# SerialThread ever made, such as the NBIS threads abandoned on a stall, alive for good).
+_live: weakref.WeakSet[SerialThread] = weakref.WeakSet()
+
+
+def _forget_parents_threads() -> None:
+    for serial in list(_live):
+        serial._forget_parents_thread()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents_threads)

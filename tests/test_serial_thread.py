@@ -190,6 +190,43 @@ def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it
     assert len(alive) == 1  # the abandoned threads ended once their runs returned, their extractors with them
 
 
+def test_a_closed_serial_thread_is_not_kept_alive_and_a_forked_child_starts_its_own():
+    import gc
+    import os
+    import time
+    import weakref
+
+    closed = SerialThread("test-closed")
+    assert closed.run(lambda: 1) == 1
+    closed.close().result(timeout=10)
+    gone = weakref.ref(closed)
+    del closed
+    gc.collect()
+    assert gone() is None  # nothing (such as a fork hook of its own) holds on to it
+
+    serial = SerialThread("test-fork")
+    assert serial.run(lambda: threading.current_thread().name) == "test-fork"
+    parents = serial._thread
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread is not here; a call must start one, not wait for it
+        code = 1
+        try:
+            ran = serial.submit(lambda: threading.current_thread().name).result(timeout=10) == "test-fork"
+            code = 0 if ran and serial._thread is not parents else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's call waited for the parent's thread")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
 def test_a_start_up_build_of_nbis_that_stalls_is_given_up_and_captures_go_to_a_fresh_thread(shared_data, monkeypatch):
     """The service prepares the extractors at start, before it loads the fingerprint gallery: a stalled build
     must not hold that up for good."""
