@@ -245,7 +245,9 @@ def test_a_start_up_build_of_nbis_that_stalls_is_given_up_and_captures_go_to_a_f
             extraction.prepare("nbis")
         assert extraction.stalled_threads() == 1
         monkeypatch.setattr(extraction, "_extractor", real_extractor)
+        monkeypatch.setattr(extraction, "NBIS_TIMEOUT_S", 10.0)  # the fresh thread builds its own extractor first
         assert extraction.extract(image, "nbis").minutiae  # a fresh thread, not one queued behind the build
+        assert extraction.stalled_threads() == 1
     finally:
         release.set()
     for _ in range(200):
