@@ -11,6 +11,15 @@ from biometrics.errors import FingerprintExtractorStalled, FingerprintImageError
 from biometrics.fingerprint import extraction
 from biometrics.fingerprint.images import decode_image
 from biometrics.serial_thread import SerialThread
+from tests.forked import in_forked_child
+
+
+def _until_no_stalled_nbis_thread() -> None:
+    """Waits (up to 10 s) for the abandoned NBIS threads to end once their stalled runs are released."""
+    for _ in range(200):
+        if not extraction._stalled:
+            return
+        threading.Event().wait(0.05)
 
 
 def test_calls_from_many_threads_run_in_order_on_one_thread():
@@ -180,10 +189,7 @@ def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it
         assert "passed 0.5 s on one call and was abandoned (2 stalled)" in caplog.text
     finally:
         release.set()
-    for _ in range(200):
-        if not extraction._stalled:
-            break
-        threading.Event().wait(0.05)
+    _until_no_stalled_nbis_thread()
     assert not extraction._stalled  # a stalled thread whose run ends frees its place, and ends
     assert extraction.extract(image, "nbis").minutiae == expected.minutiae
     alive = [t for t in threading.enumerate() if t.name == "bioident-nbis"]
@@ -193,7 +199,6 @@ def test_a_stalled_nbis_run_is_refused_and_later_captures_do_not_queue_behind_it
 def test_a_closed_serial_thread_is_not_kept_alive_and_a_forked_child_starts_its_own():
     import gc
     import os
-    import time
     import weakref
 
     closed = SerialThread("test-closed")
@@ -209,22 +214,12 @@ def test_a_closed_serial_thread_is_not_kept_alive_and_a_forked_child_starts_its_
     parents = serial._thread
     if not hasattr(os, "fork"):
         return
-    pid = os.fork()
-    if pid == 0:  # the child: the parent's thread is not here; a call must start one, not wait for it
-        code = 1
-        try:
-            ran = serial.submit(lambda: threading.current_thread().name).result(timeout=10) == "test-fork"
-            code = 0 if ran and serial._thread is not parents else 1
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child's call waited for the parent's thread")
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+    def a_thread_of_its_own() -> bool:  # the parent's thread is not in the child: a call must start one
+        ran = serial.submit(lambda: threading.current_thread().name).result(timeout=10) == "test-fork"
+        return ran and serial._thread is not parents
+
+    assert in_forked_child(a_thread_of_its_own) == "passed"
 
 
 def test_a_start_up_build_of_nbis_that_stalls_is_given_up_and_captures_go_to_a_fresh_thread(shared_data, monkeypatch):
@@ -250,10 +245,7 @@ def test_a_start_up_build_of_nbis_that_stalls_is_given_up_and_captures_go_to_a_f
         assert extraction.stalled_threads() == 1
     finally:
         release.set()
-    for _ in range(200):
-        if not extraction._stalled:
-            break
-        threading.Event().wait(0.05)
+    _until_no_stalled_nbis_thread()
     assert not extraction._stalled
 
 

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import importlib
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 import biometrics.torch_thread as torch_thread
 from biometrics.torch_thread import background, on_torch_thread, on_torch_thread_now, run_on_torch_thread
 from tests.conftest import REPO, TEST_OTHER
+from tests.forked import in_forked_child
 
 
 @on_torch_thread
@@ -90,23 +90,12 @@ def test_queued_calls_from_a_background_block_wait_for_the_others():
 def test_a_forked_child_gets_a_torch_thread_of_its_own():
     _where()  # the parent's threads exist before the fork
     run_on_torch_thread(torch_thread.run_in_turns, [lambda: 1, lambda: 2], 2)
-    pid = os.fork()
-    if pid == 0:  # the child: the parent's threads are not here, a call must not wait for them forever
-        code = 1
-        try:
-            ok = run_on_torch_thread(lambda: 7) == 7
-            ok = ok and run_on_torch_thread(torch_thread.run_in_turns, [lambda: 1, lambda: 2], 2) == [1, 2]
-            code = 0 if ok else 1
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child's call waited for the parent's torch threads")
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+    def calls_run() -> bool:  # the parent's threads are not in the child: a call must not wait for them forever
+        ok = run_on_torch_thread(lambda: 7) == 7
+        return ok and run_on_torch_thread(torch_thread.run_in_turns, [lambda: 1, lambda: 2], 2) == [1, 2]
+
+    assert in_forked_child(calls_run) == "passed", "the forked child's call waited for the parent's torch threads"
 
 
 def test_calls_still_run_while_the_interpreter_shuts_down():
