@@ -59,7 +59,7 @@ def test_the_fidelity_benchmark_refuses_to_emulate_bf16_for_hours_unless_asked(m
     monkeypatch.setattr(precision_fidelity, "cpu_flags", lambda: frozenset(ZEN3))
     with pytest.raises(SystemExit, match="no native bf16.*--emulated-bf16"):
         precision_fidelity.main(["--skip-audits"])
-    monkeypatch.setattr(precision_fidelity, "CoreSettings", _Refused)  # past the check, the run would start here
+    monkeypatch.setattr(precision_fidelity, "CoreSettings", _start)  # past the check, the run would start here
     for argv, flags in ((["--skip-audits", "--emulated-bf16"], ZEN3), (["--skip-audits"], ZEN4)):
         monkeypatch.setattr(precision_fidelity, "cpu_flags", lambda flags=flags: frozenset(flags))
         with pytest.raises(_Started):
@@ -70,7 +70,7 @@ class _Started(Exception):
     pass
 
 
-def _Refused(*args, **kwargs):  # noqa: N802 - stands in for the settings class
+def _start(*args: object, **kwargs: object) -> None:
     raise _Started
 
 

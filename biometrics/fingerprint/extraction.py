@@ -134,9 +134,9 @@ def prepare(extractor: str) -> None:
     """Builds now what a first capture would otherwise wait for: NBIS's extractor for 500 dpi images (about
     270 ms) and, for LEADER, its network's session (about a second).
 
-    A build that has not ended ``NBIS_TIMEOUT_S`` after the network's load is given up as a stalled capture
-    is (its thread abandoned, ``FingerprintExtractorStalled`` raised): start-up goes on, and captures go to a
-    fresh NBIS thread."""
+    A build that has not ended ``NBIS_TIMEOUT_S`` after the network's load is given up the way a stalled
+    capture is (its thread abandoned, ``FingerprintExtractorStalled`` raised): start-up goes on, and captures
+    go to a fresh NBIS thread."""
     building = _submit_nbis(lambda: _extractor(500))
     if extractor == "leader":
         from biometrics.fingerprint.leader import load
