@@ -90,7 +90,8 @@ def test_an_unknown_precision_is_refused_with_a_message(monkeypatch, capsys):
 
 
 # A small randomly initialised ECAPA, sped up in bf16, against SpeechBrain's fp32 modules. Run in a child
-# process with oneDNN held to AVX2, so torch computes the bf16 products without native bf16 instructions.
+# process with oneDNN held to AVX2, so torch computes the bf16 products without native bf16 instructions (the
+# eager path: where oneDNN has bf16 kernels, the default, tests/test_onednn_bf16.py covers them).
 EMULATED_BF16_CHECK = textwrap.dedent(
     """
     import copy, json, sys
@@ -104,7 +105,7 @@ EMULATED_BF16_CHECK = textwrap.dedent(
                        res2net_scale=4).eval()
     randomise_batch_norms(model, torch.Generator().manual_seed(2))
     expected_module = copy.deepcopy(model)
-    changes = {**make_segment_aware(model), **speed_up_for_cpu(model, torch.bfloat16)}
+    changes = {**make_segment_aware(model), **speed_up_for_cpu(model, torch.bfloat16, onednn=False)}
     x, lengths = torch.randn(2, 60, 20), torch.tensor([1.0, 0.75])
     with torch.inference_mode():
         got, expected = model(x, lengths).flatten(1), expected_module(x, lengths).flatten(1)
@@ -142,7 +143,7 @@ def test_a_bf16_ecapa_keeps_the_gates_and_head_in_fp32_and_pools_with_bf16_produ
     model = ECAPA_TDNN(input_size=20, channels=[32, 32, 32, 32, 96], attention_channels=8, lin_neurons=12).eval()
     fp32_model = copy.deepcopy(model)
     make_segment_aware(model)
-    changes = speed_up_for_cpu(model, torch.bfloat16)
+    changes = speed_up_for_cpu(model, torch.bfloat16, onednn=False)  # eager (oneDNN: tests/test_onednn_bf16.py)
     make_segment_aware(fp32_model)
     assert speed_up_for_cpu(fp32_model)["bf16_convolutions"] == 0
     kept = {name for name, m in model.named_modules() if isinstance(m, GemmConv1d) and m.operand_dtype == torch.float32}

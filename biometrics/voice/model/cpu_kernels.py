@@ -51,6 +51,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
     TDNNBlock,
 )
 
+from biometrics.voice.model.onednn_bf16 import OneDnnBf16ECAPA, onednn_bf16_available
 from biometrics.voice.model.packing import GapReflectingConv1d, is_packed, segments_of
 
 ROW_ALIGN_BYTES = 64
@@ -464,36 +465,51 @@ def trunk_convolutions(model: torch.nn.Module) -> set[int]:
     That excludes the squeeze-excitation gates and the final linear layer (one column per utterance),
     and the attentive pooling, whose GEMMs ``ContextFoldedPooling`` runs itself.
     """
-    per_utterance = {
-        id(m)
-        for block in model.modules()
-        if isinstance(block, (SEBlock, AttentiveStatisticsPooling))
-        for m in block.modules()
-    }
-    fc = getattr(model, "fc", None)
-    if fc is not None:
-        per_utterance |= {id(m) for m in fc.modules()}
+    per_utterance = _per_utterance_modules(model, (SEBlock, AttentiveStatisticsPooling))
     return {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv1d) and id(m) not in per_utterance}
 
 
-def speed_up_for_cpu(model: torch.nn.Module, operand_dtype: torch.dtype = torch.float32) -> dict[str, int]:
+def _per_utterance_modules(model: torch.nn.Module, blocks: tuple[type, ...]) -> set[int]:
+    """Ids of the modules inside ``blocks`` and the final linear layer ``fc``: one column per utterance."""
+    inside = {id(m) for block in model.modules() if isinstance(block, blocks) for m in block.modules()}
+    fc = getattr(model, "fc", None)
+    return inside | ({id(m) for m in fc.modules()} if fc is not None else set())
+
+
+def speed_up_for_cpu(
+    model: torch.nn.Module, operand_dtype: torch.dtype = torch.float32, *, onednn: bool | None = None
+) -> dict[str, int]:
     """CPU-only swaps above for an ECAPA-TDNN in eval mode, after ``make_segment_aware``; returns what changed.
 
     ``operand_dtype`` bfloat16 runs the trunk's convolutions (``trunk_convolutions``: 95% of the model's
     FLOPs) and the attentive pooling's two frame-by-frame products (4%) on bf16 operands with fp32
-    accumulation. Everything else stays fp32: the activations between layers, biases, batch norms
-    (folded), ReLU clamps, residual and Res2Net sums, squeeze-excitation means and gates, the pooling's
-    context, softmax and weighted mean and standard deviation, the final linear layer, the embedding
-    normalisation.
+    accumulation. Where oneDNN has bf16 kernels (``onednn`` None: detected; False: never, for tests of the
+    eager path) the whole pass runs on them (``onednn_bf16``: activations in bf16, statistics in fp32), and
+    the trunk's modules here are left as SpeechBrain built them, unused. Otherwise, in eager PyTorch,
+    everything but the products stays fp32: the activations between layers, biases, batch norms (folded),
+    ReLU clamps, residual and Res2Net sums, squeeze-excitation means and gates, the pooling's context,
+    softmax and weighted mean and standard deviation, the final linear layer, the embedding normalisation.
     """
     if model.training:
         raise ValueError("the CPU kernels are for inference; call model.eval() first")
     changes = {"denormal_weights_flushed": flush_denormal_weights(model)}
     trunk = trunk_convolutions(model)
+    if onednn is None:
+        onednn = onednn_bf16_available()
+    ecapas = [m for m in model.modules() if isinstance(m, ECAPA_TDNN)]
+    fused = [m for m in ecapas if operand_dtype == torch.bfloat16 and onednn and OneDnnBf16ECAPA.swap_in(m)]
+    changes["onednn_bf16_models"] = len(fused)
+    if fused:  # their trunks never run: no tap copies for them
+        trunk_dtype, trunk = torch.float32, set()
+        # The squeeze-excitation gates and the final linear layer are the only convolutions they call.
+        called = set().union(*(_per_utterance_modules(ecapa, (SEBlock,)) for ecapa in fused))
+        skipped = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv1d)} - called
+    else:
+        trunk_dtype, skipped = operand_dtype, set()
     changes["gemm_convolutions"] = sum(
-        GemmConv1d.swap_in(m, operand_dtype if id(m) in trunk else torch.float32)
+        GemmConv1d.swap_in(m, trunk_dtype if id(m) in trunk else torch.float32)
         for m in model.modules()
-        if isinstance(m, torch.nn.Conv1d)
+        if isinstance(m, torch.nn.Conv1d) and id(m) not in skipped
     )
     changes["bf16_convolutions"] = sum(
         isinstance(m, GemmConv1d) and m.operand_dtype == torch.bfloat16 for m in model.modules()

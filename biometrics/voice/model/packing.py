@@ -126,13 +126,13 @@ class GapReflectingConv1d(Conv1d):
         out[..., p + width :] = middle[..., width - 1 - p : width - 1].flip(-1)  # and n-2, ..., n-1-p after
         segments = _packed.get()
         if segments is not None:
-            for row, target, source in _gap_reflections(segments, p, width, x.device):
+            for row, target, source in gap_reflections(segments, p, width, x.device):
                 out[row, :, target] = middle[row, :, source]
         return out
 
 
 @functools.lru_cache(maxsize=256)
-def _gap_reflections(
+def gap_reflections(
     segments: tuple[Segment, ...], pad: int, width: int, device: torch.device
 ) -> tuple[tuple[int, torch.Tensor, torch.Tensor], ...]:
     """Per row: padded-tensor frames inside gaps and the input frames whose reflection they hold."""

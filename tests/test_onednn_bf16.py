@@ -1,0 +1,141 @@
+"""The bf16 pass on oneDNN's fused kernels (biometrics/voice/model/onednn_bf16.py) against SpeechBrain's own modules.
+
+Random small ECAPA-TDNNs with randomised batch norms (negative and zero scales, as in the VoxCeleb checkpoint):
+every batch norm is carried to the layers that read it rather than folded, so these are what could go wrong.
+The real model's fidelity on real speech is tests/test_precision.py's (its ``embedder`` runs this pass on a CPU
+with native bf16).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
+from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
+from biometrics.voice.model.onednn_bf16 import (
+    ROW_BLOCK,
+    WIDTH_STEP,
+    OneDnnBf16ECAPA,
+    moments,
+    onednn_bf16_available,
+    weighted_moments,
+)
+from biometrics.voice.model.packing import pack, packed, reflect_into_gaps
+from tests.model_helpers import randomise_batch_norms, relative_errors
+
+needs_onednn = pytest.mark.skipif(not onednn_bf16_available(), reason="this PyTorch has no oneDNN bf16 kernels here")
+
+# |error| / |how far the output moves for other input|: bf16 gives 0.01-0.03 on these models; a batch norm's
+# shift or scale carried wrongly, or a gap reflected wrongly, gives 0.3 and more.
+MAX_RELATIVE_ERROR = 0.1
+
+
+def _models(seed: int, zero_scales: bool = True) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, int]]:
+    """(SpeechBrain's fp32 model, the same model swapped for the oneDNN bf16 pass, what the swaps changed).
+
+    Without ``zero_scales`` no batch norm has a zero scale: the Res2Net sums then take their one-addcmul form.
+    """
+    torch.manual_seed(seed)
+    model = ECAPA_TDNN(
+        input_size=20, channels=[64, 64, 64, 64, 192], attention_channels=16, lin_neurons=24, res2net_scale=4
+    ).eval()
+    randomise_batch_norms(model, torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        if not zero_scales:
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm1d):
+                    m.weight[0] = -0.7
+        # Sharper attention than random weights give (near-uniform there), so the pooling's weights matter.
+        model.asp.conv.conv.weight.mul_(8.0)
+    reference = copy.deepcopy(model)
+    changes = {"max_pad": reflect_into_gaps(model), **make_segment_aware(model)}
+    changes.update(speed_up_for_cpu(model, torch.bfloat16))
+    return reference, model, changes
+
+
+def _pooled_and_output(model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The pooled statistics (what the final batch norm reads) and the output of ``model(x, lengths)``."""
+    seen = []
+    hook = model.asp_bn.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    try:
+        with torch.inference_mode():
+            out = model(x, lengths)
+    finally:
+        hook.remove()
+    return seen[0], out
+
+
+@needs_onednn
+@pytest.mark.parametrize("zero_scales", [True, False])
+def test_the_fused_pass_computes_speechbrains_ecapa_on_rows_of_different_lengths(zero_scales):
+    reference, model, changes = _models(seed=3, zero_scales=zero_scales)
+    assert type(model) is OneDnnBf16ECAPA and changes["onednn_bf16_models"] == 1
+    assert changes["bf16_convolutions"] == 0  # the trunk's own modules never run: no bf16 copies of them
+    x, lengths = torch.randn(2, 90, 20), torch.tensor([1.0, 0.7])
+    got = _pooled_and_output(model, x, lengths)
+    expected = _pooled_and_output(reference, x, lengths)
+    elsewhere = _pooled_and_output(reference, torch.randn(2, 90, 20), lengths)
+    for g, e, other in zip(got, expected, elsewhere, strict=True):
+        assert g.dtype == torch.float32 and g.shape == e.shape
+        assert relative_errors(g, e, other).max() <= MAX_RELATIVE_ERROR
+
+
+@needs_onednn
+@pytest.mark.parametrize("lengths", [[40, 75, 23, 61], [WIDTH_STEP - 12]])
+def test_a_packed_batch_gives_each_utterance_what_speechbrain_gives_it_alone(lengths):
+    """Reflections into the gaps, per-segment statistics, and the pack widened to WIDTH_STEP frames."""
+    reference, model, changes = _models(seed=5)
+    features = [torch.randn(n, 20) for n in lengths]
+    batch, segments = pack(features, gap=2 * changes["max_pad"])
+    with torch.inference_mode():
+        with packed(segments):
+            got = model(batch, torch.ones(1))
+        expected = torch.cat([reference(f[None], torch.ones(1)) for f in features])
+        elsewhere = torch.cat([reference(torch.randn(1, n, 20), torch.ones(1)) for n in lengths])
+    assert got.shape == expected.shape
+    assert relative_errors(got, expected, elsewhere).max() <= MAX_RELATIVE_ERROR
+
+
+@needs_onednn
+def test_a_model_whose_blocks_the_plan_does_not_know_keeps_the_eager_bf16_path():
+    torch.manual_seed(11)
+    model = ECAPA_TDNN(input_size=20, channels=[64, 64, 64, 64, 192], attention_channels=16, lin_neurons=24).eval()
+    reference = copy.deepcopy(model)
+    model.blocks[2].shortcut = torch.nn.Identity()  # a residual path the plan does not carry
+    reference.blocks[2].shortcut = torch.nn.Identity()
+    reflect_into_gaps(model)
+    changes = {**make_segment_aware(model), **speed_up_for_cpu(model, torch.bfloat16)}
+    assert changes["onednn_bf16_models"] == 0 and changes["bf16_convolutions"] > 0
+    x = torch.randn(1, 60, 20)
+    with torch.inference_mode():
+        errors = relative_errors(model(x), reference(x), reference(torch.randn(1, 60, 20)))
+    assert errors.max() <= MAX_RELATIVE_ERROR
+
+
+@pytest.mark.parametrize("exp_is_safe", [True, False])
+def test_the_poolings_moments_of_bf16_frames_are_those_of_float64(exp_is_safe):
+    """Taken by blocks of ROW_BLOCK frames in fp32, they lose nothing to float64's but the bf16 rounding.
+
+    Channels far from zero with a small spread (where a one-pass variance about zero cancels), sharp
+    attention (softmax weights far from uniform), and logits beyond exp()'s range where that is allowed.
+    """
+    gen = torch.Generator().manual_seed(4)
+    frames = 3 * ROW_BLOCK + 17
+    z = (torch.randn(frames, 96, generator=gen) * torch.linspace(0.01, 3.0, 96) + torch.linspace(0, 40, 96)).to(
+        torch.bfloat16
+    )
+    logits = (torch.randn(frames, 96, generator=gen) * 6 + (0 if exp_is_safe else 120)).to(torch.bfloat16)
+    x, weights = z.double(), torch.softmax(logits.double(), dim=0)
+    mean, variance = moments(z)
+    assert torch.allclose(mean.double(), x.mean(dim=0), rtol=1e-6, atol=0)
+    assert torch.allclose(variance.double(), x.var(dim=0, unbiased=False), rtol=1e-5, atol=0)
+    w_mean, w_variance = weighted_moments(z, logits, exp_is_safe)
+    expected_mean = (weights * x).sum(dim=0)
+    expected_variance = (weights * (x - expected_mean).square()).sum(dim=0)
+    assert torch.allclose(w_mean.double(), expected_mean, rtol=1e-6, atol=0)
+    assert torch.allclose(w_variance.double(), expected_variance, rtol=1e-5, atol=0)
+    # The weights matter here: the unweighted moments are far from these.
+    assert not torch.allclose(w_mean, mean, rtol=1e-2)
