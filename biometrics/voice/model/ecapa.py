@@ -96,9 +96,9 @@ class SpeakerEncoder:
         frames = [int(f.shape[0]) for f in features]
         if min(frames) < self.min_frames:
             raise ValueError(f"an utterance needs at least {self.min_frames} feature frames")
-        # The gaps hold both neighbours' reflections. Widths are not rounded: on CPU the convolutions
-        # are BLAS GEMMs that cache nothing per input shape (RSS stayed flat over 150 distinct lengths;
-        # oneDNN's per-shape primitives made it grow).
+        # The gaps hold both neighbours' reflections. Widths are not rounded here: in fp32 the convolutions
+        # are BLAS GEMMs that cache nothing per input shape (RSS stayed flat over 150 distinct lengths);
+        # the oneDNN bf16 pass, whose primitives are per shape, rounds them itself (onednn_bf16.WIDTH_STEP).
         batch, segments = pack([f.to(self.device) for f in features], gap=self.pack_gap)
         mods = self.classifier.mods
         with packed(segments):  # one pass at a time: every call runs on the torch thread

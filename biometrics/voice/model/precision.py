@@ -12,12 +12,13 @@ kernel lets processes use the tiles), else from torch's own CPU probe. Without t
 products, by converting to fp32 in software: slower than fp32, so ``auto`` never picks it there, and
 ``bf16`` there is for tests and comparisons only.
 
-bf16 covers the convolutions of the TDNN trunk (matrix products with fp32 accumulation, their outputs
-rounded once to bf16, then biased, clamped and summed in fp32) and the attentive pooling's two
-frame-by-frame products (likewise; their outputs go on in fp32: the hidden layer's norm and tanh, the
-attention logits' softmax); what ``cpu_kernels`` keeps in fp32 is listed there. Embeddings of either precision
-agree to cosine >= 0.9999 (tests/test_precision.py), so precision is not part of the model fingerprint:
-it is recorded alongside it.
+Where oneDNN has bf16 kernels (``onednn_bf16``: every CPU with native bf16), a bf16 pass runs on them:
+the trunk's and the pooling's products with fp32 accumulation, their bias and ReLU applied before the
+output is rounded to bf16, the activations between layers in bf16; the statistics (squeeze-excitation
+means and gates, the pooling's moments and softmax), the final batch norm and linear layer in fp32.
+Elsewhere (``bf16`` asked for where torch emulates it) ``cpu_kernels``' eager path runs instead: bf16
+products only, everything around them in fp32. Embeddings of either precision agree to cosine >= 0.9999
+(tests/test_precision.py), so precision is not part of the model fingerprint: it is recorded alongside it.
 """
 
 from __future__ import annotations
