@@ -14,6 +14,7 @@ import pytest
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
+from biometrics.voice.model import onednn_bf16
 from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
 from biometrics.voice.model.onednn_bf16 import (
     ROW_BLOCK,
@@ -84,9 +85,11 @@ def test_the_fused_pass_computes_speechbrains_ecapa_on_rows_of_different_lengths
 
 
 @needs_onednn
-@pytest.mark.parametrize("lengths", [[40, 75, 23, 61], [WIDTH_STEP - 12]])
-def test_a_packed_batch_gives_each_utterance_what_speechbrain_gives_it_alone(lengths):
-    """Reflections into the gaps, per-segment statistics, and the pack widened to WIDTH_STEP frames."""
+@pytest.mark.parametrize(("lengths", "max_rows"), [([40, 75, 23, 61], None), ([WIDTH_STEP - 12], None), ([40, 75], 64)])
+def test_a_packed_batch_gives_each_utterance_what_speechbrain_gives_it_alone(lengths, max_rows, monkeypatch):
+    """Reflections into the gaps, per-segment statistics, the pack widened to WIDTH_STEP frames, chunked products."""
+    if max_rows is not None:
+        monkeypatch.setattr(onednn_bf16, "MAX_ROWS", max_rows)
     reference, model, changes = _models(seed=5)
     features = [torch.randn(n, 20) for n in lengths]
     batch, segments = pack(features, gap=2 * changes["max_pad"])

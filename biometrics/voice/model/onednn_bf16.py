@@ -21,8 +21,9 @@ How:
   apply it in their own pass.
 - Statistics stay in fp32: squeeze-excitation means and gates, the pooling's moments and softmax, the
   final batch norm and linear layer (SpeechBrain's modules).
-- oneDNN builds a primitive per input shape (~4 ms a layer, the first time), so packed batches are
-  widened to a multiple of ``WIDTH_STEP`` frames: a few dozen shapes in all, each built once.
+- oneDNN builds a primitive per input shape (~4 ms a layer, the first time, and 2-6 MB kept for the
+  3072-wide ones), so packed batches are widened to a multiple of ``WIDTH_STEP`` frames and products
+  over more than ``MAX_ROWS`` frames run in chunks: 32 shapes at most, each built once.
 
 Packed batches (``biometrics.voice.model.packing``) work as in the fp32 path: reflections written into
 the gaps, statistics per segment.
@@ -38,9 +39,12 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, TDNNBlock
 
 from biometrics.voice.model.packing import Segment, gap_reflections, is_packed, segments_of
 
-# Packed widths are rounded up to a multiple of this many frames (0.64 s of audio): oneDNN keeps one
-# primitive per shape, and a verification's width is otherwise new almost every time.
+# oneDNN keeps one primitive per input shape, each holding 2-6 MB for the 3072-wide products and built in ~4 ms
+# the first time: packed widths are rounded up to a multiple of WIDTH_STEP frames (0.64 s of audio), and
+# products over more than MAX_ROWS frames run in chunks of that many. A model then has at most
+# MAX_ROWS / WIDTH_STEP shapes of each product, whatever the lengths of the audio.
 WIDTH_STEP = 64
+MAX_ROWS = 2048
 # Rows of a segment the pooling's moments take at a time: a block of 3072 channels in fp32 (768 KB) stays in cache.
 ROW_BLOCK = 64
 EXP_SAFE_LOGIT_BOUND = 80.0  # float32 exp overflows above ~88.7 and leaves the normal range below ~-87.3
@@ -104,7 +108,20 @@ class FusedLayer:
             )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """[frames (+ padding), in] bf16 -> [frames, out] bf16 (for taps > 1, ``x`` comes padded)."""
+        """[frames (+ padding), in] bf16 -> [frames, out] bf16 (for taps > 1, ``x`` comes padded).
+
+        Over more than ``MAX_ROWS`` frames, in chunks of that many (the last one shorter).
+        """
+        frames = x.shape[0] - 2 * self.pad
+        if frames <= MAX_ROWS:
+            return self._product(x)
+        out = x.new_empty(frames, self.out_channels, dtype=torch.bfloat16)
+        for start in range(0, frames, MAX_ROWS):
+            end = min(start + MAX_ROWS, frames)
+            out[start:end] = self._product(x[start : end + 2 * self.pad])
+        return out
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         if self.taps == 1:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.attr, [], "")
         y = torch.ops.mkldnn._convolution_pointwise(
