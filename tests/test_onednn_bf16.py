@@ -60,12 +60,17 @@ def _models(seed: int, zero_scales: bool = True) -> tuple[torch.nn.Module, torch
 def _pooled_and_output(model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The pooled statistics (what the final batch norm reads) and the output of ``model(x, lengths)``."""
     seen = []
-    hook = model.asp_bn.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    if isinstance(model, OneDnnBf16ECAPA):  # its head folds that batch norm into the last layer
+        head = model._plan.head
+        model._plan.head = lambda pooled: seen.append(pooled) or head(pooled)
+        undo = lambda: setattr(model._plan, "head", head)  # noqa: E731
+    else:
+        undo = model.asp_bn.register_forward_hook(lambda module, args, output: seen.append(args[0][:, :, 0])).remove
     try:
         with torch.inference_mode():
             out = model(x, lengths)
     finally:
-        hook.remove()
+        undo()
     return seen[0], out
 
 

@@ -465,15 +465,16 @@ def trunk_convolutions(model: torch.nn.Module) -> set[int]:
     That excludes the squeeze-excitation gates and the final linear layer (one column per utterance),
     and the attentive pooling, whose GEMMs ``ContextFoldedPooling`` runs itself.
     """
-    per_utterance = _per_utterance_modules(model, (SEBlock, AttentiveStatisticsPooling))
-    return {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv1d) and id(m) not in per_utterance}
-
-
-def _per_utterance_modules(model: torch.nn.Module, blocks: tuple[type, ...]) -> set[int]:
-    """Ids of the modules inside ``blocks`` and the final linear layer ``fc``: one column per utterance."""
-    inside = {id(m) for block in model.modules() if isinstance(block, blocks) for m in block.modules()}
+    per_utterance = {
+        id(m)
+        for block in model.modules()
+        if isinstance(block, (SEBlock, AttentiveStatisticsPooling))
+        for m in block.modules()
+    }
     fc = getattr(model, "fc", None)
-    return inside | ({id(m) for m in fc.modules()} if fc is not None else set())
+    if fc is not None:
+        per_utterance |= {id(m) for m in fc.modules()}
+    return {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv1d) and id(m) not in per_utterance}
 
 
 def speed_up_for_cpu(
@@ -485,7 +486,7 @@ def speed_up_for_cpu(
     FLOPs) and the attentive pooling's two frame-by-frame products (4%) on bf16 operands with fp32
     accumulation. Where oneDNN has bf16 kernels (``onednn`` None: detected; False: never, for tests of the
     eager path) the whole pass runs on them (``onednn_bf16``: activations in bf16, statistics in fp32), and
-    the trunk's modules here are left as SpeechBrain built them, unused. Otherwise, in eager PyTorch,
+    the model's modules are left as SpeechBrain built them, unused. Otherwise, in eager PyTorch,
     everything but the products stays fp32: the activations between layers, biases, batch norms (folded),
     ReLU clamps, residual and Res2Net sums, squeeze-excitation means and gates, the pooling's context,
     softmax and weighted mean and standard deviation, the final linear layer, the embedding normalisation.
@@ -499,15 +500,10 @@ def speed_up_for_cpu(
     ecapas = [m for m in model.modules() if isinstance(m, ECAPA_TDNN)]
     fused = [m for m in ecapas if operand_dtype == torch.bfloat16 and onednn and OneDnnBf16ECAPA.swap_in(m)]
     changes["onednn_bf16_models"] = len(fused)
-    if fused:  # their trunks never run: no tap copies for them
-        trunk_dtype, trunk = torch.float32, set()
-        # The squeeze-excitation gates and the final linear layer are the only convolutions they call.
-        called = set().union(*(_per_utterance_modules(ecapa, (SEBlock,)) for ecapa in fused))
-        skipped = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv1d)} - called
-    else:
-        trunk_dtype, skipped = operand_dtype, set()
+    # A fused model calls none of its own modules: no tap copies for them.
+    skipped = {id(m) for ecapa in fused for m in ecapa.modules()}
     changes["gemm_convolutions"] = sum(
-        GemmConv1d.swap_in(m, trunk_dtype if id(m) in trunk else torch.float32)
+        GemmConv1d.swap_in(m, operand_dtype if id(m) in trunk else torch.float32)
         for m in model.modules()
         if isinstance(m, torch.nn.Conv1d) and id(m) not in skipped
     )
@@ -517,7 +513,7 @@ def speed_up_for_cpu(
     # ContextFoldedPooling reads its TDNN block's weights, norm and activation: pooling blocks stay as they are.
     pooling_blocks = {id(m) for p in model.modules() if isinstance(p, AttentiveStatisticsPooling) for m in p.modules()}
     for pooling in model.modules():
-        if isinstance(pooling, ContextFoldedPooling):
+        if isinstance(pooling, ContextFoldedPooling) and id(pooling) not in skipped:
             pooling.operand_dtype = operand_dtype
             pooling.refresh_weights()
     changes["fused_tdnn_blocks"] = sum(

@@ -20,7 +20,7 @@ How:
   constants); element-wise readers (the Res2Net sums, the squeeze-excitation, the pooling's moments)
   apply it in their own pass.
 - Statistics stay in fp32: squeeze-excitation means and gates, the pooling's moments and softmax, the
-  final batch norm and linear layer (SpeechBrain's modules).
+  final batch norm and linear layer (one fp32 product, the norm folded into it).
 - oneDNN builds a primitive per input shape (~4 ms a layer, the first time, and 2-6 MB kept for the
   3072-wide ones), so packed batches are widened to a multiple of ``WIDTH_STEP`` frames and products
   over more than ``MAX_ROWS`` frames run in chunks: 32 shapes at most, each built once.
@@ -130,6 +130,24 @@ class FusedLayer:
         return y[0, :, 0, :].t()  # channels-last output: time-major in memory
 
 
+class Dense:
+    """A 1x1 convolution over one column per utterance, ``[utterances, in] -> [utterances, out]`` in fp32 as one
+    product, optionally of a batch norm's output (``norm``: its scale and shift, folded into the weights).
+    """
+
+    def __init__(self, conv: torch.nn.Conv1d, norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        if conv.kernel_size != (1,) or conv.groups != 1 or conv.bias is None:
+            raise ValueError("expected a 1x1 convolution with a bias")
+        weight, bias = conv.weight.detach().float()[:, :, 0], conv.bias.detach().float()
+        if norm is not None:
+            bias = bias + weight @ norm[1]
+            weight = weight * norm[0]
+        self.weight_t, self.bias = weight.t().contiguous(), bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight_t)
+
+
 def _padded(x: torch.Tensor, pad: int, segments: Sequence[Segment] | None, terms: Sum | None = None) -> torch.Tensor:
     """[frames + 2 pad, channels] bf16: ``x`` (or ``terms`` of it), reflect-padded like SpeechBrain.
 
@@ -201,7 +219,11 @@ class _SEBlock:
         concatenated = Affine(torch.cat([a.scale for a in outputs]), torch.cat([a.shift for a in outputs]))
         scale2, shift2 = _norm_affine(block.tdnn2.norm.norm)
         self.tdnn2 = FusedLayer(block.tdnn2.conv.conv, concatenated, True, Affine(scale2, shift2), width_hint)
-        self.se = block.se_block
+        se = block.se_block
+        if type(se.relu) is not torch.nn.ReLU or type(se.sigmoid) is not torch.nn.Sigmoid:
+            raise ValueError("unexpected squeeze-excitation activations")
+        self.squeeze = Dense(se.conv1.conv)
+        self.excite = Dense(se.conv2.conv)
 
     def __call__(self, x: torch.Tensor, segments: Sequence[Segment], packed: bool, out: torch.Tensor) -> torch.Tensor:
         """The block's output (true values, no affine) written into ``out`` ([frames, channels] view)."""
@@ -223,7 +245,7 @@ class _SEBlock:
         affine2 = self.tdnn2.out
         means = torch.stack([z2[s.start : s.end].mean(dim=0, dtype=torch.float32) for s in segments])
         means = means * affine2.scale + affine2.shift
-        gates = self.se.sigmoid(self.se.conv2(self.se.relu(self.se.conv1(means[:, :, None]))))[:, :, 0]
+        gates = torch.sigmoid(self.excite(torch.relu(self.squeeze(means))))
         # out = residual + gate * (scale2 * z2 + shift2). SpeechBrain gates a row's every frame, padding
         # included; in a packed row each segment has its own gate, and the gaps are never read.
         for s, gate in zip(segments, gates, strict=True):
@@ -298,6 +320,8 @@ class OneDnnPlan:
         bound = attention.weight.detach().abs().sum(dim=(1, 2)).max()
         self.exp_is_safe = bool(bound < EXP_SAFE_LOGIT_BOUND)
         self.eps = pooling.eps
+        # The final batch norm and linear layer, one affine map of the pooled statistics.
+        self.head = Dense(model.fc.conv, _norm_affine(model.asp_bn.norm))
         self.pool_affine = (scale_m, shift_m)
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -312,8 +336,8 @@ class OneDnnPlan:
         for row in range(x.shape[0]):
             row_segments = [s._replace(row=0) for s in segments if s.row == row]
             pooled.extend(self._row(x[row], row_segments, packed))
-        pooled = torch.stack(pooled)[:, :, None]
-        return model.fc(model.asp_bn(pooled)).transpose(1, 2)
+        pooled = torch.stack(pooled)
+        return self.head(pooled)[:, None, :]
 
     def _row(self, x: torch.Tensor, segments: list[Segment], packed: bool) -> list[torch.Tensor]:
         gaps = segments if packed else None
