@@ -60,6 +60,20 @@ def onednn_bf16_available() -> bool:
         return False
 
 
+def _tdnn_convolution(block: torch.nn.Module) -> torch.nn.Conv1d:
+    """The convolution of SpeechBrain's TDNN block, once the block is checked to be what the plan computes."""
+    if not isinstance(block, TDNNBlock) or type(block.activation) is not torch.nn.ReLU or block.training:
+        raise ValueError("expected an eval-mode TDNN block with a ReLU")
+    if type(block.norm.norm) is not torch.nn.BatchNorm1d or block.norm.norm.running_mean is None:
+        raise ValueError("expected a batch norm with running statistics")
+    wrapper, conv = block.conv, block.conv.conv
+    if conv.stride != (1,) or conv.groups != 1 or conv.padding != (0,) or wrapper.stride != 1:
+        raise ValueError("expected an ungrouped stride-1 convolution")
+    if conv.kernel_size[0] > 1 and (wrapper.padding != "same" or wrapper.padding_mode != "reflect"):
+        raise ValueError("expected reflect padding")
+    return conv
+
+
 def _norm_affine(norm: torch.nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) of an eval-mode batch norm: ``norm(x) = scale * x + shift``."""
     scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
@@ -81,18 +95,29 @@ class Affine:
 class FusedLayer:
     """``relu(conv(affine(x)) + bias)`` as one oneDNN primitive on time-major bf16 input; output affine ``out``.
 
-    ``x`` is the stored tensor; its affine (what it stands for) is folded in: its scale into the weight's
-    input columns, its shift into the bias (summed over the taps: the padding reflects, so constants stay).
+    ``weight`` is [out, in, taps] (stride 1, dilation ``dilation``, no padding: ``x`` comes padded). ``x``
+    is the stored tensor; its affine (what it stands for) is folded in: its scale into the weight's input
+    columns, its shift into the bias (summed over the taps: the padding reflects, so constants stay).
     """
 
-    def __init__(self, conv: torch.nn.Conv1d, x_affine: Affine, relu: bool, out: Affine, width_hint: int) -> None:
-        weight = conv.weight.detach().float()  # [out, in, taps]
-        bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(weight.shape[0])
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        x_affine: Affine,
+        relu: bool,
+        out: Affine,
+        dilation: int = 1,
+        width_hint: int = 1024,
+    ) -> None:
+        weight = weight.detach().float()
+        bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
         if x_affine.shift is not None:
             bias = bias + weight.sum(dim=2) @ x_affine.shift
         if x_affine.scale is not None:
             weight = weight * x_affine.scale[None, :, None]
-        self.taps, self.dilation = weight.shape[2], conv.dilation[0]
+        self.taps, self.dilation = weight.shape[2], dilation
         self.pad = self.dilation * (self.taps - 1) // 2
         self.attr = "relu" if relu else "none"
         self.bias = bias
@@ -106,6 +131,19 @@ class FusedLayer:
             self.weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 w16[:, :, None, :].contiguous().to_mkldnn(), [0, 0], [1, 1], [1, self.dilation], 1, size
             )
+
+    @classmethod
+    def of_tdnn(cls, block: torch.nn.Module, x_affine: Affine) -> FusedLayer:
+        """SpeechBrain's TDNN block (convolution, ReLU, eval-mode batch norm), its norm left as the output affine."""
+        conv = _tdnn_convolution(block)
+        return cls(
+            conv.weight,
+            conv.bias,
+            x_affine=x_affine,
+            relu=True,
+            out=Affine(*_norm_affine(block.norm.norm)),
+            dilation=conv.dilation[0],
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """[frames (+ padding), in] bf16 -> [frames, out] bf16 (for taps > 1, ``x`` comes padded).
@@ -184,12 +222,12 @@ class Sum:
 class _SEBlock:
     """One SE-Res2Net block on time-major bf16 activations."""
 
-    def __init__(self, block: torch.nn.Module, x_affine: Affine, width_hint: int) -> None:
+    def __init__(self, block: torch.nn.Module, x_affine: Affine) -> None:
         self.x_affine = x_affine  # what the block's input (its residual) stands for
         if block.shortcut is not None:
             raise ValueError("SE-Res2Net blocks with a shortcut convolution are not supported")
-        scale1, shift1 = _norm_affine(block.tdnn1.norm.norm)
-        self.tdnn1 = FusedLayer(block.tdnn1.conv.conv, x_affine, True, Affine(scale1, shift1), width_hint)
+        self.tdnn1 = FusedLayer.of_tdnn(block.tdnn1, x_affine)
+        scale1, shift1 = self.tdnn1.out.scale, self.tdnn1.out.shift
         res2net = block.res2net_block
         self.scale = res2net.scale
         chunk = scale1.shape[0] // self.scale
@@ -211,14 +249,12 @@ class _SEBlock:
                 # = s_prev * (z_prev + (s1 / s_prev) * z1_i) + (t1 + t_prev): one addcmul, s_prev folded.
                 stands_for = Affine(previous.scale, x_i.shift + previous.shift)
                 factors = (None, (x_i.scale / previous.scale).to(torch.bfloat16))
-            norm_scale, norm_shift = _norm_affine(tdnn.norm.norm)
-            previous = Affine(norm_scale, norm_shift)
-            self.res2net.append(FusedLayer(tdnn.conv.conv, stands_for, True, previous, width_hint))
+            self.res2net.append(FusedLayer.of_tdnn(tdnn, stands_for))
             self.sums.append(factors)
+            previous = self.res2net[-1].out
         outputs = [Affine(scale1[:chunk], shift1[:chunk]), *(layer.out for layer in self.res2net)]
         concatenated = Affine(torch.cat([a.scale for a in outputs]), torch.cat([a.shift for a in outputs]))
-        scale2, shift2 = _norm_affine(block.tdnn2.norm.norm)
-        self.tdnn2 = FusedLayer(block.tdnn2.conv.conv, concatenated, True, Affine(scale2, shift2), width_hint)
+        self.tdnn2 = FusedLayer.of_tdnn(block.tdnn2, concatenated)
         se = block.se_block
         if type(se.relu) is not torch.nn.ReLU or type(se.sigmoid) is not torch.nn.Sigmoid:
             raise ValueError("unexpected squeeze-excitation activations")
@@ -279,44 +315,37 @@ class OneDnnBf16ECAPA(ECAPA_TDNN):
         return True
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self._plan(self, x, lengths)
+        return self._plan(x, lengths)
 
 
 class OneDnnPlan:
     """The fused layers of one ECAPA-TDNN, built from its (eval-mode) parameters."""
 
-    def __init__(self, model: torch.nn.Module, width_hint: int = 1024) -> None:
-        first = model.blocks[0]
-        if type(first) is not TDNNBlock and not isinstance(first, TDNNBlock):
-            raise ValueError("unexpected first block")
-        scale0, shift0 = _norm_affine(first.norm.norm)
-        self.first = FusedLayer(first.conv.conv, Affine.identity(), True, Affine(scale0, shift0), width_hint)
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.first = FusedLayer.of_tdnn(model.blocks[0], Affine.identity())
         self.blocks = []
         affine = self.first.out
         for block in model.blocks[1:]:
-            self.blocks.append(_SEBlock(block, affine, width_hint))
+            self.blocks.append(_SEBlock(block, affine))
             affine = Affine.identity()  # each block's output is written out as true values
         self.widths = [b.tdnn2.out_channels for b in self.blocks]
-        scale_m, shift_m = _norm_affine(model.mfa.norm.norm)
-        self.mfa = FusedLayer(model.mfa.conv.conv, Affine.identity(), True, Affine(scale_m, shift_m), width_hint)
+        self.mfa = FusedLayer.of_tdnn(model.mfa, Affine.identity())
+        scale_m, shift_m = self.mfa.out.scale, self.mfa.out.shift
         pooling = model.asp
+        hidden_conv = _tdnn_convolution(pooling.tdnn)
         channels = pooling.conv.conv.weight.shape[0]
-        hidden_weight = pooling.tdnn.conv.conv.weight.detach().float()[:, :, 0]  # [128, 3 * channels]
-        self.context_weight_t = hidden_weight[:, channels:].t().contiguous()
-        frame_conv = torch.nn.Conv1d(channels, hidden_weight.shape[0], 1)
-        with torch.no_grad():
-            frame_conv.weight.copy_(hidden_weight[:, :channels, None])
-            frame_conv.bias.zero_()
+        hidden_weight = hidden_conv.weight.detach().float()  # [128, 3 * channels, 1]: frames, mean, std
+        self.context_weight_t = hidden_weight[:, channels:, 0].t().contiguous()
         # hidden = W_frames @ (scale_m * z + shift_m) + W_context @ [mean, std] + b: the shift goes to the context bias.
-        self.frame_layer = FusedLayer(frame_conv, Affine(scale_m, None), False, Affine.identity(), width_hint)
-        self.context_bias = pooling.tdnn.conv.conv.bias.detach().float() + hidden_weight[:, :channels] @ shift_m
+        identity = Affine.identity()
+        self.frame_layer = FusedLayer(
+            hidden_weight[:, :channels], None, x_affine=Affine(scale_m, None), relu=False, out=identity
+        )
+        self.context_bias = hidden_conv.bias.detach().float() + hidden_weight[:, :channels, 0] @ shift_m
         self.hidden_norm = _norm_affine(pooling.tdnn.norm.norm)
         attention = pooling.conv.conv
-        attention_conv = torch.nn.Conv1d(attention.in_channels, attention.out_channels, 1, bias=False)
-        with torch.no_grad():
-            attention_conv.weight.copy_(attention.weight.detach())
         # The softmax over time cancels any per-channel constant: the attention convolution's bias drops out.
-        self.attention = FusedLayer(attention_conv, Affine.identity(), False, Affine.identity(), width_hint)
+        self.attention = FusedLayer(attention.weight, None, x_affine=identity, relu=False, out=identity)
         bound = attention.weight.detach().abs().sum(dim=(1, 2)).max()
         self.exp_is_safe = bool(bound < EXP_SAFE_LOGIT_BOUND)
         self.eps = pooling.eps
@@ -324,7 +353,7 @@ class OneDnnPlan:
         self.head = Dense(model.fc.conv, _norm_affine(model.asp_bn.norm))
         self.pool_affine = (scale_m, shift_m)
 
-    def __call__(self, model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """[batch, frames, features] -> SpeechBrain's [utterances, 1, embedding]."""
         segments = segments_of(x.shape[0], x.shape[1], lengths)
         packed = is_packed()
