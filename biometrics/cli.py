@@ -143,6 +143,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
             "in_use": embedder.precision,
             "setting": settings.precision,
             "native_bf16_flags": sorted(NATIVE_BF16_FLAGS & cpu_flags()),
+            "kernels": embedder.encoder.kernels,
         },
     }
     if args.json:
@@ -155,7 +156,10 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     print(f"vad          {info['vad']['model']}  sha256 {embedder.vad.model_sha256}")
     print(f"fingerprint  {embedder.fingerprint}")
     native = ", ".join(info["precision"]["native_bf16_flags"]) or "none"
-    print(f"precision    {embedder.precision} (BIOIDENT_PRECISION={settings.precision}; native bf16: {native})")
+    print(
+        f"precision    {embedder.precision} (BIOIDENT_PRECISION={settings.precision}; native bf16: {native}; "
+        f"kernels: {embedder.encoder.kernels})"
+    )
     return 0
 
 

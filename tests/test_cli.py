@@ -43,6 +43,11 @@ def test_model_info_prints_source_hashes_fingerprint_and_precision(capsys, embed
     assert info["files"]["embedding_model.ckpt"]["sha256"].startswith("0575cb64")
     assert info["fingerprint"].startswith("ecapa-voxceleb-")
     assert info["precision"]["in_use"] == embedder.precision and info["precision"]["setting"] == "auto"
+    # bf16 runs on oneDNN's fused pass wherever oneDNN has bf16 kernels; fp32 on the eager kernels.
+    from biometrics.voice.model.onednn_bf16 import onednn_bf16_available
+
+    fused = embedder.precision == "bf16" and onednn_bf16_available()
+    assert info["precision"]["kernels"] == ("onednn" if fused else "cpu_kernels")
 
 
 def test_compare_accepts_the_same_speaker_and_rejects_another(capsys, shared_data):

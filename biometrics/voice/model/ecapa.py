@@ -71,6 +71,14 @@ class SpeakerEncoder:
             self.kernel_changes["malloc_keeps_freed_memory"] = int(malloc_keep_freed and keep_freed_memory())
 
     @property
+    def kernels(self) -> str:
+        """What runs the model's pass: ``onednn`` (the fused bf16 pass of ``onednn_bf16``), ``cpu_kernels`` (eager
+        PyTorch with the swaps of ``cpu_kernels``, fp32 or bf16 products) or ``speechbrain`` (off the CPU)."""
+        if self.kernel_changes.get("onednn_bf16_models"):
+            return "onednn"
+        return "cpu_kernels" if torch.device(self.device).type == "cpu" else "speechbrain"
+
+    @property
     def pack_gap(self) -> int:
         """Frames between consecutive utterances of a packed batch: twice the widest reflect padding."""
         return 2 * self.max_pad

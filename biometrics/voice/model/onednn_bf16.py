@@ -308,7 +308,7 @@ class OneDnnBf16ECAPA(ECAPA_TDNN):
             return False
         try:
             plan = OneDnnPlan(model)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RuntimeError):
             return False  # a layout this plan does not know: the model keeps its own forward
         model.__class__ = cls
         model._plan = plan
