@@ -12,7 +12,7 @@ import copy
 
 import pytest
 import torch
-from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, TDNNBlock
 
 from biometrics.voice.model import onednn_bf16
 from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
@@ -34,10 +34,11 @@ needs_onednn = pytest.mark.skipif(not onednn_bf16_available(), reason="this PyTo
 MAX_RELATIVE_ERROR = 0.1
 
 
-def _models(seed: int, zero_scales: bool = True) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, int]]:
+def _models(seed: int, scales: str = "zero") -> tuple[torch.nn.Module, torch.nn.Module, dict[str, int]]:
     """(SpeechBrain's fp32 model, the same model swapped for the oneDNN bf16 pass, what the swaps changed).
 
-    Without ``zero_scales`` no batch norm has a zero scale: the Res2Net sums then take their one-addcmul form.
+    ``scales``: ``zero`` (one zero scale in every batch norm: the Res2Net sums take both scales), ``nonzero``
+    (their one-addcmul form) or ``tiny`` (a Res2Net scale of 1.3e-38, whose ratio to the next would overflow).
     """
     torch.manual_seed(seed)
     model = ECAPA_TDNN(
@@ -45,10 +46,16 @@ def _models(seed: int, zero_scales: bool = True) -> tuple[torch.nn.Module, torch
     ).eval()
     randomise_batch_norms(model, torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
-        if not zero_scales:
+        if scales != "zero":
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm1d):
                     m.weight[0] = -0.7
+        if scales == "tiny":  # a dead channel in each Res2Net scale, a large scale on the input it is summed with
+            res2net, norm1 = model.blocks[1].res2net_block, model.blocks[1].tdnn1.norm.norm
+            chunk = norm1.num_features // res2net.scale
+            for i, tdnn in enumerate(res2net.blocks[:-1]):  # scale i + 1's output is summed with chunk i + 2
+                tdnn.norm.norm.weight[5] = 1.3e-38
+                norm1.weight[(i + 2) * chunk + 5], norm1.running_var[(i + 2) * chunk + 5] = 5.0, 1.0
         # Random attention weights give near-uniform softmax weights (logits' spread 0.04 over frames): scaled
         # up, they matter (pooling with plain moments instead then errs by 0.6), and exp() needs its guard.
         model.asp.conv.conv.weight.mul_(100.0)
@@ -76,9 +83,9 @@ def _pooled_and_output(model: torch.nn.Module, x: torch.Tensor, lengths: torch.T
 
 
 @needs_onednn
-@pytest.mark.parametrize("zero_scales", [True, False])
-def test_the_fused_pass_computes_speechbrains_ecapa_on_rows_of_different_lengths(zero_scales):
-    reference, model, changes = _models(seed=3, zero_scales=zero_scales)
+@pytest.mark.parametrize("scales", ["zero", "nonzero", "tiny"])
+def test_the_fused_pass_computes_speechbrains_ecapa_on_rows_of_different_lengths(scales):
+    reference, model, changes = _models(seed=3, scales=scales)
     assert type(model) is OneDnnBf16ECAPA and changes["onednn_bf16_models"] == 1
     assert not model._plan.exp_is_safe  # the real model's logits stay in exp()'s range; these do not
     assert changes["bf16_convolutions"] == 0  # the trunk's own modules never run: no bf16 copies of them
@@ -117,8 +124,13 @@ def _with_a_leaky_activation(model: torch.nn.Module) -> None:
     model.blocks[2].tdnn1.activation = torch.nn.LeakyReLU(0.1)  # not the ReLU oneDNN applies
 
 
+def _without_global_context(model: torch.nn.Module) -> None:
+    model.asp.global_context = False  # pooling without the utterance's mean and deviation (a narrower layer)
+    model.asp.tdnn = TDNNBlock(model.asp.tdnn.conv.conv.in_channels // 3, 16, 1, 1).eval()
+
+
 @needs_onednn
-@pytest.mark.parametrize("change", [_with_a_shortcut, _with_a_leaky_activation])
+@pytest.mark.parametrize("change", [_with_a_shortcut, _with_a_leaky_activation, _without_global_context])
 def test_a_model_whose_blocks_the_plan_does_not_know_keeps_the_eager_bf16_path(change):
     torch.manual_seed(11)
     model = ECAPA_TDNN(input_size=20, channels=[64, 64, 64, 64, 192], attention_channels=16, lin_neurons=24).eval()

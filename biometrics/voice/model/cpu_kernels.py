@@ -51,7 +51,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
     TDNNBlock,
 )
 
-from biometrics.voice.model.onednn_bf16 import OneDnnBf16ECAPA, onednn_bf16_available
+from biometrics.voice.model.onednn_bf16 import EXP_SAFE_LOGIT_BOUND, OneDnnBf16ECAPA, onednn_bf16_available
 from biometrics.voice.model.packing import GapReflectingConv1d, is_packed, segments_of
 
 ROW_ALIGN_BYTES = 64
@@ -59,7 +59,6 @@ ROW_ALIGN_FLOATS = ROW_ALIGN_BYTES // 4
 # Convolutions with fewer input channels than this run as one GEMM over stacked shifted copies of the
 # input: 80-channel taps as five GEMMs measured 17% slower than one; 128-channel ones were faster per tap.
 STACK_TAPS_BELOW_CHANNELS = 128
-EXP_SAFE_LOGIT_BOUND = 80.0  # float32 exp overflows above ~88.7 and leaves the normal range below ~-87.3
 
 
 def flush_denormal_weights(model: torch.nn.Module) -> int:
@@ -362,8 +361,9 @@ class ContextFoldedPooling(AttentiveStatisticsPooling):
         That is the frame columns of the first convolution's weight, transposed, in ``operand_dtype``; with
         bf16 operands, the attention convolution's weight in bf16 (in fp32 the module's own is read); and
         whether exp() of the attention logits stays in float range without subtracting each channel's max:
-        the logits are ``W @ tanh(h)`` (bias dropped), so |logit| <= the largest row sum of |W|; below 80,
-        exp() neither overflows nor underflows to zero in float32. The cache does not follow ``.to()``.
+        the logits are ``W @ tanh(h)`` (bias dropped), so |logit| <= the largest row sum of |W|; below
+        ``EXP_SAFE_LOGIT_BOUND`` neither exp() nor the weighted sums after it leave float32's normal range.
+        The cache does not follow ``.to()``.
         """
         channels = self.conv.conv.weight.shape[0]
         frame_weight_t = self.tdnn.conv.conv.weight.detach()[:, :channels, 0].t().contiguous()

@@ -47,7 +47,12 @@ WIDTH_STEP = 64
 MAX_ROWS = 2048
 # Rows of a segment the pooling's moments take at a time: a block of 3072 channels in fp32 (768 KB) stays in cache.
 ROW_BLOCK = 64
-EXP_SAFE_LOGIT_BOUND = 80.0  # float32 exp overflows above ~88.7 and leaves the normal range below ~-87.3
+# Attention logits bounded by this skip the softmax's max subtraction: exp() then stays within float32's normal
+# range (e^40 = 2.4e17), and so do the weighted sums after it (a million frames of |z| up to 1e15).
+EXP_SAFE_LOGIT_BOUND = 40.0
+# Res2Net input sums take one addcmul with the ratio of two batch norms' scales when it is at most this; a
+# tiny scale (the checkpoint has some of 1e-35 and below) would overflow it, so those take two products.
+MAX_SCALE_RATIO = 1e4
 
 
 def onednn_bf16_available() -> bool:
@@ -241,14 +246,14 @@ class _SEBlock:
             x_i = Affine(scale1[part], shift1[part])
             if previous is None:
                 stands_for, factors = x_i, None
-            elif bool((previous.scale == 0).any()):
-                # x_i + y_(i-1) = (s_prev * z_prev + s1 * z1_i) + (t1 + t_prev): both scales in the sum.
-                stands_for = Affine(None, x_i.shift + previous.shift)
-                factors = (previous.scale.to(torch.bfloat16), x_i.scale.to(torch.bfloat16))
-            else:
-                # = s_prev * (z_prev + (s1 / s_prev) * z1_i) + (t1 + t_prev): one addcmul, s_prev folded.
+            elif bool((x_i.scale.abs() <= MAX_SCALE_RATIO * previous.scale.abs()).all()):
+                # x_i + y_(i-1) = s_prev * (z_prev + (s1 / s_prev) * z1_i) + (t1 + t_prev): one addcmul, s_prev folded.
                 stands_for = Affine(previous.scale, x_i.shift + previous.shift)
                 factors = (None, (x_i.scale / previous.scale).to(torch.bfloat16))
+            else:
+                # A zero or tiny s_prev: (s_prev * z_prev + s1 * z1_i) + (t1 + t_prev), both scales in the sum.
+                stands_for = Affine(None, x_i.shift + previous.shift)
+                factors = (previous.scale.to(torch.bfloat16), x_i.scale.to(torch.bfloat16))
             self.res2net.append(FusedLayer.of_tdnn(tdnn, stands_for))
             self.sums.append(factors)
             previous = self.res2net[-1].out
@@ -332,6 +337,8 @@ class OneDnnPlan:
         self.mfa = FusedLayer.of_tdnn(model.mfa, Affine.identity())
         scale_m, shift_m = self.mfa.out.scale, self.mfa.out.shift
         pooling = model.asp
+        if not pooling.global_context:
+            raise ValueError("the plan pools with global context, as the VoxCeleb model does")
         hidden_conv = _tdnn_convolution(pooling.tdnn)
         channels = pooling.conv.conv.weight.shape[0]
         hidden_weight = hidden_conv.weight.detach().float()  # [128, 3 * channels, 1]: frames, mean, std
