@@ -51,7 +51,12 @@ from speechbrain.lobes.models.ECAPA_TDNN import (
     TDNNBlock,
 )
 
-from biometrics.voice.model.onednn_bf16 import EXP_SAFE_LOGIT_BOUND, OneDnnBf16ECAPA, onednn_bf16_available
+from biometrics.voice.model.onednn_bf16 import (
+    EXP_SAFE_LOGIT_BOUND,
+    OneDnnBf16ECAPA,
+    norm_affine,
+    onednn_bf16_available,
+)
 from biometrics.voice.model.packing import GapReflectingConv1d, is_packed, segments_of
 
 ROW_ALIGN_BYTES = 64
@@ -140,8 +145,7 @@ class GemmConv1d(torch.nn.Conv1d):
 
     def fold_relu_batch_norm(self, norm: torch.nn.BatchNorm1d) -> None:
         """Makes this convolution compute ``norm(relu(conv(x)))`` for a batch norm in eval mode."""
-        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-        shift = norm.bias.detach() - norm.running_mean * scale
+        scale, shift = norm_affine(norm)
         self._set_taps(self.weight.detach() * scale[:, None, None], self.bias.detach() * scale + shift)
         negative = scale < 0
         self._floor = torch.where(negative, -torch.inf, shift)[:, None]

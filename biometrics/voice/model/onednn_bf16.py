@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, TDNNBlock
 
-from biometrics.voice.model.packing import Segment, gap_reflections, is_packed, segments_of
+from biometrics.voice.model.packing import Segment, is_packed, reflect_into_padding, segments_of
 
 # oneDNN keeps one primitive per input shape, each holding 2-6 MB for the 3072-wide products and built in ~4 ms
 # the first time: packed widths are rounded up to a multiple of WIDTH_STEP frames (0.64 s of audio), and
@@ -79,7 +79,7 @@ def _tdnn_convolution(block: torch.nn.Module) -> torch.nn.Conv1d:
     return conv
 
 
-def _norm_affine(norm: torch.nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_affine(norm: torch.nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) of an eval-mode batch norm: ``norm(x) = scale * x + shift``."""
     scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
     return scale.float(), (norm.bias.detach() - norm.running_mean * scale).float()
@@ -146,7 +146,7 @@ class FusedLayer:
             conv.bias,
             x_affine=x_affine,
             relu=True,
-            out=Affine(*_norm_affine(block.norm.norm)),
+            out=Affine(*norm_affine(block.norm.norm)),
             dilation=conv.dilation[0],
         )
 
@@ -207,11 +207,7 @@ def _padded(x: torch.Tensor, pad: int, segments: Sequence[Segment] | None, terms
         torch.addcmul(x, terms.addend, terms.factor, out=middle)
     else:
         torch.mul(x, terms.x_factor, out=middle).addcmul_(terms.addend, terms.factor)
-    out[:pad] = middle[1 : pad + 1].flip(0)
-    out[pad + width :] = middle[width - 1 - pad : width - 1].flip(0)
-    if segments is not None:
-        for _, target, source in gap_reflections(tuple(segments), pad, width, x.device):
-            out[target] = middle[source]
+    reflect_into_padding(out[None], pad, None if segments is None else tuple(segments), time_major=True)
     return out
 
 
@@ -229,6 +225,7 @@ class _SEBlock:
 
     def __init__(self, block: torch.nn.Module, x_affine: Affine) -> None:
         self.x_affine = x_affine  # what the block's input (its residual) stands for
+        self.x_scale16 = None if x_affine.scale is None else x_affine.scale.to(torch.bfloat16)
         if block.shortcut is not None:
             raise ValueError("SE-Res2Net blocks with a shortcut convolution are not supported")
         self.tdnn1 = FusedLayer.of_tdnn(block.tdnn1, x_affine)
@@ -276,7 +273,7 @@ class _SEBlock:
         gaps = segments if packed else None
         for i, (layer, factors) in enumerate(zip(self.res2net, self.sums, strict=True), start=1):
             z1_i = z1[:, i * chunk : (i + 1) * chunk]
-            if previous is None or factors is None:
+            if factors is None:
                 padded = _padded(z1_i, layer.pad, gaps)
             else:
                 padded = _padded(previous, layer.pad, gaps, Sum(factors[0], z1_i, factors[1]))
@@ -294,10 +291,10 @@ class _SEBlock:
             view, constant = out[span], gate * affine2.shift
             if self.x_affine.shift is not None:
                 constant += self.x_affine.shift
-            if self.x_affine.scale is None:
+            if self.x_scale16 is None:
                 torch.add(x[span], constant.to(torch.bfloat16), out=view)
             else:
-                torch.addcmul(constant.to(torch.bfloat16), x[span], self.x_affine.scale.to(torch.bfloat16), out=view)
+                torch.addcmul(constant.to(torch.bfloat16), x[span], self.x_scale16, out=view)
             view.addcmul_(z2[span], (gate * affine2.scale).to(torch.bfloat16))
         return out
 
@@ -349,7 +346,7 @@ class OneDnnPlan:
             hidden_weight[:, :channels], None, x_affine=Affine(scale_m, None), relu=False, out=identity
         )
         self.context_bias = hidden_conv.bias.detach().float() + hidden_weight[:, :channels, 0] @ shift_m
-        self.hidden_norm = _norm_affine(pooling.tdnn.norm.norm)
+        self.hidden_norm = norm_affine(pooling.tdnn.norm.norm)
         attention = pooling.conv.conv
         # The softmax over time cancels any per-channel constant: the attention convolution's bias drops out.
         self.attention = FusedLayer(attention.weight, None, x_affine=identity, relu=False, out=identity)
@@ -357,7 +354,7 @@ class OneDnnPlan:
         self.exp_is_safe = bool(bound < EXP_SAFE_LOGIT_BOUND)
         self.eps = pooling.eps
         # The final batch norm and linear layer, one affine map of the pooled statistics.
-        self.head = Dense(model.fc.conv, _norm_affine(model.asp_bn.norm))
+        self.head = Dense(model.fc.conv, norm_affine(model.asp_bn.norm))
         self.pool_affine = (scale_m, shift_m)
 
     def __call__(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

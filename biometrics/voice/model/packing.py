@@ -122,17 +122,34 @@ class GapReflectingConv1d(Conv1d):
             middle.copy_(x)
         else:
             torch.add(x, addend, out=middle)
-        out[..., :p] = middle[..., 1 : p + 1].flip(-1)  # F.pad(mode="reflect"): frames p, ..., 1 before frame 0
-        out[..., p + width :] = middle[..., width - 1 - p : width - 1].flip(-1)  # and n-2, ..., n-1-p after
-        segments = _packed.get()
-        if segments is not None:
-            for row, target, source in gap_reflections(segments, p, width, x.device):
-                out[row, :, target] = middle[row, :, source]
+        reflect_into_padding(out, p, _packed.get())
         return out
 
 
+def reflect_into_padding(
+    out: torch.Tensor, pad: int, segments: tuple[Segment, ...] | None, time_major: bool = False
+) -> None:
+    """Writes the reflect padding of ``out`` (its middle frames written): [batch, channels, frames + 2 pad],
+    or [batch, frames + 2 pad, channels] when ``time_major``.
+
+    ``F.pad(mode="reflect")`` at each row's ends; with ``segments`` (a packed batch), each segment's own
+    reflections in the gaps as well.
+    """
+    time_dim = 1 if time_major else -1
+    width = out.shape[time_dim] - 2 * pad
+    middle = out.narrow(time_dim, pad, width)
+    out.narrow(time_dim, 0, pad).copy_(middle.narrow(time_dim, 1, pad).flip(time_dim))  # frames p, ..., 1 first
+    out.narrow(time_dim, pad + width, pad).copy_(middle.narrow(time_dim, width - 1 - pad, pad).flip(time_dim))
+    if segments is not None:
+        for row, target, source in _gap_reflections(segments, pad, width, out.device):
+            if time_major:
+                out[row, target] = middle[row, source]
+            else:
+                out[row, :, target] = middle[row, :, source]
+
+
 @functools.lru_cache(maxsize=256)
-def gap_reflections(
+def _gap_reflections(
     segments: tuple[Segment, ...], pad: int, width: int, device: torch.device
 ) -> tuple[tuple[int, torch.Tensor, torch.Tensor], ...]:
     """Per row: padded-tensor frames inside gaps and the input frames whose reflection they hold."""
