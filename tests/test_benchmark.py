@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from benchmarks import embedding_speed, gemm_bound, load, verify_latency
+from benchmarks import bf16_pass, embedding_speed, gemm_bound, load, verify_latency
+from biometrics.voice.model import cpu_kernels, onednn_bf16
+from biometrics.voice.model.onednn_bf16 import onednn_bf16_available
 from biometrics.voice.model.precision import cpu_flags, has_native_bf16
 from tests.conftest import TEST_OTHER
 
@@ -173,3 +175,35 @@ def test_the_identify_scale_benchmark_reports_every_figure(tmp_path, capsys):
     assert results["genuine_score_mean"] > results["real_impostor_score_mean"]
     assert results["target"]["met"] is None  # no 1,000,000 run here
     assert "| 3,000 |" in capsys.readouterr().out
+
+
+def test_the_bf16_pass_clock_charges_each_call_its_own_time_without_the_timed_calls_inside_it():
+    ticks = iter([0.0, 2.0, 5.0, 6.0, 6.5, 10.0])  # outer starts, inner 2-5, inner 6-6.5, outer ends
+    clock = bf16_pass.ExclusiveClock(now=lambda: next(ticks))
+    inner = clock.timed(lambda: "inner", lambda: None)
+    outer = clock.timed(lambda: "outer", lambda: (inner(), inner()))
+    outer()
+    assert clock.seconds == {"inner": 3.5, "outer": 6.5}
+
+
+@pytest.mark.skipif(not onednn_bf16_available(), reason="oneDNN has no bf16 kernels on this CPU: no oneDNN pass")
+def test_the_bf16_pass_benchmark_times_every_stage_of_the_onednn_pass_and_puts_the_plan_back(tmp_path, capsys):
+    originals = (onednn_bf16.FusedLayer.__call__, onednn_bf16._padded, onednn_bf16.weighted_moments)
+    out = tmp_path / "pass.json"
+    argv = ["--utterances", "2", "--per-pass", "2", "--rounds", "1", "--out", str(out), "--data", str(TEST_OTHER)]
+    results = bf16_pass.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    stages = results["stages"]
+    for name in bf16_pass.STAGES:  # each piece of the plan was called and timed
+        assert stages[name]["ms_per_1000_frames"] > 0, name
+    # Exclusive times: none counted twice, so they fit in the pass's wall time.
+    assert stages["outside the model (packing rows, embedding norm)"]["ms_per_1000_frames"] >= 0
+    assert 0 < results["shares"]["fp32"] < 1 and 0 < results["shares"]["bf16 oneDNN"] < 1
+    assert (onednn_bf16.FusedLayer.__call__, onednn_bf16._padded, onednn_bf16.weighted_moments) == originals
+    assert "products: MFA" in capsys.readouterr().out
+
+
+def test_the_bf16_pass_benchmark_says_why_when_the_pass_is_not_on_onednn(monkeypatch, capsys):
+    monkeypatch.setattr(cpu_kernels, "onednn_bf16_available", lambda: False)
+    with pytest.raises(SystemExit, match="not oneDNN"):
+        bf16_pass.main(["--utterances", "1", "--data", str(TEST_OTHER)])
