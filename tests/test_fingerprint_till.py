@@ -55,7 +55,7 @@ def test_two_fingers_enrolled_pay_with_card_and_finger(till):
     assert fused["decision"] == "accept" and fused["payment_token"] == ALICE_TOKEN and fused["mode"] == "finger"
 
     impostor = pay(till, impression("102", 5), payment_token=ALICE_TOKEN).json()
-    assert impostor["decision"] == "reject" and impostor["payment_token"] is None
+    assert impostor["decision"] == "reject" and impostor["payment_token"] is None and impostor["score"] is None
 
     stranger = pay(till, impression("108", 5)).json()  # a finger nobody enrolled, finger only
     assert stranger["decision"] == "reject" and stranger["payment_token"] is None
@@ -132,11 +132,17 @@ def test_a_wrong_pin_is_refused_and_counts_towards_the_lockout(till):
     for _ in range(3):  # BIOIDENT_LOCKOUT_MAX_FAILURES is 3 here
         wrong = pay(till, impression("101", 5), pin="1111")
         assert wrong.status_code == 200 and wrong.json()["decision"] == "reject"
-        assert wrong.json()["payment_token"] is None
+        assert wrong.json()["payment_token"] is None and wrong.json()["score"] is None  # no hint the finger is known
     locked = pay(till, impression("101", 5), pin="4821")
     assert locked.status_code == 423 and int(locked.headers["Retry-After"]) >= 1
+    # Locked out, the PIN is not checked: a wrong one gets the very same answer as the right one, so the
+    # lockout tells nothing about the PIN.
+    for guess in ("1111", "4822", "000000"):
+        refused = pay(till, impression("101", 5), pin=guess)
+        assert (refused.status_code, refused.json()["type"]) == (423, locked.json()["type"])
     assert pay(till, impression("101", 5), payment_token=ALICE_TOKEN).status_code == 423
-    assert pay(till, impression("101", 5)).json()["payment_token"] is None  # finger only: not answered
+    finger_only = pay(till, impression("101", 5)).json()  # finger only: not answered, and no score says why
+    assert finger_only["payment_token"] is None and finger_only["score"] is None
     assert pay(till, impression("102", 5), pin="4821").json()["payment_token"] == BOB_TOKEN  # others unaffected
 
     bad = pay(till, impression("101", 5), pin="12a4")

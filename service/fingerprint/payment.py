@@ -8,10 +8,10 @@
   passes the identification threshold and leads the second by the margin.
 
 Each reads: check consent -> load the templates (sealed rows, or the gallery re-checked in the database)
--> compute -> decide -> audit -> commit. The answer carries the linked payment token, the decision and
-the score and threshold, nothing else about the customer. Every attempt is audited, refusals included.
+-> compute -> decide -> audit -> commit. The answer carries the decision and threshold, and on an accept
+the linked payment token and the score, nothing else about the customer. Every attempt is audited, refusals included.
 A rejected card + finger and a wrong PIN for the customer the finger identifies count towards the
-lockout (``service.fingerprint.lockout``).
+lockout (``service.fingerprint.lockout``); a locked-out customer's PIN is not checked at all.
 """
 
 from __future__ import annotations
@@ -54,6 +54,15 @@ class PaymentDecision:
     threshold: float
     model: str
     reasons: list[dict]
+
+    @classmethod
+    def of(
+        cls, mode: str, accepted: bool, payment_token: str | None, score: float | None, threshold: float, model: str
+    ) -> PaymentDecision:
+        """The answer to the terminal. A reject carries no score (the audit trail keeps it): it would tell how
+        near a finger came, and without a card that it belongs to an enrolled customer."""
+        decision = "accept" if accepted else "reject"
+        return cls(mode, decision, payment_token, score if accepted else None, threshold, model, [])
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -139,7 +148,7 @@ def pay_with_card(
             else:
                 note_activity(session, token)  # retention counts from the last successful use
             paid_with = open_payment_token(session, ctx.keyring, link) if accepted else None
-    return PaymentDecision("card", "accept" if accepted else "reject", paid_with, fused.score, threshold, model, [])
+    return PaymentDecision.of("card", accepted, paid_with, fused.score, threshold, model)
 
 
 # --- identification (finger + PIN, finger only) ---------------------------------------------------
@@ -273,8 +282,7 @@ def pay_with_finger(ctx: ServiceContext, actor: Principal, purpose: str, probes:
         if accepted and token is not None:
             note_activity(session, token)  # retention counts from the last successful use
         paid_with = open_payment_token(session, ctx.keyring, link) if link is not None else None
-    score = None if best is None else best.score
-    return PaymentDecision("finger", "accept" if accepted else "reject", paid_with, score, threshold, model, [])
+    return PaymentDecision.of("finger", accepted, paid_with, None if best is None else best.score, threshold, model)
 
 
 def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, probes: Probes) -> PaymentDecision:
@@ -300,9 +308,19 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
                     )
                 ).all()
             )
-        tried = [c for c in current if c.score >= threshold and hashes.get(c.subject_token)][:PIN_TRIES]
+        candidates = [c for c in current if c.score >= threshold and hashes.get(c.subject_token)][:PIN_TRIES]
+        with ctx.db.session() as session:
+            locked = _locked(ctx, session, [c.subject_token for c in candidates])
+        # A locked-out customer's PIN is not checked: otherwise the right PIN (423) would stand out from wrong
+        # ones (reject), and the lockout would become a way to try PINs with a lifted finger.
+        tried = [c for c in candidates if c.subject_token not in locked]
         pepper = ctx.keyring.pepper
         chosen = next((c for c in tried if pin_matches(pepper, c.subject_token, pin, hashes[c.subject_token])), None)
+        if chosen is None and locked:
+            attempt.subject_token = next(c.subject_token for c in candidates if c.subject_token in locked)
+            with ctx.db.session() as session:
+                refuse_if_locked(ctx, session, attempt.subject_token)  # 423 whatever the PIN, audited as refused
+            attempt.subject_token = None  # the lockout ran out meanwhile: decided as any other attempt
         with ctx.db.session() as session:
             if chosen is not None:
                 attempt.subject_token = chosen.subject_token
@@ -339,4 +357,4 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
                 note_activity(session, chosen.subject_token)  # retention counts from the last successful use
             link = link_of_subject(session, chosen.subject_token) if chosen is not None else None
             paid_with = open_payment_token(session, ctx.keyring, link) if link is not None else None
-    return PaymentDecision("pin", "accept" if chosen else "reject", paid_with, score, threshold, model, [])
+    return PaymentDecision.of("pin", chosen is not None, paid_with, score, threshold, model)

@@ -34,7 +34,7 @@ class PaymentDecisionOut(BaseModel):
     mode: str = Field(description="card (card + finger, 1:1), pin (finger + PIN) or finger (finger only, 1:N)")
     decision: str = Field(description="accept or reject")
     payment_token: str | None = Field(description="the payment token linked to the customer's fingers, on accept")
-    score: float | None = Field(description="the customer's fused score (the best candidate's, for 1:N)")
+    score: float | None = Field(description="on an accept, the customer's fused score; null on a reject (audited)")
     threshold: float
     model: str
     reasons: list[ReasonOut]
