@@ -99,6 +99,19 @@ def test_text_with_nul_characters_is_refused_not_a_server_error(bank):
             _problem(response)
 
 
+def test_text_with_a_lone_surrogate_is_refused_not_a_server_error(bank):
+    """JSON's \\ud800 escapes decode to a lone surrogate, which hashing or storing the text cannot encode."""
+    api, keys = bank
+    portal = {**api.headers(keys["portal"]), "content-type": "application/json"}
+    for field in ("notice_text", "notice_version", "evidence_ref", "reference"):
+        body = json.dumps({**CONSENT, field: "notice \ud800 text"})  # ensure_ascii: sent as the escape
+        assert "\\ud800" in body
+        response = api.http.post("/v1/consents", content=body.encode(), headers=portal)
+        problem = _problem(response, 422)
+        assert [e["field"] for e in problem["errors"]] == [field], problem
+    assert api.http.post("/v1/consents", json=CONSENT, headers=portal).status_code == 201  # the connection lives on
+
+
 @pytest.fixture
 def small_limit_app(database_url, embedder, tmp_path):
     from service.admin.bootstrap import bootstrap_admin
