@@ -160,3 +160,18 @@ def test_an_oversized_chunked_body_gets_413_like_one_with_a_content_length(small
         "/v1/tenants", content=(b" " * 1000 for _ in range(5)), headers={**admin, "content-type": "application/json"}
     )
     _problem(chunked, 413)
+
+
+def test_an_admin_key_is_made_only_in_the_operators_own_tenant(bank):
+    """An admin manages every tenant: an "admin of tenant bank" would be nothing of the sort, so none is made."""
+    api, _ = bank
+    admin = api.headers(api.admin_key)
+    for tenant in ("bank", "nowhere"):
+        body = {"tenant_id": tenant, "name": f"{tenant} admin", "role": "admin"}
+        _problem(api.http.post("/v1/clients", json=body, headers=admin), 400)
+    clients = api.http.get("/v1/clients", headers=admin).json()
+    assert [c["tenant_id"] for c in clients if c["role"] == "admin"] == ["default"]
+    second = {"tenant_id": "default", "name": "second operator", "role": "admin"}
+    assert api.http.post("/v1/clients", json=second, headers=admin).status_code == 201
+    teller = {**second, "tenant_id": "bank", "role": "ivr"}
+    assert api.http.post("/v1/clients", json=teller, headers=admin).status_code == 201
