@@ -4,9 +4,13 @@ once, answering over HTTP, found again after a restart), and a new SQLite databa
 from __future__ import annotations
 
 import stat
+import time
+import uuid
 
 import httpx
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 
 from tests.operations_fixtures import _problem
 from tests.serve_helpers import serve, stop
@@ -38,6 +42,15 @@ def test_bioident_serve_prints_the_first_admin_key_once_and_answers_over_http(tm
             assert all(c["api_key"] is None for c in clients.json())  # never shown again
             anonymous = http.get("/v1/clients")
             _problem(anonymous, 401)
+        # A stream id is the audio transport's credential: uvicorn logs each WebSocket handshake's path, but
+        # never with the id in it.
+        stream_id = str(uuid.uuid4())
+        url = base.replace("http://", "ws://") + f"/v1/voice/streams/{stream_id}"
+        with pytest.raises(websockets.exceptions.WebSocketException), websockets.sync.client.connect(url) as socket:
+            socket.recv(timeout=30)  # unknown: closed with 4404
+        handshakes = [line for line in _log_when_written(err_path, "WebSocket") if "WebSocket" in line]
+        assert handshakes and all("/v1/voice/streams/{id}" in line for line in handshakes), handshakes
+        assert stream_id not in err_path.read_text() + out_path.read_text()
         assert stat.S_IMODE((data_dir / "keyring.json").stat().st_mode) == 0o600
         stop(process)
 
@@ -59,3 +72,11 @@ def test_a_new_sqlite_database_file_is_owner_only(tmp_path):
     Database(url)
     upgrade(url)
     assert stat.S_IMODE((tmp_path / "fresh" / "bioident.db").stat().st_mode) == 0o600
+
+
+def _log_when_written(path, text: str, wait_s: float = 10.0) -> list[str]:
+    """The log's lines once ``text`` is in it (the server writes it after answering), or as they are at the end."""
+    deadline = time.monotonic() + wait_s
+    while text not in path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return path.read_text().splitlines()
