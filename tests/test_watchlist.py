@@ -163,6 +163,9 @@ def test_bad_watchlist_requests_are_problems_and_store_nothing(watch, database_u
     assert no_basis.status_code == 422 and no_basis.json()["type"].endswith("/invalid_request")
     nul = _add_entry(api, keys["fraud"], case="CASE\x001")
     assert nul.status_code == 422
+    for blank in ({"case": "  "}, {"basis": " \t\n "}):  # an entry must say what case and on what basis
+        refused = _add_entry(api, keys["fraud"], **blank)
+        assert refused.status_code == 422 and refused.json()["type"].endswith("/invalid_request"), refused.text
     too_little = _add_entry(api, keys["fraud"], files=["2033-164914-0005.flac"])  # 3.5 s of audio
     assert too_little.status_code == 422 and too_little.json()["type"].endswith("/quality_failed")
     not_audio = api.http.post(

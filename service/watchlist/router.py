@@ -20,15 +20,15 @@ from service.watchlist.schemas import (
 router = APIRouter(prefix="/v1/watchlist", tags=["watchlist"])
 fraud = require(Role.FRAUD)
 MAX_ENTRY_FILES = 10
-NO_NUL = r"^[^\x00]+$"
+WORDS = r"^[^\x00]*[^\x00\s][^\x00]*$"  # something besides white space, and no NUL
 
 
 @router.post("/entries", status_code=201, response_model=WatchlistEntryAddedOut)
 def add(
     audio: list[UploadFile] = File(description="one or more recordings of the fraudster's voice"),
-    case_reference: str = Form(min_length=1, max_length=200, pattern=NO_NUL, description="the fraud case"),
+    case_reference: str = Form(min_length=1, max_length=200, pattern=WORDS, description="the fraud case"),
     legal_basis: str = Form(
-        min_length=1, max_length=2000, pattern=NO_NUL, description="the legal basis for holding this voice"
+        min_length=1, max_length=2000, pattern=WORDS, description="the legal basis for holding this voice"
     ),
     encoding: AudioFormat = Depends(audio_format),
     ctx: ServiceContext = Depends(get_ctx),
