@@ -53,6 +53,12 @@ def test_two_fingers_enrolled_pay_with_card_and_finger(till):
         till, impression("101", 5), finger_position=2, second=impression("101", 5, "DB2_B"), second_finger_position=7
     ).json()  # finger only, both fingers
     assert fused["decision"] == "accept" and fused["payment_token"] == ALICE_TOKEN and fused["mode"] == "finger"
+    for wrong in (  # one finger twice, claimed as two; a second position with no second finger
+        {"finger_position": 2, "second": impression("101", 5, "DB2_B"), "second_finger_position": 2},
+        {"second_finger_position": 7},
+    ):
+        refused = pay(till, impression("101", 5), **wrong)
+        assert refused.status_code == 400 and refused.headers["content-type"] == "application/problem+json"
 
     impostor = pay(till, impression("102", 5), payment_token=ALICE_TOKEN).json()
     assert impostor["decision"] == "reject" and impostor["payment_token"] is None and impostor["score"] is None

@@ -78,6 +78,10 @@ def pay(
     """With ``payment_token``: card + finger (1:1). With ``pin``: finger + PIN. With neither: finger only (1:N)."""
     if payment_token is not None and pin is not None:
         raise ServiceError("send payment_token (card presented) or pin (finger + PIN), not both")
+    if second_finger is None and second_finger_position is not None:
+        raise ServiceError("second_finger_position was sent without a second_finger")
+    if second_finger is not None and finger_position is not None and finger_position == second_finger_position:
+        raise ServiceError("the two fingers presented must be different fingers: their positions must differ")
     presented = [(finger_position, finger)]
     if second_finger is not None:
         presented.append((second_finger_position, second_finger))
