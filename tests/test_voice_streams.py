@@ -191,6 +191,7 @@ def test_a_withdrawal_during_a_stream_ends_it_without_a_decision(bank, genuine_c
         ended = read_to_close(ws, Played())
     assert ended.close_code == 4403 and ended.close_reason == {"reason": "consent_required", "decision": None}
     assert ended.final["refusal"] == "consent_required" and ended.final["decision"] is None
+    assert [e["event"] for e in ended.events].count("ended") == 1, ended.events  # one final event, not two
     state = api.http.get(f"/v1/voice/streams/{stream['id']}", headers=api.headers(keys["ivr"])).json()
     assert state["status"] == "ended" and state["decision"] is None
     assert [e["outcome"] for e in _stream_entries(api, keys["auditor"])] == ["refused"]

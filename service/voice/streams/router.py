@@ -110,12 +110,15 @@ async def _serve_stream(ctx: ServiceContext, websocket: WebSocket, stream_id: st
             return END
         return b""  # metadata (mod_audio_fork's first frame) and other events: nothing to do
 
+    sent: list[dict] = []
+
     async def send(event: dict) -> None:
         await websocket.send_text(json.dumps(event))
+        sent[:] = [event]  # the last event sent
 
     bytes_per_s = row.sample_rate * (2 if row.codec == "pcm16" else 1)
     final = await drive(run, receive, send, ctx.settings.stream_lifetime_s, bytes_per_s, connected)
-    if final.get("event") == "ended":  # no decision: the final event has not been sent
+    if final.get("event") == "ended" and sent != [final]:  # ended by a fault: the final event is not sent yet
         with contextlib.suppress(Exception):  # the peer may be gone
             await send(final)
     reason = {"reason": final.get("close_reason"), "decision": final.get("decision")}
