@@ -81,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.context import ServiceContext
     from service.erasure.shred import ShreddingSchedule
     from service.portal.links import prune as prune_portal
-    from service.voice.streams.log_redaction import redact_stream_ids
+    from service.voice.streams.log_redaction import uvicorn_log_config
 
     settings = _settings()
     if args.audiosocket:
@@ -103,17 +103,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     retention = RetentionSchedule(housekeeping, settings.retention_check_interval_s).start()
     try:
-        config = uvicorn.Config(  # configures uvicorn's logging, which the redaction then joins
-            create_app(ctx), host=args.host or settings.host, port=args.port or settings.port, log_level="info",
+        uvicorn.run(
+            create_app(ctx),
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            log_level="info",
             access_log=False,
-        )  # fmt: skip
-        redact_stream_ids()
-        server = uvicorn.Server(config)
-        server.run()
+            log_config=uvicorn_log_config(),  # uvicorn's own, stream ids left out of what it logs
+        )
     finally:
         retention.stop()
         schedule.stop()
-    return 0 if server.started else 3  # uvicorn's own exit code for a start that failed (the port taken, say)
+    return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

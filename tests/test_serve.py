@@ -44,13 +44,17 @@ def test_bioident_serve_prints_the_first_admin_key_once_and_answers_over_http(tm
             _problem(anonymous, 401)
         # A stream id is the audio transport's credential: uvicorn logs each WebSocket handshake's path, but
         # never with the id in it.
-        stream_id = str(uuid.uuid4())
-        url = base.replace("http://", "ws://") + f"/v1/voice/streams/{stream_id}"
-        with pytest.raises(websockets.exceptions.WebSocketException), websockets.sync.client.connect(url) as socket:
-            socket.recv(timeout=30)  # unknown: closed with 4404
-        handshakes = [line for line in _log_when_written(err_path, "WebSocket") if "WebSocket" in line]
-        assert handshakes and all("/v1/voice/streams/{id}" in line for line in handshakes), handshakes
-        assert stream_id not in err_path.read_text() + out_path.read_text()
+        stream_ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        ws_base = base.replace("http://", "ws://")
+        paths = (f"/v1/voice/streams/{stream_ids[0]}", f"/v1/voice/%73treams%2F{stream_ids[1]}")  # decoded: routed
+        for path in paths:
+            connect = websockets.sync.client.connect(ws_base + path)
+            with pytest.raises(websockets.exceptions.WebSocketException), connect as socket:
+                socket.recv(timeout=30)  # unknown: closed with 4404
+        handshakes = [line for line in _log_when_written(err_path, "WebSocket", count=2) if "WebSocket" in line]
+        assert len(handshakes) == 2 and all("/v1/voice/streams/{id}" in line for line in handshakes), handshakes
+        logged = err_path.read_text() + out_path.read_text()
+        assert not [stream_id for stream_id in stream_ids if stream_id in logged]
         assert stat.S_IMODE((data_dir / "keyring.json").stat().st_mode) == 0o600
         stop(process)
 
@@ -74,9 +78,10 @@ def test_a_new_sqlite_database_file_is_owner_only(tmp_path):
     assert stat.S_IMODE((tmp_path / "fresh" / "bioident.db").stat().st_mode) == 0o600
 
 
-def _log_when_written(path, text: str, wait_s: float = 10.0) -> list[str]:
-    """The log's lines once ``text`` is in it (the server writes it after answering), or as they are at the end."""
+def _log_when_written(path, text: str, count: int = 1, wait_s: float = 10.0) -> list[str]:
+    """The log's lines once ``text`` is in it ``count`` times (the server writes it after answering), or as they
+    are at the end of the wait."""
     deadline = time.monotonic() + wait_s
-    while text not in path.read_text() and time.monotonic() < deadline:
+    while path.read_text().count(text) < count and time.monotonic() < deadline:
         time.sleep(0.1)
     return path.read_text().splitlines()
