@@ -166,6 +166,10 @@ def test_the_keyring_file_is_private_and_an_open_one_is_refused_with_a_chmod_hin
             monkeypatch, capsys, data_dir, "clients", "create", "--tenant", "t", "--name", "a", "--role", "admin"
         )
         assert code == 0, err  # a new deployment: its first client creates the keyring
+        code, out, err = _cli(
+            monkeypatch, capsys, data_dir, "clients", "create", "--tenant", "u", "--name", "b", "--role", "admin"
+        )
+        assert code == 2 and "only in the operators' tenant (t)" in err, (code, err)  # admins manage every tenant
         code, out, err = _cli(monkeypatch, capsys, data_dir, "keys", "list")
         assert code == 0, err
         assert [line.split("\t")[:2] for line in out.splitlines()] == [["1", "active"]]

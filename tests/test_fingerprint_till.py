@@ -159,6 +159,41 @@ def test_a_wrong_pin_is_refused_and_counts_towards_the_lockout(till):
     assert [r[0] for r in outcomes] == ["locked"]
 
 
+def test_a_locked_runner_up_neither_shields_the_named_customer_nor_pays_for_anyone(till, monkeypatch):
+    """With every enrolled customer a candidate (the PIN threshold at zero), a locked-out runner-up is passed
+    over: the customer the finger names still pays with their PIN, and their wrong PINs still count (not a 423
+    that would stop them counting); the runner-up's own PIN, sent with the other's finger, pays for nobody."""
+    import service.fingerprint.decisions
+
+    _enrolled(till, ALICE, "101", ALICE_TOKEN, pin="4821")
+    _enrolled(till, BOB, "102", BOB_TOKEN, pin="7777")
+    for _ in range(3):  # Bob locks himself out
+        assert pay(till, impression("102", 5), pin="1234").json()["decision"] == "reject"
+    assert pay(till, impression("102", 5), pin="7777").status_code == 423
+    monkeypatch.setattr(service.fingerprint.decisions, "pin_threshold", lambda *args: 0.0)
+
+    assert pay(till, impression("101", 5), pin="4821").json()["payment_token"] == ALICE_TOKEN
+    assert pay(till, impression("101", 5), pin="7777").json()["payment_token"] is None  # Bob's PIN: not checked
+    for _ in range(2):
+        wrong = pay(till, impression("101", 5), pin="1111")
+        assert wrong.status_code == 200 and wrong.json()["decision"] == "reject"
+    assert pay(till, impression("101", 5), pin="4821").status_code == 423  # Alice's wrong PINs counted: 3 now
+
+
+def test_a_customer_locked_out_by_a_concurrent_attempt_gets_423_for_any_pin(till, monkeypatch):
+    """The lockout read before the PIN check can be stale; the decision's own transaction reads it again."""
+    import service.fingerprint.payment
+
+    _enrolled(till, ALICE, "101", ALICE_TOKEN, pin="4821")
+    for _ in range(3):
+        pay(till, impression("101", 5), pin="1111")
+    monkeypatch.setattr(service.fingerprint.payment, "_locked", lambda *args: set())  # as if read just before
+    for pin in ("4821", "1111"):
+        assert pay(till, impression("101", 5), pin=pin).status_code == 423, pin
+    failures = _rows(till, "SELECT count(*) FROM verification_failures")
+    assert failures == [(3,)]  # none past the limit
+
+
 def test_withdrawal_makes_the_finger_unpayable_and_the_token_unrecoverable(till):
     given = consent(till, ALICE)
     enrol(till, ALICE, impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN)

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.auth import Role, issue_client
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, ServiceError
 from service.store.db import Database
 from service.store.models import Client, Tenant
 from service.trail.chain import append
@@ -37,6 +37,14 @@ def add_client(
     session: Session, *, actor: str, tenant_id: str, name: str, role: Role, new_tenant_name: str | None = None
 ) -> tuple[Client, str]:
     """``create_client`` inside the caller's transaction."""
+    if role is Role.ADMIN:
+        # An admin key manages every tenant: one made "for" a customer tenant would be nothing of the sort.
+        operators = set(session.execute(select(Client.tenant_id).where(Client.role == str(Role.ADMIN))).scalars())
+        if operators and tenant_id not in operators:
+            raise ServiceError(
+                f"an admin key manages every tenant, so it is made only in the operators' tenant "
+                f"({', '.join(sorted(operators))}); give a tenant's own staff that tenant's other roles"
+            )
     if session.get(Tenant, tenant_id) is None:
         if new_tenant_name is None:
             raise NotFound("no such tenant")

@@ -9,7 +9,6 @@ from service.admin.schemas import ClientIn, ClientOut, TenantIn, TenantOut
 from service.auth import Principal, Role
 from service.context import ServiceContext
 from service.deps import get_ctx, require
-from service.errors import ServiceError
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 admin = require(Role.ADMIN)
@@ -23,12 +22,6 @@ def new_tenant(body: TenantIn, ctx: ServiceContext = Depends(get_ctx), actor: Pr
 
 @router.post("/clients", status_code=201, response_model=ClientOut)
 def new_client(body: ClientIn, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(admin)) -> ClientOut:
-    if body.role is Role.ADMIN and body.tenant_id != actor.tenant_id:
-        # An admin key manages every tenant: one made "for" a customer tenant would be nothing of the sort.
-        raise ServiceError(
-            f"an admin key manages every tenant, so it is made only in the operator's own tenant "
-            f"({actor.tenant_id}); give a tenant's people the roles of that tenant"
-        )
     client, key = create_client(ctx.db, actor=actor.client_id, tenant_id=body.tenant_id, name=body.name, role=body.role)
     return ClientOut(id=client.id, tenant_id=client.tenant_id, name=client.name, role=body.role, api_key=key)
 

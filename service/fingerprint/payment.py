@@ -16,6 +16,7 @@ lockout (``service.fingerprint.lockout``); a locked-out customer's PIN is not ch
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from service.payment.links import link_of_card, link_of_subject, open_payment_to
 from service.payment.pins import check_pin_format, pin_matches
 from service.store.models import Consent, PaymentLink, Template, VerificationFailure
 from service.trail.chain import record_event
-from service.trail.refusals import refusals_audited
+from service.trail.refusals import Attempt, refusals_audited
 
 SEARCH_LIMIT = 10  # fingers the index returns per finger presented
 PIN_TRIES = 3  # candidates whose PIN is checked (argon2id is slow on purpose)
@@ -232,6 +233,17 @@ def _locked(ctx: ServiceContext, session: Session, tokens: Sequence[str]) -> set
     return set(session.execute(locked.where(VerificationFailure.subject_token.in_(tokens))).scalars())
 
 
+def _refuse_if_locked(ctx: ServiceContext, attempt: Attempt, session: Session | None, token: str) -> None:
+    """423 (audited as refused, against ``token``) while ``token`` is locked out; in ``session``, or a new one."""
+    attempt.subject_token = token
+    if session is None:
+        with ctx.db.session() as own:
+            refuse_if_locked(ctx, own, token)
+    else:
+        refuse_if_locked(ctx, session, token)
+    attempt.subject_token = None
+
+
 def _leads(best: Candidate | None, second: Candidate | None, threshold: float, margin: float) -> bool:
     """Whether the best candidate passes the threshold and leads the second by ``margin`` x the threshold."""
     if best is None or best.score < threshold:
@@ -308,19 +320,22 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
                     )
                 ).all()
             )
+        best, second = (current + [None, None])[:2]
+        identified = best if _leads(best, second, alone, settings.fingerprint_margin) else None
         candidates = [c for c in current if c.score >= threshold and hashes.get(c.subject_token)][:PIN_TRIES]
         with ctx.db.session() as session:
-            locked = _locked(ctx, session, [c.subject_token for c in candidates])
-        # A locked-out customer's PIN is not checked: otherwise the right PIN (423) would stand out from wrong
-        # ones (reject), and the lockout would become a way to try PINs with a lifted finger.
-        tried = [c for c in candidates if c.subject_token not in locked]
+            named = [c.subject_token for c in candidates] + ([identified.subject_token] if identified else [])
+            locked = _locked(ctx, session, named)
+        # A locked-out customer's PIN is never checked: the right PIN's 423 would stand out from wrong PINs'
+        # rejects, and the lockout would become a way to try PINs with a lifted finger. Named by the finger
+        # alone, they get 423 whatever the PIN; ranked among the candidates, neither they nor anyone after them
+        # is chosen (their own PIN must not pay from a runner-up's account).
+        if identified is not None and identified.subject_token in locked:
+            _refuse_if_locked(ctx, attempt, None, identified.subject_token)
+            locked.discard(identified.subject_token)  # the lockout ran out meanwhile
+        tried = list(itertools.takewhile(lambda c: c.subject_token not in locked, candidates))
         pepper = ctx.keyring.pepper
         chosen = next((c for c in tried if pin_matches(pepper, c.subject_token, pin, hashes[c.subject_token])), None)
-        if chosen is None and locked:
-            attempt.subject_token = next(c.subject_token for c in candidates if c.subject_token in locked)
-            with ctx.db.session() as session:
-                refuse_if_locked(ctx, session, attempt.subject_token)  # 423 whatever the PIN, audited as refused
-            attempt.subject_token = None  # the lockout ran out meanwhile: decided as any other attempt
         with ctx.db.session() as session:
             if chosen is not None:
                 attempt.subject_token = chosen.subject_token
@@ -330,11 +345,11 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
                     chosen = None
                 else:
                     refuse_if_locked(ctx, session, chosen.subject_token)  # 423, audited as refused
-            best, second = (current + [None, None])[:2]
-            identified = _leads(best, second, alone, settings.fingerprint_margin)
-            failed_for = best.subject_token if chosen is None and identified else None
+            failed_for = identified.subject_token if chosen is None and identified is not None else None
             if failed_for is not None:
                 lock_subject(session, failed_for)
+                # Locked by a concurrent attempt meanwhile: 423 as for the right PIN, and no failure past the limit.
+                _refuse_if_locked(ctx, attempt, session, failed_for)
                 count_failure(ctx, session, actor, failed_for)
             token = chosen.subject_token if chosen is not None else failed_for
             score = chosen.score if chosen is not None else (None if best is None else best.score)
