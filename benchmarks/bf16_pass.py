@@ -14,10 +14,10 @@ excludes the timed pieces it calls):
 
 - products (bf16 on oneDNN, bias and ReLU fused), by layer: the first layer, the SE-Res2Net blocks' 1x1
   layers, their Res2Net scales, the MFA, the pooling's frame layer and attention;
-- fp32 statistics: the pooling's moments, its attention-weighted moments (softmax included), the
-  squeeze-excitation gates and the head (fp32 products of one column per utterance);
+- fp32 statistics: the pooling's moments, its attention-weighted moments (softmax included), its context
+  and hidden layer, the squeeze-excitation gates and the head (fp32 products of one column per utterance);
 - bf16 element-wise work: reflect padding with the Res2Net input sums; each SE-Res2Net block's means,
-  residual writes and copies; the pooling's context and hidden layer; the pass's buffers, packing and Python.
+  residual writes and copies; the pass's buffers, packing and Python.
 
 Figures are wall milliseconds per 1,000 feature frames (10 s of audio) and shares of the pass, the best of
 ``--rounds`` rounds over all packs. A benchmark, not a test: it asserts no time. Results go to a table on
@@ -90,7 +90,8 @@ class ExclusiveClock:
                 return fn(*args, **kwargs)
             finally:
                 elapsed = self.now() - start
-                self.seconds[stage(*args)] += elapsed - self._inner.pop()
+                inner = self._inner.pop()
+                self.seconds[stage(*args)] += elapsed - inner
                 if self._inner:
                     self._inner[-1] += elapsed
 
