@@ -10,7 +10,9 @@ backup is still restored and verified.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import shutil
 import uuid
 
 import pytest
@@ -129,6 +131,24 @@ def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
     assert wrapped not in body and base64.b64encode(wrapped) not in body  # ...their data keys are not
     assert not any("keyring" in p.name for p in backup.iterdir())
     section = data_dir / "backup-keys" / f"{manifest['backup_id']}.json"
+
+    # A backup altered anywhere is refused, its manifest being signed with the deployment's keyring: a body
+    # changed with its checksum updated, a count changed, an unsigned (format 1) manifest.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(backup, tampered)
+    body_file = tampered / manifest["body"]
+    body_file.write_bytes(body_file.read_bytes() + b"\n")
+    rehashed = {**manifest, "body_sha256": hashlib.sha256(body_file.read_bytes()).hexdigest()}
+    target = empty_databases()
+    for forged, says in (
+        (rehashed, "the backup was altered"),
+        ({**manifest, "subjects": 99}, "the backup was altered"),
+        ({k: v for k, v in manifest.items() if k != "mac"} | {"format": "bioident-backup/1"}, "not signed"),
+    ):
+        (tampered / "manifest.json").write_text(json.dumps(forged))
+        code, out, err = cli("restore", tampered, on=target)
+        assert code == 2 and says in err, (out, err)
+    assert _rows(target, "SELECT count(*) FROM subjects") == [(0,)]  # nothing was restored
 
     withdrawn = api.http.post(
         f"/v1/subjects/{gone}/consents/{consent['id']}:withdraw", headers=api.headers(keys["portal"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -58,7 +59,7 @@ from service.trail.chain import append
 from service.vault import Keyring, KeyringMismatch, KeyStatus
 from service.vault.keyring import write_private_file
 
-BACKUP_FORMAT = "bioident-backup/1"
+BACKUP_FORMAT = "bioident-backup/2"  # 2: the manifest signed (1 was not: refused)
 MANIFEST = "manifest.json"
 SQLITE_BODY = "database.sqlite"
 ROWS_BODY = "tables.jsonl"
@@ -124,6 +125,7 @@ def make_backup(db: Database, keyring: Keyring, settings: ServiceSettings, out: 
         "body": body.name,
         "body_sha256": _sha256(body),
     }
+    manifest["mac"] = _manifest_mac(keyring, manifest)
     write_private_file(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return BackupMade(backup_id, created_at, subjects, len(section.keys))
 
@@ -132,11 +134,15 @@ def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, so
     """Loads a backup into an empty database, its live data keys from its section, then replays the ledger."""
     manifest = _manifest(source)
     body = source / manifest["body"]
-    if manifest["keyring_id"] != keyring.identity():
+    if manifest.get("keyring_id") != keyring.identity():
         raise KeyringMismatch(
-            f"backup {manifest['backup_id']} was made with keyring {manifest['keyring_id'][:12]}, not with this "
-            f"one ({keyring.identity()[:12]}): point BIOIDENT_KEYRING_FILE or BIOIDENT_KEYRING at that deployment's"
+            f"backup {manifest.get('backup_id')} was made with keyring {str(manifest.get('keyring_id'))[:12]}, not "
+            f"with this one ({keyring.identity()[:12]}): point BIOIDENT_KEYRING_FILE or BIOIDENT_KEYRING at that "
+            "deployment's"
         )
+    if not hmac.compare_digest(str(manifest.get("mac", "")), _manifest_mac(keyring, manifest)):
+        raise BackupError(f"{source / MANIFEST} does not carry this deployment's signature: the backup was altered")
+    _check_body(body, manifest)
     head = ScriptDirectory.from_config(alembic_config(db.url)).get_current_head()
     if manifest["schema_revision"] != head:
         raise BackupError(
@@ -260,6 +266,7 @@ def _sha256(path: Path) -> str:
 
 
 def _manifest(source: Path) -> dict:
+    manifest = None
     try:
         manifest = json.loads((source / MANIFEST).read_bytes())
         if manifest.get("format") != BACKUP_FORMAT or manifest.get("body") not in (SQLITE_BODY, ROWS_BODY):
@@ -267,11 +274,25 @@ def _manifest(source: Path) -> dict:
     except FileNotFoundError:
         raise BackupError(f"{source} holds no {MANIFEST}: not a backup made with 'bioident backup'") from None
     except (ValueError, AttributeError):
+        if isinstance(manifest, dict) and manifest.get("format") == "bioident-backup/1":
+            raise BackupError(
+                f"{source} is a backup of format 1, whose manifest is not signed (a change to it could not be "
+                "told): make a new backup with this release"
+            ) from None
         raise BackupError(f"{source / MANIFEST} is not a bioident backup manifest") from None
-    body = source / manifest["body"]
+    return manifest
+
+
+def _manifest_mac(keyring: Keyring, manifest: dict) -> str:
+    """HMAC-SHA256 of the manifest (all but its ``mac``) as canonical JSON, under the keyring's backup key."""
+    signed = {k: v for k, v in manifest.items() if k != "mac"}
+    canonical = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return hmac.new(keyring.backup_key(), canonical, hashlib.sha256).hexdigest()
+
+
+def _check_body(body: Path, manifest: dict) -> None:
     if not body.is_file() or _sha256(body) != manifest.get("body_sha256"):
         raise BackupError(f"{body} is missing or is not the file its manifest describes (SHA-256 differs)")
-    return manifest
 
 
 def _backup_rows(body: Path) -> Iterator[tuple[Table, dict]]:

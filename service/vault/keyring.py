@@ -60,6 +60,7 @@ _FORMAT = "bioident-keyring/1"
 _AUDIT_KEY_LABEL = b"bioident/audit-chain-hmac/1"
 _LEDGER_KEY_LABEL = b"bioident/destruction-ledger-hmac/1"
 _IDENTITY_LABEL = b"bioident/keyring-id/1"
+_BACKUP_KEY_LABEL = b"bioident/backup-manifest-hmac/1"
 
 
 class KeyStatus(StrEnum):
@@ -168,6 +169,10 @@ class Keyring:
     def ledger_key(self) -> bytes:
         """The HMAC key that signs the destruction ledger's lines (its own label: unrelated to the audit key)."""
         return self._derive(_LEDGER_KEY_LABEL)
+
+    def backup_key(self) -> bytes:
+        """The HMAC key that signs backup manifests (its own label), so a backup altered anywhere is refused."""
+        return self._derive(_BACKUP_KEY_LABEL)
 
     def _derive(self, label: bytes) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=label).derive(self._pepper)
