@@ -170,6 +170,11 @@ def test_the_keyring_file_is_private_and_an_open_one_is_refused_with_a_chmod_hin
             monkeypatch, capsys, data_dir, "clients", "create", "--tenant", "u", "--name", "b", "--role", "admin"
         )
         assert code == 2 and "only in the operators' tenant (t)" in err, (code, err)  # admins manage every tenant
+        for tenant in ("", "Bänk ü", "<b>x</b>", "x" * 65):  # the ids POST /v1/tenants refuses
+            code, out, err = _cli(
+                monkeypatch, capsys, data_dir, "clients", "create", "--tenant", tenant, "--name", "c", "--role", "ivr"
+            )
+            assert code == 2 and "a tenant id is 1-64 characters" in err and not out, (tenant, code, err)
         code, out, err = _cli(monkeypatch, capsys, data_dir, "keys", "list")
         assert code == 0, err
         assert [line.split("\t")[:2] for line in out.splitlines()] == [["1", "active"]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -10,6 +12,8 @@ from service.errors import Conflict, NotFound, ServiceError
 from service.store.db import Database
 from service.store.models import Client, Tenant
 from service.trail.chain import append
+
+TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
 def create_tenant(db: Database, *, actor: str, tenant_id: str, name: str) -> Tenant:
@@ -48,6 +52,10 @@ def add_client(
     if session.get(Tenant, tenant_id) is None:
         if new_tenant_name is None:
             raise NotFound("no such tenant")
+        if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
+            raise ServiceError(
+                "a tenant id is 1-64 characters: lower-case letters, digits, '_' and '-', a letter or digit first"
+            )
         session.add(Tenant(id=tenant_id, name=new_tenant_name))
         session.flush()
     client, key = issue_client(session, tenant_id=tenant_id, name=name, role=role)

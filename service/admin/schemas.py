@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from service.admin.clients import TENANT_ID_PATTERN
 from service.auth import Role
 from service.schemas import Text
 
 
 class TenantIn(BaseModel):
-    id: Text = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    id: Text = Field(min_length=1, max_length=64, pattern=TENANT_ID_PATTERN)
     name: Text = Field(min_length=1, max_length=200)
 
 
