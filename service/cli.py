@@ -145,6 +145,18 @@ def _backup_keys_line(sections) -> str:  # noqa: ANN001
     )
 
 
+def _key_version(text: str) -> int:
+    from service.vault.keyring import MAX_KEY_VERSION
+
+    try:
+        version = int(text)
+    except ValueError:
+        version = 0
+    if not 1 <= version <= MAX_KEY_VERSION:
+        raise argparse.ArgumentTypeError(f"a key version is an integer from 1 to {MAX_KEY_VERSION}, not {text!r}")
+    return version
+
+
 def cmd_keys_retire(args: argparse.Namespace) -> int:
     from service.keys import retire_key
 
@@ -359,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("rotate", help="add a key version and re-wrap every data key").set_defaults(run=cmd_keys_rotate)
     keys.add_parser("list", help="key versions and their status").set_defaults(run=cmd_keys_list)
     retire = keys.add_parser("retire", help="destroy an old key version no data key uses")
-    retire.add_argument("version", type=int)
+    retire.add_argument("version", type=_key_version)
     retire.set_defaults(run=cmd_keys_retire)
     shred = keys.add_parser(
         "shred", help="when the shredding period is up: a new key version, data keys re-wrapped, older ones destroyed"

@@ -264,3 +264,20 @@ def test_rotation_rewraps_data_keys_without_touching_templates(keyring):
     recovered = unwrap_data_key(keyring, rewrapped, context=CONTEXT)
     assert recovered == data_key
     assert open_sealed(recovered, sealed, aad=BINDING) == TEMPLATE  # same sealed bytes, never re-encrypted
+
+
+@pytest.mark.parametrize("version", [0, -1, 2**31, 2**63, "1", 1.0])
+def test_a_key_version_outside_the_databases_integers_is_refused(keyring, keyring_path, version):
+    document = json.loads(keyring_path.read_text())
+    document["keks"][0]["version"] = version
+    with pytest.raises(KeyringInvalid, match="'version' must be an integer from 1 to 2147483647"):
+        Keyring.from_env({"BIOIDENT_KEYRING": json.dumps(document)})
+
+
+def test_keys_retire_refuses_a_version_no_database_can_hold(monkeypatch, capsys):
+    from service.cli import main
+
+    for version in ("99999999999999999999999", "0", "x"):
+        with pytest.raises(SystemExit) as exited:
+            main(["keys", "retire", version])
+        assert exited.value.code == 2 and "a key version is an integer from 1 to" in capsys.readouterr().err

@@ -61,6 +61,7 @@ _AUDIT_KEY_LABEL = b"bioident/audit-chain-hmac/1"
 _LEDGER_KEY_LABEL = b"bioident/destruction-ledger-hmac/1"
 _IDENTITY_LABEL = b"bioident/keyring-id/1"
 _BACKUP_KEY_LABEL = b"bioident/backup-manifest-hmac/1"
+MAX_KEY_VERSION = 2**31 - 1  # versions are stored as the databases' INTEGER columns
 
 
 class KeyStatus(StrEnum):
@@ -343,8 +344,8 @@ def _parse_kek(entry: object, where: str) -> _Kek:
     if not isinstance(entry, dict):
         raise KeyringInvalid(f"{where} must be an object")
     version = entry.get("version")
-    if type(version) is not int or version < 1:
-        raise KeyringInvalid(f"{where}: 'version' must be a positive integer")
+    if type(version) is not int or not 1 <= version <= MAX_KEY_VERSION:
+        raise KeyringInvalid(f"{where}: 'version' must be an integer from 1 to {MAX_KEY_VERSION}")
     try:
         status = KeyStatus(entry.get("status"))
     except ValueError:
