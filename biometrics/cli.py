@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=Path, help="enrolment sample")
     compare.add_argument("b", type=Path, help="test sample")
     compare.add_argument("--cohort", type=Path, help="cohort file for AS-Norm (default: BIOIDENT_COHORT_FILE)")
-    compare.add_argument("--threshold", type=float, help="decision threshold (default: from settings)")
+    compare.add_argument("--threshold", type=_finite, help="decision threshold (default: from settings)")
     compare.add_argument("--calibration", type=Path, help="calibration file (default: BIOIDENT_CALIBRATION_FILE)")
     compare.add_argument("--json", action="store_true")
     _add_audio_options(compare, "the test file (B) is raw audio in this codec")
@@ -73,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file", type=Path)
     show.set_defaults(run=cmd_cohort_info)
     return parser
+
+
+def _finite(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"not a finite number: {value!r}")
+    return number
 
 
 def _speech_seconds(value: str) -> float:

@@ -45,8 +45,8 @@ class CoreSettings(BaseSettings):
     target_fmr: float = Field(1e-3, gt=0, lt=1)
     # Explicit overrides, for every pair of channels: a raw-cosine threshold (scores by cosine, no
     # normalisation), or an AS-Norm threshold (in impostor standard deviations). Unset: by target_fmr.
-    cosine_threshold: float | None = None
-    asnorm_threshold: float | None = None
+    cosine_threshold: float | None = Field(None, ge=-1.0, le=1.0, allow_inf_nan=False)
+    asnorm_threshold: float | None = Field(None, allow_inf_nan=False)
 
     # Embedding batches: the most feature frames embedded at once, shared by the concurrent forward
     # passes (a single longer utterance still goes alone). Packing keeps the GEMMs wide: on 3-8 s

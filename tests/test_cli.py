@@ -171,3 +171,25 @@ def test_the_service_cli_names_a_bad_setting_without_a_traceback_or_its_value(co
     err = capsys.readouterr().err
     assert err.startswith("bioident: error: BIOIDENT_PRECISION:") and "Traceback" not in err
     assert "fp8-secret" not in err
+
+
+@pytest.mark.parametrize("threshold", ["nan", "inf", "-inf", "half"])
+def test_compare_refuses_a_threshold_that_is_not_a_finite_number(capsys, shared_data, threshold):
+    enrol = TEST_OTHER / "1688" / "1688-142285-0000.flac"
+    with pytest.raises(SystemExit) as exited:
+        main(["compare", str(enrol), str(enrol), f"--threshold={threshold}"])
+    assert exited.value.code == 2 and "not a finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("BIOIDENT_COSINE_THRESHOLD", "nan"), ("BIOIDENT_COSINE_THRESHOLD", "5"), ("BIOIDENT_ASNORM_THRESHOLD", "inf")],
+)
+def test_a_threshold_setting_that_no_score_can_meet_is_refused(monkeypatch, variable, value):
+    from pydantic import ValidationError
+
+    from biometrics.settings import CoreSettings
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        CoreSettings(_env_file=None)
