@@ -93,6 +93,12 @@ def test_audits_cannot_reach_outside_the_datasets_directory(api, audit_datasets)
     for name in ("../audit-datasets", "/etc", "callers/../..", "missing"):
         response = api.http.post("/v1/audits", json={"dataset": name}, headers=auditor)
         assert response.status_code in (404, 422), (name, response.status_code)
+    (audit_datasets / "one").mkdir()
+    (audit_datasets / "one" / SPEAKERS[0]).symlink_to(audit_datasets / "callers" / SPEAKERS[0])
+    failed = api.http.post("/v1/audits", json={"dataset": "one"}, headers=auditor).json()
+    status = api.http.get(f"/v1/audits/{failed['id']}", headers=auditor).json()
+    assert status["status"] == "failed" and status["error"].startswith("one "), status  # one speaker: no impostors
+    assert str(audit_datasets) not in status["error"]  # where the server keeps its datasets is not the auditor's
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)

@@ -32,7 +32,8 @@ STOPPED = "the replica running this audit stopped before it finished; start it a
 
 
 def dataset_path(ctx: ServiceContext, name: str) -> Path:
-    """A dataset folder below the configured audit directory; nothing outside it can be named."""
+    """A dataset folder below the configured audit directory; nothing outside it can be named. What a dataset
+    folder holds, links to recordings kept elsewhere included, is the operator's who fills the directory."""
     root = ctx.settings.audit_datasets_dir
     if root is None:
         raise Conflict("audits through the API are not enabled: set BIOIDENT_AUDIT_DATASETS_DIR")
@@ -118,11 +119,12 @@ def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
 
 
 def _run_audit(ctx: ServiceContext, params: dict) -> tuple[AccuracyReport | None, str | None]:
-    report, error = None, None
+    report, error, path = None, None, None
     try:
+        path = dataset_path(ctx, params["dataset"])
         report = run_audit(
             ctx.embedder,
-            dataset_path(ctx, params["dataset"]),
+            path,
             ctx.settings,
             params["channel"],
             calibration=ctx.scoring.calibration,  # the cohorts and target FMR come from the settings, as the service's
@@ -131,6 +133,8 @@ def _run_audit(ctx: ServiceContext, params: dict) -> tuple[AccuracyReport | None
         )
     except (BiometricsError, ServiceError) as exc:
         error = exc.message if isinstance(exc, BiometricsError) else exc.detail
+        if path is not None:  # the auditor named the dataset; where the server keeps it is not theirs to see
+            error = error.replace(str(path), params["dataset"])
     except Exception as exc:  # a background job must always end in a recorded state
         error = f"internal error ({type(exc).__name__})"
     return report, error
