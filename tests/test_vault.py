@@ -281,3 +281,8 @@ def test_keys_retire_refuses_a_version_no_database_can_hold(monkeypatch, capsys)
         with pytest.raises(SystemExit) as exited:
             main(["keys", "retire", version])
         assert exited.value.code == 2 and "a key version is an integer from 1 to" in capsys.readouterr().err
+
+
+def test_a_directory_named_as_the_keyring_is_refused_by_name(tmp_path):
+    with pytest.raises(KeyringInvalid, match=f"keyring file {tmp_path} is not a regular file"):
+        Keyring.load(tmp_path)

@@ -388,8 +388,8 @@ def _parse_time(value: object, where: str) -> datetime:
 
 def _read_private(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    with open(fd, "rb") as file:  # owns fd from here; mode is checked on the opened file, not the name
-        mode = os.fstat(file.fileno()).st_mode
+    try:  # the mode is checked on the opened file, not the name (a directory opens too, and is refused here)
+        mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise KeyringInvalid(f"keyring file {path} is not a regular file")
         if mode & 0o077:
@@ -397,7 +397,10 @@ def _read_private(path: Path) -> bytes:
                 f"keyring file {path} is accessible to group or others (mode {stat.S_IMODE(mode):04o}); "
                 f"run: chmod 600 {path}"
             )
-        return file.read()
+        with open(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)
 
 
 def write_private_file(path: Path, data: bytes) -> None:
