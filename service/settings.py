@@ -30,7 +30,7 @@ class ServiceSettings(CoreSettings):
     # packaged cohorts' impostor scores (stricter than verification's: each call meets every entry), or
     # at watchlist_threshold (in the scoring method's units) for every pair.
     watchlist_target_fmr: float = Field(1e-4, gt=0, lt=1)
-    watchlist_threshold: float | None = None
+    watchlist_threshold: float | None = Field(None, allow_inf_nan=False)
     # Fingerprint at the till (README "Paying by finger at the till"). Card + finger (1:1) and the
     # enrolment's own checks decide at the matcher's threshold for this false-match rate; finger only
     # and finger + PIN (1:N) at the threshold for this false-positive identification rate over the
