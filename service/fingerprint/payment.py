@@ -233,14 +233,10 @@ def _locked(ctx: ServiceContext, session: Session, tokens: Sequence[str]) -> set
     return set(session.execute(locked.where(VerificationFailure.subject_token.in_(tokens))).scalars())
 
 
-def _refuse_if_locked(ctx: ServiceContext, attempt: Attempt, session: Session | None, token: str) -> None:
-    """423 (audited as refused, against ``token``) while ``token`` is locked out; in ``session``, or a new one."""
+def _refuse_if_locked(ctx: ServiceContext, attempt: Attempt, session: Session, token: str) -> None:
+    """423 (audited as refused, against ``token``) while ``token`` is locked out."""
     attempt.subject_token = token
-    if session is None:
-        with ctx.db.session() as own:
-            refuse_if_locked(ctx, own, token)
-    else:
-        refuse_if_locked(ctx, session, token)
+    refuse_if_locked(ctx, session, token)
     attempt.subject_token = None
 
 
@@ -323,16 +319,16 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
         best, second = (current + [None, None])[:2]
         identified = best if _leads(best, second, alone, settings.fingerprint_margin) else None
         candidates = [c for c in current if c.score >= threshold and hashes.get(c.subject_token)][:PIN_TRIES]
-        with ctx.db.session() as session:
-            named = [c.subject_token for c in candidates] + ([identified.subject_token] if identified else [])
-            locked = _locked(ctx, session, named)
         # A locked-out customer's PIN is never checked: the right PIN's 423 would stand out from wrong PINs'
         # rejects, and the lockout would become a way to try PINs with a lifted finger. Named by the finger
         # alone, they get 423 whatever the PIN; ranked among the candidates, neither they nor anyone after them
         # is chosen (their own PIN must not pay from a runner-up's account).
-        if identified is not None and identified.subject_token in locked:
-            _refuse_if_locked(ctx, attempt, None, identified.subject_token)
-            locked.discard(identified.subject_token)  # the lockout ran out meanwhile
+        with ctx.db.session() as session:
+            named = [c.subject_token for c in candidates] + ([identified.subject_token] if identified else [])
+            locked = _locked(ctx, session, named)
+            if identified is not None and identified.subject_token in locked:
+                _refuse_if_locked(ctx, attempt, session, identified.subject_token)
+                locked.discard(identified.subject_token)  # the lockout ran out meanwhile
         tried = list(itertools.takewhile(lambda c: c.subject_token not in locked, candidates))
         pepper = ctx.keyring.pepper
         chosen = next((c for c in tried if pin_matches(pepper, c.subject_token, pin, hashes[c.subject_token])), None)
