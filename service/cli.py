@@ -158,12 +158,15 @@ def _key_version(text: str) -> int:
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
-    from service.keys import retire_key
+    from service.keys import Retirement, retire_key
 
     settings = _settings()
     db, keyring = _open_store(settings)
-    if retire_key(db, keyring, args.version, _backup_keys(settings, keyring)):
-        print(f"key-encryption key version {args.version} retired")
+    outcome = retire_key(db, keyring, args.version, _backup_keys(settings, keyring))
+    if outcome is Retirement.RETIRED:
+        print(f"key-encryption key version {args.version} retired: its material is gone")
+    elif outcome is Retirement.ALREADY_RETIRED:
+        print(f"key-encryption key version {args.version} was retired already: nothing changed")
     else:
         print(f"no data key is wrapped by version {args.version}: destroy it in the secret store and redeploy")
     return 0

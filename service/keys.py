@@ -13,6 +13,7 @@ operator's and the shredding schedule's, ``service.erasure.shred``) never undo e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -70,10 +71,16 @@ def secret_store_has_newer(keyring: Keyring, fence: KeyringState) -> bool:
     return fence.min_wrap_version < version and any(info.version < version for info in keyring.versions())
 
 
+class Retirement(Enum):
+    RETIRED = "retired"  # its material is gone from the keyring file now
+    ALREADY_RETIRED = "already retired"  # nothing changed
+    CLEARED = "cleared"  # its material lives in the secret store, where it may now be destroyed
+
+
 def retire_key(
     db: Database, keyring: Keyring, version: int, backups: BackupKeys | None = None, *, actor: str = "operator"
-) -> bool:
-    """Retires ``version``; False when its material lives in the secret store, where it may now be destroyed."""
+) -> Retirement:
+    """Retires ``version`` once no data key and no backup's key section is wrapped under it."""
     with db.session() as session:
         fence = lock_fence(session, exclusive=True)  # no data key is being wrapped while we count and retire
         in_use = session.execute(
@@ -98,7 +105,8 @@ def retire_key(
                     + f"; only versions below {fence.min_wrap_version} (after 'bioident keys rotate') can go"
                 )
             append(session, actor=actor, action="keys.retire", outcome="cleared", details={"version": version})
-            return False
-        if keyring.retire(version):
-            append(session, actor=actor, action="keys.retire", outcome="retired", details={"version": version})
-    return True
+            return Retirement.CLEARED
+        if not keyring.retire(version):
+            return Retirement.ALREADY_RETIRED
+        append(session, actor=actor, action="keys.retire", outcome="retired", details={"version": version})
+    return Retirement.RETIRED

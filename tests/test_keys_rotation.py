@@ -75,6 +75,9 @@ def test_rotation_rewraps_data_keys_without_reencrypting_templates_and_old_versi
     assert "version 1 retired" in out
     document = _keyring_document(data_dir)
     assert document[1]["status"] == "retired" and "key" not in document[1]  # the material is gone
+    code, out, err = cli("keys", "retire", "1")  # again: it says nothing changed, and audits nothing
+    assert code == 0 and "version 1 was retired already" in out and "retired:" not in out, (out, err)
+    assert _keyring_document(data_dir) == document
     after_retirement = _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE)
     assert after_retirement.status_code == 200 and after_retirement.json()["decision"] == "accept"
     assert _verify(api, keys["ivr"], IMPOSTOR).json()["decision"] == "reject"

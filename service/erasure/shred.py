@@ -30,7 +30,7 @@ from service.erasure.destruction import replay_ledger
 from service.erasure.ledger import DestructionLedger
 from service.erasure.sections import BackupKeys
 from service.errors import Conflict
-from service.keys import Rotation, retire_key, rotate_under_fence, secret_store_has_newer
+from service.keys import Retirement, Rotation, retire_key, rotate_under_fence, secret_store_has_newer
 from service.protected import lock_fence
 from service.settings import ServiceSettings
 from service.store.db import Database
@@ -110,7 +110,7 @@ def shred(db: Database, settings: ServiceSettings, *, now: bool = False, actor: 
         backups = BackupKeys.of(settings, DestructionLedger.of(settings, keyring))
         for version in older:
             try:
-                if retire_key(db, keyring, version, backups, actor=actor):
+                if retire_key(db, keyring, version, backups, actor=actor) is Retirement.RETIRED:
                     retired.append(version)
             except Conflict as exc:  # a data key still under it (a replica with an old keyring): next time
                 log.warning("key version %s not retired yet: %s", version, exc.detail)
