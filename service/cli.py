@@ -278,10 +278,21 @@ def cmd_templates_report(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from service.deployment_keyring import load_keyring
+    from service.deployment_keyring import keyring_origin
+    from service.keys import deployment_wrap_version
 
-    for info in load_keyring(_settings()).versions():
+    settings = _settings()
+    db, keyring = _open_store(settings)
+    for info in keyring.versions():
         print(f"{info.version}\t{info.status}\tcreated {info.created_at.isoformat(timespec='seconds')}")
+    if keyring.active_version < (deployment := deployment_wrap_version(db)):
+        print(
+            f"bioident: warning: {keyring_origin(settings)} is an outdated copy of the deployment's keyring: its "
+            f"active version is {keyring.active_version}, the deployment's is {deployment} (after 'bioident keys "
+            "rotate'); use the current keyring",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

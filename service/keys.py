@@ -22,7 +22,7 @@ from service.erasure.sections import BackupKeys, SectionsRewrapped
 from service.errors import Conflict
 from service.protected import lock_fence, rewrap_all
 from service.store.db import Database
-from service.store.models import DataKey, KeyringState
+from service.store.models import KEYRING_STATE_ID, DataKey, KeyringState
 from service.trail.chain import append
 from service.vault import Keyring
 
@@ -62,6 +62,12 @@ def rotate_under_fence(session: Session, fence: KeyringState, keyring: Keyring, 
         version = keyring.add_version()
     count = rewrap_all(session, keyring)
     return Rotation(version, count, None if backups is None else backups.rewrap(keyring))
+
+
+def deployment_wrap_version(db: Database) -> int:
+    """The key version the deployment's replicas wrap under at least (raised by every rotation)."""
+    with db.session() as session:
+        return session.get(KeyringState, KEYRING_STATE_ID).min_wrap_version
 
 
 def secret_store_has_newer(keyring: Keyring, fence: KeyringState) -> bool:

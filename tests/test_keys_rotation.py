@@ -6,6 +6,7 @@ for a data key being wrapped on another replica."""
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from pathlib import Path
 
@@ -117,8 +118,17 @@ def test_a_replica_with_an_outdated_keyring_is_fenced_off_and_a_version_in_use_c
     from service.vault import Keyring
 
     stale = Keyring.load(data_dir / "keyring.json")
+    stale_copy = data_dir / "stale-keyring.json"
+    shutil.copy2(data_dir / "keyring.json", stale_copy)
     code, out, err = cli("keys", "rotate")
     assert code == 0 and "0 data keys re-wrapped" in out, err
+    monkeypatch.setenv("BIOIDENT_KEYRING_FILE", str(stale_copy))  # an operator looking at an old copy is told so
+    code, out, err = cli("keys", "list")
+    assert code == 1 and [line.split("\t")[:2] for line in out.splitlines()] == [["1", "active"]], (out, err)
+    assert f"{stale_copy} is an outdated copy" in err and "the deployment's is 2" in err, err
+    monkeypatch.delenv("BIOIDENT_KEYRING_FILE")
+    code, out, err = cli("keys", "list")
+    assert code == 0 and not err, err
 
     # A replica that has not seen the rotation yet may not wrap a data key under version 1, which
     # the operator may retire next: its request fails and leaves nothing behind.

@@ -30,7 +30,14 @@ from service.erasure.destruction import replay_ledger
 from service.erasure.ledger import DestructionLedger
 from service.erasure.sections import BackupKeys
 from service.errors import Conflict
-from service.keys import Retirement, Rotation, retire_key, rotate_under_fence, secret_store_has_newer
+from service.keys import (
+    Retirement,
+    Rotation,
+    deployment_wrap_version,
+    retire_key,
+    rotate_under_fence,
+    secret_store_has_newer,
+)
 from service.protected import lock_fence
 from service.settings import ServiceSettings
 from service.store.db import Database
@@ -101,8 +108,7 @@ def shred(db: Database, settings: ServiceSettings, *, now: bool = False, actor: 
     older = older_versions_with_material(keyring)
     retired: list[int] = []
     if keyring.read_only:
-        with db.session() as session:
-            in_use_from = session.get(KeyringState, KEYRING_STATE_ID).min_wrap_version
+        in_use_from = deployment_wrap_version(db)
         older = [version for version in older if version < in_use_from]
         if older and action is None:
             action = secret_store_action(older)
