@@ -399,10 +399,16 @@ def test_audit_cli_writes_reports_and_calibration(tone_dataset, tmp_path, monkey
     report = audit_run(out)
     assert report["command"].startswith("bioident audit run --dataset") and "--cohort" not in report["command"]
     assert '<img alt="DET curve" src="data:image/png;base64,' in (out / "report.html").read_text()
-    args = _parser().parse_args(["audit", "calibrate", "--report", str(out), "--target-fmr", "0.01"])
+    calibrate = ["audit", "calibrate", "--report", str(out), "--target-fmr", "0.01"]
+    args = _parser().parse_args(calibrate)  # 80 impostor trials cannot show 1 %: refused, nothing written
+    with pytest.raises(CalibrationError, match="80 impostor trials cannot show FMR 0.01 .that needs at least 100."):
+        args.run(args)
+    assert not (out / "calibration.json").exists()
+    args = _parser().parse_args([*calibrate, "--allow-unresolved"])
     assert args.run(args) == 0
     calibration = Calibration.load(out / "calibration.json")
     assert calibration.target_fmr == 0.01 and calibration.source["dataset_sha256"] == report["dataset_sha256"]
+    assert calibration.source["resolvable"] is False
     assert report["scoring"]["calibration"] is None
 
     # With the calibration deployed, the "configured threshold" row is the deployment's threshold.

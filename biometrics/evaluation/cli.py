@@ -7,6 +7,7 @@ that takes the parsed arguments and returns an exit code, and raises ``Biometric
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -75,6 +76,11 @@ def add_audit_commands(audit: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--prior", type=float, default=0.5, help="target prior of the logistic fit")
     calibrate.add_argument(
         "--out", type=Path, help=f"calibration file (default: next to the report, {CALIBRATION_FILE})"
+    )
+    calibrate.add_argument(
+        "--allow-unresolved",
+        action="store_true",
+        help="write the calibration even when the audit has too few impostor trials to show the target FMR",
     )
     calibrate.set_defaults(run=cmd_audit_calibrate)
 
@@ -239,9 +245,18 @@ def cmd_audit_calibrate(args: argparse.Namespace) -> int:
     except (ValueError, ReportError) as exc:
         raise CalibrationError(f"{report_path} is not an audit report: {exc}") from None
     calibration = calibrate(report, args.target_fmr, prior=args.prior, report_path=report_path)
+    source = calibration.source
+    if not source["resolvable"] and not args.allow_unresolved:
+        # Its threshold would only say that none of these impostors passed: the service would claim a false-match
+        # rate nothing measured.
+        raise CalibrationError(
+            f"{source['impostor_trials']} impostor trials cannot show FMR {calibration.target_fmr:g} (that needs at "
+            f"least {math.ceil(1 / calibration.target_fmr)}): audit more impostor pairs ('audit run "
+            "--max-impostors'), choose a larger --target-fmr, or pass --allow-unresolved to write a threshold that "
+            "only shows that no impostor of this audit passed"
+        )
     out = args.out or report_path.parent / CALIBRATION_FILE
     calibration.save(out)
-    source = calibration.source
     print(
         f"threshold {calibration.threshold:.4f} ({calibration.method}) for FMR <= {calibration.target_fmr:g}: "
         f"measured FMR {100 * source['fmr_at_threshold']:.3f}%, FNMR {100 * source['fnmr_at_threshold']:.2f}% "
