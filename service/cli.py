@@ -232,6 +232,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"restored backup {restored.backup_id} (made {restored.created_at}): {restored.subjects} subjects, "
         f"{restored.data_keys} data keys; {len(restored.replay.completed)} withdrawals re-destroyed "
         f"from the destruction ledger ({restored.replay.ledger_lines} lines)"
+        + ("" if restored.migrated_from is None else f"; migrated from schema revision {restored.migrated_from}")
     )
     return 0
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -226,3 +227,65 @@ def test_a_backups_manifest_counts_customers_and_watchlist_entries_apart(databas
     assert code == 0, err
     manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
     assert (manifest["subjects"], manifest["watchlist_entries"]) == (2, 1)
+
+
+def test_a_backup_made_at_an_older_schema_revision_is_migrated_as_it_is_restored(
+    database_url, empty_databases, tmp_path, monkeypatch, capsys
+):
+    import tempfile
+
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    from service.erasure.backup import _manifest_mac
+    from service.store.db import alembic_config
+    from service.store.models import Subject, Tenant
+    from service.vault import Keyring
+
+    data_dir = tmp_path / "data"
+    ctx = _deployment(database_url, data_dir)
+    with ctx.db.session() as session:
+        session.add(Tenant(id="bank", name="bank"))
+        session.flush()
+        for token in ("sub_a", "sub_b"):
+            session.add(Subject(token=token, tenant_id="bank"))
+    ctx.db.engine.dispose()
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "backup", tmp_path / "backup", url=database_url)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    assert manifest["schema_revision"] == head == "0011"
+
+    # The same backup as the release before the watchlist (0010) would have made it.
+    body = tmp_path / "backup" / manifest["body"]
+    if body.name == "database.sqlite":
+        command.downgrade(alembic_config(f"sqlite:///{body}"), "0010")
+    else:
+        lines = [line for line in body.read_text().splitlines() if json.loads(line)["table"] != "watchlist_entries"]
+        body.write_text("".join(f"{line}\n" for line in lines))
+    keyring = Keyring.load(data_dir / "keyring.json")
+
+    def sign(fields: dict) -> None:
+        fields["mac"] = _manifest_mac(keyring, fields)
+        (tmp_path / "backup" / "manifest.json").write_text(json.dumps(fields))
+
+    older = {**manifest, "schema_revision": "0010", "body_sha256": hashlib.sha256(body.read_bytes()).hexdigest()}
+    sign({**older, "schema_revision": "0012"})  # a newer release's backup: this one cannot know its tables
+    refused = empty_databases()
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=refused)
+    assert code == 2 and "revision 0012, which this release (at 0011) does not know" in err, (out, err)
+    assert _rows(refused, "SELECT count(*) FROM subjects") == [(0,)]
+
+    sign(older)
+    scratch = set(Path(tempfile.gettempdir()).glob("bioident-restore-*"))
+    target = empty_databases()
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=target)
+    assert code == 0 and "2 subjects, 0 data keys" in out and "migrated from schema revision 0010" in out, (out, err)
+    assert set(Path(tempfile.gettempdir()).glob("bioident-restore-*")) == scratch  # the scratch copy is gone
+    assert _rows(target, "SELECT token FROM subjects ORDER BY token") == [("sub_a",), ("sub_b",)]
+    assert _rows(target, "SELECT version_num FROM alembic_version") == [(head,)]
+    assert _rows(target, "SELECT count(*) FROM watchlist_entries") == [(0,)]  # the table the migration made
+    [(details,)] = _rows(target, "SELECT details FROM audit_entries WHERE action = 'backup.restore'")
+    assert (json.loads(details) if isinstance(details, str) else details)["migrated_from"] == "0010"
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "audit", "verify-chain", url=target)
+    assert code == 0 and "intact" in out, (out, err)

@@ -13,7 +13,9 @@ templates in it open only with a section key, and only while that key's version 
 never copied into a backup.
 
 ``restore`` loads a backup into an empty database, puts the live subjects' data keys back from the
-section, and replays the destruction ledger before anything can serve on it.
+section, and replays the destruction ledger before anything can serve on it. A backup made at an older
+schema revision is first brought to this release's in a private scratch SQLite file, by the same
+migrations a live database takes (``_at_head``).
 """
 
 from __future__ import annotations
@@ -24,18 +26,21 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from alembic import command
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Table, create_engine, delete, func, insert, select, text
+from sqlalchemy import Connection, MetaData, Table, create_engine, delete, func, insert, select, text
 from sqlalchemy.orm import Session
-from sqlalchemy.types import Integer, LargeBinary
+from sqlalchemy.types import DateTime, Integer, LargeBinary
 
 from service.erasure.destruction import Replay, replay_in
 from service.erasure.errors import BackupError
@@ -82,6 +87,7 @@ class Restored:
     subjects: int
     data_keys: int
     replay: Replay
+    migrated_from: str | None = None  # the backup's schema revision, when older than this release's
 
 
 def make_backup(db: Database, keyring: Keyring, settings: ServiceSettings, out: Path) -> BackupMade:
@@ -143,11 +149,12 @@ def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, so
     if not hmac.compare_digest(str(manifest.get("mac", "")), _manifest_mac(keyring, manifest)):
         raise BackupError(f"{source / MANIFEST} does not carry this deployment's signature: the backup was altered")
     _check_body(body, manifest)
-    head = ScriptDirectory.from_config(alembic_config(db.url)).get_current_head()
-    if manifest["schema_revision"] != head:
+    scripts = ScriptDirectory.from_config(alembic_config(db.url))
+    head, revision = scripts.get_current_head(), manifest["schema_revision"]
+    if revision not in {script.revision for script in scripts.iterate_revisions(head, "base")}:
         raise BackupError(
-            f"backup {manifest['backup_id']} is at schema revision {manifest['schema_revision']}, this release at "
-            f"{head}: restore it with the release that made it, then upgrade"
+            f"backup {manifest['backup_id']} is at schema revision {revision}, which this release (at {head}) does "
+            "not know: a newer release made it; restore it with that release"
         )
     ledger = DestructionLedger.of(settings, keyring)
     section = BackupKeys.of(settings, ledger).read(manifest["backup_id"])
@@ -157,12 +164,12 @@ def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, so
             f"{len(stale)} data keys in the key section of backup {section.backup_id} are under key versions this "
             "keyring no longer holds: the section missed a rotation, and those subjects cannot be restored"
         )
-    with db.session() as session:
+    with _at_head(body, revision, head) as rows, db.session() as session:
         _require_empty(session)
         for table in _SINGLE_ROWS:
             session.execute(delete(table))
-        for table, rows in _batches(_backup_rows(body)):
-            session.execute(insert(table), rows)
+        for table, batch in _batches(_backup_rows(rows)):
+            session.execute(insert(table), batch)
         keys = [{**key.to_row(), "created_at": utcnow()} for key in section.keys]  # restored now
         for start in range(0, len(keys), _BATCH):
             session.execute(insert(DataKey.__table__), keys[start : start + _BATCH])
@@ -183,9 +190,11 @@ def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, so
                 "backup_created_at": manifest["created_at"],
                 "data_keys": len(section.keys),
                 "destroyed_again": len(replay.completed),
+                "migrated_from": None if revision == head else revision,
             },
         )
-    return Restored(manifest["backup_id"], manifest["created_at"], subjects, len(section.keys), replay)
+    migrated_from = None if revision == head else revision
+    return Restored(manifest["backup_id"], manifest["created_at"], subjects, len(section.keys), replay, migrated_from)
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -240,12 +249,13 @@ def _to_json(kind: object, value: object) -> object:
 
 
 def _from_json(kind: object, value: object) -> object:
+    """A value of ``tables.jsonl`` for a column of this release's tables, or of one reflected from SQLite."""
     if value is None:
         return None
     if isinstance(kind, LargeBinary):
         return base64.b64decode(value, validate=True)
-    if isinstance(kind, Timestamp):
-        return dt.datetime.fromisoformat(value)
+    if isinstance(kind, (Timestamp, DateTime)):
+        return dt.datetime.fromisoformat(value).astimezone(dt.UTC)  # as ``Timestamp`` stores it
     return value
 
 
@@ -313,6 +323,52 @@ def _backup_rows(body: Path) -> Iterator[tuple[Table, dict]]:
                 yield table, {c.name: _from_json(c.type, record["row"][c.name]) for c in table.columns}
             except (ValueError, KeyError, TypeError):
                 raise BackupError(f"{body} line {number} is not a row of this release's tables") from None
+
+
+@contextmanager
+def _at_head(body: Path, revision: str, head: str) -> Iterator[Path]:
+    """``body`` itself at this release's revision, else a scratch SQLite copy of it migrated to ``head``.
+
+    The copy lies in a private temporary folder, removed afterwards; like the backup, it holds sealed templates
+    and no data keys. Rows of a PostgreSQL backup are loaded at their own revision first: the migrations run on
+    SQLite and PostgreSQL alike.
+    """
+    if revision == head:
+        yield body
+        return
+    with tempfile.TemporaryDirectory(prefix="bioident-restore-") as folder:
+        copy = Path(folder) / SQLITE_BODY
+        config = alembic_config(f"sqlite:///{copy}")
+        if body.name == SQLITE_BODY:
+            shutil.copyfile(body, copy)
+        else:
+            command.upgrade(config, revision)
+            _load_rows(copy, body)
+        command.upgrade(config, "head")
+        yield copy
+
+
+def _load_rows(database: Path, body: Path) -> None:
+    """The rows of ``tables.jsonl`` into an SQLite database at the body's own schema revision."""
+    engine = create_engine(f"sqlite:///{database}")
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        with engine.begin() as connection:
+            for table in reversed(tables.sorted_tables):  # the rows the migrations made come from the backup
+                if table.name != "alembic_version":
+                    connection.execute(delete(table))
+            with body.open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, start=1):
+                    try:
+                        record = json.loads(line)
+                        table = tables.tables[record["table"]]
+                        row = {c.name: _from_json(c.type, record["row"][c.name]) for c in table.columns}
+                    except (ValueError, KeyError, TypeError):
+                        raise BackupError(f"{body} line {number} is not a row of its schema revision") from None
+                    connection.execute(insert(table), row)
+    finally:
+        engine.dispose()
 
 
 def _rows_of(connection: Connection) -> Iterator[tuple[Table, dict]]:
