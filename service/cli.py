@@ -16,6 +16,7 @@ from biometrics.errors import BiometricsError
 from biometrics.evaluation.cli import add_audit_commands
 from service.auth import Role
 from service.errors import ServiceError
+from service.trail.anchors import AnchorFileError
 from service.vault.errors import VaultError
 
 
@@ -227,7 +228,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from service.erasure.backup import restore_backup
 
     settings = _settings()
-    restored = restore_backup(*_open_store(settings), settings, args.source)
+    marks = [anchor.ledger for anchor in _anchors(args.anchors) if anchor.ledger is not None]
+    restored = restore_backup(*_open_store(settings), settings, args.source, marks)
     print(
         f"restored backup {restored.backup_id} (made {restored.created_at}): {restored.subjects} subjects, "
         f"{restored.data_keys} data keys; {len(restored.replay.completed)} withdrawals re-destroyed "
@@ -297,40 +299,51 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchors(path: Path | None) -> list:
+    """The anchors in ``path`` (none without one); an unreadable file is an input error."""
+    from service.trail.anchors import parse_anchors
+
+    if path is None:
+        return []
+    try:
+        return parse_anchors(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError:
+        raise AnchorFileError(f"{path} is not a text file of anchors") from None
+
+
 def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
-    from service.trail.anchors import AnchorFileError, check_anchors, parse_anchors
+    from service.erasure.ledger import DestructionLedger
+    from service.trail.anchors import check_anchors
     from service.trail.chain import verify_chain
 
-    anchors = []
-    if args.anchors is not None:
-        try:
-            anchors = parse_anchors(args.anchors.read_text(encoding="utf-8"), str(args.anchors))
-        except UnicodeDecodeError:
-            print(f"bioident: error: {args.anchors} is not a text file of anchors", file=sys.stderr)
-            return core_cli.EXIT_INPUT_ERROR
-        except AnchorFileError as exc:
-            print(f"bioident: error: {exc}", file=sys.stderr)
-            return core_cli.EXIT_INPUT_ERROR
+    anchors = _anchors(args.anchors)
     settings = _settings()
-    db, _ = _open_store(settings)
+    db, keyring = _open_store(settings)
     with db.session() as session:
         report = check_anchors(session, verify_chain(session, settings.audit_unsigned_up_to), anchors)
-    if report.ok:
-        if anchors:
-            print(f"{len(anchors)} anchors agree with the trail")
-        signed = "all signed" if not report.unsigned else f"{report.unsigned} unsigned, from before signing began"
-        print(f"audit chain intact: {report.entries} entries ({signed})")
-        return 0
-    print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
-    return 1
+    if not report.ok:
+        print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
+        return 1
+    marks = [anchor.ledger for anchor in anchors if anchor.ledger is not None]
+    if problem := DestructionLedger.of(settings, keyring).contradiction(marks):
+        print(f"destruction ledger BROKEN: {problem}", file=sys.stderr)
+        return 1
+    if anchors:
+        print(f"{len(anchors)} anchors agree with the trail" + (" and the destruction ledger" if marks else ""))
+    signed = "all signed" if not report.unsigned else f"{report.unsigned} unsigned, from before signing began"
+    print(f"audit chain intact: {report.entries} entries ({signed})")
+    return 0
 
 
 def cmd_audit_anchor(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from service.erasure.ledger import DestructionLedger
     from service.trail.anchors import current_anchor
     from service.trail.chain import verify_chain
 
     settings = _settings()
-    db, _ = _open_store(settings)
+    db, keyring = _open_store(settings)
     with db.session() as session:
         report = verify_chain(session, settings.audit_unsigned_up_to)
         anchor = current_anchor(session) if report.ok else None
@@ -343,7 +356,7 @@ def cmd_audit_anchor(args: argparse.Namespace) -> int:
     if anchor is None:
         print("bioident: error: the trail has no signed entries to anchor yet", file=sys.stderr)
         return core_cli.EXIT_INPUT_ERROR
-    print(anchor.to_json())
+    print(replace(anchor, ledger=DestructionLedger.of(settings, keyring).mark()).to_json())
     return 0
 
 
@@ -403,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.set_defaults(run=cmd_backup)
     restore = verbs.add_parser("restore", help="load a backup into an empty database, then replay the ledger")
     restore.add_argument("source", type=Path, help="a directory written by 'bioident backup'")
+    restore.add_argument(
+        "--anchors", type=Path, help="anchors file ('audit anchor'): refuse a destruction ledger they show was cut"
+    )
     restore.set_defaults(run=cmd_restore)
 
     audit = verbs.add_parser("audit", help="accuracy audits and the audit trail").add_subparsers(
@@ -458,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return core_cli.EXIT_INPUT_ERROR
     except ServiceError as exc:
         print(f"bioident: error: {exc.detail}", file=sys.stderr)
+        return core_cli.EXIT_INPUT_ERROR
+    except AnchorFileError as exc:
+        print(f"bioident: error: {exc}", file=sys.stderr)
         return core_cli.EXIT_INPUT_ERROR
     except OSError as exc:
         print(f"bioident: error: {exc.filename or 'input'}: {exc.strerror}", file=sys.stderr)

@@ -289,3 +289,66 @@ def test_a_backup_made_at_an_older_schema_revision_is_migrated_as_it_is_restored
     assert (json.loads(details) if isinstance(details, str) else details)["migrated_from"] == "0010"
     code, out, err = _cli(monkeypatch, capsys, data_dir, "audit", "verify-chain", url=target)
     assert code == 0 and "intact" in out, (out, err)
+
+
+def test_anchors_show_a_destruction_ledger_cut_back_with_the_database(
+    database_url, empty_databases, tmp_path, monkeypatch, capsys
+):
+    """A ledger cut back to the length an older backup's database counted agrees with that database: only a
+    mark kept outside (the anchor's) shows it once held more lines, and ``restore --anchors`` then refuses."""
+    import datetime as dt
+
+    from service.erasure.ledger import Destruction, DestructionLedger
+    from service.store.models import Subject, Tenant
+    from service.trail.chain import append
+
+    data_dir = tmp_path / "data"
+    ctx = _deployment(database_url, data_dir)
+    with ctx.db.session() as session:
+        session.add(Tenant(id="bank", name="bank"))
+        session.flush()
+        session.add(Subject(token="sub_kept", tenant_id="bank"))
+        append(session, actor="operator", action="keys.rotate", outcome="rotated")  # a trail to anchor
+    ctx.db.engine.dispose()
+
+    def cli(*argv, on=database_url):
+        return _cli(monkeypatch, capsys, data_dir, *argv, url=on)
+
+    code, out, err = cli("backup", tmp_path / "backup")  # before the withdrawals: its database counts no line
+    assert code == 0, err
+    ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
+    for n in (1, 2):
+        ledger.append(Destruction(f"sub_gone_{n}", "voice", f"dk_{n}", 1, dt.datetime.now(dt.UTC)))
+    code, out, err = cli("audit", "anchor")
+    assert code == 0 and json.loads(out)["ledger"]["lines"] == 2, err
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(out)
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 0 and "agree with the trail and the destruction ledger" in out, err
+
+    # Someone who can write the ledger cuts its tail back to what the backup's database counted.
+    lines = ledger.path.read_bytes().splitlines(keepends=True)
+    ledger.path.write_bytes(lines[0])
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 1 and "destruction ledger BROKEN" in err and "has 1 lines, but an anchor shows it had 2" in err
+    refused = empty_databases()
+    code, out, err = cli("restore", tmp_path / "backup", "--anchors", anchors, on=refused)
+    assert code == 2 and "lines were cut off: not restoring over it" in err, (out, err)
+    assert _rows(refused, "SELECT count(*) FROM subjects") == [(0,)]  # nothing was restored
+    unchecked = empty_databases()  # without the anchors nothing can tell: the cut ledger is as long as it counted
+    code, out, err = cli("restore", tmp_path / "backup", on=unchecked)
+    assert code == 0 and "1 subjects" in out, (out, err)
+
+    # The same length with another second line (a ledger put together elsewhere) is no better.
+    ledger.append(Destruction("sub_other", "voice", "dk_3", 1, dt.datetime.now(dt.UTC)))
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 1 and "line 2 of destruction ledger" in err and "not the line an anchor recorded" in err, err
+    ledger.path.write_bytes(b"".join(lines))
+    forged = json.loads(anchors.read_text())
+    forged["ledger"]["lines"] = 1  # a mark is signed: it cannot be made to ask for less
+    anchors.write_text(json.dumps(forged) + "\n")
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 1 and "ledger mark (1 lines) is not signed by this deployment's keyring" in err, err
+    anchors.write_text('{"seq": 1, "hash": "h", "mac": "m", "ledger": 5}\n')
+    code, out, err = cli("restore", tmp_path / "backup", "--anchors", anchors, on=empty_databases())
+    assert code == 2 and "line 1 is not an anchor" in err and "Traceback" not in err, err

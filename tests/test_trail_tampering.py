@@ -256,11 +256,15 @@ def test_an_anchor_exposes_a_tail_cut_behind_an_older_head_put_back(database_url
     code, out, err = cli("audit", "anchor")
     assert code == 0, err
     anchor = json.loads(out)
-    assert anchor["seq"] == TRAIL_LENGTH + 1 and set(anchor) == {"seq", "hash", "mac"}
+    assert anchor["seq"] == TRAIL_LENGTH + 1 and set(anchor) == {"seq", "hash", "mac", "ledger"}
+    assert anchor["ledger"]["lines"] == 0 and anchor["ledger"]["last"] == ""  # no withdrawal has destroyed a key
     anchors = tmp_path / "anchors.jsonl"
     anchors.write_text(out)
     code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
-    assert code == 0 and "1 anchors agree" in out and "intact" in out, err
+    assert code == 0 and "1 anchors agree with the trail and the destruction ledger" in out and "intact" in out, err
+    anchors.write_text(json.dumps({k: v for k, v in anchor.items() if k != "ledger"}) + "\n")  # an older anchor
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 0 and "1 anchors agree with the trail\n" in out, err
 
     # Someone with write access removes the last entry and puts back the head row as it was before it.
     _execute(

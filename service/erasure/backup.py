@@ -30,7 +30,7 @@ import shutil
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,7 @@ from service.store.models import (
     WatchlistEntry,
     utcnow,
 )
+from service.trail.anchors import LedgerMark
 from service.trail.chain import append
 from service.vault import Keyring, KeyringMismatch, KeyStatus
 from service.vault.keyring import write_private_file
@@ -136,8 +137,13 @@ def make_backup(db: Database, keyring: Keyring, settings: ServiceSettings, out: 
     return BackupMade(backup_id, created_at, subjects, len(section.keys))
 
 
-def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, source: Path) -> Restored:
-    """Loads a backup into an empty database, its live data keys from its section, then replays the ledger."""
+def restore_backup(
+    db: Database, keyring: Keyring, settings: ServiceSettings, source: Path, marks: Sequence[LedgerMark] = ()
+) -> Restored:
+    """Loads a backup into an empty database, its live data keys from its section, then replays the ledger.
+
+    ``marks`` (from anchors kept outside) show how long the ledger once was: a ledger cut since is refused.
+    """
     manifest = _manifest(source)
     body = source / manifest["body"]
     if manifest.get("keyring_id") != keyring.identity():
@@ -157,6 +163,8 @@ def restore_backup(db: Database, keyring: Keyring, settings: ServiceSettings, so
             "not know: a newer release made it; restore it with that release"
         )
     ledger = DestructionLedger.of(settings, keyring)
+    if problem := ledger.contradiction(marks):
+        raise BackupError(f"{problem}: not restoring over it (restore the ledger from where it is kept safe)")
     section = BackupKeys.of(settings, ledger).read(manifest["backup_id"])
     usable = {info.version for info in keyring.versions() if info.status is not KeyStatus.RETIRED}
     if stale := [key for key in section.keys if key.kek_version not in usable]:

@@ -20,11 +20,13 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.erasure.errors import LedgerError
 from service.settings import ServiceSettings
+from service.trail.anchors import LedgerMark
 from service.vault import Keyring
 from service.vault.keyring import fsync_directory
 
@@ -96,6 +98,33 @@ class DestructionLedger:
                 "stopped?); its withdrawal did not commit. Check it and remove that line to start"
             )
         return [self._parse(line, number) for number, line in enumerate(lines[:-1], start=1)]
+
+    def mark(self) -> LedgerMark:
+        """The ledger as it is now (every line verified), signed, for an anchor kept outside the database."""
+        lines = self.read()
+        last = self._mac(lines[-1].fields()) if lines else ""
+        return LedgerMark(len(lines), last, self._mark_mac(len(lines), last))
+
+    def contradiction(self, marks: Iterable[LedgerMark]) -> str | None:
+        """The first of ``marks`` (taken earlier) this ledger contradicts, said in words; None if none does."""
+        lines = self.read()
+        for mark in sorted(marks, key=lambda m: m.lines):
+            if not hmac.compare_digest(mark.mac, self._mark_mac(mark.lines, mark.last)):
+                return f"an anchor's ledger mark ({mark.lines} lines) is not signed by this deployment's keyring"
+            if len(lines) < mark.lines:
+                return (
+                    f"destruction ledger {self.path} has {len(lines)} lines, but an anchor shows it had "
+                    f"{mark.lines}: lines were cut off"
+                )
+            if mark.lines and not hmac.compare_digest(self._mac(lines[mark.lines - 1].fields()), mark.last):
+                return (
+                    f"line {mark.lines} of destruction ledger {self.path} is not the line an anchor recorded: "
+                    "the ledger was replaced"
+                )
+        return None
+
+    def _mark_mac(self, lines: int, last: str) -> str:
+        return self._mac({"anchored_lines": lines, "anchored_last_mac": last})  # keys no ledger line has
 
     def _parse(self, line: bytes, number: int) -> Destruction:
         where = f"destruction ledger {self.path}: line {number}"

@@ -5,6 +5,11 @@ can write the database cuts the tail and puts back an older head row, which was 
 when it was current. An anchor taken earlier (``bioident audit anchor``, stored where that person
 cannot write: a ticket, a WORM bucket, a log shipper) shows the trail once reached further, and
 ``verify-chain --anchors FILE`` fails on it.
+
+An anchor also carries a mark of the destruction ledger (its length and last line, signed with the
+ledger's key: ``DestructionLedger.mark``). The ledger's own count lives in the database it protects, so
+a ledger cut back together with the database (a restored older backup) agrees with it; the mark shows
+that the ledger once held more lines (``verify-chain --anchors``, ``restore --anchors``).
 """
 
 from __future__ import annotations
@@ -24,13 +29,26 @@ class AnchorFileError(ValueError):
 
 
 @dataclass(frozen=True)
+class LedgerMark:
+    """The destruction ledger's length and its last line's MAC when an anchor was taken, with their MAC."""
+
+    lines: int
+    last: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class Anchor:
     seq: int
     hash: str
     mac: str
+    ledger: LedgerMark | None = None  # anchors taken before 2026-12-06 carry none
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if self.ledger is None:
+            del fields["ledger"]
+        return json.dumps(fields, sort_keys=True)
 
 
 def current_anchor(session: Session) -> Anchor | None:
@@ -49,10 +67,13 @@ def parse_anchors(text: str, source: str) -> list[Anchor]:
             continue
         try:
             fields = json.loads(line)
-            anchor = Anchor(int(fields["seq"]), str(fields["hash"]), str(fields["mac"]))
-        except (ValueError, KeyError, TypeError):
+            mark = fields.get("ledger")
+            if mark is not None:
+                mark = LedgerMark(int(mark["lines"]), str(mark["last"]), str(mark["mac"]))
+            anchor = Anchor(int(fields["seq"]), str(fields["hash"]), str(fields["mac"]), mark)
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise AnchorFileError(
-                f"{source} line {number} is not an anchor (a JSON object with seq, hash, mac)"
+                f"{source} line {number} is not an anchor (a JSON object with seq, hash, mac and a ledger mark)"
             ) from None
         anchors.append(anchor)
     return anchors
