@@ -69,6 +69,15 @@ def test_bad_images_are_refused_with_a_precise_message(data, kwargs, message):
         decode_image(data, **kwargs)
 
 
+@pytest.mark.parametrize("stated", [(float("inf"), float("inf")), (float("nan"), 1.0), (1e300,), ("x",), (), 7])
+def test_an_implausible_stated_resolution_is_taken_as_500_dpi(stated):
+    from biometrics.fingerprint.images import _dpi_of
+
+    image = Image.new("L", (10, 10))
+    image.info["dpi"] = stated
+    assert _dpi_of(image) == 500
+
+
 def test_a_damaged_or_mislabelled_image_is_refused(fvc):
     real = (fvc / "DB1_B" / "101_1.tif").read_bytes()
     png = _png(decode_image(real).pixels)

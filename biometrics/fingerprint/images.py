@@ -129,6 +129,6 @@ def _dpi_of(img: object) -> int:
     dpi = info.get("dpi")
     try:
         value = int(round(float(dpi[0]))) if dpi else 0
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a stated resolution of infinity
         value = 0
     return value if 250 <= value <= 2000 else DEFAULT_DPI
