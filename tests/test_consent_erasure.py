@@ -86,3 +86,33 @@ def test_withdrawing_the_last_consent_shreds_that_modality_and_leaves_the_other(
         assert left == {"fingerprint": 1} and keys == {"fingerprint"} and sessions == {"fingerprint"} and samples == 1
     finally:
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_withdrawal_withdraws_the_purpose_whatever_number_of_times_it_was_consented_to(database_url):
+    """Consent given again (as a re-enrolment needs) left the purpose active after its customer withdrew it."""
+    from service.consent.records import active_consents
+    from service.consent.withdrawal import withdraw_everything
+
+    keyring = Keyring.ephemeral()
+    db = Database(database_url, audit_key=keyring.audit_key())
+    try:
+        with db.session() as session:
+            session.add(Tenant(id="bank", name="bank"))
+            session.flush()
+            first, again, third = (_consent(session, Modality.VOICE) for _ in range(3))
+            fingerprint = _consent(session, Modality.FINGERPRINT)
+            voice_template = _sealed_data(session, keyring, Modality.VOICE)
+        with db.session() as session:
+            receipt = withdraw_consent(session, ACTOR, TOKEN, again.id)
+            assert receipt.also_withdrawn == sorted([first.id, third.id])
+            assert receipt.destroyed["data_key"] is True and receipt.destroyed["templates"] == [voice_template.id]
+            assert [c.id for c in active_consents(session, TOKEN)] == [fingerprint.id]
+        with db.session() as session:
+            fingerprint_again = _consent(session, Modality.FINGERPRINT)
+        with db.session() as session:  # erasing everything closes each consent once, duplicates included
+            done = withdraw_everything(session, ACTOR, TOKEN, ledger=None)
+            assert sorted(done.consents_closed) == sorted([fingerprint.id, fingerprint_again.id])
+            assert len(done.withdrawal_receipts) == 1 and active_consents(session, TOKEN) == []
+    finally:
+        db.engine.dispose()

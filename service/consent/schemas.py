@@ -103,6 +103,9 @@ class WithdrawalReceiptOut(BaseModel):
     purpose: str
     withdrawn_at: str
     destroyed: dict = Field(description="what was destroyed: the data key and, per kind of sealed data, what went")
+    also_withdrawn: list[str] = Field(
+        description="the other consents for the same modality and purpose, withdrawn with it (consents given again)"
+    )
     receipt_sha256: str
     signed_receipt_id: str = Field(description="the signed receipt stored for the customer (JWS, EdDSA)")
 

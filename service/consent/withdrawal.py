@@ -33,6 +33,7 @@ class WithdrawalReceipt:
     purpose: str
     withdrawn_at: str
     destroyed: dict = field(default_factory=dict)
+    also_withdrawn: list[str] = field(default_factory=list)  # other consents for the same modality and purpose
     receipt_sha256: str = ""
     signed_receipt_id: str = ""  # the stored, signed receipt (``service.consent.receipts``)
 
@@ -65,10 +66,12 @@ def withdraw_consent(
     ledger: DestructionLedger | None = None,
     language: str | None = None,
 ) -> WithdrawalReceipt:
-    """Withdraws one consent. When no consent for that modality remains, the subject's data key for it
-    is destroyed and its sealed data (``service.consent.registry``) deleted, in this same transaction,
-    and the destruction is written to the deployment's ``ledger`` (synced) before the transaction commits.
-    Only a caller with no deployment (a test, a library user) passes no ledger."""
+    """Withdraws a consent, and with it every other active consent for the same modality and purpose (a
+    consent given again, say for a re-enrolment): the customer withdraws the purpose, not one record of it.
+    When no consent for that modality remains, the subject's data key for it is destroyed and its sealed data
+    (``service.consent.registry``) deleted, in this same transaction, and the destruction is written to the
+    deployment's ``ledger`` (synced) before the transaction commits. Only a caller with no deployment (a test,
+    a library user) passes no ledger."""
     subject_in_tenant(session, actor.tenant_id, token)
     lock_subject(session, token)  # no enrolment of this subject commits between our check and our shred
     consent = session.get(Consent, consent_id)
@@ -77,7 +80,10 @@ def withdraw_consent(
     if consent.withdrawn_at is not None:
         raise Conflict("this consent was already withdrawn")
     now = utcnow()
-    consent.withdrawn_at = now
+    active = active_consents(session, token, consent.modality)
+    also = [c for c in active if c.purpose == consent.purpose and c.id != consent.id]
+    for closed in (consent, *also):
+        closed.withdrawn_at = now
     session.flush()
     destroyed = _shred(session, token, Modality(consent.modality), ledger)
     body = {
@@ -88,6 +94,7 @@ def withdraw_consent(
         "purpose": consent.purpose,
         "withdrawn_at": now.isoformat(timespec="seconds"),
         "destroyed": destroyed,
+        "also_withdrawn": sorted(c.id for c in also),
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     record_event(
@@ -98,6 +105,7 @@ def withdraw_consent(
         subject_token=token,
         details={
             "consent_id": consent.id,
+            "also_withdrawn": body["also_withdrawn"],
             "modality": consent.modality,
             "receipt_sha256": digest,
             "data_key_destroyed": destroyed["data_key"],
@@ -111,7 +119,13 @@ def withdraw_consent(
         tenant_id=actor.tenant_id,
         channel=str(actor.role),
         services=[service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version)],
-        event={"consent_id": consent.id, "state": "withdrawn", "destroyed": destroyed, "receipt_sha256": digest},
+        event={
+            "consent_id": consent.id,
+            "also_withdrawn": body["also_withdrawn"],
+            "state": "withdrawn",
+            "destroyed": destroyed,
+            "receipt_sha256": digest,
+        },
         language=language,
     )
     return WithdrawalReceipt(**body, receipt_sha256=digest, signed_receipt_id=signed.id)
@@ -147,8 +161,10 @@ def withdraw_everything(
     lock_data_keys(session, token)  # before destroying several of them
     closed, receipts, destroyed, services = [], [], {}, []
     for consent in sorted(active_consents(session, token), key=lambda c: c.granted_at):
+        if consent.withdrawn_at is not None:  # closed with an earlier consent for the same purpose
+            continue
         receipt = withdraw_consent(session, actor, token, consent.id, ledger=ledger, language=language)
-        closed.append(consent.id)
+        closed.extend([consent.id, *receipt.also_withdrawn])
         receipts.append(receipt.signed_receipt_id)
         services.append(service_entry(consent.modality, consent.purpose, notice_version=consent.notice_version))
         if receipt.destroyed["data_key"]:
