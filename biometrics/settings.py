@@ -75,6 +75,10 @@ class CoreSettings(BaseSettings):
     fingerprint_extractor: Literal["nbis", "leader"] = "leader"
     # Images larger than this (either side, pixels) are refused before decoding.
     fingerprint_max_image_side: int = Field(2000, ge=100)
+    # ... and images of more pixels than this once at 500 dpi, the resolution the extractors work at: 800 x 800
+    # (a 41 mm square, more than a rolled finger's 800 x 750 and any single-finger platen). LEADER takes about
+    # 0.8 KB of memory and 3 us per such pixel (a whole 2000 x 2000 platen: 3 GB, 10 s).
+    fingerprint_max_pixels: int = Field(640_000, ge=10_000)
     # The precision of the embedding path's matrix products: "auto" is bf16 on a CPU with native bf16
     # matrix instructions (AMX-BF16 or AVX512-BF16), fp32 elsewhere (biometrics/voice/model/precision.py).
     # Embeddings of either agree to cosine >= 0.9999: templates made under one verify under the other.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -67,6 +68,26 @@ def test_tiff_png_bmp_and_raw_decode_to_the_same_pixels(fvc):
 def test_bad_images_are_refused_with_a_precise_message(data, kwargs, message):
     with pytest.raises(FingerprintImageError, match=message):
         decode_image(data, **kwargs)
+
+
+def test_an_image_of_more_pixels_than_the_extractors_are_given_is_refused_before_decoding():
+    """A whole 2000 x 2000 platen cost LEADER 3 GB and 10 s: the bound is on pixels at 500 dpi, where it works."""
+
+    def png(side: int, dpi: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (side, side), 128).save(buffer, format="PNG", dpi=(dpi, dpi))
+        return buffer.getvalue()
+
+    assert decode_image(png(800, 500)).width == 800  # 0.64 megapixels: the limit
+    assert decode_image(png(1600, 1000)).resolution_dpi == 1000  # the same area at 1000 dpi
+    for side, dpi, said in ((801, 500, "801x801 pixels at 500 dpi (0.64"), (600, 250, "(1.44 megapixels at 500 dpi)")):
+        with pytest.raises(FingerprintImageError, match=re.escape(said)) as refused:
+            decode_image(png(side, dpi))
+        assert "at most 0.64 megapixels at 500 dpi (a 41 mm square)" in str(refused.value)
+    with pytest.raises(FingerprintImageError, match="1000x1000 pixels at 500 dpi"):
+        decode_image(bytes(1000 * 1000), width=1000, height=1000)
+    roomy = CoreSettings(fingerprint_max_pixels=1_000_000)
+    assert decode_image(bytes(1000 * 1000), width=1000, height=1000, settings=roomy).height == 1000
 
 
 @pytest.mark.parametrize("stated", [(float("inf"), float("inf")), (float("nan"), 1.0), (1e300,), ("x",), (), 7])

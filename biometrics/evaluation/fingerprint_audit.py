@@ -264,6 +264,7 @@ def run_fingerprint_audit(
                 "fingerprint_min_nfiq2",
                 "fingerprint_min_area_mm2",
                 "fingerprint_max_image_side",
+                "fingerprint_max_pixels",
                 "fingerprint_extractor",
                 "target_fmr",
             )

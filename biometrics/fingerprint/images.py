@@ -69,6 +69,18 @@ def _check_side(width: int, height: int, max_side: int) -> None:
         )
 
 
+def _check_pixels(width: int, height: int, dpi: int, max_pixels: int) -> None:
+    """The extractors resample to 500 dpi, where their time and memory grow with the pixels: bound those."""
+    at_500 = width * height * (DEFAULT_DPI / dpi) ** 2
+    if at_500 > max_pixels:
+        side_mm = (max_pixels**0.5) * 25.4 / DEFAULT_DPI
+        raise FingerprintImageError(
+            f"fingerprint image is {width}x{height} pixels at {dpi} dpi ({at_500 / 1e6:.2f} megapixels at 500 dpi); "
+            f"at most {max_pixels / 1e6:.2f} megapixels at 500 dpi (a {side_mm:.0f} mm square) are analysed: "
+            "send the finger's area, not more"
+        )
+
+
 def decode_image(
     data: bytes,
     *,
@@ -78,7 +90,8 @@ def decode_image(
     settings: CoreSettings | None = None,
 ) -> FingerprintImage:
     """Decode an impression. With ``width`` and ``height`` the bytes are raw 8-bit pixels, row by row."""
-    max_side = (settings or CoreSettings()).fingerprint_max_image_side
+    settings = settings or CoreSettings()
+    max_side, max_pixels = settings.fingerprint_max_image_side, settings.fingerprint_max_pixels
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FingerprintImageError("fingerprint image must be bytes")
     data = bytes(data)
@@ -96,6 +109,7 @@ def decode_image(
             raise FingerprintImageError(
                 f"raw image of {width}x{height} needs {width * height} bytes, got {len(data)}"
             )
+        _check_pixels(width, height, resolution_dpi or DEFAULT_DPI, max_pixels)
         pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width).copy()
         return FingerprintImage(pixels, resolution_dpi or DEFAULT_DPI)
 
@@ -112,6 +126,7 @@ def decode_image(
             with Image.open(io.BytesIO(data)) as img:
                 _check_side(img.width, img.height, max_side)
                 dpi = resolution_dpi or _dpi_of(img)
+                _check_pixels(img.width, img.height, dpi, max_pixels)
                 gray = img.convert("L")
                 gray.load()
                 pixels = np.asarray(gray, dtype=np.uint8).copy()
