@@ -141,6 +141,29 @@ def test_an_inconclusive_end_on_clean_audio_costs_an_attempt(enrolled, genuine_c
     assert _rows(api.ctx.db.url, failures) == [(1,)]
 
 
+@pytest.mark.parametrize("fault", ["oversize", "not json"])
+def test_breaking_the_framing_after_a_score_was_told_costs_an_attempt(enrolled, impostor_call, monkeypatch, fault):
+    """Ending a losing stream with a malformed frame had left it undecided: scores probed, no lockout."""
+    api, keys = enrolled
+    monkeypatch.setattr(api.ctx.settings, "stream_margin", 5.0)  # pending events with scores, nothing decided
+    stream = open_stream(api, keys["ivr"]).json()
+    with api.http.websocket_connect(f"/v1/voice/streams/{stream['id']}") as ws:
+        for chunk in frames(impostor_call, FRAME_20MS):
+            ws.send_bytes(chunk)
+        if fault == "oversize":
+            ws.send_bytes(b"\xff" * (api.ctx.settings.stream_max_frame_bytes + 1))
+        else:
+            ws.send_text(fault)
+        played = read_to_close(ws, Played())
+    assert any(e["event"] == "pending" and e["score"] is not None for e in played.events), played.events
+    code, reason = (1009, "oversize_frame") if fault == "oversize" else (1007, "malformed_frame")
+    assert played.close_code == code and played.close_reason == {"reason": reason, "decision": "inconclusive"}
+    assert played.final["decision"] == "inconclusive" and played.final["close_reason"] == reason
+    assert _rows(api.ctx.db.url, "SELECT count(*) FROM verification_failures") == [(1,)]
+    (entry,) = _stream_entries(api, keys["auditor"])
+    assert entry["outcome"] == "inconclusive" and entry["details"]["close_reason"] == reason
+
+
 def test_a_customer_not_enrolled_or_opted_out_is_answered_at_once(bank):
     api, keys = bank
     unknown = open_stream(api, keys["ivr"], reference="ACC-NOBODY")

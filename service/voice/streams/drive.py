@@ -57,15 +57,19 @@ class Dropped(Exception):
 REFUSAL_CODES = {"consent_required": 4403, "forbidden": 4403, "locked_out": 4423, "not_found": 4404}
 
 
+PROTOCOL_FAULT_CODES = {"malformed_frame": 1007, "oversize_frame": 1009}
+
+
 def close_code(event: dict) -> int:
+    reason = event.get("close_reason", "")
+    if reason in PROTOCOL_FAULT_CODES:  # decided on what was heard or not, the peer broke the protocol
+        return PROTOCOL_FAULT_CODES[reason]
     if event.get("decision") is not None:
         return 1000
     refusal = event.get("refusal")
     if refusal is not None:
         return REFUSAL_CODES.get(refusal, 4400)
-    return {"malformed_frame": 1007, "oversize_frame": 1009, "internal_error": 1011}.get(
-        event.get("close_reason", ""), 1000
-    )
+    return 1011 if reason == "internal_error" else 1000
 
 
 async def drive(
@@ -136,7 +140,7 @@ async def _drive(
         reason = "dropped"
     except StreamFault as fault:
         with CancelScope(shield=True):
-            return await to_thread.run_sync(run.end, fault.reason)
+            return await to_thread.run_sync(run.fault, fault.reason)
     except (BiometricsError, VaultError, SQLAlchemyError) as exc:  # not the caller's fault: end it, never half done
         log.error("stream failed: %s", type(exc).__name__)  # no message: it could carry request data
         with CancelScope(shield=True):
@@ -164,7 +168,7 @@ async def _conclude(
         try:
             events = await to_thread.run_sync(run.feed, bytes(pending))
         except StreamFault as fault:
-            return await to_thread.run_sync(run.end, fault.reason)
+            return await to_thread.run_sync(run.fault, fault.reason)
         if run.decided:
             await _send(send, events[-1])
             return events[-1]

@@ -118,7 +118,7 @@ async def _serve_stream(ctx: ServiceContext, websocket: WebSocket, stream_id: st
 
     bytes_per_s = row.sample_rate * (2 if row.codec == "pcm16" else 1)
     final = await drive(run, receive, send, ctx.settings.stream_lifetime_s, bytes_per_s, connected)
-    if final.get("event") == "ended" and sent != [final]:  # ended by a fault: the final event is not sent yet
+    if sent != [final]:  # ended by the peer's fault: the final event is not sent yet
         with contextlib.suppress(Exception):  # the peer may be gone
             await send(final)
     reason = {"reason": final.get("close_reason"), "decision": final.get("decision")}

@@ -119,6 +119,14 @@ class StreamRun:
             return self.end(reason, "unusable_audio")
         return self._decide(probe, reason)
 
+    def fault(self, reason: str) -> dict:
+        """The peer broke the protocol (``reason``). With speech heard, the stream is decided on it as a hang-up
+        would be: a score may have been told, and breaking the framing must not end a losing attempt uncounted.
+        Without, it ends undecided."""
+        if self.final_event is None and self.audio.net_speech_s >= NO_SPEECH_BELOW_S:
+            return self.finish(reason)
+        return self.end(reason)
+
     def end(self, reason: str, refusal: str | None = None) -> dict:
         """Ends the stream without a decision (a protocol fault, a refusal), audited as refused."""
         if self.final_event is not None:
