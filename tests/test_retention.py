@@ -195,3 +195,30 @@ def test_an_upgraded_deployment_counts_retention_from_the_trail_not_from_the_upg
     as_utc = {k: (v if isinstance(v, dt.datetime) else dt.datetime.fromisoformat(v)) for k, v in rows.items()}
     assert as_utc[STALE].replace(tzinfo=dt.UTC) == verified  # a rejected verification is no interaction
     assert as_utc[RECENT].replace(tzinfo=dt.UTC) == recent
+
+
+def test_a_fraudster_watchlist_entry_is_no_customer_to_purge_or_to_show(database_url, tmp_path, monkeypatch, capsys):
+    """A watchlist entry's subject row owns its data key and is never active: retention had shredded entries
+    silently, and the portal client could read one as a customer."""
+    from service.consent.records import subject_in_tenant
+    from service.errors import NotFound
+    from service.protected import data_key
+    from service.store.models import Subject, WatchlistEntry
+
+    ctx = _deployment(database_url, tmp_path / "data")
+    _enrolled(ctx, STALE)
+    entry = "wle_" + "c" * 32
+    with ctx.db.session() as session:
+        session.add(Subject(token=entry, tenant_id="bank"))
+        session.flush()
+        session.add(WatchlistEntry(id=entry, tenant_id="bank", case_reference="CASE-1", legal_basis="fraud",
+                                   added_by="cli_fraud", model_fingerprint="m", sample_count=1, net_speech_s=12.0,
+                                   sealed=b"sealed"))  # fmt: skip
+        data_key(session, ctx.keyring, entry, "voice", create=True)
+    for token in (STALE, entry):
+        _last_active(database_url, token, days_ago=3 * 365 + 1)
+    code, out, err = _cli(monkeypatch, capsys, tmp_path / "data", "retention", "run", url=database_url)
+    assert code == 0 and "1 subjects purged" in out and entry not in out, (out, err)
+    assert _count(database_url, "SELECT COUNT(*) FROM data_keys WHERE subject_token = :s", s=entry) == 1
+    with ctx.db.session() as session, pytest.raises(NotFound):
+        subject_in_tenant(session, "bank", entry)

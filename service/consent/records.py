@@ -15,7 +15,7 @@ from service.consent.receipts import ReceiptKind, issue_receipt, service_entry
 from service.context import ServiceContext
 from service.errors import ConsentRequired, Forbidden, NotFound, OptedOut, ReconsentRequired, ServiceError
 from service.modality import Modality
-from service.store.models import Consent, Receipt, Subject, utcnow
+from service.store.models import Consent, Receipt, Subject, WatchlistEntry, utcnow
 from service.trail.chain import record_event
 
 # Clients that record consent at the point of capture record it for their own modality only.
@@ -73,9 +73,10 @@ def consents_of(ctx: ServiceContext, actor: Principal, token: str) -> list[Conse
 
 
 def subject_in_tenant(session: Session, tenant_id: str, token: str) -> Subject:
-    """The subject, if it belongs to this tenant; another tenant's subject is simply not found."""
+    """The subject, if it belongs to this tenant; another tenant's subject is simply not found, and neither is a
+    fraudster watchlist entry's row (it only owns the entry's data key: no customer)."""
     subject = session.get(Subject, token)
-    if subject is None or subject.tenant_id != tenant_id:
+    if subject is None or subject.tenant_id != tenant_id or session.get(WatchlistEntry, token) is not None:
         raise NotFound("no such subject")
     return subject
 

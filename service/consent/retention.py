@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.auth import Principal, Role
@@ -31,7 +31,7 @@ from service.erasure.ledger import DestructionLedger
 from service.erasure.shred import shred_after_withdrawal
 from service.settings import ServiceSettings
 from service.store.db import Database
-from service.store.models import Consent, DataKey, EnrolmentSession, Subject, Template, utcnow
+from service.store.models import Consent, DataKey, EnrolmentSession, Subject, Template, WatchlistEntry, utcnow
 from service.trail.chain import record_event
 from service.vault import Keyring
 
@@ -61,11 +61,16 @@ def _last_active():  # noqa: ANN202 - a column expression
 
 
 def _holds_something():  # noqa: ANN202 - a boolean expression over Subject
-    return or_(
-        exists().where(Consent.subject_token == Subject.token, Consent.withdrawn_at.is_(None)),
-        exists().where(DataKey.subject_token == Subject.token),
-        exists().where(Template.subject_token == Subject.token),
-        exists().where(EnrolmentSession.subject_token == Subject.token, EnrolmentSession.status == "open"),
+    """A customer who still holds consent or biometric data. A fraudster watchlist entry's subject row (the
+    owner of its data key) is no customer: it is removed by the watchlist's own path, never by retention."""
+    return and_(
+        ~exists().where(WatchlistEntry.id == Subject.token),
+        or_(
+            exists().where(Consent.subject_token == Subject.token, Consent.withdrawn_at.is_(None)),
+            exists().where(DataKey.subject_token == Subject.token),
+            exists().where(Template.subject_token == Subject.token),
+            exists().where(EnrolmentSession.subject_token == Subject.token, EnrolmentSession.status == "open"),
+        ),
     )
 
 
