@@ -88,15 +88,17 @@ def completion_shortfall(usable_speech_s: float, limits: QualityLimits) -> Quali
 
 @dataclass(frozen=True)
 class Mismatch:
-    """A new sample that does not verify against the template it would be added to."""
+    """A new sample that does not verify against the template it would be added to (or, in a new enrolment,
+    against the template the other samples make: ``code`` SAMPLES_DO_NOT_MATCH)."""
 
     sample: int  # its position among the samples given
     score: float
     threshold: float
+    code: str = "NOT_THE_ENROLLED_VOICE"
 
     def as_dict(self) -> dict:
         # No score: an enrolment call must not be an oracle for how close a voice came.
-        return {"code": "NOT_THE_ENROLLED_VOICE", "sample": self.sample}
+        return {"code": self.code, "sample": self.sample}
 
 
 def samples_not_matching(
@@ -115,6 +117,24 @@ def samples_not_matching(
         verdict = scoring.scorer(channel, probe_channel).verdict(enrolled, capture.embedding, [])
         if verdict.decision != Decision.ACCEPT:
             mismatches.append(Mismatch(i, float(verdict.score), verdict.threshold))
+    return mismatches
+
+
+def samples_not_agreeing(captures: Sequence[Capture], scoring: ChannelScoring) -> list[Mismatch]:
+    """The captures of a new enrolment that do not verify, at the operating point in force, against the template
+    the others make (each left out in turn).
+
+    Whoever holds the phone at a first enrolment could otherwise mix a second person's recordings in, and
+    both voices would pass afterwards: an enrolment is one voice, as a fingerprint enrolment's captures must
+    be one finger. A single capture has nothing to agree with.
+    """
+    if len(captures) < 2:
+        return []
+    mismatches = []
+    for i, capture in enumerate(captures):
+        others = VoiceTemplate.from_captures([c for j, c in enumerate(captures) if j != i])
+        for mismatch in samples_not_matching(others, [capture], scoring):
+            mismatches.append(Mismatch(i, mismatch.score, mismatch.threshold, "SAMPLES_DO_NOT_MATCH"))
     return mismatches
 
 

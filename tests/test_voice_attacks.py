@@ -56,6 +56,24 @@ def test_another_voice_cannot_be_added_to_an_enrolment(bank):
     assert refused[0]["subject_token"] == enrolled["subject_token"]
 
 
+def test_a_first_enrolment_of_two_voices_is_refused(bank):
+    """Whoever holds the phone at a first enrolment had been able to mix in a second voice, and both passed."""
+    api, keys = bank
+    token = _consent(api, keys["portal"])["subject_token"]
+    first = [TEST_OTHER / SPEAKER / name for name in ("1688-142285-0000.flac", "1688-142285-0001.flac")]
+    mixed = _add(api, keys["ivr"], [*first, *OTHER_VOICE])
+    assert mixed.status_code == 422, mixed.text
+    body = mixed.json()
+    assert body["type"].endswith("/samples_do_not_match"), body
+    assert body["reasons"] and {r["code"] for r in body["reasons"]} == {"SAMPLES_DO_NOT_MATCH"}
+    assert all(set(r) == {"code", "sample"} for r in body["reasons"])  # no scores
+    held = api.http.get(f"/v1/subjects/{token}", headers=api.headers(keys["portal"])).json()
+    assert held["templates"] == []  # nothing stored
+    refused = [e for e in _trail(api, keys["auditor"]) if e["outcome"] == "refused"]
+    assert [(e["action"], e["details"]["reason"]) for e in refused] == [("voice.enrol", "samples_do_not_match")]
+    assert _add(api, keys["ivr"], [*first, *MORE_OF_THE_VOICE]).status_code == 201  # one voice: enrolled
+
+
 def test_samples_of_another_channel_are_a_re_enrolment_and_failed_additions_count_towards_the_lockout(bank):
     api, keys = bank
     _consent(api, keys["portal"])

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 
 from biometrics.scoring.operating_points import ChannelScoring
 from biometrics.voice.templates import Capture, VoiceTemplate
-from enroll.voice import consolidate, samples_not_matching
-from service.errors import Conflict, NotFound
+from enroll.voice import consolidate, samples_not_agreeing, samples_not_matching
+from service.errors import Conflict, NotFound, QualityFailed
 from service.modality import Modality
 from service.protected import data_key, open_template, seal_into
 from service.store.models import Template
@@ -41,6 +41,10 @@ def open_voice_template(session: Session, keyring: Keyring, row: Template) -> Vo
 
 class NotTheEnrolledVoice(Conflict):
     code, title = "not_the_enrolled_voice", "The samples do not match the enrolled voice"
+
+
+class SamplesDoNotMatch(QualityFailed):
+    code, title = "samples_do_not_match", "The samples are not of one voice"
 
 
 class ChannelNotEnrolled(Conflict):
@@ -79,6 +83,14 @@ def store_voice_template(
                 "nothing was added (replacing a voice is a re-enrolment: record fresh consent, then enrol "
                 "with replace=true)",
                 reasons=[m.as_dict() for m in mismatches],
+            )
+    else:
+        disagreeing = samples_not_agreeing(captures, scoring)
+        if disagreeing:
+            raise SamplesDoNotMatch(
+                f"{len(disagreeing)} of {len(captures)} samples do not verify as the voice of the others: an "
+                "enrolment is one person's voice; nothing was stored (record the customer's samples again)",
+                reasons=[m.as_dict() for m in disagreeing],
             )
     template = consolidate(existing, captures)
     if row is None:
