@@ -6,7 +6,8 @@ The rules, for a customer who will pay with a finger:
 
 - two different fingers, each named by its ISO/IEC 19794-2 finger position (1 right thumb ... 10 left
   little finger);
-- at least ``MIN_GOOD_CAPTURES`` usable captures of each finger (the core's quality gates);
+- at least ``MIN_GOOD_CAPTURES`` usable captures of each finger (the core's quality gates), each a capture of
+  its own (the same image sent twice counts once);
 - each capture of a finger matches at least one other capture of it at the verification threshold, so a
   slip (another finger, a smudge the gates let through) never becomes part of the template;
 - no capture of one finger matches a capture of the other: the same finger presented twice under two
@@ -87,11 +88,17 @@ def plan_fingerprint_enrolment(
     """Judges two fingers' captures (``fingers``: finger position -> its captures) and, when they make an
     enrolment, consolidates each finger's usable captures into one template. ``compare`` and ``threshold``
     are the matcher's score and the verification threshold in force."""
-    reports = [judge_capture(p, i, c) for p, captures in fingers.items() for i, c in enumerate(captures)]
+    reports = _without_repeats(
+        [judge_capture(p, i, c) for p, captures in fingers.items() for i, c in enumerate(captures)],
+        [c for captures in fingers.values() for c in captures],
+    )
+    accepted = {(r.position, r.index) for r in reports if r.accepted}
     reasons = _position_reasons(list(fingers))
     good: dict[int, list[FingerprintTemplate]] = {}
     for position, captures in fingers.items():
-        templates = [c.template for c in captures if c.usable and c.template is not None]
+        templates = [
+            c.template for i, c in enumerate(captures) if (position, i) in accepted and c.template is not None
+        ]
         if len(templates) < MIN_GOOD_CAPTURES:
             reasons.append(_reason("TOO_FEW_GOOD_CAPTURES", len(templates), MIN_GOOD_CAPTURES, position))
             continue
@@ -108,6 +115,23 @@ def plan_fingerprint_enrolment(
     if reasons:
         return FingerprintEnrolmentPlan(reports, reasons)
     return FingerprintEnrolmentPlan(reports, [], {p: consolidate(t) for p, t in good.items()})
+
+
+def _without_repeats(reports: list[CaptureReport], captures: list[Capture]) -> list[CaptureReport]:
+    """``reports`` with each usable capture whose minutiae repeat an earlier one's refused as DUPLICATE_CAPTURE:
+    the same image sent twice (in any format) is one capture, not two that match each other."""
+    seen: dict[object, CaptureReport] = {}
+    out = []
+    for report, capture in zip(reports, captures, strict=True):
+        first = seen.get(capture.minutiae) if report.accepted else None
+        if first is not None:
+            same_as = {"finger_position": first.position, "capture": first.index}
+            repeat = {"code": "DUPLICATE_CAPTURE", "same_as": same_as}
+            report = CaptureReport(report.position, report.index, report.quality, report.minutiae, [repeat])
+        elif report.accepted:
+            seen[capture.minutiae] = report
+        out.append(report)
+    return out
 
 
 def _position_reasons(positions: list[int]) -> list[dict]:

@@ -260,6 +260,12 @@ def test_customers_enrolled_or_re_enrolled_elsewhere_are_found_and_their_old_fin
     assert gallery.size("shop") == 4  # Bob's two fingers and Alice's two new ones: her old ones left memory
 
 
+def _as_png(path) -> bytes:
+    png = io.BytesIO()
+    Image.open(path).save(png, format="PNG")
+    return png.getvalue()
+
+
 def test_enrolment_rules_at_the_till(till):
     consent(till, ALICE)
     same = enrol(till, ALICE, impression("101", 1), impression("101", 3), ALICE_TOKEN)  # one finger twice
@@ -293,6 +299,23 @@ def test_enrolment_rules_at_the_till(till):
     reasons = smudged.json()["reasons"]
     assert {"code": "TOO_FEW_GOOD_CAPTURES", "measured": 1.0, "limit": 2.0, "finger_position": 2} in reasons
     assert any(r.get("capture") == 1 and r["finger_position"] == 2 for r in reasons)  # which capture, and why
+    twice = till.http.post(  # one image sent twice per finger (once as PNG): one capture each, not two
+        "/v1/fingerprint/enrol",
+        data={"reference": ALICE, "first_finger_position": 2, "second_finger_position": 7, "payment_token": "tok_x1"},
+        files=[
+            ("first_finger", ("a.tif", impression("101", 1).read_bytes(), "image/tiff")),
+            ("first_finger", ("a.png", _as_png(impression("101", 1)), "image/png")),
+            ("second_finger", ("c.tif", impression("101", 1, "DB2_B").read_bytes(), "image/tiff")),
+            ("second_finger", ("c2.tif", impression("101", 1, "DB2_B").read_bytes(), "image/tiff")),
+        ],
+        headers=till.headers(),
+    )
+    assert twice.status_code == 422, twice.text
+    reasons = twice.json()["reasons"]
+    for position in (2, 7):
+        assert {"code": "TOO_FEW_GOOD_CAPTURES", "measured": 1.0, "limit": 2.0, "finger_position": position} in reasons
+        same_as = {"finger_position": position, "capture": 0}
+        assert {"code": "DUPLICATE_CAPTURE", "same_as": same_as, "finger_position": position, "capture": 1} in reasons
     nobody = enrol(till, "NEVER-CONSENTED", impression("101", 1), impression("101", 1, "DB2_B"), ALICE_TOKEN)
     assert nobody.status_code == 403 and nobody.json()["type"].endswith("/consent_required")
     assert _rows(till, "SELECT id FROM templates") == [] and _rows(till, "SELECT id FROM payment_links") == []

@@ -167,3 +167,37 @@ def test_a_sample_refused_for_its_quality_tells_no_score_and_the_trail_keeps_it(
     assert entry["score"] is not None and entry["details"]["reasons"] == ["TOO_SHORT"]  # scored, and audited
     full = _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE).json()
     assert full["decision"] == "accept" and full["score"] is not None and full["reasons"] == []
+
+
+def test_a_recording_sent_twice_counts_once_and_a_session_takes_so_many_samples(bank, monkeypatch):
+    """One short recording sent four times had met the 12 s of speech an enrolment needs."""
+    import service.voice.enrolment as enrolment
+
+    api, keys = bank
+    one = TEST_OTHER / SPEAKER / ENROL[0]
+    files = [_audio(one) for _ in range(4)]
+    repeated = api.http.post("/v1/voice/enrol", data={"reference": "ACC-1001"}, files=files,
+                             headers=api.headers(keys["ivr"]))  # fmt: skip
+    assert repeated.status_code == 422 and [r["code"] for r in repeated.json()["reasons"]] == ["TOO_SHORT"]
+    assert _count(api, "templates") == 0
+    files = [_audio(TEST_OTHER / SPEAKER / name) for name in ENROL] + [_audio(one)]
+    enrolled = api.http.post("/v1/voice/enrol", data={"reference": "ACC-1001"}, files=files,
+                             headers=api.headers(keys["ivr"]))  # fmt: skip
+    assert enrolled.status_code == 201 and enrolled.json()["sample_count"] == 3, enrolled.text
+    last = enrolled.json()["samples"][-1]
+    assert last["accepted"] is False and [r["code"] for r in last["reasons"]] == ["DUPLICATE_SAMPLE"]
+
+    monkeypatch.setattr(enrolment, "MAX_SAMPLES", 2)
+    session_id = _start(api, keys["ivr"])
+
+    def add(path):
+        return api.http.post(f"/v1/voice/enrolments/{session_id}/samples", files=[_audio(path)],
+                             headers=api.headers(keys["ivr"]))  # fmt: skip
+
+    assert add(one).json()["accepted"] is True
+    again = add(one).json()
+    assert again["accepted"] is False and again["reasons"][0]["code"] == "DUPLICATE_SAMPLE"
+    assert again["session_usable_speech_s"] == pytest.approx(again["net_speech_s"], abs=1e-3)
+    assert add(TEST_OTHER / SPEAKER / ENROL[1]).json()["accepted"] is True
+    full = add(TEST_OTHER / SPEAKER / ENROL[2])
+    assert full.status_code == 409 and "holds 2 accepted samples" in full.json()["detail"], full.text

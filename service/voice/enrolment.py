@@ -21,7 +21,15 @@ from biometrics.voice.audio.waveform import AudioChannel, Waveform
 from biometrics.voice.embedding import Embedding
 from biometrics.voice.pipeline import analyse_for_enrolment
 from biometrics.voice.templates import Capture
-from enroll.voice import SESSION_TTL, completion_shortfall, judge_sample, plan_enrolment
+from enroll.voice import (
+    MAX_SAMPLES,
+    SESSION_TTL,
+    SampleReport,
+    completion_shortfall,
+    judge_sample,
+    plan_enrolment,
+    repeat_reason,
+)
 from service.auth import Principal
 from service.consent.records import (
     lock_subject,
@@ -37,7 +45,7 @@ from service.protected import data_key
 from service.store.models import EnrolmentSample, EnrolmentSession, Template, utcnow
 from service.trail.chain import record_event
 from service.trail.refusals import Attempt, refusals_audited
-from service.vault import TemplateBinding
+from service.vault import DataKey, TemplateBinding
 from service.voice.templates import VOICE, NotTheEnrolledVoice, find_voice_template_row, store_voice_template
 from service.voice.verification import count_failure, refuse_if_locked
 from service.watchlist.screening import refuse_watchlisted, watchlist_refusals_audited
@@ -190,13 +198,20 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
     with ctx.db.session() as session:
         enrolment = _open_session(session, actor, session_id)
         require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)
+        _refuse_if_full(_samples(session, enrolment.id))  # before the model's work
     (analysed,) = analyse_for_enrolment(ctx.batching, [audio])
     sample = analysed.sample
-    report = judge_sample(sample, ctx.limits).as_dict()
+    judged = judge_sample(sample, ctx.limits)
     with ctx.db.session() as session:
         enrolment = _open_session(session, actor, session_id)
         lock_subject(session, enrolment.subject_token)
         require_consent(session, enrolment.subject_token, Modality.VOICE, enrolment.purpose)  # again: it may be gone
+        held = _samples(session, enrolment.id)
+        _refuse_if_full(held)  # again: another request may have added one meanwhile
+        if judged.accepted:
+            repeated = repeat_reason(sample.embedding, _embeddings(ctx, session, enrolment, held))
+            judged = judged if repeated is None else SampleReport(sample, [repeated])
+        report = judged.as_dict()
         row = EnrolmentSample(
             session_id=enrolment.id,
             accepted=report["accepted"],
@@ -216,6 +231,33 @@ def add_sample(ctx: ServiceContext, actor: Principal, session_id: str, audio: Wa
         "session_usable_speech_s": round(usable, 3),
         "required_speech_s": ctx.limits.min_enrol_speech_s,
     }
+
+
+def _refuse_if_full(held: Sequence[EnrolmentSample]) -> None:
+    """A session takes ``MAX_SAMPLES`` accepted samples, and three times that many in all."""
+    if sum(s.accepted for s in held) >= MAX_SAMPLES:
+        raise Conflict(f"the session holds {MAX_SAMPLES} accepted samples, as many as an enrolment takes: complete it")
+    if len(held) >= 3 * MAX_SAMPLES:
+        raise Conflict(f"the session holds {len(held)} samples: abandon it and start a new one")
+
+
+def _embeddings(
+    ctx: ServiceContext, session: Session, enrolment: EnrolmentSession, held: Sequence[EnrolmentSample]
+) -> list[Embedding]:
+    """The session's accepted samples' embeddings (by the running model), opened under the subject's data key."""
+    fingerprint = ctx.embedder.fingerprint
+    accepted = [s for s in held if s.accepted and s.report.get("model", fingerprint) == fingerprint]
+    key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=False) if accepted else None
+    return [] if key is None else [c.embedding for c in _captures(key, enrolment, accepted, fingerprint)]
+
+
+def _captures(
+    key: DataKey, enrolment: EnrolmentSession, accepted: Sequence[EnrolmentSample], fingerprint: str
+) -> list[Capture]:
+    return [
+        _capture_of(key.open(s.sealed, aad=_sample_binding(enrolment, s.id, fingerprint)), s.report, fingerprint)
+        for s in accepted
+    ]
 
 
 def _capture_of(plaintext: bytes, report: dict, fingerprint: str) -> Capture:
@@ -258,10 +300,7 @@ def complete_session(
                 "the session does not hold enough usable speech yet; add samples", reasons=[shortfall.as_dict()]
             )
         key = data_key(session, ctx.keyring, enrolment.subject_token, VOICE, create=False)
-        captures = [
-            _capture_of(key.open(s.sealed, aad=_sample_binding(enrolment, s.id, fingerprint)), s.report, fingerprint)
-            for s in accepted
-        ]
+        captures = _captures(key, enrolment, accepted, fingerprint)
         token = enrolment.subject_token
         refuse_watchlisted(ctx, session, actor, captures, token)
         details = {"session_id": enrolment.id, "net_speech_s": round(speech, 2)}

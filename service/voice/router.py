@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
+from enroll.voice import MAX_SAMPLES
 from service.auth import Principal, Role
 from service.context import ServiceContext
 from service.deps import get_ctx, id_path, require
@@ -27,7 +28,6 @@ from service.voice.verification import verify_voice
 
 router = APIRouter(prefix="/v1/voice", tags=["voice"])
 ivr = require(Role.IVR)
-MAX_ENROL_FILES = 10
 REPLACE_HELP = (
     "replace an enrolled voice instead of adding to it (a re-enrolment: needs consent recorded since the "
     "template was last changed). Without it, samples are added only if each verifies as the enrolled voice."
@@ -77,8 +77,8 @@ def enrol(
     ctx: ServiceContext = Depends(get_ctx),
     actor: Principal = Depends(ivr),
 ) -> dict:
-    if len(audio) > MAX_ENROL_FILES:
-        raise ServiceError(f"at most {MAX_ENROL_FILES} recordings per enrolment call")
+    if len(audio) > MAX_SAMPLES:
+        raise ServiceError(f"at most {MAX_SAMPLES} recordings per enrolment call")
     waveforms = lambda: [read_waveform(ctx, upload, encoding) for upload in audio]  # noqa: E731
     result, reports = enrolment.enrol_voice(ctx, actor, reference, purpose, waveforms, replace=replace)
     return {**result.as_dict(), "samples": reports}

@@ -18,6 +18,7 @@ class ReasonCode(StrEnum):
     TOO_SHORT = "TOO_SHORT"
     TOO_NOISY = "TOO_NOISY"
     CLIPPED = "CLIPPED"
+    DUPLICATE_SAMPLE = "DUPLICATE_SAMPLE"  # an enrolment's sample that repeats another of it (enroll.voice)
 
 
 @dataclass(frozen=True)
