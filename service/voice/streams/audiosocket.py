@@ -27,19 +27,26 @@ log = logging.getLogger("bioident.audiosocket")
 
 KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_AUDIO, KIND_ERROR = 0x00, 0x01, 0x03, 0x10, 0xFF
 HANGUP = struct.pack(">BH", KIND_HANGUP, 0)
-FIRST_MESSAGE_S = 10.0  # the UUID message must come this soon after connecting
+FIRST_MESSAGE_S = 3.0  # the UUID message must come this soon after connecting (Asterisk sends it at once)
 
 
 async def start_audiosocket(ctx: ServiceContext, host: str, port: int) -> asyncio.Server:
     """Listens for AudioSocket connections on the running loop; the server's sockets tell the port."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The stream id first: a connection that says nothing holds no stream slot (idle sockets had kept
+        # WebSocket streams out).
+        try:
+            first = await asyncio.wait_for(_read_message(reader), FIRST_MESSAGE_S)
+        except (TimeoutError, Dropped):
+            writer.close()
+            return
         if not admit_stream(ctx):  # too many streams here: hang up before taking one (it stays open)
             writer.write(HANGUP)
             writer.close()
             return
         try:
-            await _serve_connection(ctx, reader, writer)
+            await _serve_connection(ctx, first, reader, writer)
         except Exception:  # noqa: BLE001 - one connection's fault never stops the listener
             log.exception("audiosocket connection failed")
         finally:
@@ -57,11 +64,10 @@ async def _read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         raise Dropped from None
 
 
-async def _serve_connection(ctx: ServiceContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        kind, payload = await asyncio.wait_for(_read_message(reader), FIRST_MESSAGE_S)
-    except (TimeoutError, Dropped):
-        return
+async def _serve_connection(
+    ctx: ServiceContext, first: tuple[int, bytes], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    kind, payload = first
     if kind != KIND_UUID or len(payload) != 16:
         writer.write(HANGUP)
         return
