@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import Principal, Role, authenticate
 from service.context import ServiceContext
-from service.errors import Forbidden
+from service.errors import Forbidden, ServiceError
 from service.limits import count_request
 
 
@@ -24,8 +24,12 @@ bearer = HTTPBearer(auto_error=False, description="the API key of a client: Bear
 
 def require(*roles: Role) -> Callable[..., Principal]:
     def dependency(
-        ctx: ServiceContext = Depends(get_ctx), credentials: HTTPAuthorizationCredentials | None = Security(bearer)
+        request: Request,
+        ctx: ServiceContext = Depends(get_ctx),
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),
     ) -> Principal:
+        if len(request.headers.getlist("authorization")) > 1:  # a proxy reading the last would see another client
+            raise ServiceError("send one Authorization header, not several")
         authorization = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
         with ctx.db.session() as session:
             principal = authenticate(session, authorization)

@@ -175,3 +175,14 @@ def test_an_admin_key_is_made_only_in_the_operators_own_tenant(bank):
     assert api.http.post("/v1/clients", json=second, headers=admin).status_code == 201
     teller = {**second, "tenant_id": "bank", "role": "ivr"}
     assert api.http.post("/v1/clients", json=teller, headers=admin).status_code == 201
+
+
+def test_two_authorization_headers_are_refused_whichever_comes_first(bank):
+    """The first of two had been used: a proxy that reads the last would have seen another client."""
+    api, keys = bank
+    good, other = api.headers(keys["portal"])["Authorization"], api.headers(keys["ivr"])["Authorization"]
+    for first, second in ((good, "Bearer wrong"), ("Bearer wrong", good), (good, other)):
+        response = api.http.get("/v1/subjects/sub_x", headers=[("Authorization", first), ("Authorization", second)])
+        body = _problem(response, 400)
+        assert "one Authorization header" in body["detail"] and keys["portal"] not in response.text
+    assert api.http.get("/v1/subjects/sub_x", headers=api.headers(keys["portal"])).status_code == 404
