@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from dataclasses import asdict, dataclass
 
 from sqlalchemy.orm import Session
@@ -23,9 +24,15 @@ from sqlalchemy.orm import Session
 from service.store.models import AuditEntry, AuditHead
 from service.trail.chain import HEAD_ID, ChainReport, audit_key, head_mac
 
+_HEX = re.compile(r"[0-9a-f]{64}")
+
 
 class AnchorFileError(ValueError):
     """An anchors file that cannot be read as anchors; the message names the line."""
+
+
+class _NotAnAnchor(ValueError):
+    """What a line is instead of an anchor."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,38 @@ def current_anchor(session: Session) -> Anchor | None:
     return Anchor(head.last_seq, head.last_hash, head.last_mac)
 
 
+def _hex(value: object, *, empty: bool = False) -> bool:
+    """A MAC or hash as written: 64 lowercase hex digits (or, with ``empty``, none)."""
+    return isinstance(value, str) and (_HEX.fullmatch(value) is not None or empty and value == "")
+
+
+def _count(value: object, least: int) -> bool:
+    """A JSON integer (not a float, however whole, nor true) of at least ``least``."""
+    return type(value) is int and value >= least
+
+
+def _ledger_mark(fields: object) -> LedgerMark:
+    if not (isinstance(fields, dict) and fields.keys() == {"lines", "last", "mac"}):
+        raise _NotAnAnchor("its ledger mark is not an object with lines, last and mac")
+    if not _count(fields["lines"], 0):
+        raise _NotAnAnchor("its ledger mark's lines is not a whole number")
+    if not (_hex(fields["last"], empty=True) and _hex(fields["mac"])):
+        raise _NotAnAnchor("its ledger mark's last and mac are not a MAC in hex")
+    return LedgerMark(fields["lines"], fields["last"], fields["mac"])
+
+
+def _anchor(fields: object) -> Anchor:
+    """The anchor ``bioident audit anchor`` wrote as ``fields``; ``_NotAnAnchor`` says what else they are."""
+    if not (isinstance(fields, dict) and fields.keys() in ({"seq", "hash", "mac"}, {"seq", "hash", "mac", "ledger"})):
+        raise _NotAnAnchor("it is not a JSON object of seq, hash, mac and a ledger mark, and nothing else")
+    if not _count(fields["seq"], 1):
+        raise _NotAnAnchor("its seq is not an entry's number (a whole number from 1)")
+    if not (_hex(fields["hash"]) and _hex(fields["mac"])):
+        raise _NotAnAnchor("its hash and mac are not 64 lowercase hex digits")
+    mark = None if "ledger" not in fields else _ledger_mark(fields["ledger"])
+    return Anchor(fields["seq"], fields["hash"], fields["mac"], mark)
+
+
 def parse_anchors(text: str, source: str) -> list[Anchor]:
     """One JSON anchor per line, as ``bioident audit anchor`` prints them; blank lines are skipped."""
     anchors = []
@@ -66,16 +105,11 @@ def parse_anchors(text: str, source: str) -> list[Anchor]:
         if not line.strip():
             continue
         try:
-            fields = json.loads(line)
-            mark = fields.get("ledger")
-            if mark is not None:
-                mark = LedgerMark(int(mark["lines"]), str(mark["last"]), str(mark["mac"]))
-            anchor = Anchor(int(fields["seq"]), str(fields["hash"]), str(fields["mac"]), mark)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise AnchorFileError(
-                f"{source} line {number} is not an anchor (a JSON object with seq, hash, mac and a ledger mark)"
-            ) from None
-        anchors.append(anchor)
+            anchors.append(_anchor(json.loads(line)))
+        except _NotAnAnchor as exc:
+            raise AnchorFileError(f"{source} line {number} is not an anchor: {exc}") from None
+        except (ValueError, RecursionError):  # not JSON, or JSON nested too deep or with too long a number
+            raise AnchorFileError(f"{source} line {number} is not an anchor: it is not JSON as anchors are") from None
     return anchors
 
 
