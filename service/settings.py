@@ -42,6 +42,9 @@ class ServiceSettings(CoreSettings):
     fingerprint_max_captures: int = Field(5, ge=2, le=20)
     # Accuracy audits started through the API read datasets from folders below this directory only.
     audit_datasets_dir: Path | None = None
+    # Audits started through the API and not finished, at once in one process (a replica); past it a new one is
+    # refused (429 with Retry-After, nothing recorded) rather than queued, since each holds a dataset's trials.
+    audit_max_concurrent: int = Field(1, ge=1)
     # Audit entries are signed (HMAC under the keyring's audit key). A trail begun by a release that did
     # not sign them passes only if the operator declares its unsigned entries here (they are counted).
     audit_unsigned_up_to: int = Field(0, ge=0)

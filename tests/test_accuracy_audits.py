@@ -226,3 +226,99 @@ def test_a_running_audit_keeps_its_heartbeat_fresh(api, monkeypatch):
     with api.ctx.db.session() as session:
         beat = session.get(AuditJob, job_id).heartbeat_at
     assert dt.datetime.now(dt.UTC) - beat < dt.timedelta(seconds=5)
+
+
+def _held_audit(api, dataset: str):
+    """An audit this replica accepted whose background task has not run yet."""
+    from service.accuracy import jobs as audits
+    from service.auth import Principal, Role
+
+    return audits.start_audit(api.ctx, Principal("cli_x", "bank", Role.AUDITOR), dataset, "clean", 100)
+
+
+def _audits_recorded(api, auditor: dict) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from service.store.models import AuditJob
+
+    with api.ctx.db.session() as session:
+        jobs = session.scalar(select(func.count()).select_from(AuditJob))
+    entries = api.http.get("/v1/audit/entries", headers=auditor).json()["entries"]
+    return jobs, sum(e["action"] == "audit.start" for e in entries)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_replica_holds_one_audit_at_a_time_and_asks_for_more_later(api, replica, tmp_path, monkeypatch):
+    from service.accuracy import jobs as audits
+
+    (tmp_path / "datasets" / "many").mkdir(parents=True)
+    api.ctx.settings.audit_datasets_dir = tmp_path / "datasets"  # the replica's settings too
+    ran = []
+
+    def quick(ctx, params):
+        ran.append((ctx, params))
+        return AccuracyReport.from_dict(STORED_BEFORE_CALIBRATION), None
+
+    monkeypatch.setattr(audits, "_run_audit", quick)
+    api.tenant("bank")
+    auditor = api.headers(api.client("bank", "auditor"))
+    held = _held_audit(api, "many")
+
+    for _ in range(3):  # a queued audit holds the replica's place as a running one does
+        busy = api.http.post("/v1/audits", json={"dataset": "many"}, headers=auditor)
+        assert busy.status_code == 429 and busy.headers["content-type"] == "application/problem+json"
+        assert busy.json()["type"].endswith("/audits_busy") and int(busy.headers["Retry-After"]) > 0
+    assert _audits_recorded(api, auditor) == (1, 1)  # nothing recorded for a refused one: it is simply asked again
+
+    http, replica_ctx = replica  # another replica has a place of its own
+    other = http.post("/v1/audits", json={"dataset": "many", "max_genuine": 5000}, headers=auditor)
+    assert other.status_code == 202, other.text
+    status = api.http.get(f"/v1/audits/{other.json()['id']}", headers=auditor).json()
+    assert status["status"] == "done" and status["params"]["max_genuine"] == 5000
+    assert [(ctx, params["max_genuine"]) for ctx, params in ran] == [(replica_ctx, 5000)]
+
+    audits.run_audit_job(api.ctx, held.id)  # once the held audit has run, the next one is taken
+    started = api.http.post("/v1/audits", json={"dataset": "many"}, headers=auditor)
+    assert started.status_code == 202, started.text
+    assert api.http.get(f"/v1/audits/{started.json()['id']}", headers=auditor).json()["status"] == "done"
+    assert len(ran) == 3 and _audits_recorded(api, auditor) == (3, 3)
+
+    api.ctx.settings.audit_max_concurrent = 2  # BIOIDENT_AUDIT_MAX_CONCURRENT
+    second_held = _held_audit(api, "many")
+    assert api.http.post("/v1/audits", json={"dataset": "many"}, headers=auditor).status_code == 202
+    assert api.http.post("/v1/audits", json={"dataset": "many"}, headers=auditor).status_code == 202
+    _held_audit(api, "many")
+    assert api.http.post("/v1/audits", json={"dataset": "many"}, headers=auditor).status_code == 429
+    audits.run_audit_job(api.ctx, second_held.id)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_audit_whose_task_never_started_gives_its_place_back(api, tmp_path, monkeypatch):
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from service.accuracy import jobs as audits
+    from service.store.models import AuditJob
+
+    (tmp_path / "datasets" / "many").mkdir(parents=True)
+    api.ctx.settings.audit_datasets_dir = tmp_path / "datasets"
+    monkeypatch.setattr(
+        audits, "_run_audit", lambda ctx, params: (AccuracyReport.from_dict(STORED_BEFORE_CALIBRATION), None)
+    )
+    api.tenant("bank")
+    auditor = api.headers(api.client("bank", "auditor"))
+    lost = _held_audit(api, "many")  # say its response never went out, so its background task never ran
+    assert api.http.post("/v1/audits", json={"dataset": "many"}, headers=auditor).status_code == 429
+    with api.ctx.db.session() as session:
+        stale = dt.datetime.now(dt.UTC) - 2 * audits.STALE_AFTER
+        session.execute(update(AuditJob).where(AuditJob.id == lost.id).values(created_at=stale))
+    started = api.http.post("/v1/audits", json={"dataset": "many"}, headers=auditor)
+    assert started.status_code == 202, started.text
+    status = api.http.get(f"/v1/audits/{lost.id}", headers=auditor).json()
+    assert status["status"] == "failed" and "stopped" in status["error"], status  # recorded, as a poll would
+    monkeypatch.setattr(audits, "_run_audit", lambda ctx, params: pytest.fail("ran a job recorded failed"))
+    audits.run_audit_job(api.ctx, lost.id)  # its task, if it ever starts, does not run it
+    entries = api.http.get("/v1/audit/entries", headers=auditor).json()["entries"]
+    finished = [(e["details"]["job_id"], e["outcome"]) for e in entries if e["action"] == "audit.finish"]
+    assert sorted(finished) == sorted([(lost.id, "failed"), (started.json()["id"], "done")])

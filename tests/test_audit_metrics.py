@@ -26,7 +26,13 @@ from biometrics.evaluation.metrics import (
     min_dcf,
     operating_point_at_fmr,
 )
-from biometrics.evaluation.trials import DatasetError, dataset_sha256, trials_from_folders, trials_from_list
+from biometrics.evaluation.trials import (
+    DatasetError,
+    dataset_sha256,
+    group_pairs,
+    trials_from_folders,
+    trials_from_list,
+)
 from biometrics.scoring.calibration import Calibration, CalibrationError
 from tests.audit_reports import STORED_BEFORE_CALIBRATION, report_with_scores
 
@@ -165,6 +171,7 @@ def test_calibration_round_trips_through_its_file(tmp_path, gaussian_scores):
         "MISSING_A",
         "NEGATIVE_SLOPE",
         "BAD_METHOD",
+        "COSINE_BELOW_MINUS_ONE",
     ],
 )
 def test_a_malformed_calibration_file_is_refused(tmp_path, gaussian_scores, content):
@@ -175,6 +182,9 @@ def test_a_malformed_calibration_file_is_refused(tmp_path, gaussian_scores, cont
         content = json.dumps({**good, "a": -1.0})
     elif content == "BAD_METHOD":
         content = json.dumps({**good, "method": "plda"})
+    elif content == "COSINE_BELOW_MINUS_ONE":  # edited by hand to accept every caller
+        assert good["method"] == "cosine"
+        content = json.dumps({**good, "threshold": -2.0})
     path = tmp_path / "calibration.json"
     path.write_text(content)
     with pytest.raises(CalibrationError) as caught:
@@ -240,6 +250,86 @@ def test_impostors_above_the_cap_are_a_seeded_sample(tmp_path):
     pairs = {(int(e), int(t)) for e, t in zip(first.enrol, first.test, strict=True)}
     assert len(pairs) == len(first.enrol)  # no pair twice
     assert first.source["impostors_sampled"] and first.source["impostor_pairs_available"] == 120 - 24
+
+
+def _pairs(trials, genuine: bool) -> set[tuple[int, int]]:
+    keep = trials.genuine == genuine
+    return {(int(e), int(t)) for e, t in zip(trials.enrol[keep], trials.test[keep], strict=True)}
+
+
+def test_genuine_pairs_above_the_cap_are_a_seeded_sample(tmp_path):
+    root = _touch_dataset(tmp_path, [6, 5, 4, 1])
+    whole = trials_from_folders(root, max_impostors=30, seed=5)
+    first = trials_from_folders(root, max_impostors=30, seed=5, max_genuine=10)
+    again = trials_from_folders(root, max_impostors=30, seed=5, max_genuine=10)
+    other = trials_from_folders(root, max_impostors=30, seed=6, max_genuine=10)
+    assert (whole.n_genuine, first.n_genuine, first.n_impostor) == (15 + 10 + 6, 10, 30)
+    assert not whole.source["genuine_sampled"]
+    assert first.source["genuine_sampled"] and first.source["genuine_pairs_available"] == 31
+    assert first.source["max_genuine"] == 10 and first.source["seed"] == 5
+    assert np.array_equal(first.enrol, again.enrol) and np.array_equal(first.test, again.test)
+    assert _pairs(first, True) != _pairs(other, True)
+    assert len(_pairs(first, True)) == 10 and _pairs(first, True) < _pairs(whole, True)  # distinct, all same-subject
+    assert _pairs(first, False) == _pairs(whole, False)  # the impostor sample of a seed does not change
+    assert np.all(first.enrol < first.test)
+
+
+def test_many_files_per_subject_are_sampled_without_listing_every_pair(tmp_path):
+    import tracemalloc
+
+    root = _touch_dataset(tmp_path, [2000, 2000])  # 3,998,000 same-subject pairs: listing them takes 64 MB
+    tracemalloc.start()
+    try:
+        trials = trials_from_folders(root, max_impostors=1000, max_genuine=1000, seed=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (trials.n_genuine, trials.n_impostor) == (1000, 1000)
+    assert trials.source["genuine_pairs_available"] == 2 * 2000 * 1999 // 2
+    assert peak < 16 * 2**20, peak
+
+
+def test_pairs_are_drawn_uniformly_and_decoded_exactly_in_groups_of_any_size():
+    # 19,999,900,000 pairs in the big group: a sample must be drawn and decoded without listing them.
+    groups = [np.arange(3), np.empty(0, np.int64), np.arange(10, 11), np.arange(100, 200_100)]
+    first, second, available = group_pairs(groups, 50_000, np.random.default_rng(0))
+    assert available == 3 + 200_000 * 199_999 // 2 and len(first) == 50_000
+    assert len({(int(a), int(b)) for a, b in zip(first, second, strict=True)}) == 50_000
+    big = first >= 100
+    assert np.all(second[big] > first[big]) and np.all(second[big] < 200_100) and np.all(second[~big] < 3)
+    # every pair of a small group is equally likely
+    counts = np.zeros((5, 5))
+    for seed in range(2000):
+        a, b, _ = group_pairs([np.arange(5)], 3, np.random.default_rng(seed))
+        np.add.at(counts, (a, b), 1)
+    assert np.all(np.abs(counts[np.triu_indices(5, 1)] / (2000 * 3 / 10) - 1) < 0.15)
+
+
+def test_the_default_genuine_cap_keeps_an_ordinary_dataset_whole(tmp_path):
+    trials = trials_from_folders(_touch_dataset(tmp_path, [90] * 33))  # LibriSpeech test-other's size
+    assert trials.n_genuine == 33 * 90 * 89 // 2 and not trials.source["genuine_sampled"]
+
+
+def test_fingerprint_trials_cap_genuine_and_impostor_pairs_too(tmp_path):
+    from biometrics.evaluation.fingerprint_audit import fvc_trials
+
+    for finger in range(1, 31):
+        for impression in range(1, 9):
+            (tmp_path / f"{finger}_{impression}.tif").write_bytes(b"")
+    whole = fvc_trials(tmp_path)
+    capped = fvc_trials(tmp_path, max_genuine=100, max_impostors=50, seed=2)
+    assert (whole.n_genuine, whole.n_impostor) == (30 * 28, 30 * 29 // 2)
+    assert (capped.n_genuine, capped.n_impostor) == (100, 50)
+    assert _pairs(capped, True) < _pairs(whole, True) and _pairs(capped, False) < _pairs(whole, False)
+    assert capped.source["genuine_pairs_available"] == 840 and capped.source["impostors_sampled"]
+    assert np.array_equal(fvc_trials(tmp_path, max_genuine=100, max_impostors=50, seed=2).test, capped.test)
+
+
+def test_a_negative_seed_or_a_cap_under_one_is_refused(tmp_path):
+    root = _touch_dataset(tmp_path, [2, 2])
+    for kwargs in ({"seed": -1}, {"max_genuine": 0}, {"max_impostors": 0}):
+        with pytest.raises(DatasetError):
+            trials_from_folders(root, **kwargs)
 
 
 def test_a_trial_list_names_its_pairs(tmp_path):
@@ -425,6 +515,86 @@ def test_audit_cli_writes_reports_and_calibration(tone_dataset, tmp_path, monkey
     other = audit_run(tmp_path / "again")
     assert other["scoring"]["calibration"] is None and other["scoring"]["configured_threshold"] != shifted.threshold
     assert any("calibration is not used" in w for w in other["warnings"]), other["warnings"]
+
+
+def _tone_audit_run(tone_dataset, out, monkeypatch, *extra) -> dict:
+    from biometrics.evaluation import cli
+
+    monkeypatch.setattr(cli, "_embedder", lambda settings: ToneEmbedder())
+    monkeypatch.delenv("BIOIDENT_COHORT_FILE", raising=False)
+    monkeypatch.delenv("BIOIDENT_CALIBRATION_FILE", raising=False)
+    args = _parser().parse_args(
+        ["audit", "run", "--dataset", str(tone_dataset), "--out", str(out), "--no-cache", "--quiet", *extra]
+    )
+    assert args.run(args) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_audit_cli_samples_genuine_pairs_beyond_max_genuine_and_says_so(tone_dataset, tmp_path, monkeypatch, capsys):
+    report = _tone_audit_run(tone_dataset, tmp_path / "out", monkeypatch, "--max-genuine", "12", "--seed", "3")
+    trials = report["dataset"]["trials"]
+    assert report["counts"]["genuine_trials"] == 12 and report["counts"]["impostor_trials"] == 17 * 16 // 2 - 28
+    assert trials["genuine_sampled"] and trials["genuine_pairs_available"] == 3 * 6 + 10 and trials["max_genuine"] == 12
+    assert "--max-genuine 12" in report["command"] and "--seed 3" in report["command"]
+    assert "genuine trials: 12 sampled of 28 same-subject pairs (seed 3)" in capsys.readouterr().out
+    again = _tone_audit_run(tone_dataset, tmp_path / "again", monkeypatch, "--max-genuine", "12", "--seed", "3")
+    assert again["scores"] == report["scores"]  # the same seed, the same sample
+
+
+@pytest.mark.parametrize(
+    "option", [["--seed", "-1"], ["--seed", "1.5"], ["--max-genuine", "0"], ["--max-impostors", "-5"]]
+)
+def test_a_negative_seed_or_a_cap_under_one_is_a_usage_error(tone_dataset, tmp_path, capsys, option):
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", "run", "--dataset", str(tone_dataset), "--out", str(tmp_path / "out"), *option])
+    assert exited.value.code == 2
+    assert f"argument {option[0]}: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_negative_seed_given_to_the_audit_itself_is_an_input_error(tone_dataset, tmp_path):
+    from biometrics.evaluation.audit import run_audit
+    from biometrics.settings import CoreSettings
+
+    listing = tmp_path / "trials.txt"
+    listing.write_text("1 spk0/utt0.wav spk0/utt1.wav\n0 spk0/utt0.wav spk1/utt0.wav\n")
+    embedder = ToneEmbedder()
+    for trials in (None, listing):
+        with pytest.raises(DatasetError, match="seed"):
+            run_audit(embedder, tone_dataset, CoreSettings(_env_file=None), trials=trials, seed=-1)
+    assert embedder.analysed == 0  # refused before any file is analysed
+
+
+def test_calibrate_never_writes_over_the_audit_report_or_another_file(tone_dataset, tmp_path, monkeypatch, capsys):
+    from service.cli import main
+
+    out = tmp_path / "out"
+    _tone_audit_run(tone_dataset, out, monkeypatch)
+    report, page = (out / "report.json").read_bytes(), (out / "report.html").read_bytes()
+    (tmp_path / "link.json").symlink_to(out / "report.json")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    calibrate = ["audit", "calibrate", "--report", str(out), "--target-fmr", "0.01", "--allow-unresolved"]
+    capsys.readouterr()
+    for target, why in (
+        (out / "report.json", "is the audit report itself"),
+        (out / "." / "report.json", "is the audit report itself"),
+        (tmp_path / "link.json", "is the audit report itself"),
+        (out / "report.html", "is not a calibration file"),
+        (notes, "is not a calibration file"),
+        (out, "is a folder"),
+    ):
+        assert main([*calibrate, "--out", str(target)]) == 2, target
+        err = capsys.readouterr().err
+        assert err.startswith("bioident: error: --out ") and why in err and err.count("\n") == 1, err
+    assert (out / "report.json").read_bytes() == report and (out / "report.html").read_bytes() == page
+    assert notes.read_text() == "mine"
+    # A calibration file is written, and calibrating again replaces it.
+    for _ in range(2):
+        assert main([*calibrate, "--out", str(tmp_path / "calibration.json")]) == 0
+        assert Calibration.load(tmp_path / "calibration.json").target_fmr == 0.01
 
 
 def test_calibrate_cli_without_a_report_is_an_input_error(tmp_path):

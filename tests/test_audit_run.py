@@ -160,6 +160,14 @@ def test_report_json_holds_every_required_figure(clean_audit, embedder):
     assert {row["kind"] for row in report["threshold_table"]} == {"fmr", "eer", "configured"}
 
 
+def test_an_ordinary_dataset_is_audited_on_every_pair(clean_audit):
+    report = clean_audit[0]
+    trials = report.dataset.trials
+    assert not trials["genuine_sampled"] and not trials["impostors_sampled"]
+    assert report.counts.genuine_trials == trials["genuine_pairs_available"] == 10 * 45
+    assert report.counts.impostor_trials == trials["impostor_pairs_available"] == 100 * 99 // 2 - 450
+
+
 def test_report_json_reads_back_as_the_report_written(clean_audit):
     report, out, _ = clean_audit
     assert AccuracyReport.from_dict(json.loads((out / "report.json").read_text())) == report

@@ -68,8 +68,10 @@ from biometrics.evaluation.metrics import (
     operating_point_at_threshold,
 )
 from biometrics.evaluation.trials import (
+    DEFAULT_MAX_GENUINE,
     DEFAULT_MAX_IMPOSTORS,
     Trials,
+    check_sampling,
     dataset_sha256,
     file_sha256,
     load_trials,
@@ -295,19 +297,20 @@ def run_audit(
     calibration: Calibration | Path | None = None,
     cosine: bool = False,
     max_impostors: int = DEFAULT_MAX_IMPOSTORS,
+    max_genuine: int = DEFAULT_MAX_GENUINE,
     seed: int = 0,
     command: str | None = None,
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> AccuracyReport:
     """Error rates of the production pipeline on ``dataset``, as a report (``to_dict()`` is its JSON form).
 
-    ``trials`` is a trial-list file (or ready ``Trials``); without it every same-subject pair and
-    every different-subject pair (at most ``max_impostors``, sampled with ``seed``) of the subject
-    folders is a trial. Scores are the service's for the audit's pair of channels: AS-Norm over the
-    deployment's cohorts (``cohort``, object or file, else ``BIOIDENT_COHORT_FILE``, else the packaged
-    ones; ``cosine``: raw cosine), and the "configured" row and ``operating_point`` are at the service's
-    threshold for that pair (the deployment's ``calibration``, object or file, when it fits the audit's
-    scores; else the one set by the target FMR).
+    ``trials`` is a trial-list file (or ready ``Trials``); without it every same-subject pair (at most
+    ``max_genuine``) and every different-subject pair (at most ``max_impostors``) of the subject folders
+    is a trial, each kind sampled with ``seed`` beyond its cap. Scores are the service's for the audit's
+    pair of channels: AS-Norm over the deployment's cohorts (``cohort``, object or file, else
+    ``BIOIDENT_COHORT_FILE``, else the packaged ones; ``cosine``: raw cosine), and the "configured" row
+    and ``operating_point`` are at the service's threshold for that pair (the deployment's ``calibration``,
+    object or file, when it fits the audit's scores; else the one set by the target FMR).
     """
     started = time.monotonic()
     mixed = str(channel) == MIXED
@@ -324,8 +327,9 @@ def run_audit(
         require_same_model(embedder.fingerprint, cohort.model_fingerprint)
         if cohort.channel != str(channel):
             warnings.append(f"the cohort was built for the {cohort.channel} channel; the audit is on {channel}")
+    check_sampling(seed)
     if not isinstance(trials, Trials):
-        trials = load_trials(dataset, trials, max_impostors=max_impostors, seed=seed)
+        trials = load_trials(dataset, trials, max_impostors=max_impostors, seed=seed, max_genuine=max_genuine)
 
     paths = [trials.path(i) for i in range(len(trials.files))]
     hashes = [file_sha256(p) for p in paths]

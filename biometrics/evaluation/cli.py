@@ -22,8 +22,26 @@ DEFAULT_TARGET_FMR = 1e-3
 CALIBRATION_FILE = "calibration.json"
 
 
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    return _whole_number(text, 0)  # numpy's generators take no negative seed
+
+
+def _cap(text: str) -> int:
+    return _whole_number(text, 1)
+
+
 def add_audit_commands(audit: argparse._SubParsersAction) -> None:
-    from biometrics.evaluation.trials import DEFAULT_MAX_IMPOSTORS
+    from biometrics.evaluation.trials import DEFAULT_MAX_GENUINE, DEFAULT_MAX_IMPOSTORS
 
     run = audit.add_parser(
         "run",
@@ -61,9 +79,23 @@ def add_audit_commands(audit: argparse._SubParsersAction) -> None:
     cache.add_argument("--cache-dir", type=Path, help="embedding cache (default: ~/.cache/bioident/embeddings)")
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     run.add_argument(
-        "--max-impostors", type=int, default=DEFAULT_MAX_IMPOSTORS, help="impostor pairs to sample, without --trials"
+        "--max-impostors",
+        type=_cap,
+        default=DEFAULT_MAX_IMPOSTORS,
+        help="without --trials: at most this many different-subject pairs, a seeded sample when there are more",
     )
-    run.add_argument("--seed", type=int, default=0, help="seed for impostor sampling and the bootstrap")
+    run.add_argument(
+        "--max-genuine",
+        type=_cap,
+        default=DEFAULT_MAX_GENUINE,
+        help="without --trials: at most this many same-subject pairs, a seeded sample when there are more",
+    )
+    run.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed (0 or more) for sampling genuine and impostor pairs, and the bootstrap",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(run=cmd_audit_run)
 
@@ -107,10 +139,21 @@ def canonical_command(args: argparse.Namespace, cohort: Path | None) -> str:
         words += ["--cohort", str(cohort)]
     elif args.no_cohort:
         words += ["--no-cohort"]
-    if args.trials is None:
-        words += ["--max-impostors", str(args.max_impostors)]
-    words += ["--seed", str(args.seed)]
+    words += _sampling_words(args)
     return shlex.join(words)
+
+
+def _sampling_words(args: argparse.Namespace) -> list[str]:
+    if args.trials is not None:
+        return ["--seed", str(args.seed)]
+    return [
+        "--max-genuine",
+        str(args.max_genuine),
+        "--max-impostors",
+        str(args.max_impostors),
+        "--seed",
+        str(args.seed),
+    ]
 
 
 class _ProgressBar:
@@ -149,13 +192,15 @@ def cmd_fingerprint_audit_run(args: argparse.Namespace) -> int:
         words += ["--records", args.records]
     if args.trials is not None:
         words += ["--trials", str(args.trials)]
-    words += ["--seed", str(args.seed)]
+    words += _sampling_words(args)
     report = run_fingerprint_audit(
         args.dataset,
         _settings(),
         records=args.records,
         trials=args.trials,
         seed=args.seed,
+        max_genuine=args.max_genuine,
+        max_impostors=args.max_impostors,
         command=shlex.join(words),
     )
     json_path, html_path = write_report(report, args.out)
@@ -176,8 +221,6 @@ def cmd_audit_run(args: argparse.Namespace) -> int:
     from biometrics.evaluation.cache import DEFAULT_CACHE_DIR, EmbeddingCache
     from biometrics.evaluation.report import write_report
 
-    if args.max_impostors < 1:
-        raise BiometricsError("--max-impostors must be at least 1")
     try:  # before the audit, not after it: an unusable --out must not cost a whole run
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -200,6 +243,7 @@ def cmd_audit_run(args: argparse.Namespace) -> int:
             calibration=settings.calibration_file,
             cosine=args.no_cohort,
             max_impostors=args.max_impostors,
+            max_genuine=args.max_genuine,
             seed=args.seed,
             command=canonical_command(args, cohort),
         )
@@ -219,6 +263,14 @@ def _print_summary(report: AccuracyReport) -> None:
         f"{report.scoring.method} scores, {report.channel} channel, "
         f"{counts.scored_genuine_trials} genuine / {counts.scored_impostor_trials} impostor trials"
     )
+    trials = report.dataset.trials  # how the trials were made: a sample says so, and of how many pairs
+    for kind, made, flag, pairs in (
+        ("genuine", counts.genuine_trials, "genuine_sampled", "same"),
+        ("impostor", counts.impostor_trials, "impostors_sampled", "different"),
+    ):
+        if trials.get(flag):
+            available = trials[f"{kind}_pairs_available"]
+            print(f"{kind} trials: {made} sampled of {available} {pairs}-subject pairs (seed {trials['seed']})")
     print(f"EER {100 * report.eer:.2f}%   FTE {100 * report.fte:.2f}%   FTA {100 * report.fta:.2f}%")
     for p, value in report.min_dcf.items():
         print(f"minDCF(p_target={p})  {value:.4f}")
@@ -231,6 +283,29 @@ def _print_summary(report: AccuracyReport) -> None:
         )
 
 
+def _check_calibration_out(out: Path, report_path: Path) -> None:
+    """Refuses to write the calibration over the report it comes from, over a folder, or over any existing
+    file that is not a calibration (a calibration is replaced: that is calibrating again)."""
+    import json
+
+    from biometrics.scoring.calibration import CALIBRATION_KIND, CalibrationError
+
+    if out.is_dir():
+        raise CalibrationError(f"--out {out} is a folder; name the calibration file, e.g. {out / CALIBRATION_FILE}")
+    if not out.exists():
+        return
+    if report_path.exists() and out.samefile(report_path):  # the same file by any path or link
+        raise CalibrationError(f"--out {out} is the audit report itself; write the calibration to another file")
+    try:
+        kind = json.loads(out.read_text(encoding="utf-8")).get("kind")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        kind = None
+    if kind != CALIBRATION_KIND:
+        raise CalibrationError(
+            f"--out {out} exists and is not a calibration file; it is not overwritten: choose another --out"
+        )
+
+
 def cmd_audit_calibrate(args: argparse.Namespace) -> int:
     from biometrics.evaluation.accuracy_report import ReportError
     from biometrics.evaluation.calibration_fit import calibrate
@@ -238,6 +313,8 @@ def cmd_audit_calibrate(args: argparse.Namespace) -> int:
     from biometrics.scoring.calibration import CalibrationError
 
     report_path = args.report / REPORT_JSON if args.report.is_dir() else args.report
+    out = args.out or report_path.parent / CALIBRATION_FILE
+    _check_calibration_out(out, report_path)
     try:
         report = load_report(report_path)
     except FileNotFoundError:
@@ -255,7 +332,6 @@ def cmd_audit_calibrate(args: argparse.Namespace) -> int:
             "--max-impostors'), choose a larger --target-fmr, or pass --allow-unresolved to write a threshold that "
             "only shows that no impostor of this audit passed"
         )
-    out = args.out or report_path.parent / CALIBRATION_FILE
     calibration.save(out)
     print(
         f"threshold {calibration.threshold:.4f} ({calibration.method}) for FMR <= {calibration.target_fmr:g}: "

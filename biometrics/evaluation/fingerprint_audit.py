@@ -6,12 +6,12 @@ named the FVC way, ``<finger>_<impression>.<ext>``. Impressions are images (TIFF
 to audit the matcher on another extractor's minutiae.
 
 Trials follow the FVC protocol unless a trial list is given: genuine trials are all pairs of
-impressions of a finger, impostor trials the first impressions of every pair of different fingers;
-each trial is one impression against one impression. Each file goes through the production path
-once (decode, extraction, quality gates, template): FTE is the share of enrolment-side files that
-give no template, FTA the share of test-side ones (the same gates at both ends). Scores are
-``biometrics.fingerprint.matcher.compare``; the report is the voice audit's (same figures, same
-HTML).
+impressions of a finger, impostor trials the first impressions of every pair of different fingers
+(each a seeded sample when there are more than its cap, as for voice); each trial is one impression
+against one impression. Each file goes through the production path once (decode, extraction,
+quality gates, template): FTE is the share of enrolment-side files that give no template, FTA the
+share of test-side ones (the same gates at both ends). Scores are
+``biometrics.fingerprint.matcher.compare``; the report is the voice audit's (same figures, same HTML).
 """
 
 from __future__ import annotations
@@ -58,7 +58,17 @@ from biometrics.evaluation.metrics import (
     operating_point_at_fmr,
     operating_point_at_threshold,
 )
-from biometrics.evaluation.trials import DatasetError, Trials, dataset_sha256, file_sha256, trials_from_list
+from biometrics.evaluation.trials import (
+    DEFAULT_MAX_GENUINE,
+    DEFAULT_MAX_IMPOSTORS,
+    DatasetError,
+    Trials,
+    check_sampling,
+    dataset_sha256,
+    file_sha256,
+    group_pairs,
+    trials_from_list,
+)
 from biometrics.fingerprint.capture import Capture, analyse_capture, capture_from_record
 from biometrics.fingerprint.images import decode_image
 from biometrics.fingerprint.matcher import compare, default_threshold
@@ -117,31 +127,44 @@ def finger_files(root: Path, records: str | None = None) -> dict[str, list[str]]
     return fingers
 
 
-def fvc_trials(root: Path, records: str | None = None) -> Trials:
-    """FVC protocol: all pairs of impressions of a finger; first impressions of different fingers."""
+def fvc_trials(
+    root: Path,
+    records: str | None = None,
+    *,
+    max_genuine: int = DEFAULT_MAX_GENUINE,
+    max_impostors: int = DEFAULT_MAX_IMPOSTORS,
+    seed: int = 0,
+) -> Trials:
+    """FVC protocol: all pairs of impressions of a finger; first impressions of different fingers.
+
+    More pairs of either kind than its cap: a sample of that many, drawn with ``seed``.
+    """
+    check_sampling(seed, max_impostors=max_impostors, max_genuine=max_genuine)
     fingers = finger_files(root, records)
     files = [f for names in fingers.values() for f in names]
-    index = {f: i for i, f in enumerate(files)}
-    enrol, test, genuine = [], [], []
-    for names in fingers.values():
-        for i in range(len(names)):
-            for j in range(i + 1, len(names)):
-                enrol.append(index[names[i]])
-                test.append(index[names[j]])
-                genuine.append(True)
-    firsts = [names[0] for names in fingers.values()]
-    for i in range(len(firsts)):
-        for j in range(i + 1, len(firsts)):
-            enrol.append(index[firsts[i]])
-            test.append(index[firsts[j]])
-            genuine.append(False)
+    sizes = np.array([len(names) for names in fingers.values()], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    impressions = [np.arange(start, start + size) for start, size in zip(starts, sizes, strict=True)]
+    g_enrol, g_test, n_genuine = group_pairs(impressions, max_genuine, np.random.default_rng([1, seed]))
+    i_enrol, i_test, n_impostor = group_pairs([starts], max_impostors, np.random.default_rng(seed))
     return Trials(
         root=root,
         files=tuple(files),
-        enrol=np.array(enrol, np.int64),
-        test=np.array(test, np.int64),
-        genuine=np.array(genuine, bool),
-        source={"kind": "fvc", "fingers": len(fingers), "records": records or "none"},
+        enrol=np.concatenate([g_enrol, i_enrol]).astype(np.int64),
+        test=np.concatenate([g_test, i_test]).astype(np.int64),
+        genuine=np.concatenate([np.ones(len(g_enrol), bool), np.zeros(len(i_enrol), bool)]),
+        source={
+            "kind": "fvc",
+            "fingers": len(fingers),
+            "records": records or "none",
+            "genuine_pairs_available": n_genuine,
+            "genuine_sampled": n_genuine > max_genuine,
+            "max_genuine": max_genuine,
+            "impostor_pairs_available": n_impostor,
+            "impostors_sampled": n_impostor > max_impostors,
+            "max_impostors": max_impostors,
+            "seed": seed,
+        },
     )
 
 
@@ -173,19 +196,27 @@ def run_fingerprint_audit(
     trials: Path | Trials | None = None,
     analyse: Analyse | None = None,
     seed: int = 0,
+    max_genuine: int = DEFAULT_MAX_GENUINE,
+    max_impostors: int = DEFAULT_MAX_IMPOSTORS,
     command: str | None = None,
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> AccuracyReport:
     """Error rates of the fingerprint pipeline on ``dataset``, as the voice audit's report.
 
     ``analyse`` turns a file into a capture (default: the production path); tests pass a cached one.
+    ``seed`` draws the trials when there are more pairs than ``max_genuine`` / ``max_impostors``, and the
+    bootstrap.
     """
     started = time.monotonic()
     dataset = Path(dataset)
     if records is not None and records not in RECORD_SUFFIX:
         raise DatasetError("records must be 'iso' or 'ansi'")
+    check_sampling(seed)
     if not isinstance(trials, Trials):
-        trials = trials_from_list(dataset, trials) if trials is not None else fvc_trials(dataset, records)
+        if trials is not None:
+            trials = trials_from_list(dataset, trials)
+        else:
+            trials = fvc_trials(dataset, records, max_genuine=max_genuine, max_impostors=max_impostors, seed=seed)
     analyse = analyse or production_analyse(settings, records)
     paths = [trials.path(i) for i in range(len(trials.files))]
     hashes = [file_sha256(p) for p in paths]

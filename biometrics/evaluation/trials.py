@@ -3,8 +3,10 @@
 A dataset is a folder with one sub-folder per subject holding that subject's WAV/FLAC files (at
 any depth below it). Trials come from a VoxCeleb-style list (``label enrol test`` per line, label
 1 for the same subject and 0 for different ones, paths relative to the dataset folder) or, with no
-list, from the folder: every same-subject pair and every different-subject pair (a seeded sample
-of the latter when there are more than a cap). Each trial enrols from one sample.
+list, from the folder: every same-subject pair and every different-subject pair, each a seeded sample
+when there are more than its cap (``max_genuine``, ``max_impostors``); a sample is drawn without
+listing every pair first, so memory follows the caps, not the square of the files. Each trial enrols
+from one sample.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from biometrics.errors import BiometricsError
 from biometrics.voice.cohort import AUDIO_SUFFIXES
 
 DEFAULT_MAX_IMPOSTORS = 100_000
+# Same-subject pairs grow with the square of each subject's files: a whole LibriSpeech test set (~60-90 files
+# a speaker, ~0.1 M pairs) stays exhaustive below this, and so does a set several times its size.
+DEFAULT_MAX_GENUINE = 500_000
 _HASH_CHUNK = 1 << 20
-_ENUMERATE_PAIRS_UP_TO = 5_000_000  # above this many pairs, impostors are drawn by rejection instead
+_ENUMERATE_PAIRS_UP_TO = 5_000_000  # above this many pairs, samples are drawn by rejection instead
+_DECODE_CHUNK = 1 << 20
 
 
 class DatasetError(BiometricsError):
@@ -113,35 +119,121 @@ def _sample_impostor_pairs(
     return chosen // n, chosen % n
 
 
-def trials_from_folders(root: Path, max_impostors: int = DEFAULT_MAX_IMPOSTORS, seed: int = 0) -> Trials:
-    """Every same-subject pair, and every different-subject pair or a seeded sample of ``max_impostors``.
+def check_sampling(seed: int, **caps: int) -> None:
+    """Refuses a cap under 1 or a negative seed (numpy's generators take none)."""
+    for name, cap in caps.items():
+        if cap < 1:
+            raise DatasetError(f"{name} must be at least 1")
+    if seed < 0:
+        raise DatasetError("the seed must be a non-negative integer")
+
+
+def _sample_codes(population: int, n_wanted: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_wanted`` distinct integers of ``range(population)``, sorted, drawn uniformly without replacement.
+
+    Memory is O(``n_wanted``): the population is listed only when it is small or under twice the sample.
+    """
+    if population <= max(_ENUMERATE_PAIRS_UP_TO, 2 * n_wanted):
+        return np.sort(rng.choice(population, size=n_wanted, replace=False)).astype(np.int64)
+    chosen = np.empty(0, dtype=np.int64)
+    while len(chosen) < n_wanted:  # fewer than half are wanted: each round keeps most of its draws
+        draws = rng.integers(0, population, size=2 * (n_wanted - len(chosen)), dtype=np.int64)
+        # keep the first draw of each code, in draw order, so the sample depends only on the seed
+        both = np.concatenate([chosen, draws])
+        _, first = np.unique(both, return_index=True)
+        chosen = both[np.sort(first)]
+    return np.sort(chosen[:n_wanted])
+
+
+def _pairs_before(row: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """How many pairs (a < b) of ``size`` items have a < ``row``."""
+    return row * (2 * size - row - 1) // 2
+
+
+def group_pairs(
+    groups: Sequence[np.ndarray], max_pairs: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pairs of items of the same group, the earlier one of its group first: every pair, or ``max_pairs`` of
+    them drawn uniformly without replacement when there are more; and how many pairs there are.
+
+    ``groups`` hold item indices. Pairs come out group by group, and within a group in the order
+    (0, 1), (0, 2) ... (1, 2) ...; a sample keeps that order. Memory follows the pairs returned.
+    """
+    sizes = np.array([len(g) for g in groups], dtype=np.int64)
+    counts = sizes * (sizes - 1) // 2
+    available = int(counts.sum())
+    if available <= max_pairs:
+        local = [np.triu_indices(len(g), 1) for g in groups]
+        first = [np.asarray(g, dtype=np.int64)[a] for g, (a, _) in zip(groups, local, strict=True)]
+        second = [np.asarray(g, dtype=np.int64)[b] for g, (_, b) in zip(groups, local, strict=True)]
+        empty = [np.empty(0, dtype=np.int64)]
+        return np.concatenate(first or empty), np.concatenate(second or empty), available
+    codes = _sample_codes(available, max_pairs, rng)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    members = np.concatenate([np.asarray(g, dtype=np.int64) for g in groups])
+    member_starts = np.concatenate([[0], np.cumsum(sizes)])
+    first, second = np.empty(len(codes), dtype=np.int64), np.empty(len(codes), dtype=np.int64)
+    for start in range(0, len(codes), _DECODE_CHUNK):  # in chunks: the arithmetic's arrays stay small
+        chunk = codes[start : start + _DECODE_CHUNK]
+        group = np.searchsorted(offsets, chunk, side="right") - 1  # groups without pairs are skipped
+        rank, size = chunk - offsets[group], sizes[group]
+        # the row a of pair number ``rank``: the largest a with _pairs_before(a) <= rank (float guess, then fixed)
+        span = 2 * size - 1
+        row = np.floor((span - np.sqrt(np.maximum(span.astype(np.float64) ** 2 - 8.0 * rank, 0.0))) / 2)
+        row = np.clip(row.astype(np.int64), 0, size - 2)
+        for _ in range(2):
+            row = np.where(_pairs_before(row, size) > rank, row - 1, row)
+            row = np.where((row < size - 2) & (_pairs_before(row + 1, size) <= rank), row + 1, row)
+        column = row + 1 + rank - _pairs_before(row, size)
+        first[start : start + len(chunk)] = members[member_starts[group] + row]
+        second[start : start + len(chunk)] = members[member_starts[group] + column]
+    return first, second, available
+
+
+def _different_subject_pairs(subject: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every different-subject pair (i < j), block by block: memory follows those pairs, not all pairs."""
+    order = np.argsort(subject, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(subject))])
+    enrol, test = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+    for s in range(len(bounds) - 2):
+        members, later = order[bounds[s] : bounds[s + 1]], order[bounds[s + 1] :]
+        a, b = np.repeat(members, len(later)), np.tile(later, len(members))
+        enrol.append(np.minimum(a, b))
+        test.append(np.maximum(a, b))
+    return np.concatenate(enrol), np.concatenate(test)
+
+
+def trials_from_folders(
+    root: Path,
+    max_impostors: int = DEFAULT_MAX_IMPOSTORS,
+    seed: int = 0,
+    max_genuine: int = DEFAULT_MAX_GENUINE,
+) -> Trials:
+    """Every same-subject pair (or a seeded sample of ``max_genuine``), and every different-subject pair (or a
+    seeded sample of ``max_impostors``).
 
     Files are sorted by relative path; in each pair the earlier file enrols and the later one tests.
     """
-    if max_impostors < 1:
-        raise DatasetError("max_impostors must be at least 1")
+    check_sampling(seed, max_impostors=max_impostors, max_genuine=max_genuine)
     subjects = subject_files(root)
     files = [f for names in subjects.values() for f in names]
     order = np.argsort(files, kind="stable")
     files = [files[i] for i in order]
     subject = np.repeat(np.arange(len(subjects)), [len(v) for v in subjects.values()])[order]
     n = len(files)
-    sizes = np.bincount(subject)
-    n_genuine = int((sizes * (sizes - 1) // 2).sum())
-    n_impostor_all = n * (n - 1) // 2 - n_genuine
-    sampled = n_impostor_all > max_impostors
-    if sampled:
-        same = [np.flatnonzero(subject == s) for s in range(len(sizes))]
-        g_pairs = [np.triu_indices(len(idx), 1) for idx in same]
-        g_enrol = np.concatenate([idx[a] for idx, (a, _) in zip(same, g_pairs, strict=True)])
-        g_test = np.concatenate([idx[b] for idx, (_, b) in zip(same, g_pairs, strict=True)])
+    same = [np.flatnonzero(subject == s) for s in range(len(subjects))]
+    # Its own stream, so that a genuine sample leaves the impostor sample of the same seed as it was.
+    g_enrol, g_test, n_genuine_all = group_pairs(same, max_genuine, np.random.default_rng([1, seed]))
+    n_impostor_all = n * (n - 1) // 2 - n_genuine_all
+    impostors_sampled = n_impostor_all > max_impostors
+    if impostors_sampled:
         i_enrol, i_test = _sample_impostor_pairs(subject, max_impostors, np.random.default_rng(seed))
-        enrol = np.concatenate([g_enrol, i_enrol])
-        test = np.concatenate([g_test, i_test])
     else:
-        enrol, test = np.triu_indices(n, 1)
+        i_enrol, i_test = _different_subject_pairs(subject)
+    enrol = np.concatenate([g_enrol, i_enrol]).astype(np.int64)
+    test = np.concatenate([g_test, i_test]).astype(np.int64)
     pair_order = np.lexsort((test, enrol))
-    enrol, test = enrol[pair_order].astype(np.int64), test[pair_order].astype(np.int64)
+    enrol, test = enrol[pair_order], test[pair_order]
     return Trials(
         root=root,
         files=tuple(files),
@@ -152,8 +244,11 @@ def trials_from_folders(root: Path, max_impostors: int = DEFAULT_MAX_IMPOSTORS, 
             "kind": "all-pairs",
             "subjects": len(subjects),
             "impostor_pairs_available": n_impostor_all,
-            "impostors_sampled": sampled,
+            "impostors_sampled": impostors_sampled,
             "max_impostors": max_impostors,
+            "genuine_pairs_available": n_genuine_all,
+            "genuine_sampled": n_genuine_all > max_genuine,
+            "max_genuine": max_genuine,
             "seed": seed,
         },
     )
@@ -205,8 +300,12 @@ def _relative(root: Path, name: str) -> str:
 
 
 def load_trials(
-    root: Path, list_file: Path | None = None, max_impostors: int = DEFAULT_MAX_IMPOSTORS, seed: int = 0
+    root: Path,
+    list_file: Path | None = None,
+    max_impostors: int = DEFAULT_MAX_IMPOSTORS,
+    seed: int = 0,
+    max_genuine: int = DEFAULT_MAX_GENUINE,
 ) -> Trials:
     if list_file is not None:
         return trials_from_list(root, list_file)
-    return trials_from_folders(root, max_impostors, seed)
+    return trials_from_folders(root, max_impostors, seed, max_genuine)

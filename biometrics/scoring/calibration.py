@@ -91,6 +91,8 @@ class Calibration:
             raise bad("target_fmr must lie strictly between 0 and 1")
         if data.get("method") not in METHODS:
             raise bad(f"method must be one of {', '.join(METHODS)}")
+        if data["method"] == "cosine" and not -1 <= numbers["threshold"] <= 1:
+            raise bad("a cosine threshold lies between -1 and 1")
         if data.get("channel") not in CHANNELS:
             raise bad(f"channel must be one of {', '.join(CHANNELS)}")
         if not isinstance(data.get("model_fingerprint"), str) or not data["model_fingerprint"]:

@@ -1,10 +1,18 @@
-"""Accuracy audits started through the API: jobs in the database, run in the background, that survive replicas."""
+"""Accuracy audits started through the API: jobs in the database, run in the background, that survive replicas.
+
+Each replica holds at most ``audit_max_concurrent`` of them, queued or running, at once (an audit holds its
+dataset's trials and scores in the replica's memory). Past that a new one is refused with 429 and Retry-After,
+before anything is recorded, instead of waiting in a queue: a job that has not started within ``STALE_AFTER``
+is taken to have lost its replica (it has no heartbeat yet), so a queue would fail the jobs waiting in it. A
+queued job whose background task never started gives its place back once it would be recorded stopped.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import threading
+import weakref
 from pathlib import Path
 
 from sqlalchemy import update
@@ -13,12 +21,14 @@ from sqlalchemy.orm import Session
 from biometrics.errors import BiometricsError
 from biometrics.evaluation.accuracy_report import AccuracyReport
 from biometrics.evaluation.audit import run_audit
+from biometrics.evaluation.trials import DEFAULT_MAX_GENUINE
 from biometrics.torch_thread import background
 from service.auth import Principal
 from service.context import ServiceContext
 from service.errors import Conflict, NotFound, ServiceError
 from service.store.models import (
     AuditJob,
+    new_id,
     utcnow,
 )
 from service.trail.chain import append, record_event
@@ -29,6 +39,52 @@ HEARTBEAT_S = 15.0
 # A queued or running job whose replica has not written for this long is taken to have stopped with it.
 STALE_AFTER = dt.timedelta(seconds=HEARTBEAT_S * 8)
 STOPPED = "the replica running this audit stopped before it finished; start it again"
+BUSY_RETRY_AFTER_S = 60
+
+
+class AuditsBusy(ServiceError):
+    status, code, title = 429, "audits_busy", "Too many audits running"
+
+
+class _Slots:
+    """The API audits this process accepted and has not finished: queued (its background task not yet
+    started) or running."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queued: set[str] = set()
+        self._running: set[str] = set()
+
+    def take(self, job_id: str, most: int) -> bool:
+        with self._lock:
+            if len(self._queued) + len(self._running) >= most:
+                return False
+            self._queued.add(job_id)
+            return True
+
+    def queued(self) -> list[str]:
+        with self._lock:
+            return sorted(self._queued)
+
+    def running(self, job_id: str) -> None:
+        with self._lock:
+            self._queued.discard(job_id)
+            self._running.add(job_id)
+
+    def release(self, job_id: str, *, only_queued: bool = False) -> None:
+        with self._lock:
+            self._queued.discard(job_id)
+            if not only_queued:
+                self._running.discard(job_id)
+
+
+_slots: weakref.WeakKeyDictionary[ServiceContext, _Slots] = weakref.WeakKeyDictionary()
+_slots_lock = threading.Lock()
+
+
+def _slots_of(ctx: ServiceContext) -> _Slots:
+    with _slots_lock:
+        return _slots.setdefault(ctx, _Slots())
 
 
 def dataset_path(ctx: ServiceContext, name: str) -> Path:
@@ -44,24 +100,66 @@ def dataset_path(ctx: ServiceContext, name: str) -> Path:
     return candidate
 
 
-def start_audit(ctx: ServiceContext, actor: Principal, dataset: str, channel: str, max_impostors: int) -> AuditJob:
+def start_audit(
+    ctx: ServiceContext,
+    actor: Principal,
+    dataset: str,
+    channel: str,
+    max_impostors: int,
+    max_genuine: int = DEFAULT_MAX_GENUINE,
+) -> AuditJob:
+    """Records a queued job; ``AuditsBusy`` (nothing recorded) while this replica has as many as it may run."""
     dataset_path(ctx, dataset)
-    with ctx.db.session() as session:
-        job = AuditJob(
-            tenant_id=actor.tenant_id,
-            requested_by=actor.client_id,
-            params={"dataset": dataset, "channel": channel, "max_impostors": max_impostors},
+    slots, job_id = _slots_of(ctx), new_id("aud")
+    if not slots.take(job_id, ctx.settings.audit_max_concurrent) and not (
+        _release_lapsed(ctx, slots) and slots.take(job_id, ctx.settings.audit_max_concurrent)
+    ):
+        raise AuditsBusy(
+            "this server is running as many accuracy audits as it may at once; start this one when they finish",
+            retry_after_s=BUSY_RETRY_AFTER_S,
         )
-        session.add(job)
-        session.flush()
-        record_event(
-            session,
-            actor,
-            action="audit.start",
-            outcome="queued",
-            details={"job_id": job.id, **job.params},
-        )
+    try:
+        with ctx.db.session() as session:
+            job = AuditJob(
+                id=job_id,
+                tenant_id=actor.tenant_id,
+                requested_by=actor.client_id,
+                params={
+                    "dataset": dataset,
+                    "channel": channel,
+                    "max_impostors": max_impostors,
+                    "max_genuine": max_genuine,
+                },
+            )
+            session.add(job)
+            session.flush()
+            record_event(
+                session,
+                actor,
+                action="audit.start",
+                outcome="queued",
+                details={"job_id": job.id, **job.params},
+            )
+    except BaseException:
+        slots.release(job_id)
+        raise
     return job
+
+
+def _release_lapsed(ctx: ServiceContext, slots: _Slots) -> bool:
+    """Gives back the slots of this replica's queued jobs that will never run: those whose background task has
+    not started within ``STALE_AFTER`` (recorded stopped, as a status poll would) or that are no longer queued."""
+    released = False
+    with ctx.db.session() as session:
+        for job_id in slots.queued():
+            job = session.get(AuditJob, job_id, with_for_update=True)
+            if job is None:  # not committed yet by the request starting it (a failed start gives its slot back)
+                continue
+            _fail_if_stopped(session, job)
+            if job.status != "queued":
+                slots.release(job_id, only_queued=True)
+                released = True
+    return released
 
 
 class _Heartbeat:
@@ -94,8 +192,19 @@ class _Heartbeat:
 
 def run_audit_job(ctx: ServiceContext, job_id: str) -> None:
     """Runs a queued audit (in the background); its outcome is written to the job row and the trail."""
+    slots = _slots_of(ctx)
+    slots.running(job_id)
+    try:
+        _run_job(ctx, job_id)
+    finally:
+        slots.release(job_id)
+
+
+def _run_job(ctx: ServiceContext, job_id: str) -> None:
     with ctx.db.session() as session:
         job = session.get(AuditJob, job_id, with_for_update=True)
+        if job is not None:
+            _fail_if_stopped(session, job)  # queued too long to start now: a poll would say it stopped
         if job is None or job.status != "queued":  # gone, or recorded failed (stopped) before we got to it
             log.warning("audit job %s is %s, not queued: not running it", job_id, job and job.status)
             return
@@ -129,6 +238,7 @@ def _run_audit(ctx: ServiceContext, params: dict) -> tuple[AccuracyReport | None
             params["channel"],
             calibration=ctx.scoring.calibration,  # the cohorts and target FMR come from the settings, as the service's
             max_impostors=params["max_impostors"],
+            max_genuine=params.get("max_genuine", DEFAULT_MAX_GENUINE),  # jobs queued before the cap had none
             command=f"POST /v1/audits dataset={params['dataset']} channel={params['channel']}",
         )
     except (BiometricsError, ServiceError) as exc:

@@ -22,7 +22,7 @@ auditor = require(Role.AUDITOR)
 def start(
     body: AuditIn, tasks: BackgroundTasks, ctx: ServiceContext = Depends(get_ctx), actor: Principal = Depends(auditor)
 ) -> AuditStartedOut:
-    job = start_audit(ctx, actor, body.dataset, body.channel, body.max_impostors)
+    job = start_audit(ctx, actor, body.dataset, body.channel, body.max_impostors, body.max_genuine)
     tasks.add_task(run_audit_job, ctx, job.id)
     return AuditStartedOut(id=job.id, status=job.status)
 

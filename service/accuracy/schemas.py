@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from biometrics.evaluation.trials import DEFAULT_MAX_GENUINE, DEFAULT_MAX_IMPOSTORS
 from service.trail.schemas import ChainOut
 
 
@@ -18,7 +19,12 @@ class AuditIn(BaseModel):
         description="a folder below BIOIDENT_AUDIT_DATASETS_DIR",
     )
     channel: Literal["clean", "telephone", "mixed"] = "clean"
-    max_impostors: int = Field(default=100_000, ge=1, le=10_000_000)
+    max_impostors: int = Field(
+        default=DEFAULT_MAX_IMPOSTORS, ge=1, le=10_000_000, description="different-subject pairs, sampled beyond it"
+    )
+    max_genuine: int = Field(
+        default=DEFAULT_MAX_GENUINE, ge=1, le=10_000_000, description="same-subject pairs, sampled beyond it"
+    )
 
 
 class AuditStartedOut(BaseModel):
