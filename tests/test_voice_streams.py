@@ -306,6 +306,30 @@ def test_a_model_fault_ends_the_stream_with_1011_and_leaves_nothing_half_done(en
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_fault_while_deciding_after_a_broken_frame_still_ends_the_stream(enrolled, impostor_call, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    import service.voice.streams.run as stream_run
+
+    api, keys = enrolled
+    monkeypatch.setattr(api.ctx.settings, "stream_margin", 5.0)
+
+    def locked(*args, **kwargs):
+        raise OperationalError("UPDATE", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(stream_run, "decide_voice", locked)
+    stream = open_stream(api, keys["ivr"]).json()
+    with api.http.websocket_connect(f"/v1/voice/streams/{stream['id']}") as ws:
+        for chunk in frames(impostor_call, FRAME_20MS):
+            ws.send_bytes(chunk)
+        ws.send_text("not json")
+        played = read_to_close(ws, Played())
+    assert played.close_code == 1011 and played.close_reason == {"reason": "internal_error", "decision": None}
+    state = api.http.get(f"/v1/voice/streams/{stream['id']}", headers=api.headers(keys["ivr"])).json()
+    assert state["status"] == "ended" and state["latest_event"]["close_reason"] == "internal_error"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_past_the_most_streams_a_connection_is_turned_away_and_the_stream_stays_usable(enrolled):
     api, keys = enrolled
     api.ctx.settings.stream_max_open = 1

@@ -116,7 +116,7 @@ async def _drive(
     deadline = loop.time() + lifetime_s
     pending = bytearray()
     flush_at = max(1, int(bytes_per_s * FLUSH_S))
-    reason = None
+    reason, fault = None, None
     try:
         if greeting is not None:
             await _send(send, greeting)
@@ -138,9 +138,8 @@ async def _drive(
                     await _send(send, event)
     except Dropped:
         reason = "dropped"
-    except StreamFault as fault:
-        with CancelScope(shield=True):
-            return await to_thread.run_sync(run.fault, fault.reason)
+    except StreamFault as exc:
+        fault = exc.reason  # decided below, where a failure of that decision ends the stream too
     except (BiometricsError, VaultError, SQLAlchemyError) as exc:  # not the caller's fault: end it, never half done
         log.error("stream failed: %s", type(exc).__name__)  # no message: it could carry request data
         with CancelScope(shield=True):
@@ -153,6 +152,8 @@ async def _drive(
         raise
     with CancelScope(shield=True):  # however the connection ended, the stream ends in the database
         try:
+            if fault is not None:
+                return await to_thread.run_sync(run.fault, fault)
             return await _conclude(run, pending, reason, send)
         except (BiometricsError, VaultError, SQLAlchemyError) as exc:
             log.error("stream failed: %s", type(exc).__name__)
