@@ -312,6 +312,7 @@ def _anchors(path: Path | None) -> list:
 
 
 def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
+    from service.erasure.errors import LedgerError
     from service.erasure.ledger import DestructionLedger
     from service.trail.anchors import check_anchors
     from service.trail.chain import verify_chain
@@ -325,7 +326,11 @@ def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
         print(f"audit chain BROKEN at entry {report.first_bad_seq}: {report.problem}", file=sys.stderr)
         return 1
     marks = [anchor.ledger for anchor in anchors if anchor.ledger is not None]
-    if problem := DestructionLedger.of(settings, keyring).contradiction(marks):
+    try:
+        problem = DestructionLedger.of(settings, keyring).contradiction(marks)
+    except LedgerError as exc:  # a line altered, forged or torn
+        problem = exc.detail
+    if problem:
         print(f"destruction ledger BROKEN: {problem}", file=sys.stderr)
         return 1
     if anchors:
@@ -338,7 +343,9 @@ def cmd_audit_verify_chain(args: argparse.Namespace) -> int:
 def cmd_audit_anchor(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from service.erasure.errors import LedgerError
     from service.erasure.ledger import DestructionLedger
+    from service.store.models import ERASURE_STATE_ID, ErasureState
     from service.trail.anchors import current_anchor
     from service.trail.chain import verify_chain
 
@@ -347,6 +354,7 @@ def cmd_audit_anchor(args: argparse.Namespace) -> int:
     with db.session() as session:
         report = verify_chain(session, settings.audit_unsigned_up_to)
         anchor = current_anchor(session) if report.ok else None
+        counted = session.get(ErasureState, ERASURE_STATE_ID).ledger_lines
     if not report.ok:
         print(
             f"bioident: error: the audit chain is BROKEN at entry {report.first_bad_seq}; not anchoring it",
@@ -356,7 +364,19 @@ def cmd_audit_anchor(args: argparse.Namespace) -> int:
     if anchor is None:
         print("bioident: error: the trail has no signed entries to anchor yet", file=sys.stderr)
         return core_cli.EXIT_INPUT_ERROR
-    print(replace(anchor, ledger=DestructionLedger.of(settings, keyring).mark()).to_json())
+    ledger = DestructionLedger.of(settings, keyring)
+    try:
+        mark = ledger.mark()
+        if mark.lines < counted:  # not the deployment's ledger (BIOIDENT_LEDGER_FILE unset here?), or cut
+            found = f"destruction ledger {ledger.path} has {mark.lines} lines"
+            raise LedgerError(f"{found}; the database counts {counted}")
+    except (LedgerError, OSError) as exc:
+        # The trail's anchor is still worth keeping; a mark of the wrong ledger would vouch for nothing.
+        print(anchor.to_json())
+        why = exc.detail if isinstance(exc, LedgerError) else f"{exc.filename}: {exc.strerror}"
+        print(f"bioident: warning: this anchor carries no ledger mark: {why}", file=sys.stderr)
+        return 1
+    print(replace(anchor, ledger=mark).to_json())
     return 0
 
 

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from tests.conftest import TEST_OTHER
-from tests.operations_fixtures import _cli, _deployment, _rows
+from tests.operations_fixtures import _cli, _deployment, _execute, _rows
 from tests.service_fixtures import POSTGRES_ADMIN_URL
 from tests.voice_helpers import GENUINE, SPEAKER, _audio, _consent, _enrol, _verify
 
@@ -352,3 +352,21 @@ def test_anchors_show_a_destruction_ledger_cut_back_with_the_database(
     anchors.write_text('{"seq": 1, "hash": "h", "mac": "m", "ledger": 5}\n')
     code, out, err = cli("restore", tmp_path / "backup", "--anchors", anchors, on=empty_databases())
     assert code == 2 and "line 1 is not an anchor" in err and "Traceback" not in err, err
+
+    # An anchor taken where the ledger is not the deployment's (fewer lines than the database counts, or none)
+    # carries no mark, rather than one that would vouch for an empty ledger; verify-chain without anchors does
+    # not read the ledger at all.
+    _execute(database_url, text("UPDATE erasure_state SET ledger_lines = 2"))
+    ledger.path.rename(tmp_path / "ledger-elsewhere")
+    code, out, err = cli("audit", "anchor")
+    assert code == 1 and "has 0 lines; the database counts 2" in err and "no ledger mark" in err, (out, err)
+    assert set(json.loads(out)) == {"seq", "hash", "mac"}
+    code, out, err = cli("audit", "verify-chain")
+    assert code == 0 and "intact" in out, err
+    (tmp_path / "ledger-elsewhere").rename(ledger.path)
+    code, out, err = cli("audit", "anchor")
+    assert code == 0 and json.loads(out)["ledger"]["lines"] == 2, err
+    anchors.write_text(out)
+    ledger.path.write_bytes(ledger.path.read_bytes()[:-20])  # a torn last line
+    code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
+    assert code == 1 and "destruction ledger BROKEN" in err and "incomplete" in err, err

@@ -107,6 +107,8 @@ class DestructionLedger:
 
     def contradiction(self, marks: Iterable[LedgerMark]) -> str | None:
         """The first of ``marks`` (taken earlier) this ledger contradicts, said in words; None if none does."""
+        if not marks:
+            return None  # nothing to hold it to: the ledger is not even read
         lines = self.read()
         for mark in sorted(marks, key=lambda m: m.lines):
             if not hmac.compare_digest(mark.mac, self._mark_mac(mark.lines, mark.last)):
