@@ -118,7 +118,7 @@ class Mismatch:
     """A new sample that does not verify against the template it would be added to (or, in a new enrolment,
     against the template the other samples make: ``code`` SAMPLES_DO_NOT_MATCH)."""
 
-    sample: int  # its position among the samples given
+    sample: int  # its position among the captures compared (the service names it as its caller knows it)
     score: float
     threshold: float
     code: str = "NOT_THE_ENROLLED_VOICE"

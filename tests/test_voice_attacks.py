@@ -19,6 +19,17 @@ OTHER_VOICE = [TEST_OTHER / "2033" / name for name in ("2033-164914-0006.flac", 
 MORE_OF_THE_VOICE = [TEST_OTHER / SPEAKER / f"1688-142285-000{n}.flac" for n in (3, 6, 7)]
 
 
+def _silent_wav() -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(16000 * 2, dtype=np.float32), 16000, format="WAV")
+    return buffer.getvalue()
+
+
 def _add(api, ivr_key, paths, reference="ACC-1001", **form):
     files = [_audio(p) for p in paths]
     data = {"reference": reference, **form}
@@ -71,6 +82,13 @@ def test_a_first_enrolment_of_two_voices_is_refused(bank):
     assert held["templates"] == []  # nothing stored
     refused = [e for e in _trail(api, keys["auditor"]) if e["outcome"] == "refused"]
     assert [(e["action"], e["details"]["reason"]) for e in refused] == [("voice.enrol", "samples_do_not_match")]
+    # Samples are named by their place among those sent, a refused one (no speech) included.
+    silence = ("audio", ("silence.wav", _silent_wav(), "audio/wav"))
+    files = [silence, *(_audio(p) for p in [*first, MORE_OF_THE_VOICE[0], OTHER_VOICE[0]])]
+    one_more = api.http.post("/v1/voice/enrol", data={"reference": "ACC-1001"}, files=files,
+                             headers=api.headers(keys["ivr"]))  # fmt: skip
+    assert one_more.status_code == 422, one_more.text
+    assert [r["sample"] for r in one_more.json()["reasons"]] == [4]
     assert _add(api, keys["ivr"], [*first, *MORE_OF_THE_VOICE]).status_code == 201  # one voice: enrolled
 
 

@@ -93,9 +93,9 @@ def enrol_voice(
             require_consent(session, token, Modality.VOICE, purpose)
             refuse_watchlisted(ctx, session, actor, plan.captures, token)
             speech = plan.net_speech_s
-            row = _store(
-                ctx, session, actor, token, purpose, plan.captures, replace, {"net_speech_s": round(speech, 2)}
-            )
+            given = [i for i, report in enumerate(plan.reports) if report.accepted]  # each capture's place as sent
+            details = {"net_speech_s": round(speech, 2)}
+            row = _store(ctx, session, actor, token, purpose, plan.captures, replace, details, labels=given)
     result = EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), row.model_fingerprint)
     return result, [r.as_dict() for r in plan.reports]
 
@@ -109,6 +109,8 @@ def _store(
     captures: Sequence[Capture],
     replace: bool,
     details: dict,
+    *,
+    labels: Sequence[int | str],
 ) -> Template:
     """Stores the template (replacing one needs consent given since it was last changed; adding to one is a
     verification of each sample, refused while the subject is locked out) and audits it."""
@@ -119,7 +121,9 @@ def _store(
         require_fresh_consent(session, token, Modality.VOICE, purpose, since=existing.updated_at)
     elif existing is not None:
         refuse_if_locked(ctx, session, token)
-    row = store_voice_template(session, ctx.keyring, actor.tenant_id, token, captures, ctx.scoring, replace=replacing)
+    row = store_voice_template(
+        session, ctx.keyring, actor.tenant_id, token, captures, ctx.scoring, replace=replacing, labels=labels
+    )
     record_event(
         session,
         actor,
@@ -304,7 +308,8 @@ def complete_session(
         token = enrolment.subject_token
         refuse_watchlisted(ctx, session, actor, captures, token)
         details = {"session_id": enrolment.id, "net_speech_s": round(speech, 2)}
-        row = _store(ctx, session, actor, token, enrolment.purpose, captures, replace, details)
+        labels = [s.id for s in accepted]
+        row = _store(ctx, session, actor, token, enrolment.purpose, captures, replace, details, labels=labels)
         _discard_samples(session, enrolment, "completed")
     return EnrolmentResult(token, row.id, row.sample_count, round(speech, 3), fingerprint)
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from biometrics.scoring.operating_points import ChannelScoring
 from biometrics.voice.templates import Capture, VoiceTemplate
-from enroll.voice import consolidate, samples_not_agreeing, samples_not_matching
+from enroll.voice import Mismatch, consolidate, samples_not_agreeing, samples_not_matching
 from service.errors import Conflict, NotFound, QualityFailed
 from service.modality import Modality
 from service.protected import data_key, open_template, seal_into
@@ -51,6 +51,10 @@ class ChannelNotEnrolled(Conflict):
     code, title = "channel_not_enrolled", "The samples are of a channel the voice is not enrolled in"
 
 
+def _named(mismatches: Sequence[Mismatch], labels: Sequence[int | str] | None) -> list[dict]:
+    return [m.as_dict() if labels is None else {**m.as_dict(), "sample": labels[m.sample]} for m in mismatches]
+
+
 def store_voice_template(
     session: Session,
     keyring: Keyring,
@@ -60,10 +64,12 @@ def store_voice_template(
     scoring: ChannelScoring,
     *,
     replace: bool = False,
+    labels: Sequence[int | str] | None = None,
 ) -> Template:
     """Creates the subject's voice template, or adds the captures to the one it has, each of which must
     verify against it at the operating point in force (``replace``: a new template from these captures
-    alone; the caller has checked that it may). Sealed either way."""
+    alone; the caller has checked that it may). Sealed either way. ``labels`` name the captures in a
+    refusal's reasons as the caller knows them (a sample's place among those sent, a session's sample id)."""
     key = data_key(session, keyring, token, VOICE, create=True)
     row = find_voice_template_row(session, token)
     existing = None if row is None or replace else VoiceTemplate.from_bytes(open_template(row, key))
@@ -82,7 +88,7 @@ def store_voice_template(
                 f"{len(mismatches)} of {len(captures)} samples do not verify against the enrolled voice; "
                 "nothing was added (replacing a voice is a re-enrolment: record fresh consent, then enrol "
                 "with replace=true)",
-                reasons=[m.as_dict() for m in mismatches],
+                reasons=_named(mismatches, labels),
             )
     else:
         disagreeing = samples_not_agreeing(captures, scoring)
@@ -90,7 +96,7 @@ def store_voice_template(
             raise SamplesDoNotMatch(
                 f"{len(disagreeing)} of {len(captures)} samples do not verify as the voice of the others: an "
                 "enrolment is one person's voice; nothing was stored (record the customer's samples again)",
-                reasons=[m.as_dict() for m in disagreeing],
+                reasons=_named(disagreeing, labels),
             )
     template = consolidate(existing, captures)
     if row is None:
