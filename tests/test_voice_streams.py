@@ -453,3 +453,21 @@ def test_asterisk_audiosocket_streams_end_to_end_over_tcp(bank, tmp_path, databa
     accepted, refused = [e for e in _stream_entries(api, keys["auditor"]) if e["details"]["transport"] == "audiosocket"]
     assert accepted["outcome"] == "accept"
     assert refused["outcome"] == "refused" and refused["details"]["reason"] == "malformed_frame"
+
+
+def test_a_websocket_with_two_authorization_headers_is_refused():
+    """As over HTTP: a proxy may have read the other one. (Starlette's test client joins repeated headers of a
+    WebSocket into one, so the check is called on the headers a server such as uvicorn hands over.)"""
+    from types import SimpleNamespace
+
+    from starlette.datastructures import Headers
+
+    from service.voice.streams.router import _authorization
+    from service.voice.streams.store import StreamUnavailable
+
+    def connection(*values: str) -> SimpleNamespace:
+        return SimpleNamespace(headers=Headers(raw=[(b"authorization", v.encode()) for v in values]))
+
+    with pytest.raises(StreamUnavailable):
+        _authorization(connection("Bearer a", "Bearer b"))
+    assert _authorization(connection("Bearer a")) == "Bearer a" and _authorization(connection()) is None

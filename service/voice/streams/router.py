@@ -86,7 +86,7 @@ async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
 async def _serve_stream(ctx: ServiceContext, websocket: WebSocket, stream_id: str) -> None:
     try:
         with CancelScope(shield=True):  # a stream taken is a stream run to its end: see drive()
-            row = await to_thread.run_sync(_take, ctx, stream_id, websocket.headers.get("authorization"))
+            row = await to_thread.run_sync(_take, ctx, stream_id, _authorization(websocket))
             run = await to_thread.run_sync(StreamRun, ctx, row)
     except StreamUnavailable as exc:
         await _close(websocket, UNAVAILABLE_CODES.get(exc.reason, 4403), {"reason": exc.reason})
@@ -135,7 +135,7 @@ async def watch_stream(websocket: WebSocket, stream_id: str) -> None:
     await websocket.accept()
     try:
         canonical = str(uuid.UUID(stream_id))
-        tenant_id = await to_thread.run_sync(_watcher_tenant, ctx, websocket.headers.get("authorization"))
+        tenant_id = await to_thread.run_sync(_watcher_tenant, ctx, _authorization(websocket))
     except ValueError:
         await _close(websocket, 4404, {"reason": "unknown_stream"})
         return
@@ -171,6 +171,14 @@ async def watch_stream(websocket: WebSocket, stream_id: str) -> None:
         group.start_soon(until_gone, group.cancel_scope)
     if ended:
         await _close(websocket, WATCHER_CLOSE_CODES.get(ended["reason"], 1000), ended)
+
+
+def _authorization(websocket: WebSocket) -> str | None:
+    """The one Authorization header; several are refused, as over HTTP (a proxy may read another of them)."""
+    sent = websocket.headers.getlist("authorization")
+    if len(sent) > 1:
+        raise StreamUnavailable("forbidden")
+    return sent[0] if sent else None
 
 
 def _ivr_principal(session: Session, authorization: str) -> Principal:
