@@ -192,6 +192,17 @@ def test_a_malformed_calibration_file_is_refused(tmp_path, gaussian_scores, cont
     assert caught.value.code == "calibration_invalid" and isinstance(caught.value, BiometricsError)
 
 
+def test_no_calibration_is_written_when_impostors_score_a_perfect_cosine(tmp_path):
+    """Two impostor trials at 1.0 put the FMR point past the largest cosine: the service would refuse that file."""
+    from biometrics.evaluation.report import write_report
+
+    write_report(_report([0.8, 0.9, 0.95], [0.1] * 998 + [1.0, 1.0]), tmp_path)
+    args = _parser().parse_args(["audit", "calibrate", "--report", str(tmp_path), "--target-fmr", "0.001"])
+    with pytest.raises(CalibrationError, match="impostor trials scored a perfect cosine"):
+        args.run(args)
+    assert not (tmp_path / "calibration.json").exists()
+
+
 def test_a_missing_calibration_file_is_a_calibration_error(tmp_path):
     with pytest.raises(CalibrationError):
         Calibration.load(tmp_path / "nowhere.json")

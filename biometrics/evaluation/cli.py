@@ -332,6 +332,11 @@ def cmd_audit_calibrate(args: argparse.Namespace) -> int:
             "--max-impostors'), choose a larger --target-fmr, or pass --allow-unresolved to write a threshold that "
             "only shows that no impostor of this audit passed"
         )
+    if calibration.method == "cosine" and not -1 <= calibration.threshold <= 1:  # the service would refuse it
+        raise CalibrationError(
+            f"no cosine threshold meets FMR {calibration.target_fmr:g} on this audit: impostor trials scored a "
+            "perfect cosine (the same recording filed under two subjects?); nothing written"
+        )
     calibration.save(out)
     print(
         f"threshold {calibration.threshold:.4f} ({calibration.method}) for FMR <= {calibration.target_fmr:g}: "
