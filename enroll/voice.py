@@ -85,11 +85,11 @@ def repeat_reason(embedding: Embedding, earlier: Sequence[Embedding]) -> Quality
     closest = max((float(np.dot(embedding.vector, e.vector)) for e in earlier), default=-1.0)
     if closest < DUPLICATE_COSINE:
         return None
-    return QualityReason(ReasonCode.DUPLICATE_SAMPLE, closest, DUPLICATE_COSINE)
+    return QualityReason(ReasonCode.DUPLICATE_SAMPLE, DUPLICATE_COSINE, DUPLICATE_COSINE)  # no score is told
 
 
 def plan_enrolment(samples: Sequence[EnrolmentSample], limits: QualityLimits) -> EnrolmentPlan:
-    reports, kept = [], []
+    reports, kept, counted = [], [], []
     for s in samples:
         report = judge_sample(s.sample, limits)
         if report.accepted:
@@ -98,12 +98,10 @@ def plan_enrolment(samples: Sequence[EnrolmentSample], limits: QualityLimits) ->
                 kept.append(s.sample.embedding)
             else:
                 report = SampleReport(s.sample, [repeated])
+        if not report.reasons or report.reasons[0].code != ReasonCode.DUPLICATE_SAMPLE:
+            counted.append(s.sample.measures)  # a repeat's speech is not the enrolment's
         reports.append(report)
-    usable = sum(r.sample.measures.net_speech_s for r in reports if r.accepted)
-    reasons = enrolment_reasons([s.sample.measures for s in samples], limits)
-    if not reasons and (shortfall := completion_shortfall(usable, limits)) is not None:
-        reasons = [shortfall]  # enough speech only counting the repeats
-    return EnrolmentPlan(samples=list(samples), reports=reports, reasons=reasons)
+    return EnrolmentPlan(samples=list(samples), reports=reports, reasons=enrolment_reasons(counted, limits))
 
 
 def completion_shortfall(usable_speech_s: float, limits: QualityLimits) -> QualityReason | None:

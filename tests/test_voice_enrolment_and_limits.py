@@ -179,13 +179,16 @@ def test_a_recording_sent_twice_counts_once_and_a_session_takes_so_many_samples(
     repeated = api.http.post("/v1/voice/enrol", data={"reference": "ACC-1001"}, files=files,
                              headers=api.headers(keys["ivr"]))  # fmt: skip
     assert repeated.status_code == 422 and [r["code"] for r in repeated.json()["reasons"]] == ["TOO_SHORT"]
+    (short,) = repeated.json()["reasons"]
+    assert short["measured"] < short["limit"]  # the speech of one copy: the repeats count for nothing
     assert _count(api, "templates") == 0
     files = [_audio(TEST_OTHER / SPEAKER / name) for name in ENROL] + [_audio(one)]
     enrolled = api.http.post("/v1/voice/enrol", data={"reference": "ACC-1001"}, files=files,
                              headers=api.headers(keys["ivr"]))  # fmt: skip
     assert enrolled.status_code == 201 and enrolled.json()["sample_count"] == 3, enrolled.text
     last = enrolled.json()["samples"][-1]
-    assert last["accepted"] is False and [r["code"] for r in last["reasons"]] == ["DUPLICATE_SAMPLE"]
+    repeat = {"code": "DUPLICATE_SAMPLE", "measured": 0.98, "limit": 0.98}  # no score is told
+    assert last["accepted"] is False and last["reasons"] == [repeat]
 
     monkeypatch.setattr(enrolment, "MAX_SAMPLES", 2)
     session_id = _start(api, keys["ivr"])
