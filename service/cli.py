@@ -280,15 +280,35 @@ def cmd_templates_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    from service.deployment_keyring import keyring_origin
+def _deployment_wrap_version(settings) -> int | None:  # noqa: ANN001
+    """The database's key-version fence, read without migrating or creating anything; None where there is none."""
+    from sqlalchemy.engine import make_url
+
     from service.keys import deployment_wrap_version
+    from service.store.db import Database
+
+    url = settings.resolved_database_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).is_file()):
+        return None
+    db = Database(url)
+    try:
+        return deployment_wrap_version(db)
+    except (SQLAlchemyError, AttributeError):  # no such table yet (not migrated), or no fence row
+        return None
+    finally:
+        db.engine.dispose()
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from service.deployment_keyring import keyring_origin, load_keyring
 
     settings = _settings()
-    db, keyring = _open_store(settings)
+    keyring = load_keyring(settings)  # the keyring alone: listing it changes nothing in the database
     for info in keyring.versions():
         print(f"{info.version}\t{info.status}\tcreated {info.created_at.isoformat(timespec='seconds')}")
-    if keyring.active_version < (deployment := deployment_wrap_version(db)):
+    deployment = _deployment_wrap_version(settings)
+    if deployment is not None and keyring.active_version < deployment:
         print(
             f"bioident: warning: {keyring_origin(settings)} is an outdated copy of the deployment's keyring: its "
             f"active version is {keyring.active_version}, the deployment's is {deployment} (after 'bioident keys "

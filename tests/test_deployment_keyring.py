@@ -203,3 +203,14 @@ def test_the_keyring_file_is_private_and_an_open_one_is_refused_with_a_chmod_hin
     code, out, err = _cli(monkeypatch, capsys, data_dir, "serve", "--port", "1")
     assert code == 2 and "chmod 600" in err, (out, err)
     assert "first admin API key" not in out
+
+
+def test_keys_list_reads_the_keyring_and_neither_creates_nor_migrates_a_database(tmp_path, monkeypatch, capsys):
+    from service.vault import Keyring
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    Keyring.load_or_create(data_dir / "keyring.json")
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "keys", "list")
+    assert code == 0 and [line.split("\t")[:2] for line in out.splitlines()] == [["1", "active"]], err
+    assert not (data_dir / "bioident.db").exists()
