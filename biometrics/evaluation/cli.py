@@ -296,10 +296,12 @@ def _check_calibration_out(out: Path, report_path: Path) -> None:
         return
     if report_path.exists() and out.samefile(report_path):  # the same file by any path or link
         raise CalibrationError(f"--out {out} is the audit report itself; write the calibration to another file")
-    try:
-        kind = json.loads(out.read_text(encoding="utf-8")).get("kind")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        kind = None
+    kind = None
+    if out.is_file() and out.stat().st_size <= 1 << 20:  # a calibration is a small file; not a device or a FIFO
+        try:
+            kind = json.loads(out.read_text(encoding="utf-8")).get("kind")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            kind = None
     if kind != CALIBRATION_KIND:
         raise CalibrationError(
             f"--out {out} exists and is not a calibration file; it is not overwritten: choose another --out"

@@ -172,6 +172,8 @@ def restore_backup(
             f"{len(stale)} data keys in the key section of backup {section.backup_id} are under key versions this "
             "keyring no longer holds: the section missed a rotation, and those subjects cannot be restored"
         )
+    with db.session() as session:  # before a scratch migration that may take minutes
+        _require_empty(session)
     with _at_head(body, revision, head) as rows, db.session() as session:
         _require_empty(session)
         for table in _SINGLE_ROWS:

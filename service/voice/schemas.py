@@ -15,7 +15,9 @@ class EnrolmentStartIn(BaseModel):
 
 
 class QualityReasonOut(BaseModel):
-    code: str = Field(description="NO_SPEECH, TOO_SHORT, TOO_NOISY or CLIPPED")
+    code: str = Field(
+        description="NO_SPEECH, TOO_SHORT, TOO_NOISY, CLIPPED, or DUPLICATE_SAMPLE (a recording this enrolment has)"
+    )
     measured: float
     limit: float
 
