@@ -180,6 +180,23 @@ def test_a_locked_runner_up_neither_shields_the_named_customer_nor_pays_for_anyo
     assert pay(till, impression("101", 5), pin="4821").status_code == 423  # Alice's wrong PINs counted: 3 now
 
 
+def test_wrong_pins_count_for_every_customer_they_were_tried_on_when_the_finger_names_no_one(till):
+    """Alice's finger enrolled by Eve too: the finger alone names neither, and PINs tried on Alice's account had
+    gone uncounted, until the right one paid from it."""
+    consent(till, ALICE)
+    assert enrol(till, ALICE, impression("101", 1), impression("102", 1), ALICE_TOKEN, "4821").status_code == 201
+    consent(till, "EVE")
+    assert enrol(till, "EVE", impression("101", 1), impression("103", 1), "tok_eve_1", "9999").status_code == 201
+    assert pay(till, impression("101", 5)).json()["decision"] == "reject"  # finger only: no clear lead
+    for guess in ("0001", "0002", "0003"):  # BIOIDENT_LOCKOUT_MAX_FAILURES is 3 here
+        wrong = pay(till, impression("101", 5), pin=guess)
+        assert wrong.status_code == 200 and wrong.json()["decision"] == "reject", wrong.text
+    counted = _rows(till, "SELECT subject_token, count(*) FROM verification_failures GROUP BY subject_token")
+    assert sorted(n for _, n in counted) == [3, 3]  # Alice and Eve, each tried three times
+    right = pay(till, impression("101", 5), pin="4821")
+    assert right.status_code in (200, 423) and right.json().get("payment_token") is None, right.text
+
+
 def test_a_customer_locked_out_by_a_concurrent_attempt_gets_423_for_any_pin(till, monkeypatch):
     """The lockout read before the PIN check can be stale; the decision's own transaction reads it again."""
     import service.fingerprint.payment

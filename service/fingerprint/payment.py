@@ -295,8 +295,9 @@ def pay_with_finger(ctx: ServiceContext, actor: Principal, purpose: str, probes:
 
 def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, probes: Probes) -> PaymentDecision:
     """Identification among the customers with that PIN: the best candidates (above the PIN-narrowed
-    threshold) are tried in turn against their PIN. A wrong PIN for the customer the finger alone
-    identifies (finger-only threshold and margin) counts towards that customer's lockout."""
+    threshold) are tried in turn against their PIN. A wrong PIN counts towards the lockout of every
+    candidate it was tried against, and of the customer the finger alone identifies (finger-only threshold
+    and margin)."""
     settings, tenant = ctx.settings, actor.tenant_id
     check_pin_format(pin)
     with refusals_audited(
@@ -342,14 +343,21 @@ def pay_with_pin(ctx: ServiceContext, actor: Principal, purpose: str, pin: str, 
                 else:
                     refuse_if_locked(ctx, session, chosen.subject_token)  # 423, audited as refused
             failed_for = identified.subject_token if chosen is None and identified is not None else None
+            # A wrong PIN counts for every customer whose PIN it was tried against, named by the finger alone or
+            # not: with a finger that named no one clearly (a finger enrolled twice, a second finger of one's
+            # own), PINs had been tried on a customer's account uncounted.
+            wrong = set() if chosen is not None else {c.subject_token for c in tried}
+            wrong |= {failed_for} if failed_for is not None else set()
+            for token in sorted(wrong):  # one order: concurrent payments never wait on each other in a cycle
+                lock_subject(session, token)
             if failed_for is not None:
-                lock_subject(session, failed_for)
                 # Locked by a concurrent attempt meanwhile: 423 as for the right PIN, and no failure past the limit.
                 _refuse_if_locked(ctx, attempt, session, failed_for)
-                count_failure(ctx, session, actor, failed_for)
+            for token in sorted(wrong - _locked(ctx, session, sorted(wrong))):
+                count_failure(ctx, session, actor, token)
             token = chosen.subject_token if chosen is not None else failed_for
             score = chosen.score if chosen is not None else (None if best is None else best.score)
-            reason = None if chosen is not None else ("wrong_pin" if failed_for else "no_match")
+            reason = None if chosen is not None else ("wrong_pin" if wrong else "no_match")
             _audit(
                 session,
                 actor,
