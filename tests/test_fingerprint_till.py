@@ -180,12 +180,20 @@ def test_a_locked_runner_up_neither_shields_the_named_customer_nor_pays_for_anyo
     assert pay(till, impression("101", 5), pin="4821").status_code == 423  # Alice's wrong PINs counted: 3 now
 
 
-def test_wrong_pins_count_for_every_customer_they_were_tried_on_when_the_finger_names_no_one(till):
+def test_wrong_pins_count_for_every_customer_they_were_tried_on_when_the_finger_names_no_one(till, monkeypatch):
     """Alice's finger enrolled by Eve too: the finger alone names neither, and PINs tried on Alice's account had
-    gone uncounted, until the right one paid from it."""
+    gone uncounted, until the right one paid from it. (Enrolment now refuses a finger enrolled elsewhere; the
+    two enrolments are let through here, as two at the same moment on two replicas would be.)"""
+    import service.fingerprint.enrolment
+
     consent(till, ALICE)
     assert enrol(till, ALICE, impression("101", 1), impression("102", 1), ALICE_TOKEN, "4821").status_code == 201
     consent(till, "EVE")
+    refused = enrol(till, "EVE", impression("101", 1), impression("103", 1), "tok_eve_1", "9999")
+    assert refused.status_code == 409 and refused.json()["type"].endswith("/finger_enrolled_elsewhere"), refused.text
+    assert refused.json()["reasons"] == [{"code": "FINGER_ENROLLED_ELSEWHERE", "finger_position": 2}]
+    assert ALICE not in refused.text and ALICE_TOKEN not in refused.text  # whose finger it is, is not said
+    monkeypatch.setattr(service.fingerprint.enrolment, "_refuse_if_enrolled_elsewhere", lambda *args: None)
     assert enrol(till, "EVE", impression("101", 1), impression("103", 1), "tok_eve_1", "9999").status_code == 201
     assert pay(till, impression("101", 5)).json()["decision"] == "reject"  # finger only: no clear lead
     for guess in ("0001", "0002", "0003"):  # BIOIDENT_LOCKOUT_MAX_FAILURES is 3 here

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 from biometrics.fingerprint.capture import Capture, image_fingerprint
 from biometrics.fingerprint.matcher import compare, default_threshold
+from biometrics.fingerprint.templates import FingerprintTemplate
 from enroll.fingerprint import plan_fingerprint_enrolment
 from service.auth import Principal
 from service.consent.records import lock_subject, require_consent, require_consent_to_enrol, require_fresh_consent
 from service.context import ServiceContext
 from service.errors import Conflict, QualityFailed
+from service.fingerprint.decisions import finger_only_threshold
 from service.fingerprint.lockout import refuse_if_locked
+from service.fingerprint.payment import SEARCH_LIMIT, synced_gallery
 from service.fingerprint.templates import fingerprint_rows, open_finger, store_fingers, template_fingerprint
 from service.modality import Modality
 from service.payment.cards import refuse_card_number
@@ -45,6 +48,30 @@ class FingerprintEnrolment:
 
 class AlreadyEnrolled(Conflict):
     code, title = "already_enrolled", "The customer's fingers are enrolled already"
+
+
+class EnrolledElsewhere(Conflict):
+    code, title = "finger_enrolled_elsewhere", "A finger is enrolled for another customer"
+
+
+def _refuse_if_enrolled_elsewhere(
+    ctx: ServiceContext, tenant_id: str, token: str, templates: Mapping[int, FingerprintTemplate]
+) -> None:
+    """A finger that identifies another customer of the tenant, at the finger-only threshold, is refused: enrolled
+    under two accounts, it would pay from whichever scored higher that day (or from neither, for want of a lead),
+    and its PIN payments would count one customer's wrong PINs against the other. Who it is, is not said."""
+    gallery = synced_gallery(ctx, tenant_id)
+    model = template_fingerprint(next(iter(templates.values())))
+    fpir, fingers = ctx.settings.fingerprint_target_fpir, gallery.size(tenant_id)
+    threshold = finger_only_threshold(fpir, len(templates), fingers, model)
+    for position, template in templates.items():
+        matches = gallery.search(tenant_id, template, limit=SEARCH_LIMIT)
+        if any(m.finger.subject_token != token and m.score >= threshold for m in matches):
+            raise EnrolledElsewhere(
+                f"the finger at position {position} is enrolled for another customer of this store: a finger "
+                "belongs to one account; nothing was stored",
+                reasons=[{"code": "FINGER_ENROLLED_ELSEWHERE", "finger_position": position}],
+            )
 
 
 def enrol_fingerprints(
@@ -82,6 +109,7 @@ def enrol_fingerprints(
             raise QualityFailed(
                 "the captures do not make an enrolment of two different fingers", reasons=plan.reasons + unusable
             )
+        _refuse_if_enrolled_elsewhere(ctx, actor.tenant_id, token, plan.templates)
         with ctx.db.session() as session:
             lock_subject(session, token)
             require_consent(session, token, Modality.FINGERPRINT, purpose)  # again: it may be gone meanwhile

@@ -29,6 +29,7 @@ from service.context import ServiceContext
 from service.errors import NotFound
 from service.fingerprint import decisions
 from service.fingerprint.decisions import ProbeFinger, fused_score
+from service.fingerprint.gallery import FingerprintGallery
 from service.fingerprint.lockout import count_failure, refuse_if_locked
 from service.fingerprint.templates import FINGERPRINT, EnrolledFinger, open_fingers, template_fingerprint
 from service.limits import locked_subjects
@@ -155,13 +156,19 @@ def pay_with_card(
 # --- identification (finger + PIN, finger only) ---------------------------------------------------
 
 
+def synced_gallery(ctx: ServiceContext, tenant_id: str) -> FingerprintGallery:
+    """This process's gallery, whole and in line with the database for the tenant (never part of it)."""
+    gallery = ctx.fingerprint_gallery
+    gallery.wait_ready(GALLERY_WAIT_S)
+    with ctx.db.session() as session:
+        gallery.sync(session, ctx.keyring, tenant_id)
+    return gallery
+
+
 def _ranked(ctx: ServiceContext, tenant_id: str, presented: Sequence[ProbeFinger]) -> tuple[list[Candidate], int]:
     """The gallery's candidates for the fingers presented, best fused score first, and the gallery's size
     in fingers (after bringing it in line with the database)."""
-    gallery = ctx.fingerprint_gallery
-    gallery.wait_ready(GALLERY_WAIT_S)  # never an answer from part of the gallery
-    with ctx.db.session() as session:
-        gallery.sync(session, ctx.keyring, tenant_id)
+    gallery = synced_gallery(ctx, tenant_id)
     found = [gallery.search(tenant_id, probe.template, limit=SEARCH_LIMIT) for probe in presented]
     known = [{match.finger.template_id: match.score for match in matches} for matches in found]
     candidates = []
