@@ -35,6 +35,13 @@ PAYMENT_TOKEN = "tok_network_9f2c7a51e0"
         "6011000990139424",
         "card 4111 1111 1111 1111 exp 12/29",
         "4000056655665556122",  # 19 digits, Luhn-valid
+        "4111.1111.1111.1111",  # as exported elsewhere: dots, slashes, underscores, tabs, double spaces
+        "4111/1111/1111/1111",
+        "4111_1111_1111_1111",
+        "4111\t1111\t1111\t1111",
+        "4111  1111  1111  1111",
+        "\uff14" + "\uff11" * 15,  # full-width digits
+        "\u0664" + "\u0661" * 15,  # Arabic-Indic digits
     ],
 )
 def test_card_numbers_are_refused(value):

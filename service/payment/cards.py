@@ -1,19 +1,24 @@
 """Card numbers are refused wherever a payment token is expected: the service never holds a PAN.
 
-A value looks like a card number when it holds a run of 13-19 digits (spaces and dashes between them
-allowed, as card numbers are printed and typed) that passes the Luhn check. The refusal names the field,
-never the value, and nothing of it is stored or logged.
+A value looks like a card number when it holds a run of 13-19 digits (any digits Unicode knows, full-width
+ones too, with separators between them as card numbers are printed, typed and exported: spaces, tabs, dashes,
+dots, slashes, underscores) that passes the Luhn check. The check is against a PAN sent by mistake, in
+whatever format a system exported it; a run of more than 19 digits is judged as a whole (no 13-19 digit part of
+it is a number by itself), and an integrator set on hiding a PAN can always encode it. The refusal names the
+field, never the value, and nothing of it is stored or logged.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from service.errors import ServiceError
 
 PAN_DIGITS = range(13, 20)
-# Digits with single spaces or dashes between them, at least 13 digits long.
-_DIGIT_RUN = re.compile(r"[0-9](?:[ \-]?[0-9]){12,}")
+# Digits with separators between them, at least 13 digits long.
+_SEPARATORS = r"[ \t\-._/]"
+_DIGIT_RUN = re.compile(rf"[0-9](?:{_SEPARATORS}*[0-9]){{12,}}")
 
 
 class CardNumberRefused(ServiceError):
@@ -31,10 +36,16 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _ascii_digit(char: str) -> str:
+    digit = unicodedata.digit(char, None)
+    return char if digit is None else str(digit)
+
+
 def looks_like_card_number(value: str) -> bool:
-    """Whether ``value`` holds a 13-19 digit run (spaces or dashes allowed) that passes the Luhn check."""
-    for match in _DIGIT_RUN.finditer(value):
-        digits = re.sub(r"[ \-]", "", match.group())
+    """Whether ``value`` holds a 13-19 digit run (separators allowed) that passes the Luhn check."""
+    ascii_digits = "".join(_ascii_digit(c) for c in unicodedata.normalize("NFKC", value))
+    for match in _DIGIT_RUN.finditer(ascii_digits):
+        digits = re.sub(_SEPARATORS, "", match.group())
         if len(digits) in PAN_DIGITS and luhn_valid(digits):
             return True
     return False
