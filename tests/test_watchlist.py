@@ -62,6 +62,15 @@ def test_a_watchlisted_voice_is_flagged_on_verification_and_refused_at_enrolment
     assert hits[0]["subject_token"] == body["subject_token"] and hits[0]["score"] == body["watchlist"]["score"]
     assert hits[0]["score"] >= hits[0]["details"]["threshold"]
 
+    # Asking who the voice is (1:N) is screened too.
+    found = api.http.post("/v1/voice/identify", files=[_audio(FRAUDSTER_CALL)], headers=api.headers(keys["ivr"]))
+    assert found.status_code == 200 and found.json()["watchlist"]["entry"] == entry, found.text
+    during = [e["details"]["during"] for e in _audit(api, keys["auditor"]) if e["action"] == "watchlist.hit"]
+    assert during == ["voice.verify", "voice.identify"]
+    clean = api.http.post("/v1/voice/identify", files=[_audio(TEST_OTHER / SPEAKER / GENUINE)],
+                          headers=api.headers(keys["ivr"])).json()  # fmt: skip
+    assert clean["watchlist"] == {"hit": False, "entry": None, "score": None}
+
     # The fraudster tries to enrol as a new customer: refused, nothing stored, both facts audited.
     consent = _consent(api, keys["portal"], reference="ACC-6666")
     refused = api.http.post(

@@ -23,6 +23,7 @@ from service.trail.chain import record_event
 from service.trail.refusals import refusals_audited
 from service.voice.gallery import StoredTemplate, TemplateGallery
 from service.voice.templates import VOICE
+from service.watchlist.screening import Screening, screen_voice
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Identification:
     reasons: list[dict]
     model: str
     channels: str | None = None  # the pair whose threshold is shown: the caller's channel on both sides
+    watchlist: Screening | None = None  # None: not screened (no usable speech)
 
     def as_dict(self) -> dict:
         best = self.candidates[0].score if self.candidates else None
@@ -54,6 +56,7 @@ class Identification:
             "model": self.model,
             "channels": self.channels,
             "candidates": [{"subject_token": c.subject_token, "score": c.score} for c in self.candidates],
+            "watchlist": None if self.watchlist is None else self.watchlist.as_dict(),
         }
 
 
@@ -137,10 +140,15 @@ def identify_voice(
         probe = ctx.verifier.probe(audio())
     candidates: list[Candidate] = []
     outcome = "rejected" if probe.reasons else "no_match"
+    screening = None
     with ctx.db.session() as session:
         if probe.embedding is not None and not probe.reasons:
             candidates = _best_matches(ctx, session, actor, purpose, probe, top_k)
             outcome = "match" if candidates else outcome
+            # Screened as every verification is: a fraudster asking who they sound like is one too.
+            screening = screen_voice(
+                ctx, session, actor, [(probe.embedding, probe.channel)], action="voice.identify", subject_token=None
+            )
         record_event(
             session,
             actor,
@@ -152,6 +160,7 @@ def identify_voice(
                 "purpose": purpose,
                 "candidates": [c.subject_token for c in candidates],
                 "reasons": [str(r.code) for r in probe.reasons],
+                "watchlist_hit": screening is not None and screening.hit,
             },
         )
     ctx.decided("voice.identify", outcome)
@@ -164,4 +173,5 @@ def identify_voice(
         net_speech_s=round(probe.net_speech_s, 3),
         reasons=[r.as_dict() for r in probe.reasons],
         model=ctx.embedder.fingerprint,
+        watchlist=screening,
     )

@@ -64,6 +64,9 @@ class IdentificationOut(BaseModel):
     model: str
     channels: str | None = Field(description="the pair whose threshold is shown (the caller's channel, both sides)")
     candidates: list[CandidateOut] = Field(description="best first")
+    watchlist: WatchlistScreeningOut | None = Field(
+        default=None, description="the call screened against the fraudster watchlist (null: no usable speech)"
+    )
 
 
 class SampleReportOut(BaseModel):
