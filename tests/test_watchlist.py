@@ -4,6 +4,8 @@ refused (and audited); removing the entry crypto-shreds it. Real speech: LibriSp
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import TEST_OTHER
@@ -90,6 +92,15 @@ def test_a_watchlisted_voice_is_flagged_on_verification_and_refused_at_enrolment
     assert enrol_hits[0]["subject_token"] == consent["subject_token"]
     refusal = [e for e in entries if e["action"] == "voice.enrol" and e["outcome"] == "refused"]
     assert refusal and refusal[-1]["details"]["reason"] == "watchlist_hit"
+
+    # What the portal shows that customer says nothing of the screening (it would tip a fraudster off).
+    from service.portal.views import export, recent_events
+
+    with api.ctx.db.session() as session:
+        shown = export(session, "bank", consent["subject_token"])["events"]
+        recent = recent_events(session, consent["subject_token"])
+    assert [e["action"] for e in shown] == ["consent.grant", "voice.enrol"] and "watchlist" not in json.dumps(shown)
+    assert [e.action for e in recent] == ["voice.enrol", "consent.grant"]
 
     # The same refusal through an enrolment session.
     started = api.http.post(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from service.consent import registry
@@ -22,7 +22,11 @@ from service.store.models import AuditEntry, Consent, DataKey, EnrolmentSession,
 
 RECENT_EVENTS = 20
 # Audit details the customer does not see (an attacker with a link must not learn how close they came).
-HIDDEN_DETAILS = frozenset({"threshold", "score", "llr", "method", "reasons"})
+HIDDEN_DETAILS = frozenset({"threshold", "score", "llr", "method", "reasons", "watchlist_hit"})
+# The fraud team's screening is not shown to the customer it screened (it would tip a fraudster off): its own
+# entries are left out, and so is a refusal's reason where it was a watchlist hit.
+HIDDEN_ACTIONS = "watchlist.%"
+SCREENING_REASONS = frozenset({"watchlist_hit"})
 
 MODALITY_NAMES = {"voice": N_("Voice"), "fingerprint": N_("Fingerprint")}
 HELD_NAMES = {
@@ -105,8 +109,20 @@ def _channel(entry: AuditEntry) -> str:
     return str(details.get("channels") or details.get("channel") or entry.action.split(".")[0])
 
 
+def _customers_events(token: str) -> Select:
+    """The audit entries about the customer that the customer is shown (not the watchlist's)."""
+    return select(AuditEntry).where(AuditEntry.subject_token == token, AuditEntry.action.not_like(HIDDEN_ACTIONS))
+
+
+def _shown_details(details: dict | None) -> dict:
+    shown = {k: v for k, v in (details or {}).items() if k not in HIDDEN_DETAILS}
+    if shown.get("reason") in SCREENING_REASONS:
+        del shown["reason"]
+    return shown
+
+
 def recent_events(session: Session, token: str, limit: int = RECENT_EVENTS) -> list[EventView]:
-    query = select(AuditEntry).where(AuditEntry.subject_token == token).order_by(AuditEntry.seq.desc()).limit(limit)
+    query = _customers_events(token).order_by(AuditEntry.seq.desc()).limit(limit)
     return [EventView(e.at, e.action, _channel(e), e.outcome) for e in session.execute(query).scalars()]
 
 
@@ -141,7 +157,7 @@ def export(session: Session, tenant_id: str, token: str) -> dict:
     templates = session.execute(select(Template).where(Template.subject_token == token))
     enrolments = session.execute(select(EnrolmentSession).where(EnrolmentSession.subject_token == token))
     keys = session.execute(select(DataKey).where(DataKey.subject_token == token))
-    events = session.execute(select(AuditEntry).where(AuditEntry.subject_token == token).order_by(AuditEntry.seq))
+    events = session.execute(_customers_events(token).order_by(AuditEntry.seq))
     return {
         "format": "bioident-subject-export/1",
         "exported_at": _iso(dt.datetime.now(dt.UTC)),
@@ -178,7 +194,7 @@ def export(session: Session, tenant_id: str, token: str) -> dict:
         ],
         "events": [
             {"seq": e.seq, "at": _iso(e.at), "actor": e.actor, "action": e.action, "outcome": e.outcome,
-             "details": {k: v for k, v in (e.details or {}).items() if k not in HIDDEN_DETAILS}}
+             "details": _shown_details(e.details)}
             for e in events.scalars()
         ],
     }  # fmt: skip
