@@ -180,6 +180,30 @@ def test_with_a_period_of_zero_a_withdrawal_retires_the_key_version_its_residue_
     ]
 
 
+def test_a_damaged_backup_key_section_holds_up_no_shred(database_url, tmp_path, monkeypatch, capsys):
+    """A section file holding null, a list, or a folder in its place had stopped every shred (a traceback, one
+    new key version a minute and none retired)."""
+    from service.vault import Keyring, KeyStatus
+
+    ctx = _deployment(database_url, tmp_path)
+    _enrolled(ctx, STAYS)
+    sections = tmp_path / "backup-keys"
+    sections.mkdir(mode=0o700)
+    for n, damage in enumerate(("null", "[1, 2]", None)):
+        section = sections / f"bkp_{n:032x}.json"
+        section.mkdir() if damage is None else section.write_text(damage)
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "keys", "shred", "--now", url=database_url)
+    assert code == 0 and "version 2 is active" in out and "versions 1 retired" in out, (out, err)
+    assert "Traceback" not in err
+    assert {v.version: v.status for v in Keyring.load(tmp_path / "keyring.json").versions()} == {
+        1: KeyStatus.RETIRED,
+        2: KeyStatus.ACTIVE,
+    }
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "erasure", "status", url=database_url)
+    problems = json.loads(out)["problems"]
+    assert code == 1 and sum("is not the key section of backup" in p for p in problems) == 3, (out, err)
+
+
 def test_replicas_on_one_database_rotate_once_per_period(database_url, tmp_path):
     """Two replicas (one keyring file, one ledger) find the shred due at once: one rotates, the other sees it."""
     from service.erasure.shred import shred

@@ -120,6 +120,8 @@ class BackupKeys:
         path = self.path(backup_id)
         try:
             document = json.loads(path.read_bytes())
+            if not isinstance(document, dict):
+                raise ValueError
             if document.get("format") != SECTION_FORMAT or document.get("backup_id") != backup_id:
                 raise ValueError
             return Section(backup_id, str(document["keyring_id"]), tuple(map(SectionKey.from_json, document["keys"])))
@@ -128,7 +130,7 @@ class BackupKeys:
                 f"the key section of backup {backup_id} is not at {path}: without it the backup's templates "
                 "cannot be opened (point BIOIDENT_BACKUP_KEYS_DIR at the deployment's backup keys)"
             ) from None
-        except (ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):  # a folder, null, a list...
             raise BackupError(f"{path} is not the key section of backup {backup_id}") from None
 
     def sections(self) -> tuple[list[Section], list[str]]:
