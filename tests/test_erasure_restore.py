@@ -370,3 +370,31 @@ def test_anchors_show_a_destruction_ledger_cut_back_with_the_database(
     ledger.path.write_bytes(ledger.path.read_bytes()[:-20])  # a torn last line
     code, out, err = cli("audit", "verify-chain", "--anchors", anchors)
     assert code == 1 and "destruction ledger BROKEN" in err and "incomplete" in err, err
+
+
+def test_a_key_section_altered_is_refused_at_restore(database_url, empty_databases, tmp_path, monkeypatch, capsys):
+    """A section key with one bit flipped had been restored (exit 0), then silently dropped by the next shred."""
+    from service.protected import data_key
+    from service.store.models import Subject, Tenant
+
+    data_dir = tmp_path / "data"
+    ctx = _deployment(database_url, data_dir)
+    with ctx.db.session() as session:
+        session.add(Tenant(id="bank", name="bank"))
+        session.flush()
+        session.add(Subject(token="sub_kept", tenant_id="bank"))
+        session.flush()
+        data_key(session, ctx.keyring, "sub_kept", "voice", create=True)
+    ctx.db.engine.dispose()
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "backup", tmp_path / "backup", url=database_url)
+    assert code == 0, err
+    (section,) = (data_dir / "backup-keys").glob("bkp_*.json")
+    document = json.loads(section.read_text())
+    wrapped = bytearray(base64.b64decode(document["keys"][0]["wrapped"]))
+    wrapped[-1] ^= 1
+    document["keys"][0]["wrapped"] = base64.b64encode(bytes(wrapped)).decode()
+    section.write_text(json.dumps(document))
+    target = empty_databases()
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=target)
+    assert code == 2 and "1 data keys in the key section" in err and "do not open" in err, (out, err)
+    assert _rows(target, "SELECT count(*) FROM subjects") == [(0,)]

@@ -172,6 +172,11 @@ def restore_backup(
             f"{len(stale)} data keys in the key section of backup {section.backup_id} are under key versions this "
             "keyring no longer holds: the section missed a rotation, and those subjects cannot be restored"
         )
+    if altered := [key for key in section.keys if not key.opens(keyring)]:
+        raise BackupError(
+            f"{len(altered)} data keys in the key section of backup {section.backup_id} do not open with this keyring "
+            "(the section was altered or damaged): restore the section from where it is kept safe; nothing restored"
+        )
     with db.session() as session:  # before a scratch migration that may take minutes
         _require_empty(session)
     with _at_head(body, revision, head) as rows, db.session() as session:

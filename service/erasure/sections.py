@@ -20,7 +20,7 @@ from pathlib import Path
 from service.erasure.errors import BackupError
 from service.erasure.ledger import DestructionLedger
 from service.settings import ServiceSettings
-from service.vault import Keyring, VaultError, WrappedKey, data_key_context, rewrap
+from service.vault import Keyring, VaultError, WrappedKey, data_key_context, rewrap, unwrap_data_key
 from service.vault.keyring import write_private_file
 
 log = logging.getLogger("bioident.erasure")
@@ -51,6 +51,18 @@ class SectionKey:
     def to_row(self) -> dict[str, object]:
         """The ``data_keys`` row it came from (but its id and creation time)."""
         return {**self.to_json(), "wrapped": self.wrapped}
+
+    def opens(self, keyring: Keyring) -> bool:
+        """Whether the keyring unwraps it (under a version it holds, for its subject and modality, unaltered)."""
+        try:
+            unwrap_data_key(keyring, WrappedKey(self.kek_version, self.wrapped), context=self.context)
+        except VaultError:
+            return False
+        return True
+
+    @property
+    def context(self) -> bytes:
+        return data_key_context(self.subject_token, self.modality)
 
     @classmethod
     def from_json(cls, entry: dict) -> SectionKey:
@@ -158,9 +170,8 @@ class BackupKeys:
                     dropped += 1
                     continue
                 if key.kek_version != keyring.active_version:
-                    context = data_key_context(key.subject_token, key.modality)
                     try:
-                        fresh = rewrap(keyring, WrappedKey(key.kek_version, key.wrapped), context=context)
+                        fresh = rewrap(keyring, WrappedKey(key.kek_version, key.wrapped), context=key.context)
                     except VaultError:  # under a retired version already, or altered: opens for nobody
                         lost += 1
                         continue
