@@ -33,7 +33,7 @@ from service.fingerprint.templates import FINGERPRINT, EnrolledFinger, open_fing
 from service.protected import unwrap_row
 from service.store.db import Database
 from service.store.models import DataKey, Template, utcnow
-from service.vault import Keyring
+from service.vault import DecryptionError, Keyring, KeyVersionRetired
 
 # Rows stamped this long before the newest one seen are looked at again at each sync (a transaction that
 # stamped its row earlier but committed after the last look is still picked up).
@@ -202,6 +202,8 @@ class FingerprintGallery:
                     opened.append(open_finger(row, unwrap_row(keyring, key_row)))
                 except ServiceError:
                     continue  # another matcher's template: it cannot be searched; that customer re-enrols
+                except (DecryptionError, KeyVersionRetired):
+                    continue  # altered, or under a retired key version (a database older than a shred): no one opens it
         return wanted, opened, customers
 
     def _apply(

@@ -32,6 +32,7 @@ from service.vault.errors import (
     KeyringOutdated,
     KeyringPermissionError,
     KeyringReadOnly,
+    KeyVersionRetired,
     KeyVersionUnavailable,
     VaultError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "InvalidReference",
     "KeyStatus",
     "KeyVersionInfo",
+    "KeyVersionRetired",
     "KeyVersionUnavailable",
     "Keyring",
     "KeyringError",

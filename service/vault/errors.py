@@ -51,6 +51,11 @@ class KeyVersionUnavailable(VaultError):
         self.version = version
 
 
+class KeyVersionRetired(KeyVersionUnavailable):
+    """An older version whose material is gone (retired, or dropped from the secret store): what it wraps opens
+    for nobody, ever. (A version newer than the keyring's is a keyring to reload, not this.)"""
+
+
 class KeyringError(VaultError):
     code = "keyring_error"
 

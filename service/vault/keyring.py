@@ -51,6 +51,7 @@ from service.vault.errors import (
     KeyringMissing,
     KeyringPermissionError,
     KeyringReadOnly,
+    KeyVersionRetired,
     KeyVersionUnavailable,
 )
 
@@ -243,6 +244,8 @@ class Keyring:
         unknown or retired, ``DecryptionError`` for any wrong byte or associated data."""
         kek = self._keks.get(version)
         if kek is None or kek.material is None:
+            if (kek is not None or version < self.active_version) and version != self.active_version:
+                raise KeyVersionRetired(version)
             raise KeyVersionUnavailable(version)
         return aead_open(AESGCM(kek.material), blob, aad)
 

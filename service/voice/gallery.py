@@ -28,7 +28,7 @@ from biometrics.scoring.operating_points import ChannelScoring
 from biometrics.voice.audio.waveform import AudioChannel
 from biometrics.voice.embedding import Embedding
 from biometrics.voice.templates import TemplateFormatError, VoiceTemplate
-from service.vault.errors import DecryptionError
+from service.vault.errors import DecryptionError, KeyVersionRetired
 
 log = logging.getLogger("bioident.gallery")
 
@@ -104,9 +104,10 @@ class TemplateGallery:
                 if tenant.stamps.get(row.key) != row.stamp:
                     try:
                         template = row.open()
-                    except (TemplateFormatError, DecryptionError) as exc:  # damaged or tampered, not a keyring fault
-                        # One damaged row must not stop every query of the tenant: it is left out (and
-                        # looked at again while it is recent). Its key is a pseudonymous token, never data.
+                    except (TemplateFormatError, DecryptionError, KeyVersionRetired) as exc:  # not a keyring fault
+                        # One damaged row (or one under a retired key version: a database older than a shred)
+                        # must not stop every query of the tenant: it is left out (and looked at again while it is
+                        # recent). Its key is a pseudonymous token, never data.
                         log.warning("gallery: %s could not be opened (%s); left out", row.key, type(exc).__name__)
                         tenant.forget(row.key)
                         continue
