@@ -101,7 +101,14 @@ def _check_restored(api, url, keys, gone, kept) -> None:
 def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
     bank, empty_databases, monkeypatch, capsys, tmp_path
 ):
-    from service.vault import Keyring, KeyVersionUnavailable, TemplateBinding, WrappedKey, unwrap_data_key
+    from service.vault import (
+        DecryptionError,
+        Keyring,
+        KeyVersionUnavailable,
+        TemplateBinding,
+        WrappedKey,
+        unwrap_data_key,
+    )
     from service.vault.envelope import data_key_context
 
     api, keys = bank
@@ -198,9 +205,8 @@ def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
     for candidate in [WrappedKey(version, wrapped)] + [
         WrappedKey(k["kek_version"], base64.b64decode(k["wrapped"])) for k in in_section
     ]:
-        with pytest.raises(Exception) as refused:
+        with pytest.raises((KeyVersionUnavailable, DecryptionError)):  # a retired version, or another key
             unwrap_data_key(keyring, candidate, context=context).open(sealed, aad=binding)
-        assert type(refused.value).__name__ in ("KeyVersionUnavailable", "DecryptionError")
 
     # The same backup, restored after the rotation: every live customer comes back, the withdrawn one not.
     after = empty_databases()
@@ -229,6 +235,17 @@ def test_a_backups_manifest_counts_customers_and_watchlist_entries_apart(databas
     assert (manifest["subjects"], manifest["watchlist_entries"]) == (2, 1)
 
 
+def _bank(ctx, *tokens: str) -> None:
+    """The tenant ``bank`` and a subject row for each of ``tokens``."""
+    from service.store.models import Subject, Tenant
+
+    with ctx.db.session() as session:
+        session.add(Tenant(id="bank", name="bank"))
+        session.flush()
+        for token in tokens:
+            session.add(Subject(token=token, tenant_id="bank"))
+
+
 def test_a_backup_made_at_an_older_schema_revision_is_migrated_as_it_is_restored(
     database_url, empty_databases, tmp_path, monkeypatch, capsys
 ):
@@ -239,16 +256,11 @@ def test_a_backup_made_at_an_older_schema_revision_is_migrated_as_it_is_restored
 
     from service.erasure.backup import _manifest_mac
     from service.store.db import alembic_config
-    from service.store.models import Subject, Tenant
     from service.vault import Keyring
 
     data_dir = tmp_path / "data"
     ctx = _deployment(database_url, data_dir)
-    with ctx.db.session() as session:
-        session.add(Tenant(id="bank", name="bank"))
-        session.flush()
-        for token in ("sub_a", "sub_b"):
-            session.add(Subject(token=token, tenant_id="bank"))
+    _bank(ctx, "sub_a", "sub_b")
     ctx.db.engine.dispose()
     code, out, err = _cli(monkeypatch, capsys, data_dir, "backup", tmp_path / "backup", url=database_url)
     assert code == 0, err
@@ -299,15 +311,12 @@ def test_anchors_show_a_destruction_ledger_cut_back_with_the_database(
     import datetime as dt
 
     from service.erasure.ledger import Destruction, DestructionLedger
-    from service.store.models import Subject, Tenant
     from service.trail.chain import append
 
     data_dir = tmp_path / "data"
     ctx = _deployment(database_url, data_dir)
+    _bank(ctx, "sub_kept")
     with ctx.db.session() as session:
-        session.add(Tenant(id="bank", name="bank"))
-        session.flush()
-        session.add(Subject(token="sub_kept", tenant_id="bank"))
         append(session, actor="operator", action="keys.rotate", outcome="rotated")  # a trail to anchor
     ctx.db.engine.dispose()
 
@@ -375,15 +384,11 @@ def test_anchors_show_a_destruction_ledger_cut_back_with_the_database(
 def test_a_key_section_altered_is_refused_at_restore(database_url, empty_databases, tmp_path, monkeypatch, capsys):
     """A section key with one bit flipped had been restored (exit 0), then silently dropped by the next shred."""
     from service.protected import data_key
-    from service.store.models import Subject, Tenant
 
     data_dir = tmp_path / "data"
     ctx = _deployment(database_url, data_dir)
+    _bank(ctx, "sub_kept")
     with ctx.db.session() as session:
-        session.add(Tenant(id="bank", name="bank"))
-        session.flush()
-        session.add(Subject(token="sub_kept", tenant_id="bank"))
-        session.flush()
         data_key(session, ctx.keyring, "sub_kept", "voice", create=True)
     ctx.db.engine.dispose()
     code, out, err = _cli(monkeypatch, capsys, data_dir, "backup", tmp_path / "backup", url=database_url)
