@@ -81,6 +81,14 @@ def test_rotation_rewraps_data_keys_without_reencrypting_templates_and_old_versi
     assert _keyring_document(data_dir) == document
     after_retirement = _verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE)
     assert after_retirement.status_code == 200 and after_retirement.json()["decision"] == "accept"
+    # Served from a database copied before the retirement, the customer's key is under version 1: as good as
+    # erased, said as such (409), not a server error.
+    (token, _, rewrapped), = _rows(url, data_keys_sql)
+    set_key = text("UPDATE data_keys SET kek_version = :v, wrapped = :w WHERE subject_token = :t")
+    _execute(url, (set_key, {"v": 1, "w": keys_before[0][2], "t": token}))
+    unrecoverable = _problem(_verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE), 409)
+    assert unrecoverable["type"].endswith("/data_unrecoverable") and "enrol again" in unrecoverable["detail"]
+    _execute(url, (set_key, {"v": 2, "w": rewrapped, "t": token}))
     assert _verify(api, keys["ivr"], IMPOSTOR).json()["decision"] == "reject"
 
     code, out, err = cli("keys", "retire", "2")  # the active version

@@ -53,7 +53,18 @@ class KeyVersionUnavailable(VaultError):
 
 class KeyVersionRetired(KeyVersionUnavailable):
     """An older version whose material is gone (retired, or dropped from the secret store): what it wraps opens
-    for nobody, ever. (A version newer than the keyring's is a keyring to reload, not this.)"""
+    for nobody, ever. (A version newer than the keyring's is a keyring to reload, not this.) Met when serving a
+    database copied before a shred: that customer's data is as good as erased, and they enrol again (409)."""
+
+    code = "data_unrecoverable"
+    status = 409
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.message = (
+            f"this data was wrapped under key-encryption key version {version}, retired since: it opens for nobody "
+            "(a database older than a key shred?); the customer must enrol again"
+        )
 
 
 class KeyringError(VaultError):
