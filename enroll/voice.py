@@ -92,14 +92,13 @@ def plan_enrolment(samples: Sequence[EnrolmentSample], limits: QualityLimits) ->
     reports, kept, counted = [], [], []
     for s in samples:
         report = judge_sample(s.sample, limits)
+        repeated = repeat_reason(s.sample.embedding, kept) if report.accepted else None
+        if repeated is not None:  # refused, and its speech is not the enrolment's
+            reports.append(SampleReport(s.sample, [repeated]))
+            continue
         if report.accepted:
-            repeated = repeat_reason(s.sample.embedding, kept)
-            if repeated is None:
-                kept.append(s.sample.embedding)
-            else:
-                report = SampleReport(s.sample, [repeated])
-        if not report.reasons or report.reasons[0].code != ReasonCode.DUPLICATE_SAMPLE:
-            counted.append(s.sample.measures)  # a repeat's speech is not the enrolment's
+            kept.append(s.sample.embedding)
+        counted.append(s.sample.measures)
         reports.append(report)
     return EnrolmentPlan(samples=list(samples), reports=reports, reasons=enrolment_reasons(counted, limits))
 

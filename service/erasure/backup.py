@@ -30,7 +30,7 @@ import shutil
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +177,7 @@ def restore_backup(
             f"{len(altered)} data keys in the key section of backup {section.backup_id} do not open with this keyring "
             "(the section was altered or damaged): restore the section from where it is kept safe; nothing restored"
         )
+    migrated_from = None if revision == head else revision
     with db.session() as session:  # before a scratch migration that may take minutes
         _require_empty(session)
     with _at_head(body, revision, head) as rows, db.session() as session:
@@ -205,10 +206,9 @@ def restore_backup(
                 "backup_created_at": manifest["created_at"],
                 "data_keys": len(section.keys),
                 "destroyed_again": len(replay.completed),
-                "migrated_from": None if revision == head else revision,
+                "migrated_from": migrated_from,
             },
         )
-    migrated_from = None if revision == head else revision
     return Restored(manifest["backup_id"], manifest["created_at"], subjects, len(section.keys), replay, migrated_from)
 
 
@@ -329,7 +329,11 @@ def _backup_rows(body: Path) -> Iterator[tuple[Table, dict]]:
         finally:
             engine.dispose()
         return
-    tables = {t.name: t for t in _tables()}
+    yield from _jsonl_rows(body, {t.name: t for t in _tables()}, "this release's tables")
+
+
+def _jsonl_rows(body: Path, tables: Mapping[str, Table], of: str) -> Iterator[tuple[Table, dict]]:
+    """The rows of ``tables.jsonl``, typed by ``tables`` (``of``: whose tables, for the error on a bad line)."""
     with body.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             try:
@@ -337,7 +341,7 @@ def _backup_rows(body: Path) -> Iterator[tuple[Table, dict]]:
                 table = tables[record["table"]]
                 yield table, {c.name: _from_json(c.type, record["row"][c.name]) for c in table.columns}
             except (ValueError, KeyError, TypeError):
-                raise BackupError(f"{body} line {number} is not a row of this release's tables") from None
+                raise BackupError(f"{body} line {number} is not a row of {of}") from None
 
 
 @contextmanager
@@ -373,15 +377,8 @@ def _load_rows(database: Path, body: Path) -> None:
             for table in reversed(tables.sorted_tables):  # the rows the migrations made come from the backup
                 if table.name != "alembic_version":
                     connection.execute(delete(table))
-            with body.open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, start=1):
-                    try:
-                        record = json.loads(line)
-                        table = tables.tables[record["table"]]
-                        row = {c.name: _from_json(c.type, record["row"][c.name]) for c in table.columns}
-                    except (ValueError, KeyError, TypeError):
-                        raise BackupError(f"{body} line {number} is not a row of its schema revision") from None
-                    connection.execute(insert(table), row)
+            for table, batch in _batches(_jsonl_rows(body, tables.tables, "its schema revision")):
+                connection.execute(insert(table), batch)
     finally:
         engine.dispose()
 
