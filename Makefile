@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bioident-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh $(wildcard service/portal/translations/*/LC_MESSAGES/messages.po)
+$(STAMP): pyproject.toml scripts/setup.sh biometrics/voice/model/fused_passes.c $(wildcard service/portal/translations/*/LC_MESSAGES/messages.po)
 	PYTHON=$(PY) bash scripts/setup.sh
 
 # The service on embedded defaults: SQLite and a 0600 keyring in ./data, http://127.0.0.1:8000/docs

@@ -17,12 +17,9 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, TDNNBlock
 from biometrics.voice.model import onednn_bf16
 from biometrics.voice.model.cpu_kernels import make_segment_aware, speed_up_for_cpu
 from biometrics.voice.model.onednn_bf16 import (
-    ROW_BLOCK,
     WIDTH_STEP,
     OneDnnBf16ECAPA,
-    moments,
     onednn_bf16_available,
-    weighted_moments,
 )
 from biometrics.voice.model.packing import pack, packed, reflect_into_gaps
 from tests.model_helpers import randomise_batch_norms, relative_errors
@@ -143,29 +140,3 @@ def test_a_model_whose_blocks_the_plan_does_not_know_keeps_the_eager_bf16_path(c
     with torch.inference_mode():
         errors = relative_errors(model(x), reference(x), reference(torch.randn(1, 60, 20)))
     assert errors.max() <= MAX_RELATIVE_ERROR
-
-
-@pytest.mark.parametrize("exp_is_safe", [True, False])
-def test_the_poolings_moments_of_bf16_frames_are_those_of_float64(exp_is_safe):
-    """Taken by blocks of ROW_BLOCK frames in fp32, they lose nothing to float64's but the bf16 rounding.
-
-    Channels far from zero with a small spread (where a one-pass variance about zero cancels), sharp
-    attention (softmax weights far from uniform), and logits beyond exp()'s range where that is allowed.
-    """
-    gen = torch.Generator().manual_seed(4)
-    frames = 3 * ROW_BLOCK + 17
-    z = (torch.randn(frames, 96, generator=gen) * torch.linspace(0.01, 3.0, 96) + torch.linspace(0, 40, 96)).to(
-        torch.bfloat16
-    )
-    logits = (torch.randn(frames, 96, generator=gen) * 6 + (0 if exp_is_safe else 120)).to(torch.bfloat16)
-    x, weights = z.double(), torch.softmax(logits.double(), dim=0)
-    mean, variance = moments(z)
-    assert torch.allclose(mean.double(), x.mean(dim=0), rtol=1e-6, atol=0)
-    assert torch.allclose(variance.double(), x.var(dim=0, unbiased=False), rtol=1e-5, atol=0)
-    w_mean, w_variance = weighted_moments(z, logits, exp_is_safe)
-    expected_mean = (weights * x).sum(dim=0)
-    expected_variance = (weights * (x - expected_mean).square()).sum(dim=0)
-    assert torch.allclose(w_mean.double(), expected_mean, rtol=1e-6, atol=0)
-    assert torch.allclose(w_variance.double(), expected_variance, rtol=1e-5, atol=0)
-    # The weights matter here: the unweighted moments are far from these.
-    assert not torch.allclose(w_mean, mean, rtol=1e-2)

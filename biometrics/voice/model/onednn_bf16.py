@@ -20,7 +20,9 @@ How:
   constants); element-wise readers (the Res2Net sums, the squeeze-excitation, the pooling's moments)
   apply it in their own pass.
 - Statistics stay in fp32: squeeze-excitation means and gates, the pooling's moments and softmax, the
-  final batch norm and linear layer (one fp32 product, the norm folded into it).
+  final batch norm and linear layer (one fp32 product, the norm folded into it). The moments, the
+  squeeze-excitation's means and its gated residual write are each one compiled loop over the frames
+  (``fused_passes``), not a chain of eager kernels.
 - oneDNN builds a primitive per input shape (~4 ms a layer, the first time, and 2-6 MB kept for the
   3072-wide ones), so packed batches are widened to a multiple of ``WIDTH_STEP`` frames and products
   over more than ``MAX_ROWS`` frames run in chunks: 32 shapes at most, each built once.
@@ -37,7 +39,8 @@ from dataclasses import dataclass
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, TDNNBlock
 
-from biometrics.voice.model.packing import Segment, is_packed, reflect_into_padding, segments_of
+from biometrics.voice.model.fused_passes import moments, padded_sum, scaled_sums, segment_means, weighted_moments
+from biometrics.voice.model.packing import Segment, is_packed, segments_of
 
 # oneDNN keeps one primitive per input shape, each holding 2-6 MB for the 3072-wide products and built in ~4 ms
 # the first time: packed widths are rounded up to a multiple of WIDTH_STEP frames (0.64 s of audio), and
@@ -45,8 +48,6 @@ from biometrics.voice.model.packing import Segment, is_packed, reflect_into_padd
 # MAX_ROWS / WIDTH_STEP shapes of each product, whatever the lengths of the audio.
 WIDTH_STEP = 64
 MAX_ROWS = 2048
-# Rows of a segment the pooling's moments take at a time: a block of 3072 channels in fp32 (768 KB) stays in cache.
-ROW_BLOCK = 64
 # Attention logits bounded by this skip the softmax's max subtraction: exp() then stays within float32's normal
 # range (e^40 = 2.4e17), and so do the weighted sums after it (a million frames of |z| up to 1e15).
 EXP_SAFE_LOGIT_BOUND = 40.0
@@ -196,19 +197,10 @@ def _padded(x: torch.Tensor, pad: int, segments: Sequence[Segment] | None, terms
 
     Within a packed batch each segment's reflections also go into the gaps (``packing.GapReflectingConv1d``).
     """
-    width = x.shape[0]
-    if width <= pad:
-        raise ValueError(f"reflect padding of {pad} frames needs more than {pad} frames")
-    out = x.new_empty(width + 2 * pad, x.shape[1], dtype=torch.bfloat16)
-    middle = out[pad : pad + width]
+    spans = None if segments is None else [(s.start, s.end) for s in segments]
     if terms is None:
-        middle.copy_(x)
-    elif terms.x_factor is None:
-        torch.addcmul(x, terms.addend, terms.factor, out=middle)
-    else:
-        torch.mul(x, terms.x_factor, out=middle).addcmul_(terms.addend, terms.factor)
-    reflect_into_padding(out[None], pad, None if segments is None else tuple(segments), time_major=True)
-    return out
+        return padded_sum(x, pad, spans)
+    return padded_sum(x, pad, spans, terms.x_factor, terms.addend, terms.factor)
 
 
 @dataclass(frozen=True)
@@ -225,7 +217,7 @@ class _SEBlock:
 
     def __init__(self, block: torch.nn.Module, x_affine: Affine) -> None:
         self.x_affine = x_affine  # what the block's input (its residual) stands for
-        self.x_scale16 = None if x_affine.scale is None else x_affine.scale.to(torch.bfloat16)
+        self.x_scale = torch.ones(block.tdnn2.conv.conv.out_channels) if x_affine.scale is None else x_affine.scale
         if block.shortcut is not None:
             raise ValueError("SE-Res2Net blocks with a shortcut convolution are not supported")
         self.tdnn1 = FusedLayer.of_tdnn(block.tdnn1, x_affine)
@@ -246,11 +238,11 @@ class _SEBlock:
             elif bool((x_i.scale.abs() <= MAX_SCALE_RATIO * previous.scale.abs()).all()):
                 # x_i + y_(i-1) = s_prev * (z_prev + (s1 / s_prev) * z1_i) + (t1 + t_prev): one addcmul, s_prev folded.
                 stands_for = Affine(previous.scale, x_i.shift + previous.shift)
-                factors = (None, (x_i.scale / previous.scale).to(torch.bfloat16))
+                factors = (None, x_i.scale / previous.scale)
             else:
                 # A zero or tiny s_prev: (s_prev * z_prev + s1 * z1_i) + (t1 + t_prev), both scales in the sum.
                 stands_for = Affine(None, x_i.shift + previous.shift)
-                factors = (previous.scale.to(torch.bfloat16), x_i.scale.to(torch.bfloat16))
+                factors = (previous.scale, x_i.scale)
             self.res2net.append(FusedLayer.of_tdnn(tdnn, stands_for))
             self.sums.append(factors)
             previous = self.res2net[-1].out
@@ -267,8 +259,9 @@ class _SEBlock:
         """The block's output (true values, no affine) written into ``out`` ([frames, channels] view)."""
         z1 = self.tdnn1(x)
         chunk = self.chunk
-        res2net = x.new_empty(x.shape[0], z1.shape[1], dtype=torch.bfloat16)
-        res2net[:, :chunk] = z1[:, :chunk]
+        # Each Res2Net scale's output takes the place of its input chunk of z1 once that is read: z1 becomes the
+        # scales' concatenation (its first chunk passes through as it is).
+        res2net = z1
         previous = None
         gaps = segments if packed else None
         for i, (layer, factors) in enumerate(zip(self.res2net, self.sums, strict=True), start=1):
@@ -281,21 +274,15 @@ class _SEBlock:
             res2net[:, i * chunk : (i + 1) * chunk] = previous
         z2 = self.tdnn2(res2net)
         affine2 = self.tdnn2.out
-        means = torch.stack([z2[s.start : s.end].mean(dim=0, dtype=torch.float32) for s in segments])
-        means = means * affine2.scale + affine2.shift
+        means = segment_means(z2, [(s.start, s.end) for s in segments]) * affine2.scale + affine2.shift
         gates = torch.sigmoid(self.excite(torch.relu(self.squeeze(means))))
         # out = residual + gate * (scale2 * z2 + shift2). SpeechBrain gates a row's every frame, padding
         # included; in a packed row each segment has its own gate, and the gaps are never read.
-        for s, gate in zip(segments, gates, strict=True):
-            span = slice(s.start, s.end) if packed else slice(None)
-            view, constant = out[span], gate * affine2.shift
-            if self.x_affine.shift is not None:
-                constant += self.x_affine.shift
-            if self.x_scale16 is None:
-                torch.add(x[span], constant.to(torch.bfloat16), out=view)
-            else:
-                torch.addcmul(constant.to(torch.bfloat16), x[span], self.x_scale16, out=view)
-            view.addcmul_(z2[span], (gate * affine2.scale).to(torch.bfloat16))
+        constants = gates * affine2.shift
+        if self.x_affine.shift is not None:
+            constants += self.x_affine.shift
+        spans = [(s.start, s.end) for s in segments] if packed else [(0, x.shape[0])]
+        scaled_sums(x, self.x_scale, constants, z2, gates * affine2.scale, spans, out)
         return out
 
 
@@ -401,39 +388,3 @@ class OneDnnPlan:
             w_mean, w_var = weighted_moments(z[s.start : s.end], logits[s.start : s.end], self.exp_is_safe)
             pooled.append(torch.cat((w_mean * scale + shift, (w_var * scale.square()).clamp(self.eps).sqrt())))
         return pooled
-
-
-def moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (biased) variance over frames of [frames, channels] bf16, in fp32, two passes by row blocks."""
-    total = torch.zeros(z.shape[1])
-    for r in range(0, z.shape[0], ROW_BLOCK):
-        total += z[r : r + ROW_BLOCK].sum(dim=0, dtype=torch.float32)
-    mean = total / z.shape[0]
-    squares = torch.zeros(z.shape[1])
-    for r in range(0, z.shape[0], ROW_BLOCK):
-        squares += (z[r : r + ROW_BLOCK].float() - mean).square_().sum(dim=0)
-    return mean, squares / z.shape[0]
-
-
-def weighted_moments(z: torch.Tensor, logits: torch.Tensor, exp_is_safe: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax(logits over frames)-weighted mean and variance of [frames, channels] bf16, in fp32.
-
-    SpeechBrain's two passes (the mean, then the deviations about it), taken by blocks of frames; the first
-    keeps each block's weights for the second. (A one-pass variance about the unweighted mean lost up to 1e-4
-    of it where sharp attention put the weighted mean many standard deviations away.)
-    """
-    if not exp_is_safe:
-        logits = logits.float() - logits.float().amax(dim=0)
-    total = torch.zeros(z.shape[1])
-    first = torch.zeros(z.shape[1])
-    weights = []
-    for r in range(0, z.shape[0], ROW_BLOCK):
-        w = logits[r : r + ROW_BLOCK].float().exp_()
-        total += w.sum(dim=0)
-        first += (z[r : r + ROW_BLOCK].float() * w).sum(dim=0)
-        weights.append(w)
-    mean = first / total
-    second = torch.zeros(z.shape[1])
-    for r, w in zip(range(0, z.shape[0], ROW_BLOCK), weights, strict=True):
-        second += z[r : r + ROW_BLOCK].float().sub_(mean).square_().mul_(w).sum(dim=0)
-    return mean, second / total
