@@ -107,59 +107,24 @@ static inline void move_origin(float *restrict origin, float *restrict block_mea
     }
 }
 
-/* Mean and (biased) variance over `frames` rows. Returns 0, or -1 out of memory. */
-CLONES int bf16_moments(const uint16_t *z, int64_t stride, int64_t frames, int64_t channels, float *restrict mean,
-                        float *restrict variance) {
-    float *scratch = calloc((size_t)channels * 5, sizeof(float));
-    if (scratch == NULL) return -1;
-    float *restrict n = scratch, *restrict block_n = scratch + channels;
-    float *restrict block_mean = scratch + 2 * channels, *restrict block_squares = scratch + 3 * channels;
-    float *restrict origin = scratch + 4 * channels;
-    memset(mean, 0, (size_t)channels * sizeof(float));
-    memset(variance, 0, (size_t)channels * sizeof(float));
-    for (int64_t start = 0; start < frames; start += STAT_BLOCK) {
-        int64_t rows = frames - start < STAT_BLOCK ? frames - start : STAT_BLOCK;
-        const uint16_t *block = z + start * stride;
-        memset(block_mean, 0, (size_t)channels * sizeof(float));
-        memset(block_squares, 0, (size_t)channels * sizeof(float));
-        for (int64_t t = 0; t < rows; t++)
-            for (int64_t c = 0; c < channels; c++) block_mean[c] += widen(block[t * stride + c]) - origin[c];
-        for (int64_t c = 0; c < channels; c++) {
-            block_mean[c] /= (float)rows;
-            block_n[c] = (float)rows;
-        }
-        if (start == 0) move_origin(origin, block_mean, channels);
-        for (int64_t t = 0; t < rows; t++)
-            for (int64_t c = 0; c < channels; c++) {
-                float d = (widen(block[t * stride + c]) - origin[c]) - block_mean[c];
-                block_squares[c] += d * d;
-            }
-        combine(n, mean, variance, block_n, block_mean, block_squares, channels);
-    }
-    for (int64_t c = 0; c < channels; c++) {
-        mean[c] += origin[c];
-        variance[c] /= n[c];
-    }
-    free(scratch);
-    return 0;
-}
-
 /*
- * Softmax(logits over frames)-weighted mean and variance, by blocks of frames combined as above (each
- * block's weights kept for its second pass, not computed twice). `shift`: subtract each channel's largest
- * logit first (the softmax's guard against overflow; it cancels in the weights). exp() is clamped below at
- * e^-87, so every weight is positive and no block's total is zero.
+ * Mean and (biased) variance over `frames` rows, weighted by softmax(logits over frames) where `logits` is not
+ * NULL, by blocks of STAT_BLOCK frames combined as above: SpeechBrain's two passes over each block while it is
+ * in cache, its weights kept for the second. `shift`: subtract each channel's largest logit first (the softmax's
+ * guard against overflow; it cancels in the weights). exp() is clamped below at e^-87, so every weight is
+ * positive and no block's total is zero. Inlined into its two callers, each compiled for its case.
  */
-CLONES int bf16_weighted_moments(const uint16_t *z, int64_t z_stride, const uint16_t *logits, int64_t l_stride,
-                                 int64_t frames, int64_t channels, int shift, float *restrict mean,
-                                 float *restrict variance) {
-    float *scratch = calloc((size_t)channels * (6 + STAT_BLOCK), sizeof(float));
+static inline __attribute__((always_inline)) int blocked_moments(const uint16_t *z, int64_t z_stride,
+                                                                 const uint16_t *logits, int64_t l_stride,
+                                                                 int64_t frames, int64_t channels, int shift,
+                                                                 float *restrict mean, float *restrict variance) {
+    float *scratch = calloc((size_t)channels * (6 + (logits != NULL ? STAT_BLOCK : 0)), sizeof(float));
     if (scratch == NULL) return -1;
     float *restrict peak = scratch, *restrict total = scratch + channels;
     float *restrict block_total = scratch + 2 * channels, *restrict block_mean = scratch + 3 * channels;
     float *restrict block_squares = scratch + 4 * channels, *restrict origin = scratch + 5 * channels;
-    float *restrict weights = scratch + 6 * channels;
-    if (shift) {
+    float *restrict weights = scratch + 6 * channels; /* only where there are logits */
+    if (logits != NULL && shift) {
         for (int64_t c = 0; c < channels; c++) peak[c] = widen(logits[c]);
         for (int64_t t = 1; t < frames; t++) {
             const uint16_t *row = logits + t * l_stride;
@@ -177,7 +142,12 @@ CLONES int bf16_weighted_moments(const uint16_t *z, int64_t z_stride, const uint
         memset(block_mean, 0, (size_t)channels * sizeof(float));
         memset(block_squares, 0, (size_t)channels * sizeof(float));
         for (int64_t t = 0; t < rows; t++) {
-            const uint16_t *x = z + (start + t) * z_stride, *a = logits + (start + t) * l_stride;
+            const uint16_t *x = z + (start + t) * z_stride;
+            if (logits == NULL) {
+                for (int64_t c = 0; c < channels; c++) block_mean[c] += widen(x[c]) - origin[c];
+                continue;
+            }
+            const uint16_t *a = logits + (start + t) * l_stride;
             float *restrict w = weights + t * channels;
             for (int64_t c = 0; c < channels; c++) {
                 w[c] = fast_exp(widen(a[c]) - peak[c]);
@@ -185,10 +155,19 @@ CLONES int bf16_weighted_moments(const uint16_t *z, int64_t z_stride, const uint
                 block_mean[c] += w[c] * (widen(x[c]) - origin[c]);
             }
         }
+        if (logits == NULL)
+            for (int64_t c = 0; c < channels; c++) block_total[c] = (float)rows;
         for (int64_t c = 0; c < channels; c++) block_mean[c] /= block_total[c];
         if (start == 0) move_origin(origin, block_mean, channels);
         for (int64_t t = 0; t < rows; t++) {
             const uint16_t *x = z + (start + t) * z_stride;
+            if (logits == NULL) {
+                for (int64_t c = 0; c < channels; c++) {
+                    float d = (widen(x[c]) - origin[c]) - block_mean[c];
+                    block_squares[c] += d * d;
+                }
+                continue;
+            }
             const float *restrict w = weights + t * channels;
             for (int64_t c = 0; c < channels; c++) {
                 float d = (widen(x[c]) - origin[c]) - block_mean[c];
@@ -203,6 +182,19 @@ CLONES int bf16_weighted_moments(const uint16_t *z, int64_t z_stride, const uint
     }
     free(scratch);
     return 0;
+}
+
+/* Mean and (biased) variance over `frames` rows. Returns 0, or -1 out of memory. */
+CLONES int bf16_moments(const uint16_t *z, int64_t stride, int64_t frames, int64_t channels, float *restrict mean,
+                        float *restrict variance) {
+    return blocked_moments(z, stride, NULL, 0, frames, channels, 0, mean, variance);
+}
+
+/* Softmax(logits over frames)-weighted mean and variance. Returns 0, or -1 out of memory. */
+CLONES int bf16_weighted_moments(const uint16_t *z, int64_t z_stride, const uint16_t *logits, int64_t l_stride,
+                                 int64_t frames, int64_t channels, int shift, float *restrict mean,
+                                 float *restrict variance) {
+    return blocked_moments(z, z_stride, logits, l_stride, frames, channels, shift, mean, variance);
 }
 
 /* Each segment's sum over its frames (`starts`, `ends`), per channel: `totals` is [segments, channels]. */
