@@ -2,7 +2,7 @@
 
 Why: on a CPU with AMX the oneDNN products of a bf16 pass run four times as fast as in fp32, and what
 was left around them - the pooling's moments and attention-weighted moments, the squeeze-excitation's
-means and residual writes - had become 40 % of the pass (``benchmarks/bf16_pass.py``). In eager torch
+means and residual writes, the Res2Net sums and their reflect padding - had become 40 % of the pass (``benchmarks/bf16_pass.py``). In eager torch
 each of those is a chain of kernels, each a pass over the frames (a bf16 -> fp32 copy, a subtraction, a
 square, a sum...). Fusing them takes a compiler: ``torch.compile`` (Inductor) did it but needs a C++
 compiler on the serving host, spent 12-25 s on its first call and added 212 MB of memory; numba (LLVM)

@@ -21,8 +21,8 @@ How:
   apply it in their own pass.
 - Statistics stay in fp32: squeeze-excitation means and gates, the pooling's moments and softmax, the
   final batch norm and linear layer (one fp32 product, the norm folded into it). The moments, the
-  squeeze-excitation's means and its gated residual write are each one compiled loop over the frames
-  (``fused_passes``), not a chain of eager kernels.
+  squeeze-excitation's means and gated residual write, and the Res2Net sums with their reflect padding
+  are each one loop of C over the frames (``fused_passes``), not a chain of eager kernels.
 - oneDNN builds a primitive per input shape (~4 ms a layer, the first time, and 2-6 MB kept for the
   3072-wide ones), so packed batches are widened to a multiple of ``WIDTH_STEP`` frames and products
   over more than ``MAX_ROWS`` frames run in chunks: 32 shapes at most, each built once.
