@@ -1,14 +1,15 @@
 """The bf16 pass's element-wise work, each piece one loop over the frames, for ``onednn_bf16``.
 
-Why: on a CPU with AMX the oneDNN products of a bf16 pass run four times as fast as in fp32, and what
-was left around them - the pooling's moments and attention-weighted moments, the squeeze-excitation's
-means and residual writes, the Res2Net sums and their reflect padding - had become 40 % of the pass (``benchmarks/bf16_pass.py``). In eager torch
-each of those is a chain of kernels, each a pass over the frames (a bf16 -> fp32 copy, a subtraction, a
-square, a sum...). Fusing them takes a compiler: ``torch.compile`` (Inductor) did it but needs a C++
-compiler on the serving host, spent 12-25 s on its first call and added 212 MB of memory; numba (LLVM)
-did it with 240 MB more (both past the memory budget in ``benchmarks/embedding_speed.py``). So they are
-a few loops of C (``fused_passes.c``), built with the package like any extension and called through
-ctypes (which releases the GIL, so the service's concurrent passes run them side by side).
+Why: on a CPU with AMX the oneDNN products of a bf16 pass run four times as fast as in fp32, and what was left
+around them - the pooling's moments and attention-weighted moments, the squeeze-excitation's means and
+residual writes, the Res2Net sums and their reflect padding - had become 40 % of the pass
+(``benchmarks/bf16_pass.py``). In eager torch each of those is a chain of kernels, each a pass over the frames
+(a bf16 -> fp32 copy, a subtraction, a square, a sum...). Fusing them takes a compiler: ``torch.compile``
+(Inductor) did it but needs a C++ compiler on the serving host, spent 12-25 s on its first call and added 212
+MB of memory; numba (LLVM) did it with 240 MB more (both past the memory budget in
+``benchmarks/embedding_speed.py``). So they are a few loops of C (``fused_passes.c``), built with the package
+like any extension and called through ctypes (which releases the GIL, so the service's concurrent passes run
+them side by side).
 
 Numerics are those of the torch code they replace, or closer to fp32. Sums accumulate in fp32 per block of
 frames, each block's added into the totals (as torch's blocked reductions do, so the error does not grow with
