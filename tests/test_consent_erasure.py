@@ -117,3 +117,113 @@ def test_a_withdrawal_withdraws_the_purpose_whatever_number_of_times_it_was_cons
         done = withdraw_everything(session, ACTOR, TOKEN, ledger=None)
         assert sorted(done.consents_closed) == sorted([fingerprint.id, fingerprint_again.id])
         assert len(done.withdrawal_receipts) == 1 and active_consents(session, TOKEN) == []
+
+
+@pytest.fixture
+def bank_ctx(bank_db, database_url, tmp_path):
+    """A service context (no model) on ``bank_db``: what ``erase_subject`` runs in."""
+    from service.context import ServiceContext
+    from service.settings import ServiceSettings
+
+    db, keyring = bank_db
+    settings = ServiceSettings(_env_file=None, data_dir=tmp_path, database_url=database_url)
+    return ServiceContext(settings, database=db, keyring=keyring)
+
+
+def _receipts(ctx) -> list[tuple[str, str]]:
+    from service.store.models import Receipt
+
+    with ctx.db.session() as session:
+        return list(session.execute(select(Receipt.kind, Receipt.id).order_by(Receipt.created_at)).all())
+
+
+def _erasures_audited(ctx) -> list[tuple[str, dict]]:
+    from service.store.models import AuditEntry
+
+    query = select(AuditEntry.outcome, AuditEntry.details).where(AuditEntry.action == "subject.erase")
+    with ctx.db.session() as session:
+        return [(outcome, details) for outcome, details in session.execute(query.order_by(AuditEntry.seq)).all()]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_erasing_again_with_nothing_left_gives_back_the_same_receipt_and_audits_the_request(bank_ctx):
+    from service.consent.withdrawal import erase_subject
+
+    with bank_ctx.db.session() as session:
+        _consent(session, Modality.VOICE)
+        _sealed_data(session, bank_ctx.keyring, Modality.VOICE)
+    first = erase_subject(bank_ctx, ACTOR, TOKEN)
+    receipts = _receipts(bank_ctx)
+    again = erase_subject(bank_ctx, ACTOR, TOKEN)  # a double click, a retry
+    assert again == first and _receipts(bank_ctx) == receipts
+    assert [kind for kind, _ in receipts].count("erasure") == 1
+    audited = _erasures_audited(bank_ctx)
+    assert [outcome for outcome, _ in audited] == ["erased", "nothing_held"]
+    assert audited[1][1] == {"consents_closed": [], "modalities_destroyed": [], "receipt_id": first}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_erasing_after_enrolling_again_erases_and_gives_a_new_receipt(bank_ctx):
+    from service.consent.withdrawal import erase_subject
+
+    with bank_ctx.db.session() as session:
+        _consent(session, Modality.VOICE)
+        _sealed_data(session, bank_ctx.keyring, Modality.VOICE)
+    first = erase_subject(bank_ctx, ACTOR, TOKEN)
+    with bank_ctx.db.session() as session:  # back after the erasure: consent and enrolment again
+        _consent(session, Modality.FINGERPRINT)
+        _sealed_data(session, bank_ctx.keyring, Modality.FINGERPRINT)
+    second = erase_subject(bank_ctx, ACTOR, TOKEN)
+    assert second != first
+    assert [i for kind, i in _receipts(bank_ctx) if kind == "erasure"] == [first, second]
+    audited = _erasures_audited(bank_ctx)
+    assert [outcome for outcome, _ in audited] == ["erased", "erased"]
+    assert audited[1][1]["modalities_destroyed"] == ["fingerprint"]
+    with bank_ctx.db.session() as session:
+        assert session.execute(select(func.count()).select_from(Template)).scalar_one() == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_customer_who_held_nothing_gets_one_receipt_that_says_so_and_a_new_one_after_a_new_consent(bank_ctx):
+    """No erasure receipt yet and nothing held: one receipt (the proof asked for), then that one again; a
+    consent given and withdrawn since makes the old receipt stale, so the next erasure issues a new one."""
+    from service.consent.withdrawal import erase_subject
+
+    with bank_ctx.db.session() as session:
+        consent = _consent(session, Modality.VOICE)
+    with bank_ctx.db.session() as session:
+        withdraw_consent(session, ACTOR, TOKEN, consent.id)
+    first = erase_subject(bank_ctx, ACTOR, TOKEN)
+    assert erase_subject(bank_ctx, ACTOR, TOKEN) == first
+    with bank_ctx.db.session() as session:
+        consent = _consent(session, Modality.VOICE)
+    with bank_ctx.db.session() as session:
+        withdraw_consent(session, ACTOR, TOKEN, consent.id)
+    later = erase_subject(bank_ctx, ACTOR, TOKEN)
+    assert later != first and erase_subject(bank_ctx, ACTOR, TOKEN) == later
+    assert [kind for kind, _ in _receipts(bank_ctx)].count("erasure") == 2
+    assert [o for o, _ in _erasures_audited(bank_ctx)] == ["erased", "nothing_held", "erased", "nothing_held"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_two_erasures_at_once_give_one_receipt(bank_ctx):
+    """The subject's lock serialises them: the second finds nothing held and the first one's receipt."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from service.consent.withdrawal import erase_subject
+
+    with bank_ctx.db.session() as session:
+        _consent(session, Modality.VOICE)
+        _sealed_data(session, bank_ctx.keyring, Modality.VOICE)
+    start = Barrier(2)
+
+    def erase(_: int) -> str:
+        start.wait()
+        return erase_subject(bank_ctx, ACTOR, TOKEN)
+
+    with ThreadPoolExecutor(2) as pool:
+        ids = list(pool.map(erase, range(2)))
+    assert ids[0] == ids[1]
+    assert [kind for kind, _ in _receipts(bank_ctx)].count("erasure") == 1
+    assert sorted(o for o, _ in _erasures_audited(bank_ctx)) == ["erased", "nothing_held"]

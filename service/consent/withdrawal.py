@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.auth import Principal
@@ -19,7 +20,7 @@ from service.erasure.shred import shred_after_withdrawal
 from service.errors import Conflict, NotFound
 from service.modality import Modality
 from service.protected import destroy_data_key, lock_data_keys
-from service.store.models import Consent, utcnow
+from service.store.models import Consent, Receipt, utcnow
 from service.trail.chain import record_event
 from service.voice.identification import voice_gallery
 
@@ -181,19 +182,31 @@ def withdraw_everything(
 def erase_subject(ctx: ServiceContext, actor: Principal, token: str, *, language: str | None = None) -> str:
     """The customer's "erase everything": every consent withdrawn, every modality's data crypto-shredded,
     audited (``subject.erase``) with a signed receipt; the id of that receipt. Consent records and receipts
-    stay: they hold no biometric data and prove what the customer chose (service/portal/retention-policy.md)."""
+    stay: they hold no biometric data and prove what the customer chose (service/portal/retention-policy.md).
+
+    Asked again with nothing left to erase (no consent closed, nothing destroyed: a double click, a retry), it
+    answers with the customer's latest erasure receipt instead of issuing another, and audits the request as
+    ``nothing_held``; so does a second of two requests at once, which waits on the subject's lock taken by
+    ``withdraw_everything`` and then finds the first one's receipt. A customer with nothing held who never had
+    an erasure receipt, or who got another receipt since (consent given again, withdrawn, purged), gets a new
+    one: their proof that, as of now, nothing is held."""
     ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
     with ctx.db.session() as session:
         subject_in_tenant(session, actor.tenant_id, token)
         done = withdraw_everything(session, actor, token, ledger=ledger, language=language)
-        record_event(
-            session,
-            actor,
-            action="subject.erase",
-            outcome="erased",
-            subject_token=token,
-            details={"consents_closed": done.consents_closed, "modalities_destroyed": sorted(done.destroyed)},
-        )
+        standing = None if done.consents_closed or done.destroyed else _standing_erasure(session, actor, token)
+        details = {"consents_closed": done.consents_closed, "modalities_destroyed": sorted(done.destroyed)}
+        if standing is not None:
+            record_event(
+                session,
+                actor,
+                action="subject.erase",
+                outcome="nothing_held",
+                subject_token=token,
+                details={**details, "receipt_id": standing.id},
+            )
+            return standing.id
+        record_event(session, actor, action="subject.erase", outcome="erased", subject_token=token, details=details)
         receipt = issue_receipt(
             session,
             kind=ReceiptKind.ERASURE,
@@ -208,3 +221,19 @@ def erase_subject(ctx: ServiceContext, actor: Principal, token: str, *, language
     if done.destroyed and ctx.settings.shredding_period_s == 0:
         shred_after_withdrawal(ctx.db, ctx.settings)
     return receipt.id
+
+
+def _standing_erasure(session: Session, actor: Principal, token: str) -> Receipt | None:
+    """The customer's latest erasure receipt, unless a receipt of another kind came after it. Strictly after:
+    an erasure's own withdrawal receipts, issued just before it, may share its timestamp."""
+    mine = (Receipt.subject_token == token, Receipt.tenant_id == actor.tenant_id)
+    latest = session.execute(
+        select(Receipt)
+        .where(*mine, Receipt.kind == ReceiptKind.ERASURE)
+        .order_by(Receipt.created_at.desc(), Receipt.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if latest is None:
+        return None
+    since = select(Receipt.id).where(*mine, Receipt.kind != ReceiptKind.ERASURE, Receipt.created_at > latest.created_at)
+    return None if session.execute(since.limit(1)).first() is not None else latest
