@@ -320,3 +320,156 @@ def test_receipts_speak_the_language_the_customer_was_addressed_in(bank_portal):
     erased = customer.post("/portal/erase?lang=be", data={"csrf": form["csrf"], "confirm": "yes"})
     assert erased.status_code == 200
     assert languages()["erasure"] == ["be"] and sorted(languages()["consent.withdraw"]) == ["be", "be", "uk"]
+
+
+# --- every event a customer can see has a name, in every language ---------------------------------------------
+
+
+class _Code:
+    """The service's functions and calls, to follow an audited action or outcome back to the strings written."""
+
+    def __init__(self, *folders: str) -> None:
+        import ast
+        from pathlib import Path
+
+        self.functions: dict[str, list[ast.FunctionDef]] = {}
+        self.calls: list[tuple[ast.Call, ast.FunctionDef | None]] = []
+        for folder in folders:
+            for path in sorted((Path(__file__).parents[1] / folder).rglob("*.py")):
+                self._read(ast.parse(path.read_text(encoding="utf-8")), None)
+
+    def _read(self, node, function) -> None:  # noqa: ANN001
+        import ast
+
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Call):
+                self.calls.append((child, function))
+            self._read(child, child if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else function)
+
+    def values(self, node, function, depth: int = 0) -> set[str] | None:  # noqa: ANN001
+        """The strings ``node`` can be; None where one of them is computed, not written in the code."""
+        import ast
+        import itertools
+
+        from service.modality import Modality
+
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, ast.IfExp):
+            body, orelse = self.values(node.body, function, depth), self.values(node.orelse, function, depth)
+            return None if body is None or orelse is None else body | orelse
+        if isinstance(node, ast.JoinedStr):  # f"{modality}.lockout"
+            parts = [[p.value] if isinstance(p, ast.Constant) else [str(m) for m in Modality] for p in node.values]
+            return {"".join(chosen) for chosen in itertools.product(*parts)}
+        if isinstance(node, ast.Name) and function is not None and depth < 5:
+            return self._variable(node.id, function, depth + 1)
+        return None
+
+    def _variable(self, name: str, function, depth: int) -> set[str] | None:  # noqa: ANN001
+        """A local variable's assigned values, else a parameter's default and what every caller passes for it."""
+        import ast
+
+        assigned = [a.value for a in ast.walk(function) if isinstance(a, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == name for t in a.targets)]  # fmt: skip
+        args = function.args
+        params = [p.arg for p in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+        if not assigned and name not in params:
+            return None
+        defaults = dict(zip(reversed([p.arg for p in args.args]), reversed(args.defaults), strict=False))
+        defaults |= {p.arg: d for p, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None}
+        sources = [(value, function) for value in assigned]
+        if not assigned:
+            sources += [(defaults[name], None)] if name in defaults else []
+            position = params.index(name)
+            for call, caller in self.calls:
+                if getattr(call.func, "id", getattr(call.func, "attr", None)) == function.name:
+                    passed = next((k.value for k in call.keywords if k.arg == name), None)
+                    if passed is None and position < len(call.args):
+                        passed = call.args[position]
+                    sources += [(passed, caller)] if passed is not None else []
+        found = [self.values(value, scope, depth) for value, scope in sources]
+        return None if None in found else set().union(*found)
+
+
+def _audited_against_a_customer() -> dict[str, set[str]]:
+    """Action -> outcomes of every audit entry service/ and enroll/ record with a subject token (the ones that
+    can reach a customer's portal), followed back through the helpers that pass them on."""
+    code, found = _Code("service", "enroll"), {}
+    for call, function in code.calls:
+        keywords = {k.arg: k.value for k in call.keywords}
+        name = getattr(call.func, "id", getattr(call.func, "attr", None))
+        if name not in ("record_event", "append") or "action" not in keywords or "subject_token" not in keywords:
+            continue
+        actions, outcomes = code.values(keywords["action"], function), code.values(keywords["outcome"], function)
+        assert actions is not None, f"the action audited in {function.name} cannot be followed: name it here"
+        if outcomes is None:  # a voice decision: the scorer's, or a stream's (inconclusive where it must decide)
+            from biometrics.scoring.scorer import Decision
+
+            assert function.name == "decide_voice", f"the outcome audited in {function.name} cannot be followed"
+            outcomes = {*map(str, Decision), "inconclusive"}
+        for action in actions:
+            found.setdefault(action, set()).update(outcomes)
+    return found
+
+
+def test_every_event_recorded_about_a_customer_has_a_name_translated_in_every_language():
+    from babel.messages.pofile import read_po
+
+    from service.portal import i18n
+    from service.portal.views import ACTION_NAMES, HIDDEN_ACTIONS, OUTCOME_NAMES
+
+    recorded = _audited_against_a_customer()
+    assert {"consent.grant", "fingerprint.pay", "fingerprint.reenrol", "voice.stream", "watchlist.hit"} <= set(recorded)
+    audited = {a: o for a, o in recorded.items() if not a.startswith(HIDDEN_ACTIONS.rstrip("%"))}  # never shown
+    assert "watchlist.hit" not in audited and "watchlist.hit" not in ACTION_NAMES
+    assert sorted(audited.keys() - ACTION_NAMES.keys()) == []
+    assert sorted(set().union(*audited.values()) - OUTCOME_NAMES.keys()) == []
+
+    shown = {*ACTION_NAMES.values(), *OUTCOME_NAMES.values(), "Other activity"}
+    with open(i18n.TRANSLATIONS / "messages.pot", "rb") as pot:
+        assert sorted(shown - {m.id for m in read_po(pot) if m.id}) == []  # extracted: N_ and the template
+    for language in i18n.LANGUAGES:
+        with open(i18n.TRANSLATIONS / language / "LC_MESSAGES" / "messages.po", "rb") as po:
+            catalogue = read_po(po, locale=language)
+        missing = sorted(m for m in shown if catalogue.get(m) is None or catalogue.get(m).fuzzy
+                         or (language != i18n.DEFAULT and not catalogue.get(m).string))  # fmt: skip
+        assert missing == [], language
+
+
+def test_a_finger_payment_and_an_accepted_call_are_uses_named_on_the_customers_page(bank_portal):
+    import re
+
+    from service.auth import Principal, Role
+    from service.portal.views import overview
+    from service.trail.chain import record_event
+
+    api, keys = bank_portal
+    token = consent(api, keys["portal"], "ACC-30", modality="fingerprint", purpose="payment")["subject_token"]
+    consent(api, keys["portal"], "ACC-30")
+    till, ivr = Principal("cli_till", "bank", Role.TERMINAL), Principal("cli_ivr", "bank", Role.IVR)
+    with api.ctx.db.session() as session:
+        paid = record_event(session, till, action="fingerprint.pay", outcome="accept", subject_token=token,
+                            details={"mode": "finger", "purpose": "payment"}).seq  # fmt: skip
+        record_event(session, till, action="fingerprint.pay", outcome="reject", subject_token=token)  # no use
+        called = record_event(session, ivr, action="voice.stream", outcome="accept", subject_token=token,
+                              details={"stream_id": "s-1", "channels": "narrowband"}).seq  # fmt: skip
+        record_event(session, ivr, action="voice.stream", outcome="inconclusive", subject_token=token)
+        record_event(session, ivr, action="watchlist.hit", outcome="hit", subject_token=token)
+        record_event(session, till, action="fingerprint.future", outcome="someday", subject_token=token)
+    with api.ctx.db.session() as session:
+        from service.store.models import AuditEntry
+
+        used = {m.modality: m.last_use for m in overview(session, "bank", token, ()).modalities}
+        assert used == {"fingerprint": session.get(AuditEntry, paid).at, "voice": session.get(AuditEntry, called).at}
+
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-30"))
+    cards = dict(re.findall(r'<article class="card modality" id="modality-(\w+)">(.*?)</article>', home.text, re.S))
+    assert cards.keys() == {"voice", "fingerprint"} and all("Never" not in card for card in cards.values())
+    for shown in ("Payment with your fingerprint", "Voice check during a call", "inconclusive", "Other activity"):
+        assert shown in home.text
+    for raw in ("fingerprint.pay", "voice.stream", "fingerprint.future", "someday", "watchlist"):
+        assert raw not in home.text
+    russian = customer.get("/portal/?lang=ru").text
+    assert "Оплата отпечатком пальца" in russian and "Проверка голоса во время звонка" in russian
+    assert "без результата" in russian and "Другое действие" in russian

@@ -54,20 +54,30 @@ ACTION_NAMES = {
     "voice.lockout": N_("Voice checks locked"),
     "voice.enrolment.start": N_("Voice enrolment started"),
     "voice.enrolment.abandon": N_("Voice enrolment abandoned"),
+    "voice.stream": N_("Voice check during a call"),
     "fingerprint.enrol": N_("Fingerprint enrolled"),
+    "fingerprint.reenrol": N_("Fingerprint enrolled again"),
     "fingerprint.verify": N_("Fingerprint check"),
+    "fingerprint.pay": N_("Payment with your fingerprint"),
+    "fingerprint.lockout": N_("Fingerprint checks locked"),
     "portal.link": N_("Portal link sent"),
     "portal.session": N_("Portal opened"),
     "subject.never_enrol": N_("Never-enrol choice changed"),
     "subject.erase": N_("Everything erased"),
     "retention.purge": N_("Purged after the retention period"),
+    "erasure.replay": N_("Erasure carried out again"),
 }
 OUTCOME_NAMES = {
     "accept": N_("accepted"), "reject": N_("rejected"), "refused": N_("refused"), "granted": N_("given"),
     "withdrawn": N_("withdrawn"), "enrolled": N_("enrolled"), "replaced": N_("replaced"), "issued": N_("sent"),
     "opened": N_("opened"), "set": N_("set"), "lifted": N_("lifted"), "erased": N_("erased"),
     "purged": N_("purged"), "locked": N_("locked"), "open": N_("started"), "abandoned": N_("abandoned"),
+    "inconclusive": N_("inconclusive"), "opted_out": N_("not checked: no consent"),
+    "not_enrolled": N_("not checked: not enrolled"), "destroyed": N_("destroyed"), "nothing_held": N_("nothing held"),
 }  # fmt: skip
+# An accepted one of these is a use of the modality ("last used"): a check, an identification, a payment at a
+# till, a streamed call's decision.
+USES = ("verify", "identify", "pay", "stream")
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ class Overview:
 def _last_use(session: Session, token: str, modality: str) -> dt.datetime | None:
     query = select(func.max(AuditEntry.at)).where(
         AuditEntry.subject_token == token,
-        AuditEntry.action.in_([f"{modality}.verify", f"{modality}.identify"]),
+        AuditEntry.action.in_([f"{modality}.{use}" for use in USES]),
         AuditEntry.outcome == "accept",
     )
     return session.execute(query).scalar_one_or_none()
