@@ -225,11 +225,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from service.erasure.backup import restore_backup
+    from service.erasure.backup import restore_backup, restoring_into
 
     settings = _settings()
     marks = [anchor.ledger for anchor in _anchors(args.anchors) if anchor.ledger is not None]
-    restored = restore_backup(*_open_store(settings), settings, args.source, marks)
+    # A new SQLite file is made beside the target and moved there once restored: a refusal leaves none.
+    with restoring_into(settings.resolved_database_url) as url:
+        target = settings.model_copy(update={"database_url": url})
+        db, keyring = _open_store(target)
+        try:
+            restored = restore_backup(db, keyring, target, args.source, marks)
+        finally:
+            db.engine.dispose()  # before the file is moved into place (or removed)
     print(
         f"restored backup {restored.backup_id} (made {restored.created_at}): {restored.subjects} subjects, "
         f"{restored.data_keys} data keys; {len(restored.replay.completed)} withdrawals re-destroyed "

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from tests.conftest import TEST_OTHER
 from tests.operations_fixtures import _cli, _deployment, _execute, _rows
@@ -54,6 +55,27 @@ def empty_databases(database_url, tmp_path):
         for name in made:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def _nothing_restored(url: str) -> None:
+    """A refused restore leaves no SQLite file (nor a scratch one beside it); in a PostgreSQL database, which the
+    operator made, only what the migrations make (the schema, its single rows, the keyring it is bound to)."""
+    from service.erasure.backup import _SINGLE_ROWS
+    from service.store.models import Base
+
+    if url.startswith("sqlite"):
+        path = Path(make_url(url).database)
+        assert not path.exists(), f"{path} was left behind"
+        assert not path.parent.exists() or not list(path.parent.glob(f".{path.name}.*")), list(path.parent.iterdir())
+        return
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = [t for t in Base.metadata.sorted_tables if t not in _SINGLE_ROWS]
+            held = {t.name: n for t in tables if (n := conn.execute(text(f"SELECT count(*) FROM {t.name}")).scalar())}
+    finally:
+        engine.dispose()
+    assert not held, held
 
 
 def _enrol_other(api, ivr_key, reference):
@@ -156,7 +178,7 @@ def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
         (tampered / "manifest.json").write_text(json.dumps(forged))
         code, out, err = cli("restore", tampered, on=target)
         assert code == 2 and says in err, (out, err)
-    assert _rows(target, "SELECT count(*) FROM subjects") == [(0,)]  # nothing was restored
+    _nothing_restored(target)
 
     withdrawn = api.http.post(
         f"/v1/subjects/{gone}/consents/{consent['id']}:withdraw", headers=api.headers(keys["portal"])
@@ -173,7 +195,7 @@ def test_a_restored_backup_does_not_bring_a_withdrawn_customer_back(
     refused = empty_databases()
     code, out, err = cli("restore", tmp_path / "later", on=refused)
     assert code == 2 and "has 0 lines, but this database's withdrawals appended 1" in err, (out, err)
-    assert _rows(refused, "SELECT count(*) FROM subjects") == [(0,)]  # nothing was restored
+    _nothing_restored(refused)
     (tmp_path / "ledger-elsewhere").rename(ledger_file)
 
     # Within the shredding period: the restore brings the key back from the section, and the ledger
@@ -286,7 +308,7 @@ def test_a_backup_made_at_an_older_schema_revision_is_migrated_as_it_is_restored
     refused = empty_databases()
     code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=refused)
     assert code == 2 and "revision 0012, which this release (at 0011) does not know" in err, (out, err)
-    assert _rows(refused, "SELECT count(*) FROM subjects") == [(0,)]
+    _nothing_restored(refused)
 
     sign(older)
     scratch = set(Path(tempfile.gettempdir()).glob("bioident-restore-*"))
@@ -343,7 +365,7 @@ def test_anchors_show_a_destruction_ledger_cut_back_with_the_database(
     refused = empty_databases()
     code, out, err = cli("restore", tmp_path / "backup", "--anchors", anchors, on=refused)
     assert code == 2 and "lines were cut off: not restoring over it" in err, (out, err)
-    assert _rows(refused, "SELECT count(*) FROM subjects") == [(0,)]  # nothing was restored
+    _nothing_restored(refused)
     unchecked = empty_databases()  # without the anchors nothing can tell: the cut ledger is as long as it counted
     code, out, err = cli("restore", tmp_path / "backup", on=unchecked)
     assert code == 0 and "1 subjects" in out, (out, err)
@@ -402,4 +424,58 @@ def test_a_key_section_altered_is_refused_at_restore(database_url, empty_databas
     target = empty_databases()
     code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=target)
     assert code == 2 and "1 data keys in the key section" in err and "do not open" in err, (out, err)
-    assert _rows(target, "SELECT count(*) FROM subjects") == [(0,)]
+    _nothing_restored(target)
+
+
+def test_a_refused_restore_leaves_no_database_file_behind(database_url, tmp_path, monkeypatch, capsys):
+    """A refused restore into an SQLite file had left it made, migrated and bound to the keyring it was run with:
+    ``serve`` took it for a deployment, and a second try (with the right keyring) was refused for that binding."""
+    import datetime as dt
+
+    from service.erasure.ledger import Destruction, DestructionLedger
+    from service.vault import Keyring
+
+    data_dir = tmp_path / "data"
+    ctx = _deployment(database_url, data_dir)
+    _bank(ctx, "sub_kept")
+    DestructionLedger.of(ctx.settings, ctx.keyring).append(
+        Destruction("sub_gone", "voice", "dk_1", 1, dt.datetime.now(dt.UTC))
+    )
+    ctx.db.engine.dispose()
+    _execute(database_url, text("UPDATE erasure_state SET ledger_lines = 1"))  # as the withdrawal left it
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "backup", tmp_path / "backup", url=database_url)
+    assert code == 0, err
+    target = tmp_path / "restored" / "bioident.db"  # in a folder not made yet
+    url = f"sqlite:///{target}"
+
+    # Another deployment's keyring: refused before the restore's transaction (the database was bound to it).
+    Keyring.load_or_create(tmp_path / "other-keyring.json")
+    monkeypatch.setenv("BIOIDENT_KEYRING_FILE", str(tmp_path / "other-keyring.json"))
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=url)
+    assert code == 2 and "was made with keyring" in err, (out, err)
+    _nothing_restored(url)
+    assert not target.parent.exists()
+    monkeypatch.delenv("BIOIDENT_KEYRING_FILE")
+
+    # The destruction ledger missing: refused inside the restore's transaction, after the rows were loaded.
+    ledger = data_dir / "destruction-ledger.jsonl"
+    ledger.rename(tmp_path / "ledger-elsewhere")
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=url)
+    assert code == 2 and "has 0 lines, but this database's withdrawals appended 1" in err, (out, err)
+    _nothing_restored(url)
+    assert not target.parent.exists()
+    (tmp_path / "ledger-elsewhere").rename(ledger)
+
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=url)
+    assert code == 0 and "1 subjects" in out, (out, err)
+    assert [p.name for p in target.parent.iterdir()] == ["bioident.db"]  # no scratch file left beside it
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert _rows(url, "SELECT token FROM subjects") == [("sub_kept",)]
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "audit", "verify-chain", url=url)
+    assert code == 0 and "intact" in out, (out, err)
+
+    # A file that exists is never replaced: refused (not empty), it is left byte for byte as it was.
+    before = target.read_bytes()
+    code, out, err = _cli(monkeypatch, capsys, data_dir, "restore", tmp_path / "backup", url=url)
+    assert code == 2 and "not empty" in err, (out, err)
+    assert target.read_bytes() == before

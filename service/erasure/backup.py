@@ -15,7 +15,8 @@ never copied into a backup.
 ``restore`` loads a backup into an empty database, puts the live subjects' data keys back from the
 section, and replays the destruction ledger before anything can serve on it. A backup made at an older
 schema revision is first brought to this release's in a private scratch SQLite file, by the same
-migrations a live database takes (``_at_head``).
+migrations a live database takes (``_at_head``). A restore into an SQLite file that does not exist yet is made
+in a new file beside it, moved into place only once restored (``restoring_into``): a refused one leaves no file.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from alembic import command
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, Table, create_engine, delete, func, insert, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.types import DateTime, Integer, LargeBinary
 
@@ -210,6 +212,67 @@ def restore_backup(
             },
         )
     return Restored(manifest["backup_id"], manifest["created_at"], subjects, len(section.keys), replay, migrated_from)
+
+
+@contextmanager
+def restoring_into(url: str) -> Iterator[str]:
+    """The database URL to restore into for ``url``: for an SQLite file not there yet, a new file beside it.
+
+    That file becomes ``url``'s when the block ends without an error, and is removed when it raises, with any
+    folder made for it: a refused restore leaves no database that looks set up. A file (or server database)
+    that exists is restored into as it is, in the restore's one transaction; it is never removed or replaced.
+    """
+    target = _new_sqlite_file(url)
+    if target is None:
+        yield url
+        return
+    made = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".restoring", dir=target.parent)
+    os.close(fd)
+    scratch = Path(name)
+    try:
+        yield make_url(url).set(database=str(scratch)).render_as_string(hide_password=False)
+        _move_into_place(scratch, target)
+    except BaseException:
+        for leftover in (scratch, *(scratch.with_name(scratch.name + end) for end in ("-journal", "-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
+        for folder in made:  # deepest first; one that holds something now stays
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _new_sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite ``url`` that does not exist yet; ``None`` for any other database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:") or "uri" in parsed.query:
+        return None
+    path = Path(parsed.database).resolve()
+    return None if path.exists() else path
+
+
+def _move_into_place(restored: Path, target: Path) -> None:
+    """``restored`` becomes ``target``, which must still not exist (another process may have made it since)."""
+    taken = BackupError(
+        f"{target} was created by something else while the backup was being restored: it is left as it is, and "
+        "nothing was restored (run the restore again, into a database nothing else uses)"
+    )
+    try:
+        os.link(restored, target)  # unlike a rename, never replaces a file
+    except FileExistsError:
+        raise taken from None
+    except OSError:  # a file system without hard links
+        if target.exists():
+            raise taken from None
+        os.rename(restored, target)
+    else:
+        restored.unlink()
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the new name survives a crash
+    finally:
+        os.close(folder)
 
 
 # --- writing -----------------------------------------------------------------------------------
