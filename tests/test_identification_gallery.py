@@ -61,7 +61,10 @@ def test_a_withdrawal_on_another_replica_is_never_answered_from_a_stale_gallery(
     assert voice_gallery(api.ctx).size("bank") == 1
 
 
-def test_a_withdrawal_on_this_replica_leaves_its_gallery_at_once(api):
+@pytest.mark.parametrize("how", ["withdrawal", "erasure"])
+def test_a_withdrawal_or_erasure_on_this_replica_leaves_its_gallery_at_once(api, how):
+    from service.auth import Principal, Role
+    from service.consent.withdrawal import erase_subject
     from service.voice.identification import voice_gallery
 
     api.tenant("bank")
@@ -69,9 +72,12 @@ def test_a_withdrawal_on_this_replica_leaves_its_gallery_at_once(api):
     consent = _consent(api, portal)
     assert _enrol(api, ivr).status_code == 201
     assert len(_identify(api.http, ivr, TEST_OTHER / SPEAKER / GENUINE)["candidates"]) == 1
-    withdrawn = api.http.post(
-        f"/v1/subjects/{consent['subject_token']}/consents/{consent['id']}:withdraw", headers=api.headers(portal)
-    )
-    assert withdrawn.status_code == 200
+    if how == "withdrawal":
+        withdrawn = api.http.post(
+            f"/v1/subjects/{consent['subject_token']}/consents/{consent['id']}:withdraw", headers=api.headers(portal)
+        )
+        assert withdrawn.status_code == 200
+    else:  # the customer's "erase everything" in the portal
+        erase_subject(api.ctx, Principal("cli_portal", "bank", Role.PORTAL), consent["subject_token"])
     assert voice_gallery(api.ctx).size("bank") == 0
     assert _identify(api.http, ivr, TEST_OTHER / SPEAKER / GENUINE)["candidates"] == []

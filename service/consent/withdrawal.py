@@ -49,10 +49,8 @@ def withdraw(
     ledger = DestructionLedger.of(ctx.settings, ctx.keyring)
     with ctx.db.session() as session:
         receipt = withdraw_consent(session, actor, token, consent_id, ledger=ledger, language=language)
-    if receipt.destroyed["data_key"] and receipt.modality == Modality.VOICE:
-        voice_gallery(ctx).forget(actor.tenant_id, token)  # other replicas' galleries: re-checked per query
-    if receipt.destroyed["data_key"] and receipt.modality == Modality.FINGERPRINT:
-        ctx.fingerprint_gallery.drop_subject(actor.tenant_id, token)  # other processes: their next sync drops it
+    if receipt.destroyed["data_key"]:
+        _leave_galleries(ctx, actor.tenant_id, token, [receipt.modality])
     if receipt.destroyed["data_key"] and ctx.settings.shredding_period_s == 0:
         shred_after_withdrawal(ctx.db, ctx.settings)  # a period of 0: residue goes right now
     return receipt
@@ -218,9 +216,20 @@ def erase_subject(ctx: ServiceContext, actor: Principal, token: str, *, language
                    "withdrawal_receipts": done.withdrawal_receipts, "destroyed": done.destroyed},  # fmt: skip
             language=language,
         )
+    _leave_galleries(ctx, actor.tenant_id, token, [m for m, what in done.destroyed.items() if what["data_key"]])
     if done.destroyed and ctx.settings.shredding_period_s == 0:
         shred_after_withdrawal(ctx.db, ctx.settings)
     return receipt.id
+
+
+def _leave_galleries(ctx: ServiceContext, tenant_id: str, token: str, modalities: list[str]) -> None:
+    """Takes a customer whose data keys were just destroyed out of this process's 1:N galleries at once (other
+    replicas' voice galleries re-check the database per query; other processes' finger galleries drop it at their
+    next sync)."""
+    if Modality.VOICE in modalities:
+        voice_gallery(ctx).forget(tenant_id, token)
+    if Modality.FINGERPRINT in modalities:
+        ctx.fingerprint_gallery.drop_subject(tenant_id, token)
 
 
 def _standing_erasure(session: Session, actor: Principal, token: str) -> Receipt | None:
