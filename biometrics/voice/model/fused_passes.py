@@ -23,6 +23,7 @@ Cephes' polynomial, within 2 ulp.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -108,9 +109,16 @@ def weighted_moments(z: torch.Tensor, logits: torch.Tensor, exp_is_safe: bool) -
 
 def _spans(spans: Sequence[tuple[int, int]], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(starts, ends) as int64 tensors, each span checked to be non-empty and within ``frames``."""
+    return _span_table(tuple((int(start), int(end)) for start, end in spans), frames)
+
+
+# A pass asks for the same spans some 30 times (each layer's padding, each block's gates): built once. The
+# tensors are only read.
+@functools.lru_cache(maxsize=256)
+def _span_table(spans: tuple[tuple[int, int], ...], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     if any(not 0 <= start < end <= frames for start, end in spans):
         raise ValueError("expected non-empty spans of frames")
-    table = torch.tensor(list(spans), dtype=torch.int64).reshape(-1, 2)
+    table = torch.tensor(spans, dtype=torch.int64).reshape(-1, 2)
     return table[:, 0].contiguous(), table[:, 1].contiguous()
 
 
