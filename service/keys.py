@@ -18,6 +18,7 @@ from enum import Enum
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.erasure.errors import BackupError
 from service.erasure.sections import BackupKeys, SectionsRewrapped
 from service.errors import Conflict
 from service.protected import lock_fence, rewrap_all
@@ -49,19 +50,38 @@ def rotate_keys(db: Database, keyring: Keyring, backups: BackupKeys | None = Non
 
 def rotate_under_fence(session: Session, fence: KeyringState, keyring: Keyring, backups: BackupKeys | None) -> Rotation:
     """With the fence row held exclusively: a new version (a keyring from BIOIDENT_KEYRING gets its new
-    version in the secret store), every data key and every backup's key section re-wrapped under it."""
-    if keyring.read_only:
-        version = keyring.active_version
+    version in the secret store), every data key and every backup's key section re-wrapped under it.
+
+    A rotation that fails leaves the data keys and the sections as they were. What can be checked (the
+    sections' folder takes new files) is checked before a version is added to the keyring file; a version
+    added stays even when a later step fails, as a replica may have loaded the file already and be about to
+    wrap a data key under it. The sections go to temporary files first, renamed into place only once all
+    of them and the data keys were re-wrapped."""
+    if keyring.read_only and not secret_store_has_newer(keyring, fence):
         # Nothing to rotate to: the fence is already there, or the secret store holds no older version.
-        if not secret_store_has_newer(keyring, fence):
-            raise Conflict(
-                f"BIOIDENT_KEYRING has no version newer than {version}, which the deployment "
-                "already uses; add one in the secret store and redeploy first"
-            )
-    else:
-        version = keyring.add_version()
-    count = rewrap_all(session, keyring)
-    return Rotation(version, count, None if backups is None else backups.rewrap(keyring))
+        raise Conflict(
+            f"BIOIDENT_KEYRING has no version newer than {keyring.active_version}, which the deployment "
+            "already uses; add one in the secret store and redeploy first"
+        )
+    if backups is not None:
+        try:
+            backups.check_writable()
+        except BackupError as exc:
+            raise BackupError(f"{exc.detail}; the rotation changed nothing (no new key version)") from None
+    version = keyring.active_version if keyring.read_only else keyring.add_version()
+    staged = None
+    try:
+        staged = None if backups is None else backups.stage_rewrap(keyring)
+        count = rewrap_all(session, keyring)
+        if staged is not None:
+            staged.install()
+    except BackupError as exc:
+        added = "" if keyring.read_only else f"; key version {version}, added to the keyring file, wraps nothing yet"
+        raise BackupError(f"{exc.detail}; no data key was re-wrapped{added}") from None
+    finally:
+        if staged is not None:
+            staged.discard()  # what was not installed
+    return Rotation(version, count, None if staged is None else staged.outcome)
 
 
 def deployment_wrap_version(db: Database) -> int:

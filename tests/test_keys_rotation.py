@@ -1,13 +1,17 @@
 """Key rotation and retirement (service/keys.py, service/protected.py): ``bioident keys rotate``
 re-wraps data keys without re-encrypting templates, a version still in use cannot be retired, a
 replica with an outdated keyring is fenced off, keys held in a secret store, and a rotation waiting
-for a data key being wrapped on another replica."""
+for a data key being wrapped on another replica, and a rotation that cannot rewrite the backups' key
+sections, which changes nothing."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ from sqlalchemy import text
 
 from service.store.db import Database
 from tests.conftest import TEST_OTHER
-from tests.operations_fixtures import _audit_key, _cli, _execute, _problem, _rows
+from tests.operations_fixtures import _audit_key, _cli, _deployment, _execute, _problem, _rows
 from tests.voice_helpers import ENROL, GENUINE, IMPOSTOR, SPEAKER, _audio, _consent, _enrol, _verify
 
 pytestmark = [pytest.mark.model, pytest.mark.usefixtures("clean_service_environment")]
@@ -24,6 +28,37 @@ pytestmark = [pytest.mark.model, pytest.mark.usefixtures("clean_service_environm
 def _keyring_document(data_dir: Path) -> dict[int, dict]:
     document = json.loads((data_dir / "keyring.json").read_text())
     return {entry["version"]: entry for entry in document["keks"]}
+
+
+def _with_backups(database_url: str, data_dir: Path, monkeypatch, capsys) -> Path:
+    """A deployment with one customer's data key and two backups; the folder of their key sections."""
+    from service.protected import data_key
+
+    ctx = _deployment(database_url, data_dir)
+    _execute(
+        database_url,
+        text("INSERT INTO tenants (id, name, created_at) VALUES ('bank', 'bank', CURRENT_TIMESTAMP)"),
+        text("INSERT INTO subjects (token, tenant_id, created_at) VALUES ('sub_1', 'bank', CURRENT_TIMESTAMP)"),
+    )
+    with ctx.db.session() as session:
+        data_key(session, ctx.keyring, "sub_1", "voice", create=True)
+    ctx.db.engine.dispose()
+    for name in ("backup-1", "backup-2"):
+        code, out, err = _cli(monkeypatch, capsys, data_dir, "backup", data_dir / name, url=database_url)
+        assert code == 0, err
+    return data_dir / "backup-keys"
+
+
+def _rotation_state(database_url: str, data_dir: Path) -> tuple:
+    """What a rotation changes: the keyring file's versions, the data keys, the key sections' files (all of them)."""
+    versions = {v: e["status"] for v, e in _keyring_document(data_dir).items()}
+    data_keys = _rows(database_url, "SELECT subject_token, kek_version, wrapped FROM data_keys ORDER BY id")
+    sections = {p.name: p.read_bytes() for p in sorted((data_dir / "backup-keys").iterdir())}
+    return versions, data_keys, sections
+
+
+def _section_versions(sections: Path) -> set[int]:
+    return {key["kek_version"] for path in sections.glob("bkp_*.json") for key in json.loads(path.read_text())["keys"]}
 
 
 def _reload_keyring(api) -> None:
@@ -83,7 +118,7 @@ def test_rotation_rewraps_data_keys_without_reencrypting_templates_and_old_versi
     assert after_retirement.status_code == 200 and after_retirement.json()["decision"] == "accept"
     # Served from a database copied before the retirement, the customer's key is under version 1: as good as
     # erased, said as such (409), not a server error.
-    (token, _, rewrapped), = _rows(url, data_keys_sql)
+    ((token, _, rewrapped),) = _rows(url, data_keys_sql)
     set_key = text("UPDATE data_keys SET kek_version = :v, wrapped = :w WHERE subject_token = :t")
     _execute(url, (set_key, {"v": 1, "w": keys_before[0][2], "t": token}))
     unrecoverable = _problem(_verify(api, keys["ivr"], TEST_OTHER / SPEAKER / GENUINE), 409)
@@ -321,3 +356,67 @@ def test_a_rotation_skips_a_data_key_a_withdrawal_destroys_while_it_runs(databas
     finally:
         db.engine.dispose()
         withdrawing.engine.dispose()
+
+
+def _refuse_new_files(monkeypatch, folder: Path, error: int, named: str = "") -> Callable[..., int]:
+    """``folder`` takes no new file (whose name holds ``named``), as a read-only folder or a full disk answer (as
+    root, a chmod would not do it); returns the real ``os.open``."""
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and Path(path).parent == folder and named in Path(path).name:
+            raise OSError(error, os.strerror(error), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    return real_open
+
+
+def test_a_rotation_that_cannot_rewrite_the_backups_key_sections_changes_nothing(
+    database_url, tmp_path, monkeypatch, capsys
+):
+    """It had added a key version to the keyring file before failing (one more at every retry)."""
+    sections = _with_backups(database_url, tmp_path, monkeypatch, capsys)
+    before = _rotation_state(database_url, tmp_path)
+    assert before[0] == {1: "active"} and len(before[2]) == 2 and _section_versions(sections) == {1}
+
+    real_open = _refuse_new_files(monkeypatch, sections, errno.EROFS)
+    for _ in range(2):  # a retry adds nothing either
+        code, out, err = _cli(monkeypatch, capsys, tmp_path, "keys", "rotate", url=database_url)
+        assert _rotation_state(database_url, tmp_path) == before
+        assert code == 2 and not out and "Traceback" not in err, (out, err)
+        assert f"key sections in {sections} cannot be rewritten (Read-only file system)" in err, err
+        assert "the rotation changed nothing" in err, err
+
+    monkeypatch.setattr(os, "open", real_open)
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "keys", "rotate", url=database_url)
+    assert code == 0 and "version 2 is active; 1 data keys re-wrapped; 2 backups' key sections re-wrapped" in out, err
+    versions, data_keys, _ = _rotation_state(database_url, tmp_path)
+    assert versions == {1: "decrypt_only", 2: "active"} and [v for _, v, _ in data_keys] == [2]
+    assert _section_versions(sections) == {2}
+    assert sorted(p.name for p in sections.iterdir()) == sorted(before[2])  # no temporary file left behind
+
+
+def test_a_section_that_fails_once_the_version_is_added_leaves_the_data_keys_and_sections_as_they_were(
+    database_url, tmp_path, monkeypatch, capsys
+):
+    """A failure past the checks (the disk filling up meanwhile): the version added stays, as a replica may be
+    wrapping under it already, and the message says so; nothing is wrapped under it."""
+    sections = _with_backups(database_url, tmp_path, monkeypatch, capsys)
+    before = _rotation_state(database_url, tmp_path)
+    second = sorted(before[2])[1]
+
+    real_open = _refuse_new_files(monkeypatch, sections, errno.ENOSPC, named=second)
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "keys", "rotate", url=database_url)
+    versions, data_keys, section_files = _rotation_state(database_url, tmp_path)
+    assert (data_keys, section_files) == before[1:]  # the first section's staged file is gone too
+    assert versions == {1: "decrypt_only", 2: "active"}
+    assert code == 2 and not out and "Traceback" not in err, (out, err)
+    assert "(No space left on device): they are as they were; no data key was re-wrapped" in err, err
+    assert "key version 2, added to the keyring file, wraps nothing yet" in err, err
+
+    monkeypatch.setattr(os, "open", real_open)
+    code, out, err = _cli(monkeypatch, capsys, tmp_path, "keys", "rotate", url=database_url)
+    assert code == 0 and "version 3 is active; 1 data keys re-wrapped; 2 backups' key sections re-wrapped" in out, err
+    assert _section_versions(sections) == {3}
+    assert sorted(p.name for p in sections.iterdir()) == sorted(before[2])

@@ -5,6 +5,10 @@ one file here per backup, wrapped under the keyring like the database's own. Eve
 them under the new key version and drops the keys the destruction ledger names, before the old version
 is retired. So a backup stays restorable for every live subject across rotations, while a destroyed
 subject's key is in no section (and every older copy of a section opens with a retired version only).
+
+A rotation checks first that the folder takes new sections (``check_writable``), then writes every
+re-wrapped section to a temporary file beside it (``stage_rewrap``) and renames them into place only
+once all were written (``StagedSections.install``): a rotation that fails leaves the sections as they were.
 """
 
 from __future__ import annotations
@@ -12,16 +16,19 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
+import secrets
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.erasure.errors import BackupError
 from service.erasure.ledger import DestructionLedger
 from service.settings import ServiceSettings
 from service.vault import Keyring, VaultError, WrappedKey, data_key_context, rewrap, unwrap_data_key
-from service.vault.keyring import write_private_file
+from service.vault.keyring import fsync_directory, write_private_file
 
 log = logging.getLogger("bioident.erasure")
 
@@ -91,6 +98,38 @@ class SectionsRewrapped:
     unreadable: int = 0  # damaged section files, left as they are
 
 
+@dataclass
+class StagedSections:
+    """Re-wrapped sections in temporary files beside the ones they replace: nothing changed until ``install``."""
+
+    directory: Path
+    outcome: SectionsRewrapped
+    files: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary file, the section it replaces)
+
+    def install(self) -> None:
+        """Renames every staged file over its section (in one folder: it fails only where the folder does)."""
+        total, installed = len(self.files), 0
+        try:
+            for temp, path in self.files:
+                os.replace(temp, path)
+                installed += 1
+        except OSError as exc:
+            raise BackupError(
+                f"the backup key section {path} cannot be replaced ({_reason(exc)}): {installed} of {total} "
+                "sections were re-wrapped before it, the others are as they were"
+            ) from None
+        finally:
+            del self.files[:installed]
+            self.discard()
+            if installed:
+                fsync_directory(self.directory)
+
+    def discard(self) -> None:
+        """Removes the staged files not installed (a rotation that failed)."""
+        _remove(temp for temp, _ in self.files)
+        self.files.clear()
+
+
 class BackupKeys:
     """The directory of key sections (``BIOIDENT_BACKUP_KEYS_DIR``); ``ledger`` says which keys must go."""
 
@@ -114,19 +153,16 @@ class BackupKeys:
 
     def write(self, section: Section) -> Section:
         """Stores a section without the keys the ledger names; returns what was stored."""
+        kept = self._kept(section)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private_file(self.path(kept.backup_id), _document(kept))
+        return kept
+
+    def _kept(self, section: Section) -> Section:
         destroyed = self._destroyed()
-        kept = Section(
+        return Section(
             section.backup_id, section.keyring_id, tuple(k for k in section.keys if k.key_id not in destroyed)
         )
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        document = {
-            "format": SECTION_FORMAT,
-            "backup_id": kept.backup_id,
-            "keyring_id": kept.keyring_id,
-            "keys": [k.to_json() for k in kept.keys],
-        }
-        write_private_file(self.path(kept.backup_id), (json.dumps(document, indent=1) + "\n").encode())
-        return kept
 
     def read(self, backup_id: str) -> Section:
         path = self.path(backup_id)
@@ -156,30 +192,59 @@ class BackupKeys:
                 problems.append(exc.detail)
         return readable, problems
 
-    def rewrap(self, keyring: Keyring) -> SectionsRewrapped:
-        """Every section under the keyring's active version, without the keys the ledger names."""
+    def check_writable(self) -> None:
+        """Whether re-wrapped sections can replace the present ones: the folder takes a new file as large as
+        all of them together. A rotation asks before it adds a key version, so one that cannot finish adds none."""
+        paths = [self.path(backup_id) for backup_id in self.backup_ids()]
+        if not paths:
+            return
+        try:
+            size = sum(path.stat().st_size for path in paths if path.is_file())
+            _stage_file(self.directory / "probe", bytes(size)).unlink()
+        except OSError as exc:
+            raise BackupError(
+                f"the backups' key sections in {self.directory} cannot be rewritten ({_reason(exc)})"
+            ) from None
+
+    def stage_rewrap(self, keyring: Keyring) -> StagedSections:
+        """Every section under the keyring's active version, without the keys the ledger names, written to a
+        temporary file beside it; ``install`` puts them in place. Damaged sections are left as they are."""
         destroyed = self._destroyed()
         rewrapped = dropped = lost = 0
         sections, problems = self.sections()
         for problem in problems:
             log.warning("backup key section left as it is: %s", problem)
-        for section in sections:
-            keys = []
-            for key in section.keys:
-                if key.key_id in destroyed:
-                    dropped += 1
-                    continue
-                if key.kek_version != keyring.active_version:
-                    try:
-                        fresh = rewrap(keyring, WrappedKey(key.kek_version, key.wrapped), context=key.context)
-                    except VaultError:  # under a retired version already, or altered: opens for nobody
-                        lost += 1
+        files: list[tuple[Path, Path]] = []
+        try:
+            for section in sections:
+                keys = []
+                for key in section.keys:
+                    if key.key_id in destroyed:
+                        dropped += 1
                         continue
-                    key = SectionKey(key.key_id, key.subject_token, key.modality, fresh.kek_version, fresh.blob)
-                    rewrapped += 1
-                keys.append(key)
-            self.write(Section(section.backup_id, section.keyring_id, tuple(keys)))
-        return SectionsRewrapped(len(sections), rewrapped, dropped, lost, len(problems))
+                    if key.kek_version != keyring.active_version:
+                        try:
+                            fresh = rewrap(keyring, WrappedKey(key.kek_version, key.wrapped), context=key.context)
+                        except VaultError:  # under a retired version already, or altered: opens for nobody
+                            lost += 1
+                            continue
+                        key = SectionKey(key.key_id, key.subject_token, key.modality, fresh.kek_version, fresh.blob)
+                        rewrapped += 1
+                    keys.append(key)
+                path = self.path(section.backup_id)
+                kept = self._kept(Section(section.backup_id, section.keyring_id, tuple(keys)))
+                files.append((_stage_file(path, _document(kept)), path))
+        except BaseException as exc:
+            _remove(temp for temp, _ in files)
+            if not isinstance(exc, OSError):
+                raise
+            raise BackupError(
+                f"the backups' key sections in {self.directory} cannot be rewritten ({_reason(exc)}): "
+                "they are as they were"
+            ) from None
+        return StagedSections(
+            self.directory, SectionsRewrapped(len(sections), rewrapped, dropped, lost, len(problems)), files
+        )
 
     def versions_in_use(self) -> Counter[int]:
         """How many section keys each key version wraps (a version in use must not be retired)."""
@@ -187,3 +252,37 @@ class BackupKeys:
 
     def _destroyed(self) -> set[str]:
         return {destruction.key_id for destruction in self.ledger.read()}
+
+
+def _document(section: Section) -> bytes:
+    document = {
+        "format": SECTION_FORMAT,
+        "backup_id": section.backup_id,
+        "keyring_id": section.keyring_id,
+        "keys": [k.to_json() for k in section.keys],
+    }
+    return (json.dumps(document, indent=1) + "\n").encode()
+
+
+def _stage_file(path: Path, data: bytes) -> Path:
+    """``data`` in a new 0600 file beside ``path``, synced, to be renamed over it (a hidden name: no section's)."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def _remove(temps: Iterable[Path]) -> None:
+    for temp in temps:
+        temp.unlink(missing_ok=True)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
