@@ -163,3 +163,24 @@ def test_padding_refuses_rows_too_short_to_reflect():
         padded_sum(torch.zeros(3, 4, dtype=torch.bfloat16), 3, None)
     with pytest.raises(ValueError, match="outside the frames"):  # a segment ending at frame 1 has nothing to reflect
         padded_sum(torch.zeros(10, 4, dtype=torch.bfloat16), 2, [(0, 1), (5, 10)])
+
+
+def test_padding_takes_input_of_any_layout_and_dtype():
+    """The first layer's features come as fp32, and a caller may hand over a transposed view."""
+    features = torch.randn(20, 90, generator=torch.Generator().manual_seed(15)).t()  # [90 frames, 20], strided
+    expected = torch.empty(96, 20, dtype=torch.bfloat16)
+    expected[3:93] = features.to(torch.bfloat16)
+    reflect_into_padding(expected[None], 3, None, time_major=True)
+    assert torch.equal(padded_sum(features, 3, None), expected)
+    with pytest.raises(ValueError, match="without an addend"):
+        padded_sum(features, 3, None, factor=torch.ones(20))
+
+
+def test_a_nan_stays_a_nan_when_rounded_to_bf16():
+    """Rounding a NaN's bits to nearest must not carry it into the sign bit (0x7FFFFFFF would become -0)."""
+    x = torch.zeros(1, 4, dtype=torch.bfloat16)
+    out = torch.zeros(1, 4, dtype=torch.bfloat16)
+    constants = torch.tensor([[float("nan"), 1.0, -2.0, 0.0]])
+    constants.view(torch.int32)[0, 0] = 0x7FFFFFFF  # the NaN whose rounding overflows
+    scaled_sums(x, torch.ones(4), constants, x, torch.ones(1, 4), [(0, 1)], out)
+    assert torch.isnan(out[0, 0]) and out[0, 1:].tolist() == [1.0, -2.0, 0.0]

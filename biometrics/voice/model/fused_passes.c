@@ -17,12 +17,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Raised with any change to a kernel's arguments or meaning (fused_passes.py's KERNELS_VERSION must match). */
+#define KERNELS_VERSION 1
 #define ROW_BLOCK 64
 /* Frames of a block of the moments: its frames and weights (3072 channels: 192 + 384 KB) stay in cache between
  * the block's two passes. */
 #define STAT_BLOCK 32
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* GCC 12 and later take arch= levels in target_clones; the clones dispatch through glibc's ifunc (not musl's). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__GLIBC__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CLONES
@@ -35,13 +38,16 @@ static inline float widen(uint16_t bits) {
     return f;
 }
 
-/* Round to nearest even, as torch's fp32 -> bf16 conversion does for finite values. */
+/* Round to nearest even, as torch's fp32 -> bf16 conversion does; a NaN stays a (quiet) NaN. */
 static inline uint16_t narrow(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    uint16_t rounded = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)((u >> 16) | 0x0040u) : rounded;
 }
+
+/* Which kernels and signatures this library has: fused_passes.py refuses a library built from another version. */
+int bf16_kernels_version(void) { return KERNELS_VERSION; }
 
 /*
  * exp() as Cephes' expf (the form SLEEF's and Inductor's vectorised exp take): libm's expf is a call per

@@ -28,7 +28,13 @@ from collections.abc import Sequence
 
 import torch
 
-from biometrics.voice.model import _fused_passes
+try:
+    from biometrics.voice.model import _fused_passes
+except ImportError as exc:  # set-up compiles it (pyproject.toml's ext-modules)
+    raise ImportError(
+        "the bf16 pass's C loops (biometrics/voice/model/fused_passes.c) are not built: run `make setup` "
+        "(it needs a C compiler and the Python headers)"
+    ) from exc
 
 # Frames per partial sum of the segment means (the C file's ROW_BLOCK).
 ROW_BLOCK = 64
@@ -37,8 +43,18 @@ _I64, _INT = ctypes.c_int64, ctypes.c_int
 _PTR = ctypes.c_void_p
 
 
+# fused_passes.c's KERNELS_VERSION: a library built from another version of the file is refused, never called
+# with arguments it does not take.
+KERNELS_VERSION = 1
+
+
 def _load() -> ctypes.CDLL:
     library = ctypes.CDLL(_fused_passes.__file__)
+    built = getattr(library, "bf16_kernels_version", None)
+    if built is None or built() != KERNELS_VERSION:
+        raise ImportError(
+            f"{_fused_passes.__file__} was built from another version of fused_passes.c: run `make setup` to rebuild it"
+        )
     signatures = {
         "bf16_moments": [_PTR, _I64, _I64, _I64, _PTR, _PTR],
         "bf16_weighted_moments": [_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _PTR, _PTR],
@@ -57,8 +73,8 @@ _LIB = _load()
 
 def _rows(x: torch.Tensor) -> tuple[int, int]:
     """(address, row stride in elements) of [frames, channels] bf16 whose rows are each contiguous."""
-    if x.dtype != torch.bfloat16 or x.dim() != 2:
-        raise TypeError("expected [frames, channels] bf16")
+    if x.dtype != torch.bfloat16 or x.dim() != 2 or x.device.type != "cpu":
+        raise TypeError("expected [frames, channels] bf16 on the CPU")
     if x.shape[1] > 1 and x.stride(1) != 1:
         raise ValueError("expected rows that are each contiguous")
     return x.data_ptr(), x.stride(0)
@@ -181,12 +197,15 @@ def padded_sum(
     frames, channels = x.shape
     if frames <= pad:
         raise ValueError(f"reflect padding of {pad} frames needs more than {pad} frames")
-    if x.dtype != torch.bfloat16:
-        x = x.to(torch.bfloat16)
+    x = x.to(torch.bfloat16)
+    if channels > 1 and x.stride(1) != 1:  # any layout is taken (it is copied into the padded tensor anyway)
+        x = x.contiguous()
     x_address, x_stride = _rows(x)
     out = torch.empty(frames + 2 * pad, channels, dtype=torch.bfloat16)
     held = []  # the fp32 factors stay referenced until the call returns
     a_address, a_stride, xf_address, f_address = None, 0, None, None
+    if addend is None and (x_factor is not None or factor is not None):
+        raise ValueError("factors without an addend")
     if addend is not None:
         if addend.shape != x.shape or factor is None:
             raise ValueError("expected an addend of the frames' shape and its factor")
