@@ -415,17 +415,23 @@ def _audited_against_a_customer() -> dict[str, set[str]]:
 def test_every_event_recorded_about_a_customer_has_a_name_translated_in_every_language():
     from babel.messages.pofile import read_po
 
+    from biometrics.scoring.operating_points import PAIRS, pair_name
+    from service.consent.records import ConsentChannel
     from service.portal import i18n
-    from service.portal.views import ACTION_NAMES, HIDDEN_ACTIONS, OUTCOME_NAMES
+    from service.portal.views import ACTION_NAMES, CHANNEL_NAMES, HIDDEN_ACTIONS, OTHER_CHANNEL, OUTCOME_NAMES
 
     recorded = _audited_against_a_customer()
     assert {"consent.grant", "fingerprint.pay", "fingerprint.reenrol", "voice.stream", "watchlist.hit"} <= set(recorded)
+    assert recorded["voice.identified"] == {"match"}  # an identification, against each customer it named
     audited = {a: o for a, o in recorded.items() if not a.startswith(HIDDEN_ACTIONS.rstrip("%"))}  # never shown
     assert "watchlist.hit" not in audited and "watchlist.hit" not in ACTION_NAMES
     assert sorted(audited.keys() - ACTION_NAMES.keys()) == []
     assert sorted(set().union(*audited.values()) - OUTCOME_NAMES.keys()) == []
+    # Every channel an event can show (views._channel): a consent's, a voice decision's pair, an action's domain.
+    channels = {*map(str, ConsentChannel), *(pair_name(pair) for pair in PAIRS), *(a.split(".")[0] for a in audited)}
+    assert sorted(channels - CHANNEL_NAMES.keys()) == []
 
-    shown = {*ACTION_NAMES.values(), *OUTCOME_NAMES.values(), "Other activity"}
+    shown = {*ACTION_NAMES.values(), *OUTCOME_NAMES.values(), *CHANNEL_NAMES.values(), OTHER_CHANNEL, "Other activity"}
     with open(i18n.TRANSLATIONS / "messages.pot", "rb") as pot:
         assert sorted(shown - {m.id for m in read_po(pot) if m.id}) == []  # extracted: N_ and the template
     for language in i18n.LANGUAGES:
@@ -473,3 +479,54 @@ def test_a_finger_payment_and_an_accepted_call_are_uses_named_on_the_customers_p
     russian = customer.get("/portal/?lang=ru").text
     assert "Оплата отпечатком пальца" in russian and "Проверка голоса во время звонка" in russian
     assert "без результата" in russian and "Другое действие" in russian
+
+
+def test_an_identification_that_named_the_customer_is_a_use_shown_with_named_channels(bank_portal):
+    import re
+
+    from service.auth import Principal, Role
+    from service.portal.views import overview
+    from service.store.models import AuditEntry
+    from service.trail.chain import record_event
+
+    api, keys = bank_portal
+    token = consent(api, keys["portal"], "ACC-40")["subject_token"]  # given over the phone ("ivr")
+    other = consent(api, keys["portal"], "ACC-41")["subject_token"]
+    ivr = Principal("cli_ivr", "bank", Role.IVR)
+    with api.ctx.db.session() as session:
+        record_event(session, ivr, action="voice.verify", outcome="accept", subject_token=token,
+                     details={"purpose": "authentication", "channels": "wideband/telephone"})  # fmt: skip
+        # As an identification that named both writes them: its own entry, then one against each of them.
+        record_event(session, ivr, action="voice.identify", outcome="match", score=0.7,
+                     details={"purpose": "authentication", "candidates": [other, token]})  # fmt: skip
+        record_event(session, ivr, action="voice.identified", outcome="match", subject_token=other,
+                     details={"purpose": "authentication", "rank": 1})  # fmt: skip
+        named = record_event(session, ivr, action="voice.identified", outcome="match", subject_token=token,
+                             details={"purpose": "authentication", "rank": 2}).seq  # fmt: skip
+        record_event(session, ivr, action="voice.verify", outcome="reject", subject_token=token,
+                     details={"channels": "telephone/wideband"})  # fmt: skip
+        record_event(session, ivr, action="voice.future", outcome="someday", subject_token=token,
+                     details={"channel": "carrier-pigeon"})  # fmt: skip
+    with api.ctx.db.session() as session:
+        (voice,) = [m for m in overview(session, "bank", token, ()).modalities if m.modality == "voice"]
+        assert voice.last_use == session.get(AuditEntry, named).at  # the identification, not the earlier check
+
+    customer = browser(api)
+    home = sign_in(customer, portal_link(api, keys["portal"], "ACC-40"))
+
+    def rows(html: str) -> list[tuple[str, str, str]]:
+        """What, channel and outcome of each row of the events table, newest first."""
+        return re.findall(r"<tr><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", html)
+
+    assert rows(home.text) == [
+        ("Portal opened", "This portal", "opened"), ("Portal link sent", "This portal", "sent"),
+        ("Other activity", "Other", "–"), ("Voice check", "Wideband audio", "rejected"),
+        ("Recognised by your voice", "Voice", "matched"), ("Voice check", "Phone line", "accepted"),
+        ("Consent given", "Phone call", "given"),
+    ]  # fmt: skip
+    for raw in ("voice.identified", "wideband/telephone", "telephone/wideband", "carrier-pigeon", other):
+        assert raw not in home.text
+    russian = rows(customer.get("/portal/?lang=ru").text)
+    assert ("Вас узнали по голосу", "Голос", "совпадение") in russian
+    assert ("Проверка голоса", "Телефонная линия", "принято") in russian
+    assert ("Другое действие", "Другое", "–") in russian and ("Согласие дано", "Телефонный звонок", "дано") in russian

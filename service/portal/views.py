@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.consent import registry
@@ -51,6 +51,7 @@ ACTION_NAMES = {
     "voice.reenrol": N_("Voice enrolled again"),
     "voice.verify": N_("Voice check"),
     "voice.identify": N_("Voice identification"),
+    "voice.identified": N_("Recognised by your voice"),
     "voice.lockout": N_("Voice checks locked"),
     "voice.enrolment.start": N_("Voice enrolment started"),
     "voice.enrolment.abandon": N_("Voice enrolment abandoned"),
@@ -74,10 +75,22 @@ OUTCOME_NAMES = {
     "purged": N_("purged"), "locked": N_("locked"), "open": N_("started"), "abandoned": N_("abandoned"),
     "inconclusive": N_("inconclusive"), "opted_out": N_("not checked: no consent"),
     "not_enrolled": N_("not checked: not enrolled"), "destroyed": N_("destroyed"), "nothing_held": N_("nothing held"),
+    "match": N_("matched"),
 }  # fmt: skip
-# An accepted one of these is a use of the modality ("last used"): a check, an identification, a payment at a
-# till, a streamed call's decision.
-USES = ("verify", "identify", "pay", "stream")
+# Where an event came from (``_channel``): a consent's channel, a voice decision's pair of channels (enrolment/caller,
+# named by the caller's side: the enrolment's means nothing to the customer), else the domain of the action.
+_VOICE_CHANNELS = {"telephone": N_("Phone line"), "wideband": N_("Wideband audio")}
+CHANNEL_NAMES = {
+    "ivr": N_("Phone call"), "terminal": N_("Terminal"), "portal": N_("This portal"), "agent": N_("Our staff"),
+    **_VOICE_CHANNELS,
+    **{f"{enrolment}/{caller}": name for enrolment in _VOICE_CHANNELS for caller, name in _VOICE_CHANNELS.items()},
+    "voice": N_("Voice"), "fingerprint": N_("Fingerprint"), "consent": N_("Consent"), "subject": N_("Your account"),
+    "retention": N_("Retention period"), "erasure": N_("Erasure"),
+}  # fmt: skip
+OTHER_CHANNEL = N_("Other")
+# Uses of the modality ("last used"), as action and outcome: an accepted check, payment at a till or streamed
+# call's decision, and an identification that named the customer.
+USES = (("verify", "accept"), ("pay", "accept"), ("stream", "accept"), ("identified", "match"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,11 @@ class EventView:
     channel: str
     outcome: str
 
+    @property
+    def channel_name(self) -> str:
+        """The channel's name to translate, never its code."""
+        return CHANNEL_NAMES.get(self.channel, OTHER_CHANNEL)
+
 
 @dataclass(frozen=True)
 class Overview:
@@ -106,11 +124,8 @@ class Overview:
 
 
 def _last_use(session: Session, token: str, modality: str) -> dt.datetime | None:
-    query = select(func.max(AuditEntry.at)).where(
-        AuditEntry.subject_token == token,
-        AuditEntry.action.in_([f"{modality}.{use}" for use in USES]),
-        AuditEntry.outcome == "accept",
-    )
+    uses = [(AuditEntry.action == f"{modality}.{use}") & (AuditEntry.outcome == outcome) for use, outcome in USES]
+    query = select(func.max(AuditEntry.at)).where(AuditEntry.subject_token == token, or_(*uses))
     return session.execute(query).scalar_one_or_none()
 
 

@@ -131,11 +131,25 @@ def _best_matches(
         limit *= 4  # candidates were refused: look further down
 
 
+def _record_named(session: Session, actor: Principal, purpose: str, candidates: list[Candidate]) -> None:
+    """One entry against each customer the identification named, so that they see it (portal, export): their
+    rank only, never the other candidates (whose tokens would reach this customer's export) nor a score."""
+    for rank, candidate in enumerate(candidates, start=1):
+        record_event(
+            session,
+            actor,
+            action="voice.identified",
+            outcome="match",
+            subject_token=candidate.subject_token,
+            details={"purpose": purpose, "rank": rank},
+        )
+
+
 def identify_voice(
     ctx: ServiceContext, actor: Principal, purpose: str, audio: Callable[[], Waveform], top_k: int
 ) -> Identification:
     """Top-k subjects of this tenant, with active voice consent for the purpose, scoring above threshold.
-    Unusable audio is refused and audited."""
+    Unusable audio is refused and audited; each customer named is audited against them too."""
     with refusals_audited(ctx, actor, "voice.identify", reference=None, details={"purpose": purpose}):
         probe = ctx.verifier.probe(audio())
     candidates: list[Candidate] = []
@@ -163,6 +177,7 @@ def identify_voice(
                 "watchlist_hit": screening is not None and screening.hit,
             },
         )
+        _record_named(session, actor, purpose, candidates)
     ctx.decided("voice.identify", outcome)
     same_channel = ctx.scoring.scorer(probe.channel, probe.channel)
     return Identification(
