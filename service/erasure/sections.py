@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import secrets
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from service.erasure.errors import BackupError
 from service.erasure.ledger import DestructionLedger
 from service.settings import ServiceSettings
 from service.vault import Keyring, VaultError, WrappedKey, data_key_context, rewrap, unwrap_data_key
-from service.vault.keyring import fsync_directory, write_private_file
+from service.vault.keyring import fsync_directory, stage_private_file, write_private_file
 
 log = logging.getLogger("bioident.erasure")
 
@@ -200,7 +199,7 @@ class BackupKeys:
             return
         try:
             size = sum(path.stat().st_size for path in paths if path.is_file())
-            _stage_file(self.directory / "probe", bytes(size)).unlink()
+            stage_private_file(self.directory / "probe", bytes(size)).unlink()
         except OSError as exc:
             raise BackupError(
                 f"the backups' key sections in {self.directory} cannot be rewritten ({_reason(exc)})"
@@ -233,7 +232,7 @@ class BackupKeys:
                     keys.append(key)
                 path = self.path(section.backup_id)
                 kept = self._kept(Section(section.backup_id, section.keyring_id, tuple(keys)))
-                files.append((_stage_file(path, _document(kept)), path))
+                files.append((stage_private_file(path, _document(kept)), path))
         except BaseException as exc:
             _remove(temp for temp, _ in files)
             if not isinstance(exc, OSError):
@@ -262,21 +261,6 @@ def _document(section: Section) -> bytes:
         "keys": [k.to_json() for k in section.keys],
     }
     return (json.dumps(document, indent=1) + "\n").encode()
-
-
-def _stage_file(path: Path, data: bytes) -> Path:
-    """``data`` in a new 0600 file beside ``path``, synced, to be renamed over it (a hidden name: no section's)."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        with open(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return temp
 
 
 def _remove(temps: Iterable[Path]) -> None:

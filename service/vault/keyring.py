@@ -417,13 +417,8 @@ def _write_private(path: Path, data: bytes, *, exclusive: bool) -> None:
     The bytes go to a fresh 0600 temp file beside ``path`` first, so no reader ever sees a partial
     keyring; it is then linked in (exclusive create) or replaced over the old file (update).
     """
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    temp = stage_private_file(path, data)
     try:
-        with open(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
         if exclusive:
             os.link(temp, path)
         else:
@@ -432,6 +427,22 @@ def _write_private(path: Path, data: bytes, *, exclusive: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
     fsync_directory(path.parent)
+
+
+def stage_private_file(path: Path, data: bytes) -> Path:
+    """``data`` in a new 0600 file beside ``path`` (a hidden name no other file has), synced: to be linked or
+    renamed into place by the caller. Nothing is left behind if writing it fails."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
 
 
 def fsync_directory(directory: Path) -> None:
