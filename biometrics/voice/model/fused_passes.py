@@ -202,19 +202,18 @@ def padded_sum(
         x = x.contiguous()
     x_address, x_stride = _rows(x)
     out = torch.empty(frames + 2 * pad, channels, dtype=torch.bfloat16)
-    held = []  # the fp32 factors stay referenced until the call returns
-    a_address, a_stride, xf_address, f_address = None, 0, None, None
+    a_address, a_stride = None, 0
     if addend is None and (x_factor is not None or factor is not None):
         raise ValueError("factors without an addend")
     if addend is not None:
         if addend.shape != x.shape or factor is None:
             raise ValueError("expected an addend of the frames' shape and its factor")
         a_address, a_stride = _rows(addend)
-        held.append(_fp32(factor, (channels,)))
-        f_address = held[-1].data_ptr()
-        if x_factor is not None:
-            held.append(_fp32(x_factor, (channels,)))
-            xf_address = held[-1].data_ptr()
+        factor = _fp32(factor, (channels,))  # referenced until the call returns
+    if x_factor is not None:
+        x_factor = _fp32(x_factor, (channels,))
+    f_address = None if factor is None else factor.data_ptr()
+    xf_address = None if x_factor is None else x_factor.data_ptr()
     starts, ends = _spans(segments or (), frames)
     _checked(
         _LIB.bf16_padded_sum(
